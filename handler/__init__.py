@@ -1,0 +1,1 @@
+"""The RunPod serverless worker: `python -m handler`."""

@@ -1,0 +1,112 @@
+"""The interface between the worker and a talking-head model.
+
+A backend is loaded once per worker. For every job the worker hands it a prepared portrait and the
+speech, and the backend yields video frames in order, clip by clip, so that the MP4 writer can
+encode while later frames are still being generated.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+SPEECH_SAMPLE_RATE = 16_000
+
+# fraction of the generation done (0..1), and a short human-readable stage
+ProgressCallback = Callable[[float, str], None]
+
+
+class NoFaceError(Exception):
+    """The portrait has no face the backend can animate."""
+
+
+class ModelUnavailableError(Exception):
+    """The backend's weights or runtime could not be loaded; the message says where it looked."""
+
+
+class BackendOutOfMemoryError(Exception):
+    """The accelerator ran out of memory; the message names the memory mode and the next smaller one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Speech:
+    """The speech that drives the face: mono float32 samples in [-1, 1] at 16 kHz."""
+
+    samples: np.ndarray
+
+    @property
+    def duration_seconds(self) -> float:
+        return len(self.samples) / SPEECH_SAMPLE_RATE
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions:
+    """Per-job knobs. `None` means: the backend's own default."""
+
+    seed: int
+    prompt: str = "A person speaking"
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedPortrait:
+    """A portrait after the backend's one-off work (face detection, reference latent, ...).
+
+    `width`/`height` are the size of the video that will be produced; `features` is the
+    backend's own data and is opaque to the worker.
+    """
+
+    width: int
+    height: int
+    features: Any
+
+
+def fit_to_area(width: int, height: int, max_area: int, multiple: int) -> tuple[int, int]:
+    """The largest size with the portrait's aspect ratio whose area fits `max_area`.
+
+    Both sides are rounded down to `multiple`, and the portrait is never upscaled.
+    """
+    scale = min(1.0, math.sqrt(max_area / float(width * height)))
+    out_w = max(multiple, int(width * scale) // multiple * multiple)
+    out_h = max(multiple, int(height * scale) // multiple * multiple)
+    return out_w, out_h
+
+
+def num_frames_for(duration_seconds: float, fps: float) -> int:
+    """Frames needed so that the video lasts as long as the speech, to within one frame."""
+    return max(1, int(round(duration_seconds * fps)))
+
+
+class TalkingHeadBackend(abc.ABC):
+    """What the worker needs from a model."""
+
+    #: reported to the user as `model`
+    name: str
+    #: frame rate of the produced video
+    fps: float
+
+    @abc.abstractmethod
+    def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
+        """Do the per-portrait work once. `image` is RGB uint8 (H, W, 3).
+
+        Raises NoFaceError when there is nothing to animate.
+        """
+
+    @abc.abstractmethod
+    def generate(
+        self,
+        portrait: PreparedPortrait,
+        speech: Speech,
+        options: GenerationOptions,
+        on_progress: ProgressCallback,
+    ) -> Iterator[np.ndarray]:
+        """Yield RGB uint8 frame batches shaped (n, height, width, 3), in order.
+
+        Exactly `num_frames_for(speech.duration_seconds, self.fps)` frames in all.
+        """
