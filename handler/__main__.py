@@ -1,0 +1,22 @@
+"""`python -m handler`: start the RunPod serverless worker.
+
+RunPod's own flags work as usual: `--rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000`
+serves the local test API, `--test_input '{"input": {...}}'` runs one job, and with neither a
+`test_input.json` in the working directory is run.
+"""
+
+import logging
+
+import runpod
+
+from handler.startup import start_worker
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = start_worker()
+    runpod.serverless.start({"handler": worker.handle})
+
+
+if __name__ == "__main__":
+    main()

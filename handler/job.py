@@ -1,0 +1,207 @@
+"""One job, start to finish: input → media → model → MP4 → delivery → result (DESIGN.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from handler import delivery
+from handler.errors import ErrorCode, JobError
+from handler.fetch import fetch_url
+from handler.media import DecodedAudio, decode_audio, decode_base64, decode_image
+from handler.presets import PresetAvatars
+from handler.progress import ProgressReporter
+from handler.schema import JobRequest, MediaSource, parse_job
+from handler.settings import BucketSettings, WorkerSettings
+from handler.video import Mp4Writer
+from model.base import (
+    BackendOutOfMemoryError,
+    GenerationOptions,
+    ModelUnavailableError,
+    NoFaceError,
+    PreparedPortrait,
+    TalkingHeadBackend,
+    num_frames_for,
+)
+
+log = logging.getLogger(__name__)
+
+# Share of the progress bar each stage takes.
+PERCENT_AFTER_INPUTS = 5.0
+PERCENT_AFTER_PREPARE = 10.0
+PERCENT_AFTER_GENERATE = 95.0
+
+
+@dataclasses.dataclass
+class Worker:
+    """What lives for the whole worker: settings, the loaded model (or why it failed), presets."""
+
+    settings: WorkerSettings
+    backend: TalkingHeadBackend | None
+    presets: PresetAvatars | None
+    #: set when the worker could not start properly; every job then fails with it
+    startup_error: JobError | None = None
+
+    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The RunPod handler: never raises; failures become `{"error": "CODE: sentence"}`."""
+        started = time.monotonic()
+        job_id = str(job.get("id") or "local")
+        try:
+            if self.startup_error is not None:
+                raise self.startup_error
+            result = self._run(job, job_id, started)
+            log.info("job %s done in %.2f s", job_id, result["generation_time_seconds"])
+            return result
+        except JobError as error:
+            log.info("job %s failed: %s", job_id, error)
+            return {"error": str(error)}
+        except NoFaceError as error:
+            return {"error": str(JobError(ErrorCode.NO_FACE, str(error)))}
+        except ModelUnavailableError as error:
+            return {"error": str(JobError(ErrorCode.MODEL_UNAVAILABLE, str(error)))}
+        except BackendOutOfMemoryError as error:
+            log.error("job %s ran out of GPU memory; asking for a fresh worker", job_id)
+            return {"error": str(JobError(ErrorCode.OUT_OF_MEMORY, str(error))), "refresh_worker": True}
+        except Exception as error:  # noqa: BLE001 - the worker must survive anything a job does
+            if _is_cuda_out_of_memory(error):
+                log.error("job %s ran out of GPU memory; asking for a fresh worker", job_id)
+                message = "the GPU ran out of memory; use a smaller resolution or shorter speech, or deploy on a larger GPU."
+                return {"error": str(JobError(ErrorCode.OUT_OF_MEMORY, message)), "refresh_worker": True}
+            log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+            message = "the worker hit an unexpected error; it was logged with the job id. Retry, and report it if it persists."
+            output: dict[str, Any] = {"error": str(JobError(ErrorCode.INTERNAL, message))}
+            if _is_unrecoverable_gpu_error(error):
+                output["refresh_worker"] = True
+            return output
+
+    def _run(self, job: dict[str, Any], job_id: str, started: float) -> dict[str, Any]:
+        progress = ProgressReporter(job)
+        request = parse_job(job, self.settings.max_audio_seconds)
+        bucket = _bucket_for(request, self.settings)
+        timings: dict[str, float] = {}
+        with tempfile.TemporaryDirectory(prefix="talking-head-job-") as tmp:
+            workdir = Path(tmp)
+            clock = time.monotonic()
+            progress.report("decode", 0.0)
+            audio = self._load_audio(request, workdir)
+            image = None if request.image.kind == "preset" else self._load_image(request.image)
+            timings["decode"] = time.monotonic() - clock
+
+            clock = time.monotonic()
+            progress.report("prepare", PERCENT_AFTER_INPUTS)
+            portrait = self._prepare(request, image)
+            timings["prepare"] = time.monotonic() - clock
+
+            video = workdir / "video.mp4"
+            num_frames = self._render(request, portrait, audio, video, progress, timings)
+
+            size = video.stat().st_size
+            destination = delivery.choose_destination(
+                request.output_type, size, bucket, self.settings.max_inline_result_bytes
+            )
+            clock = time.monotonic()
+            if destination == "s3":
+                progress.report("upload", PERCENT_AFTER_GENERATE)
+                delivered = delivery.upload_result(video, job_id, bucket, self.settings.url_expiry_seconds)
+            else:
+                delivered = delivery.inline_result(video)
+            timings["upload"] = time.monotonic() - clock
+
+        return {
+            "success": True,
+            "request_id": job_id,
+            **delivered,
+            "generation_time_seconds": round(time.monotonic() - started, 3),
+            "file_size_bytes": size,
+            "duration_seconds": round(num_frames / self.backend.fps, 3),
+            "fps": self.backend.fps,
+            "width": portrait.width,
+            "height": portrait.height,
+            "num_frames": num_frames,
+            "model": self.backend.name,
+            "seed": request.seed,
+            "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
+        }
+
+    def _load_audio(self, request: JobRequest, workdir: Path) -> DecodedAudio:
+        data = self._read_source(request.audio)
+        return decode_audio(data, request.audio.field, workdir, request.max_duration_seconds)
+
+    def _load_image(self, source: MediaSource):
+        return decode_image(self._read_source(source), source.field, self.settings.max_image_pixels)
+
+    def _read_source(self, source: MediaSource) -> bytes:
+        if source.kind == "url":
+            return fetch_url(
+                source.value, source.field, self.settings.max_input_bytes,
+                self.settings.fetch_timeout_seconds, self.settings.allow_private_urls,
+            )
+        return decode_base64(source.value, source.field, self.settings.max_input_bytes)
+
+    def _prepare(self, request: JobRequest, image) -> PreparedPortrait:
+        if request.image.kind == "preset":
+            if self.presets is None:
+                raise JobError(ErrorCode.INVALID_INPUT, "avatar_id was given but this endpoint has no presets (PRESET_AVATARS_DIR); send image_file.")
+            return self.presets.prepared(request.image.value, request.max_area)
+        try:
+            return self.backend.prepare_portrait(image, request.max_area)
+        except NoFaceError as error:
+            raise JobError(ErrorCode.NO_FACE, f"{request.image.field}: {error}") from None
+
+    def _render(
+        self, request: JobRequest, portrait: PreparedPortrait, audio: DecodedAudio, video: Path,
+        progress: ProgressReporter, timings: dict[str, float],
+    ) -> int:
+        """Generate and encode together; returns the number of frames written."""
+        options = GenerationOptions(
+            seed=request.seed, prompt=request.prompt, negative_prompt=request.negative_prompt,
+            num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
+        )
+        span = PERCENT_AFTER_GENERATE - PERCENT_AFTER_PREPARE
+
+        def on_progress(fraction: float, detail: str) -> None:
+            progress.report("generate", PERCENT_AFTER_PREPARE + span * fraction, detail)
+
+        expected = num_frames_for(audio.speech.duration_seconds, self.backend.fps)
+        encode_seconds = 0.0
+        clock = time.monotonic()
+        with Mp4Writer(video, portrait.width, portrait.height, self.backend.fps, audio.mux_wav) as writer:
+            for frames in self.backend.generate(portrait, audio.speech, options, on_progress):
+                encode_started = time.monotonic()
+                writer.write(frames)
+                encode_seconds += time.monotonic() - encode_started
+            if writer.frames_written != expected:
+                raise RuntimeError(f"backend produced {writer.frames_written} frames, expected {expected}")
+            finish_started = time.monotonic()
+        encode_seconds += time.monotonic() - finish_started
+        timings["generate"] = time.monotonic() - clock - encode_seconds
+        timings["encode"] = encode_seconds
+        return writer.frames_written
+
+
+def _bucket_for(request: JobRequest, settings: WorkerSettings) -> BucketSettings | None:
+    override = request.s3_override
+    if override is None:
+        return settings.bucket
+    return BucketSettings(
+        endpoint_url=override.endpoint_url,
+        access_key_id=override.access_key_id,
+        secret_access_key=override.secret_access_key,
+        bucket_name=override.bucket_name,
+    )
+
+
+def _is_cuda_out_of_memory(error: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.cuda.OutOfMemoryError)
+
+
+def _is_unrecoverable_gpu_error(error: BaseException) -> bool:
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("CUDA error" in text or "device-side assert" in text)

@@ -1,0 +1,38 @@
+"""Report a job's stage and percent to RunPod, throttled so the hot loop never waits on HTTP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import runpod
+
+log = logging.getLogger(__name__)
+
+MIN_INTERVAL_SECONDS = 2.0
+# Only a real RunPod worker has somewhere to send progress; the local test server does not.
+ON_RUNPOD = bool(os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"))
+
+
+class ProgressReporter:
+    """`report(stage, percent)`; sends at most one update per interval, plus every stage change."""
+
+    def __init__(self, job: dict[str, Any], send: Callable[[dict[str, Any], Any], None] | None = None) -> None:
+        self._job = job
+        self._send = send or (runpod.serverless.progress_update if ON_RUNPOD else None)
+        self._last_stage = ""
+        self._last_time = 0.0
+
+    def report(self, stage: str, percent: float, detail: str = "") -> None:
+        now = time.monotonic()
+        if stage == self._last_stage and now - self._last_time < MIN_INTERVAL_SECONDS:
+            return
+        self._last_stage, self._last_time = stage, now
+        update = {"stage": stage, "percent": round(max(0.0, min(100.0, percent)), 1)}
+        if detail:
+            update["detail"] = detail
+        log.info("job %s progress %s", self._job.get("id"), update)
+        if self._send is not None:
+            self._send(self._job, update)

@@ -1,0 +1,201 @@
+"""Validate and normalise a job's input (CONTRACT.md, "Job input"); the contract's defaults live here.
+
+Accepted input, all fields of `job["input"]`:
+
+    audio_file | audio_url          exactly one: base64 (plain or data URI) | http(s) URL
+    image_file | image_url | avatar_id
+                                    exactly one: base64 | http(s) URL | preset portrait id
+    prompt                          str, default "A person speaking"
+    negative_prompt                 str, default: the model's own
+    resolution                      "W*H" pixel-area budget, default "832*480"
+    seed                            int >= 0, default random (reported back)
+    num_inference_steps             int, default: the model's own
+    guidance_scale                  float, default: the model's own
+    output_type                     "auto" | "base64" | "s3", default "auto"
+    max_duration_seconds            float, default env MAX_AUDIO_SECONDS (never above it)
+
+RunPod's per-request `s3Config` sits beside `input` on the job, not inside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+from typing import Any, Mapping
+
+from handler.errors import ErrorCode, JobError
+
+DEFAULT_PROMPT = "A person speaking"
+DEFAULT_RESOLUTION = "832*480"
+OUTPUT_TYPES = ("auto", "base64", "s3")
+MAX_SEED = 2**63 - 1
+MAX_SIDE = 4096
+MAX_STEPS = 200
+MAX_GUIDANCE = 30.0
+AVATAR_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+RESOLUTION_PATTERN = re.compile(r"^\s*(\d+)\s*[*xX×]\s*(\d+)\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaSource:
+    """Where one input comes from: `kind` is "base64", "url" or "preset"; `field` is the job field."""
+
+    field: str
+    kind: str
+    value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Override:
+    access_key_id: str
+    secret_access_key: str
+    bucket_name: str
+    endpoint_url: str | None
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"S3Override(endpoint_url={self.endpoint_url!r}, bucket_name={self.bucket_name!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRequest:
+    audio: MediaSource
+    image: MediaSource
+    prompt: str
+    negative_prompt: str | None
+    max_area: int
+    seed: int
+    num_inference_steps: int | None
+    guidance_scale: float | None
+    output_type: str
+    max_duration_seconds: float
+    s3_override: S3Override | None
+
+
+def invalid(message: str) -> JobError:
+    return JobError(ErrorCode.INVALID_INPUT, message)
+
+
+def parse_job(job: Mapping[str, Any], max_audio_seconds: float) -> JobRequest:
+    """Turn a RunPod job into a JobRequest, or raise JobError(INVALID_INPUT) naming the field."""
+    raw = job.get("input")
+    if not isinstance(raw, dict):
+        raise invalid('"input" must be a JSON object with audio_file (or audio_url) and image_file (or image_url, avatar_id).')
+    audio = _one_source(raw, "audio", {"audio_file": "base64", "audio_url": "url"})
+    image = _one_source(raw, "image", {"image_file": "base64", "image_url": "url", "avatar_id": "preset"})
+    if image.kind == "preset" and not AVATAR_ID_PATTERN.match(image.value):
+        raise invalid("avatar_id may contain only letters, digits, '.', '_' and '-'; use the id of a preset avatar.")
+    return JobRequest(
+        audio=audio,
+        image=image,
+        prompt=_text(raw, "prompt", DEFAULT_PROMPT),
+        negative_prompt=_text(raw, "negative_prompt", None),
+        max_area=parse_resolution_area(raw.get("resolution", DEFAULT_RESOLUTION)),
+        seed=_seed(raw.get("seed")),
+        num_inference_steps=_optional_int(raw, "num_inference_steps", 1, MAX_STEPS),
+        guidance_scale=_optional_float(raw, "guidance_scale", 0.0, MAX_GUIDANCE),
+        output_type=_output_type(raw.get("output_type", "auto")),
+        max_duration_seconds=_max_duration(raw.get("max_duration_seconds"), max_audio_seconds),
+        s3_override=_s3_override(job.get("s3Config")),
+    )
+
+
+def _one_source(raw: Mapping[str, Any], what: str, fields: Mapping[str, str]) -> MediaSource:
+    present = [name for name in fields if raw.get(name) not in (None, "")]
+    names = ", ".join(fields)
+    if not present:
+        raise invalid(f"no {what} given: send exactly one of {names}.")
+    if len(present) > 1:
+        raise invalid(f"{' and '.join(present)} were both given: send exactly one of {names}.")
+    field = present[0]
+    value = raw[field]
+    if not isinstance(value, str):
+        raise invalid(f"{field} must be a string, not {_json_type(value)}.")
+    return MediaSource(field=field, kind=fields[field], value=value.strip())
+
+
+def _text(raw: Mapping[str, Any], field: str, default: str | None) -> str | None:
+    value = raw.get(field)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise invalid(f"{field} must be a string, not {_json_type(value)}.")
+    if len(value) > 2000:
+        raise invalid(f"{field} is {len(value)} characters long; keep it under 2000.")
+    return value
+
+
+def parse_resolution_area(value: Any) -> int:
+    """The pixel-area budget of a "W*H" resolution string."""
+    match = RESOLUTION_PATTERN.match(value) if isinstance(value, str) else None
+    if not match:
+        raise invalid(f'resolution must be a string like "832*480" (width*height), not {value!r}.')
+    width, height = int(match.group(1)), int(match.group(2))
+    if not (64 <= width <= MAX_SIDE and 64 <= height <= MAX_SIDE):
+        raise invalid(f"resolution {value!r} is out of range: each side must be between 64 and {MAX_SIDE}.")
+    return width * height
+
+
+def _seed(value: Any) -> int:
+    if value is None:
+        return secrets.randbelow(2**31)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise invalid(f"seed must be a whole number from 0 to {MAX_SEED}, not {value!r}.")
+    return value
+
+
+def _optional_int(raw: Mapping[str, Any], field: str, low: int, high: int) -> int | None:
+    value = raw.get(field)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise invalid(f"{field} must be a whole number from {low} to {high}, not {value!r}.")
+    return value
+
+
+def _optional_float(raw: Mapping[str, Any], field: str, low: float, high: float) -> float | None:
+    value = raw.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise invalid(f"{field} must be a number from {low:g} to {high:g}, not {value!r}.")
+    return float(value)
+
+
+def _output_type(value: Any) -> str:
+    if value not in OUTPUT_TYPES:
+        raise invalid(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, not {value!r}.")
+    return value
+
+
+def _max_duration(value: Any, worker_limit: float) -> float:
+    if value is None:
+        return worker_limit
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise invalid(f"max_duration_seconds must be a positive number of seconds, not {value!r}.")
+    # A client may lower the worker's cap, never raise it.
+    return min(float(value), worker_limit)
+
+
+def _s3_override(value: Any) -> S3Override | None:
+    if value is None:
+        return None
+    keys = ("accessId", "accessSecret", "bucketName")
+    if not isinstance(value, dict) or any(not isinstance(value.get(key), str) or not value.get(key) for key in keys):
+        raise invalid("s3Config must be an object with accessId, accessSecret, bucketName (and optionally endpointUrl) strings.")
+    endpoint = value.get("endpointUrl")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise invalid("s3Config.endpointUrl must be a string URL.")
+    return S3Override(
+        access_key_id=value["accessId"],
+        secret_access_key=value["accessSecret"],
+        bucket_name=value["bucketName"],
+        endpoint_url=endpoint or None,
+    )
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)

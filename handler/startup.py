@@ -1,0 +1,43 @@
+"""Build the worker once, before the RunPod loop: settings, the model, the preset avatars."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Mapping
+
+from handler.errors import ErrorCode, JobError
+from handler.job import Worker
+from handler.presets import PresetAvatars
+from handler.schema import DEFAULT_RESOLUTION, parse_resolution_area
+from handler.settings import SettingsError, WorkerSettings
+from model.base import ModelUnavailableError
+from model.registry import load_backend
+
+log = logging.getLogger(__name__)
+
+
+def start_worker(env: Mapping[str, str] | None = None) -> Worker:
+    """Load everything a job needs. Never raises: a worker that cannot start fails its jobs clearly."""
+    started = time.monotonic()
+    try:
+        settings = WorkerSettings.from_env(env)
+    except SettingsError as error:
+        log.error("the endpoint's environment is invalid: %s", error)
+        message = f"the endpoint is misconfigured: {error} Fix the endpoint's environment variables."
+        return Worker(settings=WorkerSettings.from_env({}), backend=None, presets=None,
+                      startup_error=JobError(ErrorCode.INTERNAL, message))
+    try:
+        backend = load_backend(settings.model_backend, settings.model_dir)
+    except ModelUnavailableError as error:
+        log.error("model unavailable: %s", error)
+        return Worker(settings=settings, backend=None, presets=None,
+                      startup_error=JobError(ErrorCode.MODEL_UNAVAILABLE, str(error)))
+    loaded = time.monotonic()
+    presets = PresetAvatars(settings.preset_avatars_dir, backend, settings.max_image_pixels)
+    presets.warm(parse_resolution_area(DEFAULT_RESOLUTION))
+    log.info(
+        "worker ready in %.2f s (model %s: %.2f s, %d preset avatars: %.2f s)",
+        time.monotonic() - started, backend.name, loaded - started, len(presets.ids), time.monotonic() - loaded,
+    )
+    return Worker(settings=settings, backend=backend, presets=presets)

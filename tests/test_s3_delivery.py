@@ -1,0 +1,89 @@
+"""Delivery to S3 through a real S3 HTTP server on 127.0.0.1 (moto), and the inline size guard."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+
+import boto3
+import requests
+
+from conftest import S3_ACCESS_KEY, S3_SECRET_KEY, TEST_BUCKET, WorkerProcess
+from handler.sample import sample_job_input
+from mp4_facts import mp4_facts
+
+
+def _s3(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_ACCESS_KEY,
+                        aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1")
+
+
+def test_auto_uploads_when_a_bucket_is_configured(worker, s3_server, tmp_path):
+    reply = worker.runsync(sample_job_input(output_type="auto", resolution="256*256"))
+    assert reply["status"] == "COMPLETED", reply
+    output = reply["output"]
+    assert "video_base64" not in output
+    key = output["video_s3_key"]
+    assert key.endswith(".mp4") and len(key.rsplit("-", 1)[-1]) >= 24, "keys must be unguessable"
+
+    downloaded = requests.get(output["video_url"], timeout=30)
+    assert downloaded.status_code == 200
+    stored = _s3(s3_server).get_object(Bucket=TEST_BUCKET, Key=key)
+    assert downloaded.content == stored["Body"].read()
+    assert stored["ContentType"] == "video/mp4"
+    assert len(downloaded.content) == output["file_size_bytes"]
+    path = tmp_path / "uploaded.mp4"
+    path.write_bytes(downloaded.content)
+    assert mp4_facts(path).num_frames == output["num_frames"]
+
+    expires = datetime.datetime.fromisoformat(output["url_expires_at"].replace("Z", "+00:00"))
+    remaining = (expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    assert 500 < remaining <= 600
+    assert "X-Amz-Expires=600" in output["video_url"]
+
+
+def test_job_s3_config_overrides_the_environment(worker, s3_server):
+    _s3(s3_server).create_bucket(Bucket="per-job-bucket")
+    s3_config = {"accessId": S3_ACCESS_KEY, "accessSecret": S3_SECRET_KEY,
+                 "bucketName": "per-job-bucket", "endpointUrl": s3_server}
+    reply = worker.runsync(sample_job_input(output_type="s3", resolution="256*256"), s3Config=s3_config)
+    assert reply["status"] == "COMPLETED", reply
+    key = reply["output"]["video_s3_key"]
+    assert _s3(s3_server).head_object(Bucket="per-job-bucket", Key=key)["ContentLength"] == reply["output"]["file_size_bytes"]
+    assert requests.get(reply["output"]["video_url"], timeout=30).status_code == 200
+
+
+def test_upload_failure_is_clear_and_secret_free(worker, s3_server):
+    s3_config = {"accessId": S3_ACCESS_KEY, "accessSecret": "a-secret-that-must-not-leak",
+                 "bucketName": "no-such-bucket", "endpointUrl": s3_server}
+    reply = worker.runsync(sample_job_input(output_type="s3", resolution="256*256"), s3Config=s3_config)
+    assert reply["status"] == "FAILED"
+    assert reply["error"].startswith("UPLOAD_FAILED: ") and "no-such-bucket" in reply["error"]
+    assert "a-secret-that-must-not-leak" not in reply["error"]
+
+
+def test_base64_still_available_with_a_bucket(worker):
+    reply = worker.runsync(sample_job_input(output_type="base64", resolution="256*256"))
+    assert reply["status"] == "COMPLETED"
+    assert base64.b64decode(reply["output"]["video_base64"])[4:8] == b"ftyp"
+
+
+def test_logs_hold_no_secret_and_no_presigned_url(worker):
+    reply = worker.runsync(sample_job_input(output_type="s3", resolution="256*256"))
+    url = reply["output"]["video_url"]
+    log = worker.log()
+    assert "progress" in log or "done" in log, "the worker does log"
+    assert S3_SECRET_KEY not in log and "a-secret-that-must-not-leak" not in log
+    assert url not in log and "X-Amz-Signature" not in log
+
+
+def test_inline_output_over_the_limit_fails_instead_of_vanishing(tmp_path_factory):
+    process = WorkerProcess({"MODEL_BACKEND": "lite", "MAX_INLINE_RESULT_BYTES": "20000"},
+                            tmp_path_factory.mktemp("small-limit-worker"))
+    try:
+        reply = process.runsync(sample_job_input(resolution="256*256"))
+        assert reply["status"] == "FAILED"
+        assert reply["error"].startswith("OUTPUT_TOO_LARGE: ") and "bucket" in reply["error"]
+        assert list(process.tmpdir.rglob("*")) == []
+    finally:
+        process.stop()
