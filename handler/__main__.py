@@ -6,10 +6,15 @@ serves the local test API, `--test_input '{"input": {...}}'` runs one job, and w
 """
 
 import logging
+import os
 
-import runpod
+# The SDK logs every job's input and output at DEBUG, its default: base64 media and presigned URLs
+# must not reach the logs. Set before the SDK is imported, which reads it once.
+os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
-from handler.startup import start_worker
+import runpod  # noqa: E402
+
+from handler.startup import start_worker  # noqa: E402
 
 
 def main() -> None:

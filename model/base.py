@@ -52,6 +52,9 @@ class GenerationOptions:
     negative_prompt: str | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+    # diffusion backends: the sampler ("unipc" or "dpm++") and its noise-schedule shift
+    sample_solver: str | None = None
+    sample_shift: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

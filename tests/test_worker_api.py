@@ -62,29 +62,28 @@ def test_mouth_moves_with_speech_and_rests_in_silence(plain_worker, tmp_path):
     x0, y0, x1, y1 = FaceLandmarker().detect(frames[0]).mouth_box()
     pad = (x1 - x0) // 2
     mouths = frames[:, max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad].astype(np.float32)
-    # How far each frame's mouth is from the resting mouth of the portrait itself.
-    portrait = np.asarray(Image.open(ASSETS / "portrait.jpg").convert("RGB"), np.float32)
-    rest = portrait[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad]
-    change = np.abs(mouths - rest).mean(axis=(1, 2, 3))
 
     import soundfile
     speech, rate = soundfile.read(ASSETS / "speech.wav", dtype="float32")
     hop = rate // int(output["fps"])
-    loudness = np.array([np.sqrt(np.mean(speech[i * hop:(i + 1) * hop] ** 2) + 1e-12) for i in range(len(change))])
-    loud = change[loudness > np.percentile(loudness, 75)]
-    # Frames well inside the pause: silent for 0.3 s on both sides, so release has finished.
+    loudness = np.array([np.sqrt(np.mean(speech[i * hop:(i + 1) * hop] ** 2) + 1e-12) for i in range(len(mouths))])
+    # Frames well inside the pause: silent for 0.3 s on both sides, so the release has finished.
     silent_mask = np.convolve(loudness < 0.003, np.ones(15), mode="same") >= 15
     assert silent_mask.sum() >= 10, "the sample speech has a pause of about a second"
+    resting = np.median(mouths[silent_mask], axis=0)
+    change = np.abs(mouths - resting).mean(axis=(1, 2, 3))
+    loud = change[loudness > np.percentile(loudness, 75)]
     silent = change[silent_mask]
     assert np.median(loud) > 4 * np.median(silent) + 2.0, (np.median(loud), np.median(silent))
-    assert np.median(silent) < 4.0
+    assert np.max(silent) < 3.0, "the mouth rests in silence (head sway only)"
 
 
 def test_run_then_status(plain_worker, tmp_path):
     job = requests.post(f"{plain_worker.url}/run", json={"input": sample_job_input(resolution="256*256")}, timeout=30)
     job.raise_for_status()
     assert job.json()["status"] == "IN_PROGRESS"
-    status = requests.get(f"{plain_worker.url}/status/{job.json()['id']}", timeout=300).json()
+    # The SDK's local server runs the job when its status is asked for, and only answers POST.
+    status = requests.post(f"{plain_worker.url}/status/{job.json()['id']}", timeout=300).json()
     path = _save_video(status, tmp_path)
     _assert_plays_everywhere(path, status["output"], SPEECH_SECONDS)
     assert max(status["output"]["width"], status["output"]["height"]) <= 256

@@ -1,0 +1,90 @@
+"""The CPU backend: a single portrait animated by warping, driven by the speech's loudness and
+spectrum, with seeded blinks and head sway. Real time on one core; no GPU, no downloads."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from model.base import (
+    GenerationOptions,
+    NoFaceError,
+    PreparedPortrait,
+    ProgressCallback,
+    Speech,
+    TalkingHeadBackend,
+    fit_to_area,
+    num_frames_for,
+)
+from model.lite.landmarks import FaceLandmarker
+from model.lite.motion import blink_track, head_track, seeded_generators
+from model.lite.renderer import FramePose, FrameRenderer, PortraitRig
+from model.lite.speech_features import mouth_track
+
+SIZE_MULTIPLE = 16
+FRAMES_PER_BATCH = 25
+NO_FACE_MESSAGE = (
+    "No face was found in the portrait; send a photo in which one face is clearly visible, "
+    "facing the camera and not covered."
+)
+
+
+class LiteBackend(TalkingHeadBackend):
+    name = "lite"
+    fps = 25.0
+
+    def __init__(self) -> None:
+        self._landmarker = FaceLandmarker()
+
+    def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+        height, width = image.shape[:2]
+        out_w, out_h = fit_to_area(width, height, max_area, SIZE_MULTIPLE)
+        resized = np.ascontiguousarray(image)
+        if (out_w, out_h) != (width, height):
+            shrinking = out_w * out_h < width * height
+            resized = cv2.resize(
+                image, (out_w, out_h),
+                interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+            )
+        landmarks = self._landmarker.detect(resized)
+        if landmarks is None:
+            raise NoFaceError(NO_FACE_MESSAGE)
+        return PreparedPortrait(width=out_w, height=out_h, features=PortraitRig.build(resized, landmarks))
+
+    def generate(
+        self,
+        portrait: PreparedPortrait,
+        speech: Speech,
+        options: GenerationOptions,
+        on_progress: ProgressCallback,
+    ) -> Iterator[np.ndarray]:
+        rig = portrait.features
+        if not isinstance(rig, PortraitRig):
+            raise TypeError("this portrait was prepared by another backend")
+        total = num_frames_for(speech.duration_seconds, self.fps)
+        mouth = mouth_track(speech.samples, self.fps, total)
+        blink_rng, head_rng = seeded_generators(options.seed)
+        blinks = blink_track(total, self.fps, blink_rng)
+        head = head_track(total, self.fps, head_rng, rig.head.face_height, mouth.opening)
+
+        renderer = FrameRenderer(rig)
+        for start in range(0, total, FRAMES_PER_BATCH):
+            count = min(FRAMES_PER_BATCH, total - start)
+            batch = np.empty((count, portrait.height, portrait.width, 3), dtype=np.uint8)
+            for offset in range(count):
+                i = start + offset
+                pose = FramePose(
+                    opening=float(mouth.opening[i]),
+                    spread=float(mouth.spread[i]),
+                    blink=float(blinks[i]),
+                    shift_x=float(head.shift_x[i]),
+                    shift_y=float(head.shift_y[i]),
+                    roll=float(head.roll[i]),
+                )
+                renderer.render(pose, batch[offset])
+            on_progress((start + count) / total, "generate")
+            yield batch

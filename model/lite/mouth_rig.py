@@ -1,0 +1,179 @@
+"""The mouth: jaw drop (opening) and lip-corner spread (width), as displacement bases.
+
+Everything is measured in the face frame centred between the lip corners: `u` runs along the
+face's right axis in units of half the mouth width, `vp` is the distance below the lips' contact
+line (the upper inner lip contour). The field tears along that line inside the mouth: above it the
+upper lip barely rises, below it the lower lip, chin and jaw drop. The gap that opens is covered
+by the rendered oral cavity (see `mouth_interior`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+from model.lite import mesh_indices as mesh
+from model.lite.basis import Basis
+from model.lite.face_frame import FaceFrame, Region, contour_profile, smoothstep
+
+# How far the upper lip rises, as a fraction of the lower lip's drop.
+UPPER_LIP_RISE = 0.12
+# Largest jaw drop as a fraction of the mouth width, and of the lip-to-chin distance (beyond the
+# latter the backward map would fold over below the chin).
+MAX_OPENING_PER_MOUTH_WIDTH = 0.22
+MAX_OPENING_PER_CHIN_DISTANCE = 0.55
+# Lip-corner travel at width coefficient +1 / -1, in half mouth widths.
+CORNER_SPREAD = 0.14
+SPREAD_SIGMA = 1.1
+
+
+@dataclasses.dataclass(frozen=True)
+class MouthRig:
+    frame: FaceFrame
+    half_width: float  # px, outer corner to centre
+    inner_corner_u: float  # the inner lip's half span, in half widths
+    line_u: np.ndarray  # the contact line, sampled along u (sorted)
+    line_v: np.ndarray
+    chin_distance: float  # px from the contact line (at the centre) to the chin
+    upper_lip_height: float  # px
+
+    @classmethod
+    def from_points(cls, points: np.ndarray) -> MouthRig:
+        left, right = points[mesh.LIPS_OUTER_UPPER[0]], points[mesh.LIPS_OUTER_UPPER[-1]]
+        frame = FaceFrame.from_axis((left + right) / 2, right - left)
+        half_width = float(np.linalg.norm(right - left) / 2)
+        line_u, line_v = contour_profile(frame, points[mesh.LIPS_INNER_UPPER], half_width)
+        centre_line = float(np.interp(0.0, line_u, line_v))
+        _, chin_v = frame.to_local(points[mesh.CHIN])
+        _, lip_top_v = frame.to_local(points[mesh.LIPS_OUTER_UPPER[5]])
+        return cls(
+            frame=frame,
+            half_width=half_width,
+            inner_corner_u=float(max(np.abs(line_u[[0, -1]]).min(), 0.3)),
+            line_u=line_u,
+            line_v=line_v,
+            chin_distance=float(max(chin_v - centre_line, 0.5 * half_width)),
+            upper_lip_height=float(max(centre_line - lip_top_v, 2.0)),
+        )
+
+    @property
+    def max_opening(self) -> float:
+        """The jaw drop, in px, at opening 1."""
+        return min(
+            MAX_OPENING_PER_MOUTH_WIDTH * 2 * self.half_width,
+            MAX_OPENING_PER_CHIN_DISTANCE * self.chin_distance,
+        )
+
+    def local(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(u in half widths, distance below the contact line in px)."""
+        x, v = self.frame.to_local(points)
+        u = x / self.half_width
+        return u, v - np.interp(u, self.line_u, self.line_v)
+
+    def lower_lip_share(self, u: np.ndarray) -> np.ndarray:
+        """How much of the jaw drop the lower lip follows across the mouth: 1 mid, 0 at corners."""
+        return np.clip(1.0 - (u / self.inner_corner_u) ** 2, 0.0, 1.0) ** 0.8
+
+    def jaw_weight(self, u: np.ndarray, vp: np.ndarray, below: np.ndarray) -> np.ndarray:
+        """Downward travel per px of jaw drop, for points below or above the contact line."""
+        share = self.lower_lip_share(u)
+        chin = self.chin_distance
+        below_chin_fade = 1.0 - smoothstep((vp - chin) / (0.9 * chin))
+        cheek = (1.0 - smoothstep((np.abs(u) - 1.3) / 1.3)) * smoothstep(vp / chin) * below_chin_fade
+        lower = share * below_chin_fade + (1.0 - share) * cheek
+        upper = -UPPER_LIP_RISE * share * np.exp(-((vp / (1.5 * self.upper_lip_height)) ** 2))
+        return np.where(below, lower, upper)
+
+    def spread_weight(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Rightward travel (in px) of the lips and cheeks at width coefficient 1."""
+        falloff = np.exp(-0.5 * (u / SPREAD_SIGMA) ** 2) * np.exp(-((v / (0.9 * self.half_width)) ** 2))
+        at_corner = np.exp(-0.5 / SPREAD_SIGMA**2)
+        return CORNER_SPREAD * self.half_width * u * falloff / at_corner
+
+    def region(self, height: int, width: int) -> Region:
+        reach = 2.7 * self.half_width
+        top = -2.0 * self.half_width
+        bottom = float(self.line_v.max()) + 1.95 * self.chin_distance
+        corners = [self.frame.origin + self.frame.to_image(x, y)
+                   for x in (-reach, reach) for y in (top, bottom)]
+        return Region.around(np.array(corners), height, width)
+
+    def bases(self, height: int, width: int) -> tuple[Basis, Basis]:
+        """(jaw drop per px, lip spread per unit width coefficient) as backward maps."""
+        region = self.region(height, width)
+        pixels = region.pixel_centers()
+        u, vp = self.local(pixels)
+        _, v = self.frame.to_local(pixels)
+        jaw = self.jaw_weight(u, vp, below=vp > 0)
+        spread = self.spread_weight(u, v)
+        zeros = np.zeros_like(jaw)
+        right, down = self.frame.right, self.frame.down
+        return (
+            Basis.from_local(region, zeros, -jaw, right, down),
+            Basis.from_local(region, -spread, zeros, right, down),
+        )
+
+    def inner_lip_contours(
+        self, points: np.ndarray, opening_px: float, spread: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The inner lips' upper and lower contours (11, 2) each, after opening and spreading."""
+        contact = points[mesh.LIPS_INNER_UPPER].astype(np.float64)
+        u, _ = self.local(contact)
+        _, v = self.frame.to_local(contact)
+        zero = np.zeros_like(u)
+        sideways = self.frame.to_image(spread * self.spread_weight(u, v), zero)
+        upper = contact + sideways + self.frame.to_image(
+            zero, opening_px * self.jaw_weight(u, zero, below=np.zeros(u.shape, bool)))
+        lower = contact + sideways + self.frame.to_image(
+            zero, opening_px * self.jaw_weight(u, zero, below=np.ones(u.shape, bool)))
+        return upper, lower
+
+
+def close_mouth(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The portrait with its lips brought together, and its landmarks moved to match.
+
+    A portrait smiling with its teeth showing would otherwise never close its mouth in silence,
+    and its own teeth would fight with the rendered mouth interior.
+    """
+    rig = MouthRig.from_points(points)
+    lower_u, lower_vp = rig.local(points[mesh.LIPS_INNER_LOWER])
+    order = np.argsort(lower_u)
+    gap_u, gap = lower_u[order], np.clip(lower_vp[order], 0.0, None)
+    if gap.max() < 0.5:
+        return image, points
+    # the lower lip (down to its outer edge) rides up by the whole gap; below it the lift fades
+    # out before the chin, slowly enough that the map cannot fold
+    _, lip_bottom = rig.local(points[mesh.LIPS_OUTER_LOWER[5]])
+    hold = float(max(lip_bottom, gap.max()))
+    fade = max(rig.chin_distance * 1.2 - hold, 2.0 * gap.max())
+
+    def lift(u: np.ndarray, vp: np.ndarray) -> np.ndarray:
+        span_gap = np.interp(u, gap_u, gap, left=0.0, right=0.0)
+        return span_gap * (1.0 - smoothstep((vp - hold) / fade))
+
+    height, width = image.shape[:2]
+    region = rig.region(height, width)
+    pixels = region.pixel_centers()
+    u, vp = rig.local(pixels)
+    lift_px = np.where(vp > 0, lift(u, vp), 0.0)
+    offsets = (lift_px[..., None] * rig.frame.down).astype(np.float32)
+    sampling = pixels.astype(np.float32) + offsets
+    closed = image.copy()
+    closed[region.slices] = cv2.remap(
+        image, sampling, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+
+    moved = points.astype(np.float64).copy()
+    below = np.setdiff1d(np.arange(len(points)), np.concatenate(
+        [mesh.LIPS_INNER_UPPER, mesh.LIPS_OUTER_UPPER]))
+    # a source point p shows at q with q + lift(q) = p: a few fixed-point steps find q
+    target = moved[below]
+    for _ in range(6):
+        qu, qvp = rig.local(moved[below])
+        step = np.where(qvp > -1e-6, lift(qu, qvp), 0.0)
+        moved[below] = target - step[:, None] * rig.frame.down
+    # the lower inner lip lands exactly on the contact line
+    moved[mesh.LIPS_INNER_LOWER[1:-1]] = points[mesh.LIPS_INNER_UPPER[1:-1]]
+    return closed, moved.astype(np.float32)

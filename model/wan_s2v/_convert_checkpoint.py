@@ -1,0 +1,119 @@
+"""Streaming official checkpoint files into modules, one tensor at a time.
+
+A module is built with its parameters on the meta device (no memory, no initialisation work);
+each tensor is then read from a memory-mapped file, renamed, cast and moved to the target device
+on its own, so host memory never holds more than one converted tensor beyond the model itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+NamedTensors = Iterable[tuple[str, torch.Tensor]]
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Build modules with meta parameters but real buffers.
+
+    Buffers are usually small and computed in `__init__` (rotary tables, ...); they are not in
+    the checkpoints, so they must keep their values. Parameters are created, moved to meta
+    before any initialiser touches them, and later replaced by the checkpoint's tensors.
+    """
+    register_parameter = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register_parameter(module, name, param)
+        # an already-meta parameter is being shared (tied weights): keep it the same object
+        if param is not None and not param.is_meta:
+            moved = module._parameters[name].to("meta")
+            module._parameters[name] = nn.Parameter(moved, requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register_parameter
+
+
+def read_pth(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a `torch.save` file, memory-mapped rather than read into RAM."""
+    state_dict = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    yield from state_dict.items()
+
+
+def read_safetensors(folder: Path, weights_name: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of `folder/weights_name` or of its shards (`weights_name + ".index.json"`),
+    one at a time, in file order."""
+    index_file = folder / f"{weights_name}.index.json"
+    if index_file.exists():
+        weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
+        files = [folder / shard for shard in sorted(set(weight_map.values()))]
+    else:
+        files = [folder / weights_name]
+    for file in files:
+        with safe_open(file, framework="pt", device="cpu") as reader:
+            for key in reader.keys():
+                yield key, reader.get_tensor(key)
+
+
+def load_streamed(
+    model: nn.Module,
+    tensors: NamedTensors,
+    rename: Callable[[str], str],  # may raise KeyError for a name it does not know
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> None:
+    """Fill `model` (built under `parameters_on_meta`) from `tensors` named as in the file.
+
+    Floating-point tensors are cast to `dtype`. Buffers are moved to `device` as they are.
+    Raises ValueError naming the keys when the file and the model do not match exactly.
+    """
+    expected = dict(model.state_dict(keep_vars=True))
+    loaded: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for file_key, tensor in tensors:
+        try:
+            key = rename(file_key)
+        except KeyError:
+            key = None
+        if key not in expected:
+            unexpected.append(file_key)
+            continue
+        target_dtype = dtype if tensor.is_floating_point() else tensor.dtype
+        if tensor.shape != expected[key].shape:
+            raise ValueError(
+                f"{file_key}: shape {tuple(tensor.shape)} in the checkpoint, "
+                f"{tuple(expected[key].shape)} in the model"
+            )
+        loaded[key] = tensor.to(device=device, dtype=target_dtype)
+    _add_tied_parameters(model, loaded)
+    missing = [key for key, value in expected.items() if key not in loaded and value.is_meta]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not match {type(model).__name__}: "
+            f"missing {sorted(missing)[:10]} ({len(missing)} in all), "
+            f"unexpected {sorted(unexpected)[:10]} ({len(unexpected)} in all)"
+        )
+    model.load_state_dict(loaded, strict=False, assign=True)
+    model.to(device)
+    model.eval().requires_grad_(False)
+
+
+def _add_tied_parameters(model: nn.Module, loaded: dict[str, torch.Tensor]) -> None:
+    """Give every name of a shared parameter the tensor that was loaded under one of its names."""
+    names_of: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    for names in names_of.values():
+        source = next((name for name in names if name in loaded), None)
+        if source is not None:
+            for name in names:
+                loaded.setdefault(name, loaded[source])

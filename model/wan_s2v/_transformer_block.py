@@ -1,0 +1,86 @@
+"""One S2V transformer block: Wan's self-attention, text cross-attention and feed-forward, with
+modulation that differs between the noisy video tokens and the conditioning tokens after them.
+
+The residual stream is float32 (the official model's is too: its float32 modulation promotes it
+after the first block); the attention and feed-forward layers run in the weights' dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention import FeedForward
+from diffusers.models.normalization import FP32LayerNorm
+from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
+from torch import nn
+
+# Token segments of the sequence: the noisy video tokens, then the conditioning tokens (reference
+# image and motion), which are modulated with their own timestep (zero in the official model).
+VIDEO, CONDITION = 0, 1
+
+
+class WanS2VTransformerBlock(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, cross_attn_norm: bool, eps: float):
+        super().__init__()
+        self.self_attn_norm = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.self_attn = WanAttention(
+            dim=dim, heads=num_heads, dim_head=dim // num_heads, eps=eps, processor=WanAttnProcessor()
+        )
+        self.cross_attn_norm = FP32LayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
+        self.cross_attn = WanAttention(
+            dim=dim,
+            heads=num_heads,
+            dim_head=dim // num_heads,
+            eps=eps,
+            cross_attention_dim_head=dim // num_heads,
+            processor=WanAttnProcessor(),
+        )
+        self.ffn_norm = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.ffn = FeedForward(dim, inner_dim=ffn_dim, activation_fn="gelu-approximate")
+        # shift, scale, gate of the self-attention; shift, scale, gate of the feed-forward
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        text_states: torch.Tensor,
+        timestep_modulation: torch.Tensor,
+        num_video_tokens: int,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """Update the float32 `hidden_states` [B, N, dim] in place and return them.
+
+        `timestep_modulation` is [B, 2, 6, dim] (float32): per segment (VIDEO, CONDITION), the six
+        timestep projections; the first `num_video_tokens` tokens are the VIDEO segment.
+        """
+        modulation = self.scale_shift_table.float().unsqueeze(1) + timestep_modulation
+        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = modulation.unbind(dim=2)
+        dtype = self.self_attn.to_q.weight.dtype
+
+        normed = _modulate(self.self_attn_norm(hidden_states), shift, scale, num_video_tokens)
+        attended = self.self_attn(normed.to(dtype), rotary_emb=rotary_emb)
+        _add_gated(hidden_states, attended, gate, num_video_tokens)
+
+        normed = self.cross_attn_norm(hidden_states)
+        hidden_states += self.cross_attn(normed.to(dtype), encoder_hidden_states=text_states)
+
+        normed = _modulate(self.ffn_norm(hidden_states), ffn_shift, ffn_scale, num_video_tokens)
+        _add_gated(hidden_states, self.ffn(normed.to(dtype)), ffn_gate, num_video_tokens)
+        return hidden_states
+
+
+def _segments(tokens: torch.Tensor, num_video_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return tokens[:, :num_video_tokens], tokens[:, num_video_tokens:]
+
+
+def _modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, num_video_tokens: int) -> torch.Tensor:
+    """normed * (1 + scale) + shift per segment, in place on the freshly normalised `normed`."""
+    for segment, tokens in enumerate(_segments(normed, num_video_tokens)):
+        tokens.mul_(1 + scale[:, segment : segment + 1]).add_(shift[:, segment : segment + 1])
+    return normed
+
+
+def _add_gated(residual: torch.Tensor, update: torch.Tensor, gate: torch.Tensor, num_video_tokens: int) -> None:
+    """residual += update * gate per segment, in float32."""
+    pairs = zip(_segments(residual, num_video_tokens), _segments(update, num_video_tokens))
+    for segment, (residual_part, update_part) in enumerate(pairs):
+        residual_part.addcmul_(update_part, gate[:, segment : segment + 1])

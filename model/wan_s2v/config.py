@@ -1,0 +1,62 @@
+"""Wan2.2-S2V-14B constants that are not hyper-parameters of the transformer.
+
+Values follow the official release (`wan/configs/wan_s2v_14B.py` and `shared_config.py`); the
+transformer's own hyper-parameters live in its registered config.
+"""
+
+from __future__ import annotations
+
+# --- video -----------------------------------------------------------------------------------
+FPS = 16
+FRAMES_PER_CLIP = 80
+MOTION_FRAMES = 73
+# The first clip has no real motion history: the reference drops its motion frames.
+DROP_FIRST_MOTION = True
+# (time, height, width) compression of the VAE.
+VAE_STRIDE = (4, 8, 8)
+# Output sides are padded up to multiples of this (the reference's `get_size_less_than_area`).
+SIZE_DIVISOR = 64
+
+# --- sampling --------------------------------------------------------------------------------
+NUM_TRAIN_TIMESTEPS = 1000
+SAMPLE_SHIFT = 3.0
+SAMPLE_STEPS = 40
+SAMPLE_SOLVER = "unipc"
+GUIDANCE_SCALE = 4.5
+NEGATIVE_PROMPT = (
+    "画面模糊，最差质量，画面模糊，细节模糊不清，情绪激动剧烈，手快速抖动，字幕，丑陋的，残缺的，"
+    "多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+# --- text encoder ----------------------------------------------------------------------------
+TEXT_LEN = 512
+# umt5-xxl encoder as published in `models_t5_umt5-xxl-enc-bf16.pth` (the file has no config).
+UMT5_XXL_ENCODER_CONFIG = {
+    "vocab_size": 256384,
+    "d_model": 4096,
+    "d_kv": 64,
+    "d_ff": 10240,
+    "num_heads": 64,
+    "num_layers": 24,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu",
+    "layer_norm_epsilon": 1e-6,
+    "dropout_rate": 0.0,
+}
+
+# --- speech encoder --------------------------------------------------------------------------
+SPEECH_SAMPLE_RATE = 16_000
+# wav2vec2 emits 50 feature frames per second; the reference first resamples them to a fixed
+# 30 frames per second and only then picks one per video frame.
+WAV2VEC_FRAME_RATE = 50
+SPEECH_FEATURE_RATE = 30
+
+# --- the official checkpoint layout (`Wan-AI/Wan2.2-S2V-14B`) --------------------------------
+TRANSFORMER_CONFIG_FILE = "config.json"
+TRANSFORMER_INDEX_FILE = "diffusion_pytorch_model.safetensors.index.json"
+VAE_CHECKPOINT_FILE = "Wan2.1_VAE.pth"
+T5_CHECKPOINT_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+T5_TOKENIZER_DIR = "google/umt5-xxl"
+WAV2VEC_DIR = "wav2vec2-large-xlsr-53-english"

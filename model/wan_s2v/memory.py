@@ -1,0 +1,147 @@
+"""How the 49 GB of Wan2.2-S2V weights are spread over a GPU: three memory modes.
+
+- full: every model in bf16 on the GPU (80 GB class cards).
+- fp8: the linear weights of the transformer's blocks (nearly all of its 16B parameters) stored
+  in float8 with a scale per output row, and expanded to bf16 one block at a time as it runs;
+  half the transformer's memory (48 GB class).
+- offload: the transformer's blocks kept in pinned host memory and streamed to the GPU one group
+  ahead of use on a side CUDA stream (diffusers' group offloading); the text encoder runs on the
+  CPU (24 GB class).
+
+The mode is picked from the GPU's free memory at start, or forced with WAN_MEMORY_MODE.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Mapping
+
+import torch
+
+GIB = 1024**3
+ENV_VAR = "WAN_MEMORY_MODE"
+
+
+class MemoryMode(str, enum.Enum):
+    FULL = "full"
+    FP8 = "fp8"
+    OFFLOAD = "offload"
+
+    @property
+    def smaller(self) -> "MemoryMode | None":
+        """The mode that needs the next less GPU memory, or None for the smallest."""
+        order = list(MemoryMode)
+        index = order.index(self)
+        return order[index + 1] if index + 1 < len(order) else None
+
+
+# Free GPU memory each mode needs: its weights plus the activations and VAE decode of a 720p clip
+# (measured by scripts/benchmark_gpu.py) and a margin for the CUDA context and fragmentation.
+MIN_FREE_BYTES = {
+    MemoryMode.FULL: 70 * GIB,
+    MemoryMode.FP8: 40 * GIB,
+    MemoryMode.OFFLOAD: 0,
+}
+
+# The float8 storage format; e4m3 keeps more mantissa than e5m2, which is what weights need.
+FP8_STORAGE_DTYPE = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8_STORAGE_DTYPE).max
+
+
+class MemoryModeError(ValueError):
+    """WAN_MEMORY_MODE has a value that is not a mode."""
+
+
+def choose_memory_mode(free_bytes: int, env: Mapping[str, str]) -> MemoryMode:
+    """WAN_MEMORY_MODE when set, else the largest mode that fits `free_bytes` of GPU memory."""
+    forced = env.get(ENV_VAR, "").strip().lower()
+    if forced:
+        try:
+            return MemoryMode(forced)
+        except ValueError:
+            names = ", ".join(mode.value for mode in MemoryMode)
+            raise MemoryModeError(f"{ENV_VAR}={forced!r} is not a memory mode; use one of {names}.") from None
+    for mode in MemoryMode:
+        if free_bytes >= MIN_FREE_BYTES[mode]:
+            return mode
+    return MemoryMode.OFFLOAD
+
+
+def free_gpu_bytes(device: torch.device) -> int:
+    free, _total = torch.cuda.mem_get_info(device)
+    return free
+
+
+def out_of_memory_message(mode: MemoryMode) -> str:
+    """The sentence a job that ran out of GPU memory fails with."""
+    smaller = mode.smaller
+    if smaller is None:
+        return (
+            f"the GPU ran out of memory in memory mode {mode.value!r}, the smallest one; lower the "
+            "resolution or deploy the endpoint on a GPU with more memory."
+        )
+    return (
+        f"the GPU ran out of memory in memory mode {mode.value!r}; set {ENV_VAR}={smaller.value} "
+        "(the next smaller mode) on the endpoint, lower the resolution, or deploy on a GPU with more memory."
+    )
+
+
+def text_encoder_device(mode: MemoryMode, gpu: torch.device) -> torch.device:
+    """umt5-xxl is 11 GB in bf16; the offload mode keeps it off the GPU (prompts are cached)."""
+    return torch.device("cpu") if mode is MemoryMode.OFFLOAD else gpu
+
+
+def place_transformer(transformer: torch.nn.Module, mode: MemoryMode, gpu: torch.device) -> None:
+    """Put the transformer (loaded in bf16 on the CPU, or already on `gpu` in full mode) in place."""
+    if mode is MemoryMode.FULL:
+        transformer.to(gpu)
+    elif mode is MemoryMode.FP8:
+        store_blocks_in_fp8(transformer, gpu)
+        transformer.to(gpu)
+    else:
+        transformer.enable_group_offload(
+            onload_device=gpu,
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=gpu.type == "cuda",
+        )
+
+
+def store_blocks_in_fp8(transformer: torch.nn.Module, device: torch.device) -> None:
+    """Quantise the linear layers of every repeated block (each nn.ModuleList child) onto `device`.
+
+    A block's weights are expanded to bf16 just before it runs and dropped right after, so at most
+    one block exists in bf16 at a time. Expanding the whole block, rather than each layer as
+    diffusers' layerwise casting does, keeps every weight a bf16 tensor for the block's own code,
+    which reads weight dtypes. Norms, modulation tables and biases stay in bf16: they are small
+    and precision-sensitive. Each weight is moved to `device` before it is quantised, so the
+    GPU never holds more than one bf16 weight beyond the float8 ones.
+    """
+    for blocks in (child for child in transformer.children() if isinstance(child, torch.nn.ModuleList)):
+        for block in blocks:
+            linears = [module for module in block.modules() if isinstance(module, torch.nn.Linear)]
+            for linear in linears:
+                _quantise_weight(linear, device)
+            block.register_forward_pre_hook(lambda _block, _args, linears=linears: _expand_weights(linears))
+            block.register_forward_hook(lambda _block, _args, _output, linears=linears: _drop_weights(linears))
+
+
+def _quantise_weight(linear: torch.nn.Linear, device: torch.device) -> None:
+    weight = linear.weight.detach().to(device)
+    scale = weight.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    linear.register_buffer("weight_fp8", (weight.float() / scale).to(FP8_STORAGE_DTYPE), persistent=False)
+    linear.register_buffer("weight_scale", scale.to(weight.dtype), persistent=False)
+    _drop_weights([linear])
+
+
+def _expand_weights(linears: list[torch.nn.Linear]) -> None:
+    for linear in linears:
+        scale = linear.weight_scale
+        linear.weight = torch.nn.Parameter(linear.weight_fp8.to(scale.dtype) * scale, requires_grad=False)
+
+
+def _drop_weights(linears: list[torch.nn.Linear]) -> None:
+    for linear in linears:
+        scale = linear.weight_scale
+        linear.weight = torch.nn.Parameter(scale.new_empty(0), requires_grad=False)

@@ -1,0 +1,273 @@
+"""Wan2.2-S2V generation: a portrait and speech in, video clips out, one clip at a time.
+
+The steps and their order are the reference's (`wan/speech2video.py`): the prompt and the
+negative prompt are encoded once, the portrait to its reference latent, the speech to per-frame
+features; then each clip of 80 frames is denoised from its own seeded noise with classifier-free
+guidance (negative prompt and silenced speech as the unconditional pass), decoded, and its last
+73 frames become the next clip's motion context. That context stays in float32 pixels between
+clips, as in the reference: rounding it to 8-bit video would make every clip start from a
+slightly wrong past, and long videos drift.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import (
+    DROP_FIRST_MOTION,
+    FPS,
+    FRAMES_PER_CLIP,
+    GUIDANCE_SCALE,
+    MOTION_FRAMES,
+    NEGATIVE_PROMPT,
+    SAMPLE_SHIFT,
+    SAMPLE_SOLVER,
+    SAMPLE_STEPS,
+    VAE_STRIDE,
+)
+from .scheduler import make_scheduler
+from .speech import bucket_clip_features
+
+# Latent frames of the motion context: the VAE keeps the first frame and packs 4 per latent after.
+LATENT_MOTION_FRAMES = (MOTION_FRAMES + VAE_STRIDE[0] - 1) // VAE_STRIDE[0]
+# Latent frames denoised per clip (the reference's `(infer_frames + 3 + motion_frames) // 4 - ...`).
+LATENT_CLIP_FRAMES = (FRAMES_PER_CLIP + VAE_STRIDE[0] - 1 + MOTION_FRAMES) // VAE_STRIDE[0] - LATENT_MOTION_FRAMES
+# The first clip is decoded behind the reference latent instead of a motion context, and the
+# reference drops its first 3 frames.
+FIRST_CLIP_DROPPED_FRAMES = 3 if DROP_FIRST_MOTION else 0
+PROMPT_CACHE_SIZE = 32
+
+# fraction done (0..1), and a short human-readable detail
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """The knobs of one job; the defaults are the official ones."""
+
+    num_steps: int = SAMPLE_STEPS
+    guidance_scale: float = GUIDANCE_SCALE
+    shift: float = SAMPLE_SHIFT
+    solver: str = SAMPLE_SOLVER
+    negative_prompt: str = NEGATIVE_PROMPT
+
+
+@dataclasses.dataclass(frozen=True)
+class PortraitLatent:
+    """The portrait fitted to the video size, encoded once: [1, 16, 1, height/8, width/8]."""
+
+    latent: torch.Tensor
+    height: int
+    width: int
+
+
+def fit_portrait(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize the shorter side to min(height, width), then centre-crop (zero-padding if short).
+
+    This is torchvision's `Resize(min(h, w))` + `CenterCrop((h, w))` on a PIL image, which the
+    reference applies; bilinear PIL resampling, truncated long side, rounded crop offsets.
+    """
+    source_h, source_w = image.shape[:2]
+    short = min(height, width)
+    if source_w <= source_h:
+        new_w, new_h = short, int(short * source_h / source_w)
+    else:
+        new_w, new_h = int(short * source_w / source_h), short
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    pad_h, pad_w = max(0, height - new_h), max(0, width - new_w)
+    if pad_h or pad_w:
+        resized = np.pad(
+            resized,
+            ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
+        )
+        new_h, new_w = resized.shape[:2]
+    top = int(round((new_h - height) / 2.0))
+    left = int(round((new_w - width) / 2.0))
+    return resized[top : top + height, left : left + width]
+
+
+def clips_for(num_frames: int, reference_clips: int) -> int:
+    """Clips to generate: the reference's count, plus one when its frames fall short of the speech.
+
+    The reference counts clips from the speech's feature length and drops the first clip's first
+    frames, so speech that ends just before a clip boundary can be a few frames longer than its
+    video; we generate the extra clip rather than cut the speech.
+    """
+    covered = reference_clips * FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES
+    extra = max(0, -(-(num_frames - covered) // FRAMES_PER_CLIP))
+    return reference_clips + extra
+
+
+class WanS2VPipeline:
+    """The loaded models, placed on their devices, and the generation loop over them."""
+
+    def __init__(self, components, device: torch.device, dtype: torch.dtype) -> None:
+        """`components` is a loader.WanS2VComponents; `device`/`dtype` are the transformer's
+        execution device and compute dtype."""
+        self.transformer = components.transformer
+        self.vae = components.vae
+        self.text_encoder = components.text_encoder
+        self.speech_encoder = components.speech_encoder
+        self.device = device
+        self.dtype = dtype
+        self._prompts: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+        self._empty_motion: dict[tuple[int, int], torch.Tensor] = {}
+
+    # --- conditioning, each computed once -----------------------------------------------------
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """[1, text_len, 4096] on the execution device; the last PROMPT_CACHE_SIZE are kept."""
+        cached = self._prompts.get(prompt)
+        if cached is None:
+            cached = self.text_encoder.encode([prompt]).to(self.device, self.dtype)
+            self._prompts[prompt] = cached
+            if len(self._prompts) > PROMPT_CACHE_SIZE:
+                self._prompts.popitem(last=False)
+        else:
+            self._prompts.move_to_end(prompt)
+        return cached
+
+    def encode_portrait(self, image: np.ndarray, height: int, width: int) -> PortraitLatent:
+        """The reference latent of an RGB uint8 portrait, fitted to `height` x `width`."""
+        fitted = fit_portrait(image, height, width)
+        pixels = torch.from_numpy(np.array(fitted)).permute(2, 0, 1).float() / 255.0 * 2 - 1
+        latent = self.vae.encode(pixels[None, :, None].to(self.vae.device))
+        return PortraitLatent(latent=latent.to(self.device), height=height, width=width)
+
+    def _empty_motion_latents(self, height: int, width: int) -> torch.Tensor:
+        """The first clip's motion context: black frames, encoded once per video size."""
+        key = (height, width)
+        if key not in self._empty_motion:
+            black = torch.zeros(1, 3, MOTION_FRAMES, height, width, device=self.vae.device)
+            self._empty_motion[key] = self.vae.encode(black)
+        return self._empty_motion[key]
+
+    # --- generation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        portrait: PortraitLatent,
+        speech_16k: np.ndarray,
+        seed: int,
+        prompt: str,
+        settings: SamplingSettings,
+        on_progress: ProgressCallback,
+    ) -> Iterator[np.ndarray]:
+        """Yield RGB uint8 frames (n, height, width, 3), clip by clip, exactly as long as the speech."""
+        num_frames = max(1, int(round(len(speech_16k) / 16_000 * FPS)))
+        speech = self.speech_encoder.encode(speech_16k, fps=FPS)
+        num_clips = clips_for(num_frames, self.speech_encoder.num_clips(len(speech_16k)))
+        use_guidance = settings.guidance_scale > 1
+        context = self.encode_prompt(prompt)
+        if use_guidance:
+            context = torch.cat([context, self.encode_prompt(settings.negative_prompt)])
+        clock = _ProgressClock(num_clips * (settings.num_steps + 1), on_progress)
+
+        motion_pixels = torch.zeros(1, 3, MOTION_FRAMES, portrait.height, portrait.width, device=self.vae.device)
+        motion_latents = self._empty_motion_latents(portrait.height, portrait.width)
+        remaining = num_frames
+        for clip in range(num_clips):
+            first = clip == 0
+            audio = bucket_clip_features(speech, clip, FRAMES_PER_CLIP).to(self.device, self.dtype)
+            latents = self._denoise_clip(
+                portrait, motion_latents, audio, context, seed + clip, first, settings, clock, clip, num_clips
+            )
+            pixels = self._decode_clip(latents, portrait.latent if first and DROP_FIRST_MOTION else motion_latents)
+            if first and DROP_FIRST_MOTION:
+                pixels = pixels[:, :, FIRST_CLIP_DROPPED_FRAMES:]
+            clock.tick(f"clip {clip + 1}/{num_clips} decoded")
+
+            kept = min(MOTION_FRAMES, pixels.shape[2])
+            motion_pixels = torch.cat([motion_pixels[:, :, kept:], pixels[:, :, -kept:]], dim=2)
+            if clip + 1 < num_clips:
+                motion_latents = self.vae.encode(motion_pixels)
+
+            frames = to_uint8_frames(pixels[:, :, :remaining])
+            remaining -= len(frames)
+            yield frames
+            if remaining <= 0:
+                return
+
+    def _denoise_clip(
+        self,
+        portrait: PortraitLatent,
+        motion_latents: torch.Tensor,
+        audio: torch.Tensor,
+        context: torch.Tensor,
+        seed: int,
+        first: bool,
+        settings: SamplingSettings,
+        clock: "_ProgressClock",
+        clip: int,
+        num_clips: int,
+    ) -> torch.Tensor:
+        generator = torch.Generator(self.device).manual_seed(seed)
+        latent_h, latent_w = portrait.height // VAE_STRIDE[1], portrait.width // VAE_STRIDE[2]
+        # Drawn in the compute dtype, like the reference, so that a seed gives its noise.
+        noise = torch.randn(
+            1, self.transformer.config.in_channels, LATENT_CLIP_FRAMES, latent_h, latent_w,
+            dtype=self.dtype, device=self.device, generator=generator,
+        )
+        latents = noise.float()
+        scheduler, timesteps = make_scheduler(settings.solver, settings.num_steps, settings.shift, self.device)
+
+        batch = context.shape[0]
+        audio_batch = torch.cat([audio, torch.zeros_like(audio)]) if batch == 2 else audio
+        conditions = dict(
+            encoder_hidden_states=context,
+            ref_latents=portrait.latent.to(self.dtype).expand(batch, -1, -1, -1, -1),
+            motion_latents=motion_latents.to(self.device, self.dtype).expand(batch, -1, -1, -1, -1),
+            audio_features=audio_batch,
+            pose_latents=None,
+            motion_frames=(MOTION_FRAMES, LATENT_MOTION_FRAMES),
+            drop_motion_frames=first and DROP_FIRST_MOTION,
+        )
+        for step, t in enumerate(timesteps):
+            model_input = latents.to(self.dtype).expand(batch, -1, -1, -1, -1)
+            prediction = self.transformer(model_input, timestep=t.expand(batch), **conditions).float()
+            if batch == 2:
+                conditional, unconditional = prediction.chunk(2)
+                prediction = unconditional + settings.guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+            clock.tick(f"clip {clip + 1}/{num_clips}, step {step + 1}/{len(timesteps)}")
+        return latents
+
+    def _decode_clip(self, latents: torch.Tensor, context_latents: torch.Tensor) -> torch.Tensor:
+        """Float pixels [1, 3, 80, H, W] of a clip, decoded behind its context like the reference."""
+        decoded = self.vae.decode(torch.cat([context_latents.to(latents.device), latents], dim=2))
+        return decoded[:, :, -FRAMES_PER_CLIP:]
+
+
+def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
+    """[1, 3, n, H, W] in [-1, 1] -> (n, H, W, 3) uint8, truncating like the reference's writer."""
+    scaled = ((pixels[0].clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8)
+    return scaled.permute(1, 2, 3, 0).contiguous().cpu().numpy()
+
+
+class _ProgressClock:
+    """Counts work units (denoising steps and decodes) and estimates the time left from the pace."""
+
+    def __init__(self, total_units: int, on_progress: ProgressCallback) -> None:
+        self._total = total_units
+        self._done = 0
+        self._started = time.monotonic()
+        self._on_progress = on_progress
+
+    def tick(self, detail: str) -> None:
+        self._done += 1
+        elapsed = time.monotonic() - self._started
+        left = elapsed / self._done * (self._total - self._done)
+        self._on_progress(self._done / self._total, f"{detail}, about {_format_seconds(left)} left")
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"

@@ -1,0 +1,91 @@
+"""Prompt embeddings for Wan2.2-S2V: the umt5-xxl encoder, as transformers' UMT5EncoderModel.
+
+The reference cleans each prompt (ftfy, HTML entities, whitespace), tokenizes it padded to 512
+tokens, runs the encoder with the padding masked, and keeps only each prompt's real tokens; the
+transformer then pads them back to 512 with zeros. `TextEncoder.encode` returns that padded form.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import ftfy
+import regex
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
+from transformers.utils import SAFE_WEIGHTS_NAME
+
+from ._convert_checkpoint import load_streamed, parameters_on_meta, read_pth, read_safetensors
+from ._convert_t5 import convert_t5_key
+from .config import TEXT_LEN, UMT5_XXL_ENCODER_CONFIG
+
+
+class TextEncoder:
+    """Tokenizer + UMT5 encoder; `encode` turns prompts into [B, text_len, d_model] embeddings."""
+
+    def __init__(
+        self, model: UMT5EncoderModel, tokenizer: PreTrainedTokenizerBase, text_len: int = TEXT_LEN
+    ) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.text_len = text_len
+
+    @classmethod
+    def from_official(
+        cls,
+        checkpoint: Path,
+        tokenizer_dir: Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        encoder_config: dict | None = None,
+    ) -> "TextEncoder":
+        """Load `models_t5_umt5-xxl-enc-bf16.pth` (streamed) and the `google/umt5-xxl` tokenizer.
+
+        `encoder_config` overrides the umt5-xxl hyper-parameters (the file has none).
+        """
+        config = UMT5Config(**(encoder_config or UMT5_XXL_ENCODER_CONFIG), is_encoder_decoder=False)
+        with parameters_on_meta():
+            model = UMT5EncoderModel(config)
+        load_streamed(model, read_pth(checkpoint), convert_t5_key, device, dtype)
+        return cls(model, AutoTokenizer.from_pretrained(tokenizer_dir))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: Path,
+        tokenizer_dir: Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+    ) -> "TextEncoder":
+        """Load folders written by `save_pretrained` (weights streamed like the official file)."""
+        with parameters_on_meta():
+            model = UMT5EncoderModel(UMT5Config.from_pretrained(model_dir))
+        load_streamed(model, read_safetensors(Path(model_dir), SAFE_WEIGHTS_NAME), str, device, dtype)
+        return cls(model, AutoTokenizer.from_pretrained(tokenizer_dir))
+
+    def save_pretrained(self, model_dir: Path, tokenizer_dir: Path) -> None:
+        self.model.save_pretrained(model_dir)
+        self.tokenizer.save_pretrained(tokenizer_dir)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """[len(prompts), text_len, d_model] in the model's dtype, zero after each prompt's tokens."""
+        tokens = self.tokenizer(
+            [clean_prompt(prompt) for prompt in prompts],
+            padding="max_length",
+            truncation=True,
+            max_length=self.text_len,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        device = self.model.device
+        mask = tokens.attention_mask.to(device)
+        hidden = self.model(input_ids=tokens.input_ids.to(device), attention_mask=mask).last_hidden_state
+        return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+
+def clean_prompt(text: str) -> str:
+    """The reference's 'whitespace' cleaning: mojibake and HTML entities fixed, spaces collapsed."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return regex.sub(r"\s+", " ", text).strip()

@@ -1,0 +1,88 @@
+"""The Wan2.1 video VAE used by Wan2.2-S2V, as diffusers' AutoencoderKLWan.
+
+Latents are normalised per channel as in the reference's `Wan2_1_VAE`: the posterior mean, minus
+`latents_mean`, times 1 / `latents_std` (the reference multiplies by the reciprocal; kept so the
+numbers match to the last bit). The reference runs the VAE in float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+
+from ._convert_checkpoint import load_streamed, parameters_on_meta, read_pth, read_safetensors
+from ._convert_vae import convert_vae_key
+
+
+class WanVideoVAE:
+    """Pixels in [-1, 1] shaped [B, 3, T, H, W] <-> normalised latents [B, 16, 1 + (T-1)/4, H/8, W/8]."""
+
+    def __init__(self, model: AutoencoderKLWan) -> None:
+        self.model = model.eval().requires_grad_(False)
+
+    @classmethod
+    def from_official(
+        cls,
+        checkpoint: Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        vae_config: dict | None = None,
+    ) -> "WanVideoVAE":
+        """Load `Wan2.1_VAE.pth` (streamed). `vae_config` overrides AutoencoderKLWan's defaults,
+        which are the Wan2.1 VAE's."""
+        with parameters_on_meta():
+            model = AutoencoderKLWan(**(vae_config or {}))
+        num_res_blocks = model.config.num_res_blocks
+        load_streamed(
+            model,
+            read_pth(checkpoint),
+            lambda key: convert_vae_key(key, num_res_blocks),
+            device,
+            dtype,
+        )
+        return cls(model)
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "WanVideoVAE":
+        """Load a folder written by `save_pretrained` (weights streamed like the official file)."""
+        with parameters_on_meta():
+            model = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(folder))
+        load_streamed(model, read_safetensors(Path(folder), SAFETENSORS_WEIGHTS_NAME), str, device, dtype)
+        return cls(model)
+
+    def save_pretrained(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def _mean_and_inverse_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.model.config
+        shape = (1, config.z_dim, 1, 1, 1)
+        mean = torch.tensor(config.latents_mean, dtype=torch.float32, device=self.device).view(shape)
+        std = torch.tensor(config.latents_std, dtype=torch.float32, device=self.device).view(shape)
+        return mean, 1.0 / std
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (float32) of a video batch in [-1, 1]."""
+        posterior = self.model.encode(pixels.to(self.device, self.dtype)).latent_dist
+        mean, inverse_std = self._mean_and_inverse_std()
+        return (posterior.mode().float() - mean) * inverse_std
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels (float32, clamped to [-1, 1]) of normalised latents."""
+        mean, inverse_std = self._mean_and_inverse_std()
+        raw = latents.to(self.device, torch.float32) / inverse_std + mean
+        return self.model.decode(raw.to(self.dtype), return_dict=False)[0].float()

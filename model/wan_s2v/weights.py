@@ -1,0 +1,219 @@
+"""Where the Wan2.2-S2V-14B weights are, and fetching them once when they are nowhere.
+
+The official checkpoint (`Wan-AI/Wan2.2-S2V-14B`, about 49 GB of what we read) is looked for, in
+order, in MODEL_DIR itself, in MODEL_DIR/Wan2.2-S2V-14B (where a download lands), in RunPod's
+cached-model store on the network volume, and in the copy that scripts/download_models.py bakes
+into the image. Only when none is complete is it downloaded, into MODEL_DIR/Wan2.2-S2V-14B.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from model.base import ModelUnavailableError
+
+from .config import (
+    T5_CHECKPOINT_FILE,
+    T5_TOKENIZER_DIR,
+    TRANSFORMER_CONFIG_FILE,
+    TRANSFORMER_INDEX_FILE,
+    VAE_CHECKPOINT_FILE,
+    WAV2VEC_DIR,
+)
+
+log = logging.getLogger(__name__)
+
+REPO_ID = "Wan-AI/Wan2.2-S2V-14B"
+DOWNLOAD_FOLDER_NAME = "Wan2.2-S2V-14B"
+# RunPod's "cached models" put a Hugging Face cache on the volume; snapshots are named by commit.
+RUNPOD_MODEL_CACHE = Path("/runpod-volume/huggingface-cache/hub")
+# Where scripts/download_models.py puts the weights when the Dockerfile runs it.
+IMAGE_WEIGHTS_DIR = Path("/models/Wan2.2-S2V-14B")
+
+# What the loader reads. The wav2vec2 folder also holds the same weights as pytorch_model.bin and
+# flax_model.msgpack, and an n-gram language model for CTC decoding that we never use: 2.5 GB
+# the worker would download for nothing.
+DOWNLOAD_PATTERNS = (
+    TRANSFORMER_CONFIG_FILE,
+    TRANSFORMER_INDEX_FILE,
+    "diffusion_pytorch_model-*.safetensors",
+    VAE_CHECKPOINT_FILE,
+    T5_CHECKPOINT_FILE,
+    f"{T5_TOKENIZER_DIR}/*",
+    f"{WAV2VEC_DIR}/*.json",
+    f"{WAV2VEC_DIR}/model.safetensors",
+)
+SKIPPED_PATTERNS = (
+    f"{WAV2VEC_DIR}/language_model/*",
+    "*.bin",
+    "*.msgpack",
+    "*.h5",
+)
+
+# Each of these must be present for a folder to count as the checkpoint; the transformer's
+# shards are read from its index.
+REQUIRED_FILES = (
+    TRANSFORMER_CONFIG_FILE,
+    TRANSFORMER_INDEX_FILE,
+    VAE_CHECKPOINT_FILE,
+    T5_CHECKPOINT_FILE,
+    f"{WAV2VEC_DIR}/config.json",
+    f"{WAV2VEC_DIR}/preprocessor_config.json",
+    f"{WAV2VEC_DIR}/model.safetensors",
+)
+
+
+def missing_files(folder: Path) -> list[str]:
+    """The checkpoint files absent from `folder` (empty: the folder is a complete checkpoint)."""
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    tokenizer = folder / T5_TOKENIZER_DIR
+    if not tokenizer.is_dir() or not any(tokenizer.iterdir()):
+        missing.append(f"{T5_TOKENIZER_DIR}/")
+    index = folder / TRANSFORMER_INDEX_FILE
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError) as error:
+            return [*missing, f"{TRANSFORMER_INDEX_FILE} (unreadable: {error})"]
+        missing += [shard for shard in shards if not (folder / shard).is_file()]
+    return missing
+
+
+def candidate_folders(
+    model_dir: Path,
+    runpod_cache: Path = RUNPOD_MODEL_CACHE,
+    image_dir: Path = IMAGE_WEIGHTS_DIR,
+) -> list[Path]:
+    """Every place the checkpoint may be, in the order they are tried."""
+    snapshots = runpod_cache / ("models--" + REPO_ID.replace("/", "--")) / "snapshots"
+    cached = sorted(snapshots.iterdir(), key=_modified_time, reverse=True) if snapshots.is_dir() else []
+    if not cached:
+        cached = [snapshots / "<commit>"]
+    return [model_dir, model_dir / DOWNLOAD_FOLDER_NAME, *cached, image_dir]
+
+
+def locate_weights(
+    model_dir: Path,
+    runpod_cache: Path = RUNPOD_MODEL_CACHE,
+    image_dir: Path = IMAGE_WEIGHTS_DIR,
+) -> Path | None:
+    """The first complete checkpoint folder, or None."""
+    for folder in candidate_folders(model_dir, runpod_cache, image_dir):
+        if folder.is_dir() and not missing_files(folder):
+            return folder
+    return None
+
+
+def weights_present(model_dir: Path) -> bool:
+    """Whether a complete checkpoint is already on this machine (no download needed)."""
+    return locate_weights(model_dir) is not None
+
+
+def ensure_weights(
+    model_dir: Path,
+    runpod_cache: Path = RUNPOD_MODEL_CACHE,
+    image_dir: Path = IMAGE_WEIGHTS_DIR,
+    endpoint: str | None = None,
+) -> Path:
+    """The checkpoint folder, downloaded into MODEL_DIR/Wan2.2-S2V-14B first if it is nowhere.
+
+    Raises ModelUnavailableError naming every place it looked and why the download failed.
+    """
+    found = locate_weights(model_dir, runpod_cache, image_dir)
+    if found is not None:
+        log.info("Wan2.2-S2V weights found in %s", found)
+        return found
+    looked = ", ".join(str(folder) for folder in candidate_folders(model_dir, runpod_cache, image_dir))
+    target = model_dir / DOWNLOAD_FOLDER_NAME
+    log.info("Wan2.2-S2V weights are not in %s; downloading %s into %s", looked, REPO_ID, target)
+    try:
+        download_weights(target, endpoint=endpoint)
+    except Exception as error:  # noqa: BLE001 - any failure here means the same thing to the user
+        reason = _redact_token(f"{type(error).__name__}: {error}".splitlines()[0])
+        raise ModelUnavailableError(
+            f"the Wan2.2-S2V-14B weights were not found (looked in {looked}) and downloading "
+            f"{REPO_ID} into {target} failed ({reason}); attach a network volume that holds them, "
+            "enable RunPod's model cache for that repository, or set HF_TOKEN and check the "
+            "network and free disk space."
+        ) from error
+    still_missing = missing_files(target)
+    if still_missing:
+        raise ModelUnavailableError(
+            f"the download of {REPO_ID} into {target} finished without {', '.join(still_missing)}; "
+            "delete that folder and restart the worker."
+        )
+    return target
+
+
+def download_weights(target: Path, endpoint: str | None = None) -> Path:
+    """Fetch the files the loader reads into `target`; an interrupted download resumes.
+
+    The token comes from HF_TOKEN (read by huggingface_hub itself), so it is never in our logs.
+    """
+    from huggingface_hub import snapshot_download
+
+    target.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    snapshot_download(
+        REPO_ID,
+        local_dir=target,
+        allow_patterns=list(DOWNLOAD_PATTERNS),
+        ignore_patterns=list(SKIPPED_PATTERNS),
+        tqdm_class=LoggedProgress,
+        endpoint=endpoint,
+        etag_timeout=30,
+    )
+    log.info("downloaded %s into %s in %.0f s", REPO_ID, target, time.monotonic() - started)
+    return target
+
+
+class LoggedProgress(tqdm):
+    """A progress bar that writes a log line every 30 s instead of redrawing a terminal line.
+
+    RunPod's log viewer shows each carriage-return redraw of a normal bar as a new line.
+    """
+
+    LOG_INTERVAL_SECONDS = 30.0
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["disable"] = False
+        kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
+        super().__init__(*args, **kwargs)
+        self._last_logged = 0.0
+
+    def update(self, n: float | None = 1) -> bool | None:
+        shown = super().update(n)
+        now = time.monotonic()
+        finished = self.total is not None and self.total > 0 and self.n >= self.total
+        if finished or now - self._last_logged >= self.LOG_INTERVAL_SECONDS:
+            self._last_logged = now
+            log.info("%s", self._describe())
+        return shown
+
+    def close(self) -> None:
+        file = self.fp
+        super().close()
+        file.close()
+
+    def _describe(self) -> str:
+        done = self.format_sizeof(self.n) if self.unit == "B" else f"{self.n:.0f}"
+        total = "?" if not self.total else (self.format_sizeof(self.total) if self.unit == "B" else f"{self.total:.0f}")
+        rate = self.format_dict.get("rate")
+        speed = f", {self.format_sizeof(rate)}{self.unit}/s" if rate else ""
+        return f"{self.desc or 'download'}: {done}/{total}{self.unit if self.unit == 'B' else ''}{speed}"
+
+
+def _redact_token(text: str) -> str:
+    token = os.environ.get("HF_TOKEN")
+    return text.replace(token, "<HF_TOKEN>") if token else text
+
+
+def _modified_time(path: Path) -> float:
+    return path.stat().st_mtime
+

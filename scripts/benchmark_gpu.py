@@ -1,0 +1,275 @@
+"""Speed and memory of Wan2.2-S2V-14B on this GPU, per memory mode and resolution.
+
+The models have the real 14B architecture with random weights (speed does not depend on the
+values): the transformer, umt5-xxl, wav2vec2-large and the Wan2.1 VAE, placed exactly as the
+worker places them for each memory mode (model/wan_s2v/memory.py), and driven through the
+worker's own generation loop (model/wan_s2v/pipeline.py) for one clip with a few steps.
+
+    python scripts/benchmark_gpu.py                                  # all modes, 480p and 720p
+    python scripts/benchmark_gpu.py --modes full --resolutions 480p --steps 3 --json out.json
+
+Printed per (mode, resolution): seconds per denoising step (both guidance passes, batched),
+VAE decode seconds per clip, GPU seconds per second of video at the default 40 steps, peak GPU
+memory, and model FLOP utilisation against the GPU's dense bf16 peak.
+
+Prompt embeddings are cached at worker start, so they are encoded before timing (in the offload
+mode on the GPU, before the text encoder moves to the CPU); the timings are the per-clip work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.wan_s2v.config import (  # noqa: E402
+    FPS,
+    FRAMES_PER_CLIP,
+    MOTION_FRAMES,
+    NEGATIVE_PROMPT,
+    SAMPLE_STEPS,
+    TEXT_LEN,
+    UMT5_XXL_ENCODER_CONFIG,
+)
+from model.wan_s2v.memory import MemoryMode, place_transformer, text_encoder_device  # noqa: E402
+from model.wan_s2v.pipeline import FIRST_CLIP_DROPPED_FRAMES, SamplingSettings, WanS2VPipeline  # noqa: E402
+from model.wan_s2v.sizing import output_size  # noqa: E402
+from model.wan_s2v.speech import SpeechEncoder  # noqa: E402
+from model.wan_s2v.transformer import WanS2VTransformer3DModel  # noqa: E402
+
+GIB = 1024**3
+# (portrait height, width, pixel-area budget) of the contract's resolutions
+RESOLUTIONS = {"480p": (480, 832, 832 * 480), "720p": (720, 1280, 1280 * 720)}
+# Dense bf16 tensor-core peaks from the datasheets (SXM parts).
+DATASHEET_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "A6000": 154.8e12}
+PROMPT = "A person speaking"
+# A clip's worth of speech: 77 frames, so one clip with no extra (see pipeline.clips_for).
+SPEECH_SECONDS = (FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES) / FPS
+
+
+class TokenIdTextEncoder:
+    """umt5-xxl run on fixed token ids: the tokenizer files are not here, and cost nothing anyway."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        ids = torch.randint(1, 1000, (len(prompts), TEXT_LEN), device=device)
+        mask = torch.ones_like(ids)
+        mask[:, 24:] = 0
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+
+def build_on_gpu(factory, dtype: torch.dtype, device: torch.device):
+    """Construct a module directly on the GPU in `dtype` (default initialisation is random enough)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device, torch.no_grad():
+            return factory().eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_pipeline(mode: MemoryMode, device: torch.device) -> WanS2VPipeline:
+    from diffusers import AutoencoderKLWan
+    from transformers import UMT5Config, UMT5EncoderModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from model.wan_s2v.vae import WanVideoVAE
+
+    transformer = build_on_gpu(WanS2VTransformer3DModel, torch.bfloat16, device)
+    if mode is not MemoryMode.FULL:
+        transformer.to("cpu")  # where the worker's loader leaves it for these modes
+        torch.cuda.empty_cache()
+    place_transformer(transformer, mode, device)
+
+    t5 = build_on_gpu(lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL_ENCODER_CONFIG, is_encoder_decoder=False)),
+                      torch.bfloat16, device)
+    wav2vec = build_on_gpu(
+        lambda: Wav2Vec2Model(Wav2Vec2Config(
+            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+            feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+        )),
+        torch.float32, device,
+    )
+    vae = build_on_gpu(AutoencoderKLWan, torch.float32, device)
+    components = types.SimpleNamespace(
+        transformer=transformer,
+        vae=WanVideoVAE(vae),
+        text_encoder=TokenIdTextEncoder(t5),
+        speech_encoder=SpeechEncoder(wav2vec, Wav2Vec2FeatureExtractor(do_normalize=True)),
+    )
+    pipeline = WanS2VPipeline(components, device, torch.bfloat16)
+    for prompt in (PROMPT, NEGATIVE_PROMPT):  # cached at worker start
+        pipeline.encode_prompt(prompt)
+    t5.to(text_encoder_device(mode, device))
+    torch.cuda.empty_cache()
+    return pipeline
+
+
+def count_step_flops(pipeline: WanS2VPipeline, run_one_clip) -> float:
+    """FLOPs of one denoising step (one batched transformer call), counted by PyTorch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    captured: dict = {}
+    original = pipeline.transformer.forward
+
+    def capture(hidden_states, **kwargs):
+        captured.setdefault("call", (hidden_states, kwargs))
+        return original(hidden_states, **kwargs)
+
+    pipeline.transformer.forward = capture
+    try:
+        run_one_clip(SamplingSettings(num_steps=1))
+    finally:
+        pipeline.transformer.forward = original
+    hidden_states, kwargs = captured["call"]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        original(hidden_states, **kwargs)
+    return float(counter.get_total_flops())
+
+
+def measure_matmul_peak(device: torch.device) -> float:
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 20 / (time.perf_counter() - start)
+
+
+def benchmark(pipeline: WanS2VPipeline, resolution: str, steps: int, flops_cache: dict) -> dict:
+    device = pipeline.device
+    portrait_h, portrait_w, area = RESOLUTIONS[resolution]
+    height, width = output_size(portrait_h, portrait_w, area)
+    image = np.random.default_rng(0).integers(0, 256, (portrait_h, portrait_w, 3), dtype=np.uint8)
+    portrait = pipeline.encode_portrait(image, height, width)
+    speech = (0.1 * np.random.default_rng(1).standard_normal(int(SPEECH_SECONDS * 16000))).astype(np.float32)
+
+    def run_one_clip(settings: SamplingSettings, on_progress=lambda fraction, detail: None) -> None:
+        for _ in pipeline.generate(portrait, speech, 42, PROMPT, settings, on_progress):
+            pass
+
+    if resolution not in flops_cache:
+        flops_cache[resolution] = count_step_flops(pipeline, run_one_clip)
+
+    ticks: list[tuple[float, str]] = []
+
+    def on_progress(fraction: float, detail: str) -> None:
+        torch.cuda.synchronize()
+        ticks.append((time.perf_counter(), detail))
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    run_one_clip(SamplingSettings(num_steps=steps), on_progress)
+    peak = torch.cuda.max_memory_allocated()
+    # The first step also carries the speech encoding and the start of the clip: skip it.
+    step_seconds = statistics.median(later - earlier for (earlier, _), (later, _) in zip(ticks[:steps - 1], ticks[1:steps]))
+    decode_seconds = ticks[steps][0] - ticks[steps - 1][0]
+
+    black = torch.zeros(1, 3, MOTION_FRAMES, height, width, device=pipeline.vae.device)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    pipeline.vae.encode(black)
+    torch.cuda.synchronize()
+    motion_encode_seconds = time.perf_counter() - start
+
+    clip_seconds = SAMPLE_STEPS * step_seconds + decode_seconds + motion_encode_seconds
+    return {
+        "resolution": resolution,
+        "height": height,
+        "width": width,
+        "seconds_per_step": step_seconds,
+        "decode_seconds_per_clip": decode_seconds,
+        "motion_encode_seconds_per_clip": motion_encode_seconds,
+        "gpu_seconds_per_video_second": clip_seconds / (FRAMES_PER_CLIP / FPS),
+        "peak_gpu_gib": peak / GIB,
+        "step_tflop": flops_cache[resolution] / 1e12,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", nargs="+", default=[mode.value for mode in MemoryMode], choices=[m.value for m in MemoryMode])
+    parser.add_argument("--resolutions", nargs="+", default=list(RESOLUTIONS), choices=list(RESOLUTIONS))
+    parser.add_argument("--steps", type=int, default=3, help="denoising steps timed per run (the first is not counted)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA GPU: this benchmark needs one", file=sys.stderr)
+        return 1
+    if args.steps < 3:
+        parser.error("--steps must be at least 3 (the first step is a warm-up)")
+
+    device = torch.device("cuda")
+    gpu_name = torch.cuda.get_device_name(device)
+    datasheet_peak = next((peak for key, peak in DATASHEET_BF16_PEAK.items() if key in gpu_name), None)
+    matmul_peak = measure_matmul_peak(device)
+    print(f"{gpu_name}, torch {torch.__version__}: bf16 matmul 8192^3 runs at {matmul_peak / 1e12:.0f} TFLOP/s"
+          + (f" (datasheet dense peak {datasheet_peak / 1e12:.0f})" if datasheet_peak else ""), flush=True)
+    peak_for_mfu = datasheet_peak or matmul_peak
+
+    results, flops_cache = [], {}
+    for mode_name in args.modes:
+        mode = MemoryMode(mode_name)
+        started = time.perf_counter()
+        try:
+            pipeline = build_pipeline(mode, device)
+        except Exception as error:  # noqa: BLE001 - report and go on with the other modes
+            print(f"{mode.value}: could not place the models: {type(error).__name__}: {error}", flush=True)
+            results.append({"mode": mode.value, "error": f"{type(error).__name__}: {error}"})
+            gc.collect()
+            torch.cuda.empty_cache()
+            continue
+        resident = torch.cuda.memory_allocated() / GIB
+        print(f"{mode.value}: models placed in {time.perf_counter() - started:.0f} s, {resident:.1f} GiB resident", flush=True)
+        for resolution in args.resolutions:
+            try:
+                row = benchmark(pipeline, resolution, args.steps, flops_cache)
+            except Exception as error:  # noqa: BLE001
+                print(f"{mode.value} {resolution}: failed: {type(error).__name__}: {error}", flush=True)
+                results.append({"mode": mode.value, "resolution": resolution, "error": f"{type(error).__name__}: {error}"})
+                torch.cuda.empty_cache()
+                continue
+            row.update(mode=mode.value, resident_gib=resident,
+                       mfu=row["step_tflop"] * 1e12 / row["seconds_per_step"] / peak_for_mfu)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+        del pipeline
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    print(f"\n{gpu_name}; MFU against {peak_for_mfu / 1e12:.0f} TFLOP/s bf16; {SAMPLE_STEPS} steps per 5 s clip")
+    print(f"{'mode':8} {'size':>9} {'s/step':>7} {'decode s':>8} {'GPU s per video s':>17} {'peak GiB':>8} {'TFLOP/step':>10} {'MFU':>5}")
+    for row in results:
+        if "error" in row:
+            print(f"{row['mode']:8} {row.get('resolution', ''):>9} failed: {row['error'][:80]}")
+            continue
+        print(f"{row['mode']:8} {row['width']:>4}x{row['height']:<4} {row['seconds_per_step']:7.2f} "
+              f"{row['decode_seconds_per_clip']:8.2f} {row['gpu_seconds_per_video_second']:17.1f} "
+              f"{row['peak_gpu_gib']:8.1f} {row['step_tflop']:10.0f} {row['mfu']:5.1%}")
+    if args.json:
+        args.json.write_text(json.dumps({"gpu": gpu_name, "torch": torch.__version__, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Build the worker image for linux/amd64 (RunPod's hosts), tagged with the git commit.
+#
+#   scripts/build_image.sh [--bake-weights] [--dry-run] REPOSITORY
+#
+# REPOSITORY is the image name without a tag, e.g. docker.io/you/talking-head. The tag is the
+# commit (12 hex digits), with "-dirty-<UTC time>" when the work tree has uncommitted changes so
+# that a new build never hides behind an old tag, and "-baked" for --bake-weights, which builds
+# the Dockerfile's `baked` target and hands HF_TOKEN (when set) to it as a BuildKit secret.
+# The image reference goes to stdout; everything else to stderr. --dry-run prints the command.
+set -euo pipefail
+
+usage() {
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+bake=false
+dry_run=false
+repository=""
+while (($#)); do
+    case "$1" in
+        --bake-weights) bake=true ;;
+        --dry-run) dry_run=true ;;
+        -h | --help) usage; exit 0 ;;
+        -*) usage >&2; exit 2 ;;
+        *) [[ -z $repository ]] || { usage >&2; exit 2; }; repository=$1 ;;
+    esac
+    shift
+done
+[[ -n $repository ]] || { usage >&2; exit 2; }
+if [[ ${repository##*/} == *:* || $repository == *@* ]]; then
+    die "give the repository without a tag or digest ($repository); the tag comes from the git commit"
+fi
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+commit="$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null)" \
+    || die "$root is not a git checkout with a commit; the image tag comes from the commit"
+tag=$commit
+if [[ -n "$(git -C "$root" status --porcelain 2>/dev/null)" ]]; then
+    tag="$tag-dirty-$(date -u +%Y%m%d%H%M%S)"
+fi
+target=runtime
+if $bake; then
+    target=baked
+    tag="$tag-baked"
+fi
+image="$repository:$tag"
+
+build=(docker buildx build --platform linux/amd64 --target "$target" --tag "$image" --load)
+if $bake && [[ -n ${HF_TOKEN:-} ]]; then
+    # By name: the value never appears in the command line, the build log or a layer.
+    build+=(--secret "id=hf_token,env=HF_TOKEN")
+fi
+build+=("$root")
+
+echo "+ ${build[*]}" >&2
+if ! $dry_run; then
+    command -v docker >/dev/null 2>&1 || die "docker is not installed or not on PATH; install Docker (with buildx) first"
+    "${build[@]}" >&2 || die "docker buildx build failed for $image (see the build log above)"
+fi
+echo "$image"

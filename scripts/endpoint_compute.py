@@ -1,0 +1,121 @@
+"""Which RunPod compute a backend needs: GPU pools, smallest class that fits first, or CPU flavors.
+
+Facts from the runpod/docs repository: the pool ids and the cards in each come from
+`references/gpu-types.mdx` ("GPU pools"); "up to three GPU types in priority order" from
+`serverless/endpoints/endpoint-configurations.mdx`; the CPU flavor ids and `vcpuCount` from
+`api-reference-v2/openapi.json` (`CreateCpuConfig`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+BACKENDS = ("wan-s2v", "lite")
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuClass:
+    memory_gb: int
+    # Within a class the newer generation first: faster for the same memory.
+    pools: tuple[str, ...]
+
+
+# Smallest first.
+GPU_CLASSES = (
+    GpuClass(24, ("ADA_24", "AMPERE_24")),  # RTX 4090 | L4, A5000, RTX 3090
+    GpuClass(48, ("ADA_48_PRO", "AMPERE_48")),  # L40, L40S, RTX 6000 Ada | A6000, A40
+    GpuClass(80, ("ADA_80_PRO", "AMPERE_80")),  # H100 | A100 80GB
+    GpuClass(141, ("HOPPER_141",)),  # H200
+)
+KNOWN_GPU_POOLS = tuple(pool for gpu_class in GPU_CLASSES for pool in gpu_class.pools)
+
+# GPU memory a Wan2.2-S2V-14B worker needs in each WAN_MEMORY_MODE: `full` keeps the bf16
+# transformer (~32 GB) and text encoder (~11 GB) on the GPU with room for activations; `fp8`
+# stores the transformer's weights in fp8 (computes in bf16, so Ampere works too); `offload`
+# keeps only the running blocks on the GPU.
+WAN_MEMORY_MODE_GPU_GB = {"full": 80, "fp8": 48, "offload": 24}
+# fp8 by default: 48 GB cards cost about half as much per second as 80 GB ones (the docs'
+# snippets/serverless-gpu-pricing-table.mdx) and are easier to get, and fp8 weight storage costs
+# little quality; `full` is for the last bit of quality.
+DEFAULT_WAN_MEMORY_MODE = "fp8"
+
+MAX_GPU_PRIORITIES = 3
+
+# The lite backend is CPU-only: compute-optimised flavors, the newer generation first.
+LITE_CPU_VCPUS = 4
+LITE_CPU_FLAVORS = ("cpu5c", "cpu3c")
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuConfig:
+    flavor: str
+    vcpu_count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """Either GPU pools in priority order or CPU configurations; never both."""
+
+    gpu_pools: tuple[str, ...] = ()
+    cpu: tuple[CpuConfig, ...] = ()
+
+    @property
+    def is_cpu(self) -> bool:
+        return bool(self.cpu)
+
+
+def gpu_pools_for_memory(memory_gb: int) -> tuple[str, ...]:
+    """The pools of the smallest class with `memory_gb`, then the larger classes as fallbacks.
+
+    A worker waits in the queue when its first choice has no capacity, so the fallbacks trade a
+    higher price per second for getting a GPU at all.
+    """
+    fitting = [gpu_class for gpu_class in GPU_CLASSES if gpu_class.memory_gb >= memory_gb]
+    if not fitting:
+        raise ValueError(f"no RunPod GPU pool has {memory_gb} GB of memory")
+    pools = [pool for gpu_class in fitting for pool in gpu_class.pools]
+    return tuple(pools[:MAX_GPU_PRIORITIES])
+
+
+def compute_for(backend: str, memory_mode: str | None) -> Compute:
+    """The default compute for a backend (and, for wan-s2v, its memory mode)."""
+    if backend == "lite":
+        return Compute(cpu=tuple(CpuConfig(flavor, LITE_CPU_VCPUS) for flavor in LITE_CPU_FLAVORS))
+    if backend == "wan-s2v":
+        mode = memory_mode or DEFAULT_WAN_MEMORY_MODE
+        if mode not in WAN_MEMORY_MODE_GPU_GB:
+            raise ValueError(
+                f"unknown memory mode {mode!r}; choose one of {', '.join(WAN_MEMORY_MODE_GPU_GB)}"
+            )
+        return Compute(gpu_pools=gpu_pools_for_memory(WAN_MEMORY_MODE_GPU_GB[mode]))
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def parse_cpu_configs(text: str) -> tuple[CpuConfig, ...]:
+    """`cpu5c:4,cpu3c:8` → CPU configurations, in priority order."""
+    configs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        flavor, sep, count = item.partition(":")
+        if not sep or not flavor or not count.isdigit():
+            raise ValueError(f"CPU configuration {item!r} is not FLAVOR:VCPUS, e.g. cpu5c:4")
+        vcpus = int(count)
+        # RunPod's schema: at least 2 vCPUs and a power of two.
+        if vcpus < 2 or vcpus & (vcpus - 1):
+            raise ValueError(f"CPU configuration {item!r}: vCPUs must be a power of two, at least 2")
+        configs.append(CpuConfig(flavor, vcpus))
+    if not configs:
+        raise ValueError("no CPU configuration given")
+    return tuple(configs)
+
+
+def parse_gpu_pools(text: str) -> tuple[str, ...]:
+    """`ADA_24,AMPERE_24` → pools in priority order, each a pool RunPod documents."""
+    pools = tuple(filter(None, (part.strip() for part in text.split(","))))
+    if not pools:
+        raise ValueError("no GPU pool given")
+    unknown = [pool for pool in pools if pool not in KNOWN_GPU_POOLS]
+    if unknown:
+        raise ValueError(
+            f"unknown GPU pool {', '.join(unknown)}; RunPod's pools are {', '.join(KNOWN_GPU_POOLS)}"
+        )
+    return pools

