@@ -18,7 +18,8 @@ from handler.startup import start_worker  # noqa: E402
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: importing the RunPod SDK already configured the root logger its own way
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     worker = start_worker()
     runpod.serverless.start({"handler": worker.handle})
 

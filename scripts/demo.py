@@ -16,7 +16,7 @@ from handler.startup import start_worker  # noqa: E402
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     clock = time.monotonic()
     worker = start_worker()
     ready = time.monotonic() - clock
