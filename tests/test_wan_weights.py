@@ -127,3 +127,99 @@ def test_download_progress_goes_to_the_log_not_the_terminal(caplog, capsys, monk
     assert "Downloading bytes: 1.00M/2.00MB" in caplog.text
     assert "Downloading bytes: 2.00M/2.00MB" in caplog.text
     assert capsys.readouterr().err == ""
+
+
+class FakeHub:
+    """The few Hub endpoints a snapshot download uses, serving a folder, on 127.0.0.1."""
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        import hashlib
+        import http.server
+        import threading
+
+        hub = self
+        self.files = files
+        self.requests: list[tuple[str, str, str | None]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+                self._serve(body=False)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._serve(body=True)
+
+            def _serve(self, body: bool) -> None:
+                path = self.path.split("?")[0]
+                hub.requests.append((self.command, path, self.headers.get("Authorization")))
+                if path.startswith(f"/api/models/{weights.REPO_ID}/revision/"):
+                    return self._json({"id": weights.REPO_ID, "sha": hub.COMMIT,
+                                       "siblings": [{"rfilename": name} for name in hub.files]}, body)
+                if path.startswith(f"/api/models/{weights.REPO_ID}/tree/"):
+                    return self._json([{"type": "file", "path": name, "size": len(data),
+                                        "oid": hashlib.sha1(data).hexdigest()} for name, data in hub.files.items()], body)
+                prefix = f"/{weights.REPO_ID}/resolve/"
+                if path.startswith(prefix):
+                    name = path[len(prefix):].split("/", 1)[1]
+                    if name in hub.files:
+                        data = hub.files[name]
+                        self.send_response(200)
+                        self.send_header("X-Repo-Commit", hub.COMMIT)
+                        self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        if body:
+                            self.wfile.write(data)
+                        return
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def _json(self, value, body: bool) -> None:
+                data = json.dumps(value).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_download_fetches_the_loaders_files_with_the_token_and_logs_progress(tmp_path, monkeypatch, caplog):
+    token = "hf_secretTokenThatMustNotLeak"
+    monkeypatch.setenv("HF_TOKEN", token)
+    index = {"metadata": {}, "weight_map": {"a": "diffusion_pytorch_model-00001-of-00004.safetensors",
+                                            **{f"b{i}": f"diffusion_pytorch_model-0000{i}-of-00004.safetensors" for i in range(2, 5)}}}
+    files = {name: f"contents of {name}".encode() for name in PUBLISHED_FILES}
+    files["diffusion_pytorch_model.safetensors.index.json"] = json.dumps(index).encode()
+    hub = FakeHub(files)
+    caplog.set_level(logging.INFO)
+    try:
+        folder = ensure_weights(tmp_path / "models", tmp_path / "hub", tmp_path / "image", endpoint=hub.url)
+    finally:
+        hub.close()
+    assert folder == tmp_path / "models" / "Wan2.2-S2V-14B"
+    assert missing_files(folder) == []
+    downloaded = {path[len(f"/{weights.REPO_ID}/resolve/{FakeHub.COMMIT}/"):]
+                  for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path}
+    assert "wav2vec2-large-xlsr-53-english/model.safetensors" in downloaded
+    assert not any(name.endswith((".bin", ".msgpack")) or "language_model" in name or name.startswith(("assets", "examples"))
+                   for name in downloaded)
+    assert (folder / "google/umt5-xxl/spiece.model").read_bytes() == b"contents of google/umt5-xxl/spiece.model"
+    assert all(auth == f"Bearer {token}" for _, _, auth in hub.requests)
+    assert "Downloading bytes" in caplog.text or "Fetching" in caplog.text
+    assert token not in caplog.text
+    # a second start finds them and downloads nothing
+    assert locate_weights(tmp_path / "models", tmp_path / "hub", tmp_path / "image") == folder

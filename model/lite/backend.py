@@ -86,5 +86,5 @@ class LiteBackend(TalkingHeadBackend):
                     roll=float(head.roll[i]),
                 )
                 renderer.render(pose, batch[offset])
-            on_progress((start + count) / total, "generate")
+            on_progress((start + count) / total, f"frame {start + count}/{total}")
             yield batch

@@ -35,11 +35,13 @@ class MemoryMode(str, enum.Enum):
         return order[index + 1] if index + 1 < len(order) else None
 
 
-# Free GPU memory each mode needs: its weights plus the activations and VAE decode of a 720p clip
-# (measured by scripts/benchmark_gpu.py) and a margin for the CUDA context and fragmentation.
+# Free GPU memory each mode needs. Peaks measured by scripts/benchmark_gpu.py on an H100 for one
+# clip (832x448 / 1280x704): full 51.3 / 63.3 GiB, fp8 36.3 / 48.4 GiB, offload 11.1 / 22.3 GiB.
+# The thresholds fit the default 480p resolution with a margin for the CUDA context; on a 48 GB
+# card, 720p needs the offload mode (the out-of-memory message says so).
 MIN_FREE_BYTES = {
-    MemoryMode.FULL: 70 * GIB,
-    MemoryMode.FP8: 40 * GIB,
+    MemoryMode.FULL: 66 * GIB,
+    MemoryMode.FP8: 38 * GIB,
     MemoryMode.OFFLOAD: 0,
 }
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model.base import SPEECH_SAMPLE_RATE, num_frames_for
+
 from .config import (
     DROP_FIRST_MOTION,
     FPS,
@@ -162,7 +164,7 @@ class WanS2VPipeline:
         on_progress: ProgressCallback,
     ) -> Iterator[np.ndarray]:
         """Yield RGB uint8 frames (n, height, width, 3), clip by clip, exactly as long as the speech."""
-        num_frames = max(1, int(round(len(speech_16k) / 16_000 * FPS)))
+        num_frames = num_frames_for(len(speech_16k) / SPEECH_SAMPLE_RATE, FPS)
         speech = self.speech_encoder.encode(speech_16k, fps=FPS)
         num_clips = clips_for(num_frames, self.speech_encoder.num_clips(len(speech_16k)))
         use_guidance = settings.guidance_scale > 1
@@ -177,9 +179,11 @@ class WanS2VPipeline:
         for clip in range(num_clips):
             first = clip == 0
             audio = bucket_clip_features(speech, clip, FRAMES_PER_CLIP).to(self.device, self.dtype)
-            latents = self._denoise_clip(
-                portrait, motion_latents, audio, context, seed + clip, first, settings, clock, clip, num_clips
-            )
+
+            def on_step(step: int, clip: int = clip) -> None:
+                clock.tick(f"clip {clip + 1}/{num_clips}, step {step}/{settings.num_steps}")
+
+            latents = self._denoise_clip(portrait, motion_latents, audio, context, seed + clip, first, settings, on_step)
             pixels = self._decode_clip(latents, portrait.latent if first and DROP_FIRST_MOTION else motion_latents)
             if first and DROP_FIRST_MOTION:
                 pixels = pixels[:, :, FIRST_CLIP_DROPPED_FRAMES:]
@@ -205,10 +209,9 @@ class WanS2VPipeline:
         seed: int,
         first: bool,
         settings: SamplingSettings,
-        clock: "_ProgressClock",
-        clip: int,
-        num_clips: int,
+        on_step: Callable[[int], None],
     ) -> torch.Tensor:
+        """The denoised latents of one clip, from the noise of its own `seed`."""
         generator = torch.Generator(self.device).manual_seed(seed)
         latent_h, latent_w = portrait.height // VAE_STRIDE[1], portrait.width // VAE_STRIDE[2]
         # Drawn in the compute dtype, like the reference, so that a seed gives its noise.
@@ -237,7 +240,7 @@ class WanS2VPipeline:
                 conditional, unconditional = prediction.chunk(2)
                 prediction = unconditional + settings.guidance_scale * (conditional - unconditional)
             latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
-            clock.tick(f"clip {clip + 1}/{num_clips}, step {step + 1}/{len(timesteps)}")
+            on_step(step + 1)
         return latents
 
     def _decode_clip(self, latents: torch.Tensor, context_latents: torch.Tensor) -> torch.Tensor:

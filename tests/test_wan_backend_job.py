@@ -1,0 +1,260 @@
+"""MODEL_BACKEND=wan-s2v end to end: the worker's local RunPod API, a tiny random-weight checkpoint
+written in the official file layout, real jobs, and the MP4s decoded and measured."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import soundfile
+import torch
+from PIL import Image
+from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+from conftest import ASSETS, ROOT, free_port
+from mp4_facts import mp4_facts, read_frames
+from wan_tiny_models import (
+    TINY_OFFICIAL_TRANSFORMER_CONFIG,
+    TINY_T5,
+    official_t5_state_dict,
+    official_transformer_state_dict,
+    official_vae_state_dict,
+    speech_samples,
+    tiny_umt5,
+    tiny_vae,
+    write_official_checkpoint,
+)
+
+pytestmark = pytest.mark.slow
+
+TRANSFORMER_CONFIG = dict(
+    TINY_OFFICIAL_TRANSFORMER_CONFIG, dim=24, num_heads=2, num_layers=2, ffn_dim=32, freq_dim=16,
+    text_len=16, audio_dim=32, num_audio_token=2, audio_inject_layers=[0, 1],
+)
+# The official model always takes 4096-wide text embeddings (config.json cannot change it).
+T5_CONFIG = dict(TINY_T5, d_model=4096)
+LATENT_CHANNELS = TRANSFORMER_CONFIG["in_dim"]
+VAE_CONFIG = dict(
+    base_dim=4, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+    latents_mean=[0.1 * i for i in range(LATENT_CHANNELS)], latents_std=[1.0 + 0.1 * i for i in range(LATENT_CHANNELS)],
+)
+SPEECH_SECONDS = 6.3  # 101 frames at 16 fps: more than the first clip's 77
+PORTRAIT_SIDE = 64  # a portrait this small is never scaled: the video is 64x64 at any resolution
+
+# The official files carry no config for the VAE and umt5 (the worker assumes the 14B ones); the
+# worker process is told the tiny ones (and the text length) through this module, which Python
+# imports at start-up.
+SITECUSTOMIZE = textwrap.dedent("""
+    import torch
+    from model.wan_s2v.text import TextEncoder
+    from model.wan_s2v.vae import WanVideoVAE
+
+    _vae, _text = WanVideoVAE.from_official.__func__, TextEncoder.from_official.__func__
+    WanVideoVAE.from_official = classmethod(
+        lambda cls, path, device="cpu", dtype=torch.float32, vae_config=None: _vae(cls, path, device, dtype, {vae}))
+
+    def _tiny_text(cls, path, tok, device="cpu", dtype=torch.bfloat16, encoder_config=None):
+        encoder = _text(cls, path, tok, device, dtype, {t5})
+        encoder.text_len = {text_len}
+        return encoder
+
+    TextEncoder.from_official = classmethod(_tiny_text)
+""")
+
+
+def tiny_transformer():
+    from model.wan_s2v.convert_transformer import convert_transformer_config
+    from model.wan_s2v.transformer import WanS2VTransformer3DModel
+
+    torch.manual_seed(0)
+    model = WanS2VTransformer3DModel(**convert_transformer_config(TRANSFORMER_CONFIG)).eval()
+    with torch.no_grad():  # some official layers start at zero; make every weight matter
+        for param in model.parameters():
+            param.normal_(0.0, 0.2)
+    return model
+
+
+def write_wav2vec2_with_25_layers(folder: Path) -> None:
+    """The transformer mixes exactly 25 wav2vec2 hidden states (24 layers + the embedding)."""
+    torch.manual_seed(1)
+    config = Wav2Vec2Config(
+        vocab_size=8, hidden_size=TRANSFORMER_CONFIG["audio_dim"], num_hidden_layers=24, num_attention_heads=2,
+        intermediate_size=16, conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, feat_extract_norm="layer",
+        do_stable_layer_norm=True, conv_bias=True, pad_token_id=0,
+    )
+    Wav2Vec2ForCTC(config).eval().save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    folder = write_official_checkpoint(
+        tmp_path_factory.mktemp("Wan2.2-S2V-14B"),
+        official_transformer_state_dict(tiny_transformer()),
+        TRANSFORMER_CONFIG,
+        official_vae_state_dict(tiny_vae(config=VAE_CONFIG)),
+        official_t5_state_dict(tiny_umt5(config=T5_CONFIG)),
+        shard_bytes=100_000,
+        wav2vec_hidden_size=TRANSFORMER_CONFIG["audio_dim"],
+    )
+    write_wav2vec2_with_25_layers(folder / "wav2vec2-large-xlsr-53-english")
+    return folder
+
+
+def small_portrait_jpeg() -> bytes:
+    image = Image.open(ASSETS / "portrait.jpg").convert("RGB").resize((PORTRAIT_SIDE, PORTRAIT_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+class WanWorker:
+    """`python -m handler --rp_serve_api` on 127.0.0.1 with MODEL_BACKEND=wan-s2v."""
+
+    def __init__(self, checkpoint: Path, workdir: Path, **extra_env: str) -> None:
+        site = workdir / "site"
+        site.mkdir(parents=True)
+        (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(vae=VAE_CONFIG, t5=T5_CONFIG, text_len=TRANSFORMER_CONFIG["text_len"]))
+        presets = workdir / "presets" / "anna"
+        presets.mkdir(parents=True)
+        (presets / "portrait.jpg").write_bytes(small_portrait_jpeg())
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log_path = workdir / "worker.log"
+        env = {
+            "PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir),
+            "PYTHONPATH": f"{ROOT}:{site}", "MODEL_BACKEND": "wan-s2v", "MODEL_DIR": str(checkpoint),
+            "PRESET_AVATARS_DIR": str(workdir / "presets"), "OMP_NUM_THREADS": "2", **extra_env,
+        }
+        self.started = time.monotonic()
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "handler", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+             "--rp_api_port", self.url.rsplit(":", 1)[1]],
+            cwd=workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self._wait_ready(timeout=300)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if requests.get(f"{self.url}/docs", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"worker did not start within {timeout} s:\n{self.log()}")
+
+    def runsync(self, job_input: dict) -> dict:
+        response = requests.post(f"{self.url}/runsync", json={"input": job_input}, timeout=600)
+        response.raise_for_status()
+        return response.json()
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def worker(checkpoint, tmp_path_factory):
+    process = WanWorker(checkpoint, tmp_path_factory.mktemp("wan-worker"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    soundfile.write(path, speech_samples(SPEECH_SECONDS, seed=4), 16000)
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def job(speech_wav: str, seed: int, **image) -> dict:
+    image = image or {"image_file": base64.b64encode(small_portrait_jpeg()).decode()}
+    return {"audio_file": speech_wav, **image, "seed": seed, "num_inference_steps": 2, "resolution": "64*64"}
+
+
+def video_of(reply: dict, tmp_path: Path, name: str) -> tuple[Path, dict]:
+    assert reply["status"] == "COMPLETED", reply  # the worker's log has the traceback
+    output = reply["output"]
+    assert output.get("success") is True, output
+    path = tmp_path / f"{name}.mp4"
+    path.write_bytes(base64.b64decode(output["video_base64"]))
+    return path, output
+
+
+def portrait_encodings(log: str) -> int:
+    return len(re.findall(r"portrait encoded to its reference latent", log))
+
+
+def test_worker_is_ready_with_the_model_loaded_and_presets_prepared(worker):
+    log = worker.log()
+    ready = re.search(r"worker ready in ([\d.]+) s", log)
+    assert ready, log
+    assert "Wan2.2-S2V weights found in" in log and "Wan2.2-S2V ready on cpu" in log
+    assert portrait_encodings(log) == 1  # the preset, at start
+    print(f"\nstart to ready (tiny checkpoint, CPU): {ready.group(1)} s of loading; "
+          f"{time.monotonic() - worker.started:.1f} s from process start to serving")
+
+
+def test_a_job_longer_than_one_clip_has_exactly_the_speech_length(worker, speech_wav, tmp_path):
+    path, output = video_of(worker.runsync(job(speech_wav, seed=5)), tmp_path, "first")
+    facts = mp4_facts(path)
+    expected_frames = round(SPEECH_SECONDS * 16)
+    assert (facts.num_frames, facts.fps, facts.width, facts.height) == (expected_frames, 16.0, 64, 64)
+    assert output["num_frames"] == expected_frames and output["model"] == "wan2.2-s2v-14b" and output["seed"] == 5
+    assert abs(facts.audio_seconds - SPEECH_SECONDS) <= 0.05
+    assert read_frames(path, 64, 64).std() > 2.0
+
+
+def test_same_seed_same_video_other_seed_other_video_and_presets_skip_the_portrait(worker, speech_wav, tmp_path):
+    first = read_frames(video_of(worker.runsync(job(speech_wav, seed=5)), tmp_path, "a")[0], 64, 64).astype(int)
+    again = read_frames(video_of(worker.runsync(job(speech_wav, seed=5)), tmp_path, "b")[0], 64, 64).astype(int)
+    other = read_frames(video_of(worker.runsync(job(speech_wav, seed=6)), tmp_path, "c")[0], 64, 64).astype(int)
+    assert np.array_equal(first, again)
+    assert np.abs(first - other).mean() > 1.0
+
+    encodings_before = portrait_encodings(worker.log())
+    # presets are prepared at start for the default resolution, which this job keeps
+    preset_job = {key: value for key, value in job(speech_wav, seed=5, avatar_id="anna").items() if key != "resolution"}
+    reply = worker.runsync(preset_job)
+    preset = read_frames(video_of(reply, tmp_path, "preset")[0], 64, 64).astype(int)
+    assert portrait_encodings(worker.log()) == encodings_before  # prepared at start, not per job
+    assert np.array_equal(preset, first)  # the same portrait, prepared once, gives the same video
+
+
+def test_a_worker_without_weights_fails_its_jobs_saying_where_it_looked(tmp_path, speech_wav):
+    empty = tmp_path / "models"
+    empty.mkdir()
+    # offline: the download is attempted through huggingface_hub but sends nothing anywhere
+    worker = WanWorker(empty, tmp_path / "worker", HF_HUB_OFFLINE="1", HF_TOKEN="hf_neverLogThisToken")
+    try:
+        reply = worker.runsync(job(speech_wav, seed=1))
+        log = worker.log()
+    finally:
+        worker.stop()
+    assert reply["status"] == "FAILED"
+    error = reply["error"]
+    assert error.startswith("MODEL_UNAVAILABLE: the Wan2.2-S2V-14B weights were not found (looked in ")
+    assert str(empty) in error and "/runpod-volume/huggingface-cache/hub/models--Wan-AI--Wan2.2-S2V-14B" in error
+    assert "hf_neverLogThisToken" not in error and "hf_neverLogThisToken" not in log

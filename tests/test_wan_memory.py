@@ -1,0 +1,83 @@
+"""Memory modes: which one is chosen, what an out-of-memory error says, and that fp8 storage and
+group offloading still compute the transformer's function (on tiny models, on the CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.wan_s2v.memory import (
+    GIB,
+    MemoryMode,
+    MemoryModeError,
+    choose_memory_mode,
+    out_of_memory_message,
+    place_transformer,
+)
+from test_wan_pipeline import tiny_transformer
+
+
+@pytest.mark.parametrize("free_gib, expected", [(79, "full"), (66, "full"), (45, "fp8"), (38, "fp8"), (23, "offload"), (2, "offload")])
+def test_the_largest_mode_that_fits_the_free_memory_is_chosen(free_gib, expected):
+    assert choose_memory_mode(free_gib * GIB, {}) is MemoryMode(expected)
+
+
+def test_wan_memory_mode_overrides_the_choice():
+    assert choose_memory_mode(79 * GIB, {"WAN_MEMORY_MODE": " Offload "}) is MemoryMode.OFFLOAD
+    assert choose_memory_mode(2 * GIB, {"WAN_MEMORY_MODE": "full"}) is MemoryMode.FULL
+    with pytest.raises(MemoryModeError, match="WAN_MEMORY_MODE='tiny' is not a memory mode; use one of full, fp8, offload"):
+        choose_memory_mode(79 * GIB, {"WAN_MEMORY_MODE": "tiny"})
+
+
+def test_out_of_memory_names_the_mode_and_the_next_smaller_one():
+    assert "memory mode 'full'" in out_of_memory_message(MemoryMode.FULL)
+    assert "WAN_MEMORY_MODE=fp8" in out_of_memory_message(MemoryMode.FULL)
+    assert "WAN_MEMORY_MODE=offload" in out_of_memory_message(MemoryMode.FP8)
+    assert "the smallest one" in out_of_memory_message(MemoryMode.OFFLOAD)
+
+
+def transformer_inputs(model, batch: int = 2) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    config = model.config
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    return dict(
+        hidden_states=randn(batch, config.in_channels, 20, 8, 8),
+        timestep=torch.tensor([700.0] * batch),
+        encoder_hidden_states=randn(batch, config.text_len, config.text_dim),
+        ref_latents=randn(batch, config.in_channels, 1, 8, 8),
+        motion_latents=randn(batch, config.in_channels, 19, 8, 8),
+        audio_features=randn(batch, config.num_audio_layers, config.audio_dim, 80),
+    )
+
+
+def block_weight_bytes(model) -> int:
+    return sum(tensor.nbytes for tensor in list(model.blocks.parameters()) + list(model.blocks.buffers()))
+
+
+@torch.no_grad()
+def test_fp8_storage_halves_the_blocks_and_keeps_the_output():
+    reference = tiny_transformer().to(torch.bfloat16)
+    inputs = transformer_inputs(reference)
+    expected = reference(**inputs)
+    before = block_weight_bytes(reference)
+
+    model = tiny_transformer().to(torch.bfloat16)
+    place_transformer(model, MemoryMode.FP8, torch.device("cpu"))
+    assert model.blocks[0].self_attn.to_q.weight_fp8.dtype == torch.float8_e4m3fn
+    assert block_weight_bytes(model) < 0.65 * before  # float8 + one scale per row vs bf16
+    output = model(**inputs)
+    assert model.blocks[0].self_attn.to_q.weight.numel() == 0  # no bf16 copy kept after the block ran
+    error = (output - expected).norm() / expected.norm()
+    assert 0 < error < 0.08, error
+
+
+@torch.no_grad()
+def test_group_offloading_computes_the_same_output():
+    inputs = transformer_inputs(tiny_transformer())
+    expected = tiny_transformer()(**inputs)
+    model = tiny_transformer()
+    place_transformer(model, MemoryMode.OFFLOAD, torch.device("cpu"))
+    torch.testing.assert_close(model(**inputs), expected, rtol=0, atol=0)
