@@ -58,7 +58,8 @@ def decode_audio(data: bytes, field: str, workdir: Path, max_seconds: float) -> 
     try:
         samples, rate = _read_soundfile(source, field, max_seconds)
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
-        samples, rate = _read_soundfile(_ffmpeg_to_wav(source, field, workdir), field, max_seconds)
+        decoded = _ffmpeg_to_wav(source, field, workdir, max_seconds)
+        samples, rate = _read_soundfile(decoded, field, max_seconds)
     samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0).clip(-1.0, 1.0)
     duration = samples.shape[0] / rate
     if duration < MIN_SPEECH_SECONDS:
@@ -90,11 +91,13 @@ def _check_duration(seconds: float, field: str, max_seconds: float) -> None:
         )
 
 
-def _ffmpeg_to_wav(source: Path, field: str, workdir: Path) -> Path:
+def _ffmpeg_to_wav(source: Path, field: str, workdir: Path, max_seconds: float) -> Path:
     target = workdir / "speech-decoded.wav"
+    # Decoding stops just past the limit, so a tiny file that expands to hours never fills the disk;
+    # the duration check that follows then refuses it.
     command = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(source),
-        "-map", "0:a:0", "-vn", "-c:a", "pcm_f32le", "-f", "wav", str(target),
+        "-map", "0:a:0", "-vn", "-t", f"{max_seconds + 1:.3f}", "-c:a", "pcm_f32le", "-f", "wav", str(target),
     ]
     try:
         result = subprocess.run(command, capture_output=True, timeout=FFMPEG_TIMEOUT_SECONDS, check=False)

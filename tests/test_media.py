@@ -69,3 +69,10 @@ def test_exif_orientation_and_transparency():
     Image.new("RGBA", (100, 100), (0, 0, 0, 0)).save(buffer, format="WEBP", lossless=True)
     rgb = decode_image(buffer.getvalue(), "image_file", 10**7)
     assert rgb.shape == (100, 100, 3) and rgb.min() == 255, "transparent areas become white"
+
+
+def test_compressed_speech_over_the_limit_is_refused(tmp_path):
+    encoded = convert_audio(ASSETS / "speech.wav", tmp_path / "long.m4a", "-c:a", "aac")  # decoded by ffmpeg
+    with pytest.raises(JobError) as error:
+        decode_audio(encoded.read_bytes(), "audio_file", tmp_path, max_seconds=2)
+    assert error.value.code == ErrorCode.TOO_LARGE and "over the 2 s limit" in error.value.message
