@@ -162,6 +162,7 @@ class Worker:
         options = GenerationOptions(
             seed=request.seed, prompt=request.prompt, negative_prompt=request.negative_prompt,
             num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
+            sample_solver=request.sample_solver, sample_shift=request.sample_shift,
         )
         span = PERCENT_AFTER_GENERATE - PERCENT_AFTER_PREPARE
 

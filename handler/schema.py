@@ -11,6 +11,8 @@ Accepted input, all fields of `job["input"]`:
     seed                            int >= 0, default random (reported back)
     num_inference_steps             int, default: the model's own
     guidance_scale                  float, default: the model's own
+    sample_solver                   "unipc" | "dpm++", default: the model's own (diffusion backends)
+    sample_shift                    float, noise-schedule shift, default: the model's own
     output_type                     "auto" | "base64" | "s3", default "auto"
     max_duration_seconds            float, default env MAX_AUDIO_SECONDS (never above it)
 
@@ -29,6 +31,8 @@ from handler.errors import ErrorCode, JobError
 DEFAULT_PROMPT = "A person speaking"
 DEFAULT_RESOLUTION = "832*480"
 OUTPUT_TYPES = ("auto", "base64", "s3")
+SAMPLE_SOLVERS = ("unipc", "dpm++")
+MAX_SHIFT = 20.0
 MAX_SEED = 2**63 - 1
 MAX_SIDE = 4096
 MAX_STEPS = 200
@@ -67,6 +71,8 @@ class JobRequest:
     seed: int
     num_inference_steps: int | None
     guidance_scale: float | None
+    sample_solver: str | None
+    sample_shift: float | None
     output_type: str
     max_duration_seconds: float
     s3_override: S3Override | None
@@ -94,6 +100,8 @@ def parse_job(job: Mapping[str, Any], max_audio_seconds: float) -> JobRequest:
         seed=_seed(raw.get("seed")),
         num_inference_steps=_optional_int(raw, "num_inference_steps", 1, MAX_STEPS),
         guidance_scale=_optional_float(raw, "guidance_scale", 0.0, MAX_GUIDANCE),
+        sample_solver=_sample_solver(raw.get("sample_solver")),
+        sample_shift=_optional_float(raw, "sample_shift", 0.1, MAX_SHIFT),
         output_type=_output_type(raw.get("output_type", "auto")),
         max_duration_seconds=_max_duration(raw.get("max_duration_seconds"), max_audio_seconds),
         s3_override=_s3_override(job.get("s3Config")),
@@ -167,6 +175,12 @@ def _optional_float(raw: Mapping[str, Any], field: str, low: float, high: float)
 def _output_type(value: Any) -> str:
     if value not in OUTPUT_TYPES:
         raise invalid(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, not {value!r}.")
+    return value
+
+
+def _sample_solver(value: Any) -> str | None:
+    if value is not None and value not in SAMPLE_SOLVERS:
+        raise invalid(f"sample_solver must be one of {', '.join(SAMPLE_SOLVERS)}, not {value!r}.")
     return value
 
 

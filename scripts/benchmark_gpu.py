@@ -159,7 +159,6 @@ def measure_matmul_peak(device: torch.device) -> float:
 
 
 def benchmark(pipeline: WanS2VPipeline, resolution: str, steps: int, flops_cache: dict) -> dict:
-    device = pipeline.device
     portrait_h, portrait_w, area = RESOLUTIONS[resolution]
     height, width = output_size(portrait_h, portrait_w, area)
     image = np.random.default_rng(0).integers(0, 256, (portrait_h, portrait_w, 3), dtype=np.uint8)

@@ -87,25 +87,27 @@ def media_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
 class WorkerProcess:
     """`python -m handler --rp_serve_api` on 127.0.0.1, with its log and its own temp folder."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, extra_pythonpath: tuple[Path, ...] = (),
+                 ready_timeout: float = 120.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmpdir = workdir / "tmp"
         self.tmpdir.mkdir(parents=True)
         self.log_path = workdir / "worker.log"
-        full_env = {key: value for key, value in os.environ.items() if not key.startswith(("BUCKET_", "RUNPOD_"))}
+        full_env = {key: value for key, value in os.environ.items() if not key.startswith(("BUCKET_", "RUNPOD_", "HF_"))}
         full_env.update(env)
         full_env["TMPDIR"] = str(self.tmpdir)
-        full_env["PYTHONPATH"] = str(ROOT)
+        full_env["PYTHONPATH"] = os.pathsep.join(str(path) for path in (ROOT, *extra_pythonpath))
         self._log = open(self.log_path, "wb")
+        self.started = time.monotonic()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "handler", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
              "--rp_api_port", str(self.port)],
             cwd=workdir, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )
-        self._wait_ready()
+        self._wait_ready(ready_timeout)
 
-    def _wait_ready(self, timeout: float = 120.0) -> None:
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

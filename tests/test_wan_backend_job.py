@@ -6,21 +6,18 @@ from __future__ import annotations
 import base64
 import io
 import re
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 import soundfile
 import torch
 from PIL import Image
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from conftest import ASSETS, ROOT, free_port
+from conftest import ASSETS, WorkerProcess
 from mp4_facts import mp4_facts, read_frames
 from wan_tiny_models import (
     TINY_OFFICIAL_TRANSFORMER_CONFIG,
@@ -117,67 +114,24 @@ def small_portrait_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-class WanWorker:
-    """`python -m handler --rp_serve_api` on 127.0.0.1 with MODEL_BACKEND=wan-s2v."""
-
-    def __init__(self, checkpoint: Path, workdir: Path, **extra_env: str) -> None:
-        site = workdir / "site"
-        site.mkdir(parents=True)
-        (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(vae=VAE_CONFIG, t5=T5_CONFIG, text_len=TRANSFORMER_CONFIG["text_len"]))
-        presets = workdir / "presets" / "anna"
-        presets.mkdir(parents=True)
-        (presets / "portrait.jpg").write_bytes(small_portrait_jpeg())
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log_path = workdir / "worker.log"
-        env = {
-            "PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir),
-            "PYTHONPATH": f"{ROOT}:{site}", "MODEL_BACKEND": "wan-s2v", "MODEL_DIR": str(checkpoint),
-            "PRESET_AVATARS_DIR": str(workdir / "presets"), "OMP_NUM_THREADS": "2", **extra_env,
-        }
-        self.started = time.monotonic()
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "handler", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
-             "--rp_api_port", self.url.rsplit(":", 1)[1]],
-            cwd=workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        self._wait_ready(timeout=300)
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if requests.get(f"{self.url}/docs", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"worker did not start within {timeout} s:\n{self.log()}")
-
-    def runsync(self, job_input: dict) -> dict:
-        response = requests.post(f"{self.url}/runsync", json={"input": job_input}, timeout=600)
-        response.raise_for_status()
-        return response.json()
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
+def start_wan_worker(checkpoint: Path, workdir: Path, **extra_env: str) -> WorkerProcess:
+    """`python -m handler --rp_serve_api` with MODEL_BACKEND=wan-s2v and one preset, "anna"."""
+    site = workdir / "site"
+    site.mkdir(parents=True)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(vae=VAE_CONFIG, t5=T5_CONFIG, text_len=TRANSFORMER_CONFIG["text_len"]))
+    presets = workdir / "presets" / "anna"
+    presets.mkdir(parents=True)
+    (presets / "portrait.jpg").write_bytes(small_portrait_jpeg())
+    env = {
+        "MODEL_BACKEND": "wan-s2v", "MODEL_DIR": str(checkpoint), "HOME": str(workdir),
+        "PRESET_AVATARS_DIR": str(workdir / "presets"), "OMP_NUM_THREADS": "2", **extra_env,
+    }
+    return WorkerProcess(env, workdir, extra_pythonpath=(site,), ready_timeout=300)
 
 
 @pytest.fixture(scope="module")
 def worker(checkpoint, tmp_path_factory):
-    process = WanWorker(checkpoint, tmp_path_factory.mktemp("wan-worker"))
+    process = start_wan_worker(checkpoint, tmp_path_factory.mktemp("wan-worker"))
     yield process
     process.stop()
 
@@ -247,7 +201,7 @@ def test_a_worker_without_weights_fails_its_jobs_saying_where_it_looked(tmp_path
     empty = tmp_path / "models"
     empty.mkdir()
     # offline: the download is attempted through huggingface_hub but sends nothing anywhere
-    worker = WanWorker(empty, tmp_path / "worker", HF_HUB_OFFLINE="1", HF_TOKEN="hf_neverLogThisToken")
+    worker = start_wan_worker(empty, tmp_path / "worker", HF_HUB_OFFLINE="1", HF_TOKEN="hf_neverLogThisToken")
     try:
         reply = worker.runsync(job(speech_wav, seed=1))
         log = worker.log()

@@ -33,7 +33,7 @@ def test_out_of_memory_names_the_mode_and_the_next_smaller_one():
     assert "memory mode 'full'" in out_of_memory_message(MemoryMode.FULL)
     assert "WAN_MEMORY_MODE=fp8" in out_of_memory_message(MemoryMode.FULL)
     assert "WAN_MEMORY_MODE=offload" in out_of_memory_message(MemoryMode.FP8)
-    assert "the smallest one" in out_of_memory_message(MemoryMode.OFFLOAD)
+    assert "it is the smallest one" in out_of_memory_message(MemoryMode.OFFLOAD)
 
 
 def transformer_inputs(model, batch: int = 2) -> dict:

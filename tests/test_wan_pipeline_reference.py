@@ -16,7 +16,6 @@ import sys
 import types
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from transformers import AutoTokenizer
@@ -147,4 +146,9 @@ def test_our_loop_makes_the_official_loops_video(tmp_path, monkeypatch):
     assert ours.shape == (round(SECONDS * 16), height, width, 3)
     assert len(official_frames) >= len(ours)  # the official loop does not trim to the speech
     difference = np.abs(ours.astype(int) - official_frames[: len(ours)].astype(int))
-    assert difference.mean() < 0.05 and difference.max() <= 2, (difference.mean(), difference.max())
+    # The sampler and the speech features match the official ones to ~1e-5, not to the bit; the
+    # first clip shows it as +-1 rounding flips. The first frames after the motion context amplify
+    # it a little (random-weight VAE); a logic difference would change whole clips by tens of levels.
+    first_clip = 80 - 3
+    assert difference[:first_clip].max() <= 1
+    assert difference.mean() < 0.01 and difference.max() <= 8, (difference.mean(), difference.max())

@@ -36,6 +36,7 @@ from .memory import (
     free_gpu_bytes,
     out_of_memory_message,
     place_transformer,
+    smaller_mode_advice,
     text_encoder_device,
 )
 from .pipeline import SamplingSettings, WanS2VPipeline
@@ -66,7 +67,7 @@ class WanS2VBackend(TalkingHeadBackend):
         except torch.cuda.OutOfMemoryError:
             raise ModelUnavailableError(
                 f"the Wan2.2-S2V models do not fit in the GPU's memory in memory mode {mode.value!r}; "
-                + _smaller_mode_advice(mode)
+                + smaller_mode_advice(mode)
             ) from None
         except (OSError, KeyError, ValueError, RuntimeError) as error:
             log.exception("loading Wan2.2-S2V from %s failed", weights)
@@ -151,9 +152,3 @@ def _load_pipeline(weights: Path, device: torch.device, dtype: torch.dtype, mode
     components.speech_encoder.model.to(device)
     return WanS2VPipeline(components, device, dtype)
 
-
-def _smaller_mode_advice(mode: MemoryMode) -> str:
-    smaller = mode.smaller
-    if smaller is None:
-        return "deploy the endpoint on a GPU with more memory."
-    return f"set WAN_MEMORY_MODE={smaller.value} on the endpoint, or deploy on a GPU with more memory."

@@ -76,15 +76,17 @@ def free_gpu_bytes(device: torch.device) -> int:
 
 def out_of_memory_message(mode: MemoryMode) -> str:
     """The sentence a job that ran out of GPU memory fails with."""
+    return f"the GPU ran out of memory in memory mode {mode.value!r}; {smaller_mode_advice(mode)}"
+
+
+def smaller_mode_advice(mode: MemoryMode) -> str:
+    """What to do when `mode` does not fit: the next smaller mode, or a larger GPU."""
     smaller = mode.smaller
     if smaller is None:
-        return (
-            f"the GPU ran out of memory in memory mode {mode.value!r}, the smallest one; lower the "
-            "resolution or deploy the endpoint on a GPU with more memory."
-        )
+        return "it is the smallest one: lower the resolution or deploy the endpoint on a GPU with more memory."
     return (
-        f"the GPU ran out of memory in memory mode {mode.value!r}; set {ENV_VAR}={smaller.value} "
-        "(the next smaller mode) on the endpoint, lower the resolution, or deploy on a GPU with more memory."
+        f"set {ENV_VAR}={smaller.value} (the next smaller mode) on the endpoint, lower the resolution, "
+        "or deploy on a GPU with more memory."
     )
 
 
