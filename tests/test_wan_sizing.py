@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from model.wan_s2v.sizing import output_size
+from model.wan_s2v.sizing import output_size, video_size
 from wan_reference import reference_root
 
 # (height, width) of portraits: phone, square, landscape, small, huge, odd, extreme strips
@@ -56,3 +56,20 @@ def _reference_rule() -> Callable[[int, int, int], tuple[int, int]]:
     exec(compile(ast.Module(body=[method], type_ignores=[]), "speech2video.py", "exec"), namespace)
     rule = namespace["get_size_less_than_area"]
     return lambda height, width, area: rule(None, height, width, target_area=area)
+
+
+@pytest.mark.parametrize("height, width, max_area", [
+    (300, 300, 832 * 480), (700, 500, 832 * 480), (64, 64, 4096), (1080, 1920, 832 * 480), (4000, 3000, 1280 * 720),
+])
+def test_video_never_larger_than_the_portrait(height: int, width: int, max_area: int) -> None:
+    out_height, out_width = video_size(height, width, max_area)
+    assert out_height <= height and out_width <= width
+    assert out_height % 64 == 0 and out_width % 64 == 0 and out_height * out_width <= max_area
+    reference_height, reference_width = output_size(height, width, max_area)
+    if reference_height <= height and reference_width <= width:
+        assert (out_height, out_width) == (reference_height, reference_width), "large portraits: the reference's size"
+
+
+def test_small_portrait_is_cropped_not_upscaled() -> None:
+    assert output_size(300, 300, 832 * 480) == (320, 320)  # the reference pads up
+    assert video_size(300, 300, 832 * 480) == (256, 256)

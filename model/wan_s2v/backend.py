@@ -40,7 +40,7 @@ from .memory import (
     text_encoder_device,
 )
 from .pipeline import SamplingSettings, WanS2VPipeline
-from .sizing import output_size
+from .sizing import video_size
 from .weights import ensure_weights
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class WanS2VBackend(TalkingHeadBackend):
             self.pipeline.encode_prompt(prompt)
 
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
-        height, width = output_size(image.shape[0], image.shape[1], max_area)
+        height, width = video_size(image.shape[0], image.shape[1], max_area)
         started = time.monotonic()
         with _out_of_memory_as_job_error(self.memory_mode):
             latent = self.pipeline.encode_portrait(image, height, width)

@@ -28,6 +28,18 @@ def output_size(height: int, width: int, max_area: int) -> tuple[int, int]:
     return _fallback_size(height, width, max_area)
 
 
+def video_size(height: int, width: int, max_area: int) -> tuple[int, int]:
+    """The reference's size, but never larger than the portrait (the worker's contract).
+
+    Where the reference would pad a small portrait up to the next multiple, each side is rounded
+    down instead, and the portrait is centre-cropped to that size rather than upscaled.
+    """
+    out_height, out_width = output_size(height, width, max_area)
+    if out_height <= height and out_width <= width:
+        return out_height, out_width
+    return max(SIZE_DIVISOR, height // SIZE_DIVISOR * SIZE_DIVISOR), max(SIZE_DIVISOR, width // SIZE_DIVISOR * SIZE_DIVISOR)
+
+
 def _scale_bounds(height: int, width: int, max_area: int) -> tuple[float, float]:
     if height * width <= max_area:
         return 0.1, 1.0
