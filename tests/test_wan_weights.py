@@ -14,10 +14,10 @@ from huggingface_hub.utils import filter_repo_objects
 from model.base import ModelUnavailableError
 from model.wan_s2v import weights
 from model.wan_s2v.weights import (
-    DOWNLOAD_PATTERNS,
     SKIPPED_PATTERNS,
     LoggedProgress,
     candidate_folders,
+    download_patterns,
     ensure_weights,
     locate_weights,
     missing_files,
@@ -58,7 +58,7 @@ def write_layout(folder: Path) -> Path:
 
 
 def test_download_fetches_only_what_the_loader_reads():
-    fetched = set(filter_repo_objects(PUBLISHED_FILES, allow_patterns=list(DOWNLOAD_PATTERNS),
+    fetched = set(filter_repo_objects(PUBLISHED_FILES, allow_patterns=download_patterns(PUBLISHED_FILES),
                                       ignore_patterns=list(SKIPPED_PATTERNS)))
     assert fetched == {
         "config.json", "diffusion_pytorch_model.safetensors.index.json",
@@ -71,6 +71,19 @@ def test_download_fetches_only_what_the_loader_reads():
         "wav2vec2-large-xlsr-53-english/preprocessor_config.json",
         "wav2vec2-large-xlsr-53-english/special_tokens_map.json", "wav2vec2-large-xlsr-53-english/vocab.json",
     }
+
+
+def test_wav2vec2_falls_back_to_the_bin_weights_when_the_repository_has_no_safetensors(tmp_path):
+    files = [name for name in PUBLISHED_FILES if not name.endswith("model.safetensors")]
+    fetched = set(filter_repo_objects(files, allow_patterns=download_patterns(files),
+                                      ignore_patterns=list(SKIPPED_PATTERNS)))
+    assert "wav2vec2-large-xlsr-53-english/pytorch_model.bin" in fetched
+    assert not any(name.endswith(".msgpack") or "language_model" in name for name in fetched)
+    folder = write_layout(tmp_path / "ckpt")
+    (folder / "wav2vec2-large-xlsr-53-english/model.safetensors").unlink()
+    assert missing_files(folder) == ["wav2vec2-large-xlsr-53-english/model.safetensors"]
+    (folder / "wav2vec2-large-xlsr-53-english/pytorch_model.bin").write_bytes(b"x")
+    assert missing_files(folder) == []
 
 
 def test_a_complete_layout_has_nothing_missing_and_a_lost_shard_is_named(tmp_path):

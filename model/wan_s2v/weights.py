@@ -36,9 +36,11 @@ RUNPOD_MODEL_CACHE = Path("/runpod-volume/huggingface-cache/hub")
 # Where scripts/download_models.py puts the weights when the Dockerfile runs it.
 IMAGE_WEIGHTS_DIR = Path("/models/Wan2.2-S2V-14B")
 
-# What the loader reads. The wav2vec2 folder also holds the same weights as pytorch_model.bin and
-# flax_model.msgpack, and an n-gram language model for CTC decoding that we never use: 2.5 GB
-# the worker would download for nothing.
+# What the loader reads. The wav2vec2 folder holds the same weights up to three times
+# (model.safetensors, pytorch_model.bin, flax_model.msgpack) and an n-gram language model for CTC
+# decoding that we never use: gigabytes the worker would download for nothing. One weights file
+# is taken, safetensors when the repository has it.
+WAV2VEC_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 DOWNLOAD_PATTERNS = (
     TRANSFORMER_CONFIG_FILE,
     TRANSFORMER_INDEX_FILE,
@@ -47,17 +49,15 @@ DOWNLOAD_PATTERNS = (
     T5_CHECKPOINT_FILE,
     f"{T5_TOKENIZER_DIR}/*",
     f"{WAV2VEC_DIR}/*.json",
-    f"{WAV2VEC_DIR}/model.safetensors",
 )
 SKIPPED_PATTERNS = (
     f"{WAV2VEC_DIR}/language_model/*",
-    "*.bin",
     "*.msgpack",
     "*.h5",
 )
 
 # Each of these must be present for a folder to count as the checkpoint; the transformer's
-# shards are read from its index.
+# shards are read from its index, and wav2vec2 needs one of WAV2VEC_WEIGHT_FILES.
 REQUIRED_FILES = (
     TRANSFORMER_CONFIG_FILE,
     TRANSFORMER_INDEX_FILE,
@@ -65,13 +65,21 @@ REQUIRED_FILES = (
     T5_CHECKPOINT_FILE,
     f"{WAV2VEC_DIR}/config.json",
     f"{WAV2VEC_DIR}/preprocessor_config.json",
-    f"{WAV2VEC_DIR}/model.safetensors",
 )
+
+
+def download_patterns(repo_files: list[str]) -> list[str]:
+    """The allow-patterns for a repository with these files: ours plus one wav2vec2 weights file."""
+    available = [name for name in WAV2VEC_WEIGHT_FILES if f"{WAV2VEC_DIR}/{name}" in repo_files]
+    chosen = available[0] if available else WAV2VEC_WEIGHT_FILES[0]
+    return [*DOWNLOAD_PATTERNS, f"{WAV2VEC_DIR}/{chosen}"]
 
 
 def missing_files(folder: Path) -> list[str]:
     """The checkpoint files absent from `folder` (empty: the folder is a complete checkpoint)."""
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if not any((folder / WAV2VEC_DIR / name).is_file() for name in WAV2VEC_WEIGHT_FILES):
+        missing.append(f"{WAV2VEC_DIR}/{WAV2VEC_WEIGHT_FILES[0]}")
     tokenizer = folder / T5_TOKENIZER_DIR
     if not tokenizer.is_dir() or not any(tokenizer.iterdir()):
         missing.append(f"{T5_TOKENIZER_DIR}/")
@@ -156,14 +164,15 @@ def download_weights(target: Path, endpoint: str | None = None) -> Path:
 
     The token comes from HF_TOKEN (read by huggingface_hub itself), so it is never in our logs.
     """
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
 
     target.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    repo_files = HfApi(endpoint=endpoint).list_repo_files(REPO_ID)
     snapshot_download(
         REPO_ID,
         local_dir=target,
-        allow_patterns=list(DOWNLOAD_PATTERNS),
+        allow_patterns=download_patterns(repo_files),
         ignore_patterns=list(SKIPPED_PATTERNS),
         tqdm_class=LoggedProgress,
         endpoint=endpoint,
