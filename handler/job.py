@@ -97,6 +97,7 @@ class Worker:
             progress.report("prepare", PERCENT_AFTER_INPUTS)
             portrait = self._prepare(request, image)
             timings["prepare"] = time.monotonic() - clock
+            log.info("job %s: portrait ready (%s) in %.2f s", job_id, request.image.field, timings["prepare"])
 
             video = workdir / "video.mp4"
             num_frames = self._render(request, portrait, audio, video, progress, timings)

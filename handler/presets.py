@@ -55,6 +55,7 @@ class PresetAvatars:
             raise JobError(ErrorCode.NO_FACE, f"preset avatar {avatar_id!r} has no usable face: {error}") from None
         with self._lock:
             self._prepared[key] = prepared
+        log.info("preset %s prepared for a %d pixel budget (%dx%d)", avatar_id, max_area, prepared.width, prepared.height)
         return prepared
 
 

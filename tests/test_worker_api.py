@@ -130,7 +130,11 @@ def test_preset_avatar_skips_the_portrait(worker, tmp_path):
     reply = worker.runsync({"audio_file": audio, "avatar_id": "astronaut", "output_type": "base64", "resolution": "832*480"})
     path = _save_video(reply, tmp_path)
     _assert_plays_everywhere(path, reply["output"], SPEECH_SECONDS)
-    assert reply["output"]["timings"]["prepare"] < 0.05, "prepared at worker start, not per job"
+    log = worker.log()
+    assert f"job {reply['id']}: portrait ready (avatar_id)" in log
+    # prepared once, at worker start, for the default budget; the job reused it
+    assert log.count("preset astronaut prepared for a 399360 pixel budget") == 1
+    assert log.index("preset astronaut prepared") < log.index("worker ready")
 
 
 def test_same_seed_same_video(plain_worker, tmp_path):
