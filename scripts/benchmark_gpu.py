@@ -42,7 +42,12 @@ from model.wan_s2v.config import (  # noqa: E402
     TEXT_LEN,
     UMT5_XXL_ENCODER_CONFIG,
 )
-from model.wan_s2v.memory import MemoryMode, place_transformer, text_encoder_device  # noqa: E402
+from model.wan_s2v.memory import (  # noqa: E402
+    MemoryMode,
+    place_transformer,
+    text_encoder_compute_device,
+    text_encoder_home,
+)
 from model.wan_s2v.pipeline import FIRST_CLIP_DROPPED_FRAMES, SamplingSettings, WanS2VPipeline  # noqa: E402
 from model.wan_s2v.sizing import output_size  # noqa: E402
 from model.wan_s2v.speech import SpeechEncoder  # noqa: E402
@@ -117,7 +122,8 @@ def build_pipeline(mode: MemoryMode, device: torch.device) -> WanS2VPipeline:
     pipeline = WanS2VPipeline(components, device, torch.bfloat16)
     for prompt in (PROMPT, NEGATIVE_PROMPT):  # cached at worker start
         pipeline.encode_prompt(prompt)
-    t5.to(text_encoder_device(mode, device))
+    t5.to(text_encoder_home(mode, device))
+    pipeline.text_device = text_encoder_compute_device(mode, device)
     torch.cuda.empty_cache()
     return pipeline
 

@@ -81,3 +81,13 @@ def test_group_offloading_computes_the_same_output():
     model = tiny_transformer()
     place_transformer(model, MemoryMode.OFFLOAD, torch.device("cpu"))
     torch.testing.assert_close(model(**inputs), expected, rtol=0, atol=0)
+
+
+def test_only_the_full_mode_keeps_the_text_encoder_on_the_gpu():
+    from model.wan_s2v.memory import text_encoder_compute_device, text_encoder_home
+
+    gpu = torch.device("cuda", 0)
+    homes = {mode: text_encoder_home(mode, gpu).type for mode in MemoryMode}
+    computes = {mode: text_encoder_compute_device(mode, gpu).type for mode in MemoryMode}
+    assert homes == {MemoryMode.FULL: "cuda", MemoryMode.FP8: "cpu", MemoryMode.OFFLOAD: "cpu"}
+    assert computes == {MemoryMode.FULL: "cuda", MemoryMode.FP8: "cuda", MemoryMode.OFFLOAD: "cpu"}

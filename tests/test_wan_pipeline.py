@@ -206,3 +206,29 @@ def test_fit_portrait_matches_resize_then_centre_crop():
     wide = fit_portrait(image, 64, 128)  # shorter side to 64 gives 64x128: crop needs padding
     assert wide.shape == (64, 128, 3)
     assert (wide[:, :32] == 0).all() and (wide[:, -32:] == 0).all() and wide[:, 32:96].any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the text encoder visits it from host memory")
+def test_text_encoder_visits_the_gpu_for_a_new_prompt_and_goes_home(pipeline):
+    """The fp8 mode keeps umt5 in host memory and brings it to the GPU only to encode."""
+    gpu = torch.device("cuda")
+    components = types.SimpleNamespace(transformer=pipeline.transformer, vae=pipeline.vae,
+                                       text_encoder=pipeline.text_encoder, speech_encoder=pipeline.speech_encoder)
+    visiting = WanS2VPipeline(components, gpu, torch.float32, text_device=gpu)
+    seen = []
+    original = pipeline.text_encoder.encode
+
+    def recording_encode(prompts):
+        seen.append(pipeline.text_encoder.model.device)
+        return original(prompts)
+
+    pipeline.text_encoder.encode = recording_encode
+    try:
+        on_cpu = pipeline.encode_prompt("a prompt for the visit")
+        on_gpu = visiting.encode_prompt("a prompt for the visit")
+    finally:
+        del pipeline.text_encoder.encode
+    assert [device.type for device in seen] == ["cpu", "cuda"]
+    assert pipeline.text_encoder.model.device.type == "cpu", "back home after encoding"
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-4, atol=1e-5)

@@ -37,7 +37,8 @@ from .memory import (
     out_of_memory_message,
     place_transformer,
     smaller_mode_advice,
-    text_encoder_device,
+    text_encoder_compute_device,
+    text_encoder_home,
 )
 from .pipeline import SamplingSettings, WanS2VPipeline
 from .sizing import video_size
@@ -147,8 +148,8 @@ def _load_pipeline(weights: Path, device: torch.device, dtype: torch.dtype, mode
     load_device = device if mode is MemoryMode.FULL else torch.device("cpu")
     components = load_components(weights, load_device, dtype)
     place_transformer(components.transformer, mode, device)
-    components.text_encoder.model.to(text_encoder_device(mode, device))
+    components.text_encoder.model.to(text_encoder_home(mode, device))
     components.vae.model.to(device)
     components.speech_encoder.model.to(device)
-    return WanS2VPipeline(components, device, dtype)
+    return WanS2VPipeline(components, device, dtype, text_device=text_encoder_compute_device(mode, device))
 

@@ -3,7 +3,8 @@
 - full: every model in bf16 on the GPU (80 GB class cards).
 - fp8: the linear weights of the transformer's blocks (nearly all of its 16B parameters) stored
   in float8 with a scale per output row, and expanded to bf16 one block at a time as it runs;
-  half the transformer's memory (48 GB class).
+  half the transformer's memory. The text encoder is kept in host memory and visits the GPU only
+  to encode a prompt not seen before (48 GB class, 720p included).
 - offload: the transformer's blocks kept in pinned host memory and streamed to the GPU one group
   ahead of use on a side CUDA stream (diffusers' group offloading); the text encoder runs on the
   CPU (24 GB class).
@@ -36,9 +37,10 @@ class MemoryMode(str, enum.Enum):
 
 
 # Free GPU memory each mode needs. Peaks measured by scripts/benchmark_gpu.py on an H100 for one
-# clip (832x448 / 1280x704): full 51.3 / 63.3 GiB, fp8 36.3 / 48.4 GiB, offload 11.1 / 22.3 GiB.
-# The thresholds fit the default 480p resolution with a margin for the CUDA context; on a 48 GB
-# card, 720p needs the offload mode (the out-of-memory message says so).
+# clip (832x448 / 1280x704): full 51.3 / 63.3 GiB, offload 11.1 / 22.3 GiB; fp8 37.9 GiB at
+# 1280x704 with the text encoder waiting in host memory (48.4 GiB when it stayed on the GPU, and
+# 36.3 GiB at 832x448 then, not measured again). The thresholds fit the default 480p resolution
+# with a margin for the CUDA context.
 MIN_FREE_BYTES = {
     MemoryMode.FULL: 66 * GIB,
     MemoryMode.FP8: 38 * GIB,
@@ -90,8 +92,16 @@ def smaller_mode_advice(mode: MemoryMode) -> str:
     )
 
 
-def text_encoder_device(mode: MemoryMode, gpu: torch.device) -> torch.device:
-    """umt5-xxl is 11 GB in bf16; the offload mode keeps it off the GPU (prompts are cached)."""
+def text_encoder_home(mode: MemoryMode, gpu: torch.device) -> torch.device:
+    """Where umt5-xxl (11 GB in bf16) is kept between prompts: on the GPU only in the full mode,
+    so that the smaller modes have those 11 GB for denoising."""
+    return gpu if mode is MemoryMode.FULL else torch.device("cpu")
+
+
+def text_encoder_compute_device(mode: MemoryMode, gpu: torch.device) -> torch.device:
+    """Where a new prompt is encoded (prompts are cached, so this is rare). The fp8 mode brings the
+    encoder to the GPU for that moment, when nothing else is running there; the offload mode,
+    meant for 24 GB cards, encodes on the CPU."""
     return torch.device("cpu") if mode is MemoryMode.OFFLOAD else gpu
 
 

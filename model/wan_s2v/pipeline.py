@@ -110,13 +110,17 @@ def clips_for(num_frames: int, reference_clips: int) -> int:
 class WanS2VPipeline:
     """The loaded models, placed on their devices, and the generation loop over them."""
 
-    def __init__(self, components, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, components, device: torch.device, dtype: torch.dtype, text_device: torch.device | None = None
+    ) -> None:
         """`components` is a loader.WanS2VComponents; `device`/`dtype` are the transformer's
-        execution device and compute dtype."""
+        execution device and compute dtype; `text_device` is where new prompts are encoded, the
+        text encoder visiting it from wherever it is kept (default: it runs where it is)."""
         self.transformer = components.transformer
         self.vae = components.vae
         self.text_encoder = components.text_encoder
         self.speech_encoder = components.speech_encoder
+        self.text_device = text_device
         self.device = device
         self.dtype = dtype
         self._prompts: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
@@ -128,13 +132,24 @@ class WanS2VPipeline:
         """[1, text_len, 4096] on the execution device; the last PROMPT_CACHE_SIZE are kept."""
         cached = self._prompts.get(prompt)
         if cached is None:
-            cached = self.text_encoder.encode([prompt]).to(self.device, self.dtype)
+            cached = self._encode_text(prompt).to(self.device, self.dtype)
             self._prompts[prompt] = cached
             if len(self._prompts) > PROMPT_CACHE_SIZE:
                 self._prompts.popitem(last=False)
         else:
             self._prompts.move_to_end(prompt)
         return cached
+
+    def _encode_text(self, prompt: str) -> torch.Tensor:
+        model = self.text_encoder.model
+        home = model.device
+        if self.text_device is None or self.text_device == home:
+            return self.text_encoder.encode([prompt])
+        model.to(self.text_device)
+        try:
+            return self.text_encoder.encode([prompt])
+        finally:
+            model.to(home)
 
     def encode_portrait(self, image: np.ndarray, height: int, width: int) -> PortraitLatent:
         """The reference latent of an RGB uint8 portrait, fitted to `height` x `width`."""
