@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import logging
 import secrets
 import urllib.parse
@@ -80,7 +81,9 @@ def upload_result(video: Path, job_id: str, bucket: BucketSettings, expiry_secon
     }
 
 
+@functools.lru_cache(maxsize=8)
 def s3_client(bucket: BucketSettings):
+    """One client per bucket configuration, made on first use and reused by later jobs."""
     endpoint = bucket.endpoint_url
     host = (urllib.parse.urlsplit(endpoint).hostname or "") if endpoint else ""
     # AWS itself wants virtual-hosted addressing; most other S3-compatible stores want path style.

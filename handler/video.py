@@ -5,6 +5,7 @@ Frames go straight into ffmpeg's stdin, so memory stays flat however long the vi
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 from pathlib import Path
@@ -55,10 +56,7 @@ class Mp4Writer:
 
     def close(self) -> None:
         """Finish the file; raises VideoEncodingError if ffmpeg failed."""
-        try:
-            self._process.stdin.close()
-        except BrokenPipeError:
-            pass
+        self._close_stdin()
         returncode = self._process.wait()
         tail = self._log_tail()
         self._log.close()
@@ -70,12 +68,13 @@ class Mp4Writer:
         if self._process.poll() is None:
             self._process.kill()
         self._process.wait()
-        if self._process.stdin and not self._process.stdin.closed:
-            try:
-                self._process.stdin.close()
-            except BrokenPipeError:
-                pass
+        self._close_stdin()
         self._log.close()
+
+    def _close_stdin(self) -> None:
+        # ffmpeg may already be gone (it failed, or was killed): its pipe is then broken.
+        with contextlib.suppress(BrokenPipeError):
+            self._process.stdin.close()
 
     def _log_tail(self) -> str:
         self._log.seek(0)
