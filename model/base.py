@@ -32,6 +32,17 @@ class BackendOutOfMemoryError(Exception):
     """The accelerator ran out of memory; the message names the memory mode and the next smaller one."""
 
 
+class InvalidOptionError(Exception):
+    """A job field this backend (or the job's mode) cannot honour.
+
+    `field` is the job field; the message is one sentence that names it and says the fix.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclasses.dataclass(frozen=True)
 class Speech:
     """The speech that drives the face: mono float32 samples in [-1, 1] at 16 kHz."""
@@ -48,6 +59,8 @@ class GenerationOptions:
     """Per-job knobs. `None` means: the backend's own default."""
 
     seed: int
+    #: one of the backend's `modes`
+    mode: str = "quality"
     prompt: str = "A person speaking"
     negative_prompt: str | None = None
     num_inference_steps: int | None = None
@@ -93,6 +106,18 @@ class TalkingHeadBackend(abc.ABC):
     name: str
     #: frame rate of the produced video
     fps: float
+    #: generation modes this backend offers (CONTRACT.md, `mode`); the first is its default
+    modes: tuple[str, ...] = ("quality",)
+
+    def check_options(self, options: GenerationOptions) -> None:
+        """Refuse, before any work, a job whose options this backend cannot honour.
+
+        Raises InvalidOptionError naming the field. Backends with mode-specific fields extend this.
+        """
+        if options.mode not in self.modes:
+            raise InvalidOptionError(
+                "mode", f"mode must be one of {', '.join(self.modes)} on this endpoint ({self.name}), not {options.mode!r}."
+            )
 
     @abc.abstractmethod
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
