@@ -1,4 +1,4 @@
-"""One job, start to finish: input → media → model → MP4 → delivery → result (DESIGN.md)."""
+"""One job, start to finish: input → media → model → MP4 → delivery → result (docs/CONTRACT.md)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from handler.video import Mp4Writer
 from model.base import (
     BackendOutOfMemoryError,
     GenerationOptions,
+    InvalidOptionError,
     ModelUnavailableError,
     NoFaceError,
     PreparedPortrait,
@@ -47,6 +48,11 @@ class Worker:
     presets: PresetAvatars | None
     #: set when the worker could not start properly; every job then fails with it
     startup_error: JobError | None = None
+
+    @property
+    def default_mode(self) -> str:
+        """The `mode` of a job that names none: DEFAULT_MODE, else the backend's first mode."""
+        return self.settings.default_mode or self.backend.modes[0]
 
     def handle(self, job: dict[str, Any]) -> dict[str, Any]:
         """The RunPod handler: never raises; failures become `{"error": "CODE: sentence"}`."""
@@ -82,7 +88,9 @@ class Worker:
 
     def _run(self, job: dict[str, Any], job_id: str, started: float) -> dict[str, Any]:
         progress = ProgressReporter(job)
-        request = parse_job(job, self.settings.max_audio_seconds)
+        request = parse_job(job, self.settings.max_audio_seconds, self.default_mode)
+        # Before any media is fetched or decoded: a job the backend cannot honour costs nothing.
+        options = self._options(request)
         bucket = _bucket_for(request, self.settings)
         timings: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="talking-head-job-") as tmp:
@@ -100,7 +108,7 @@ class Worker:
             log.info("job %s: portrait ready (%s) in %.2f s", job_id, request.image.field, timings["prepare"])
 
             video = workdir / "video.mp4"
-            num_frames = self._render(request, portrait, audio, video, progress, timings)
+            num_frames = self._render(options, portrait, audio, video, progress, timings)
 
             size = video.stat().st_size
             destination = delivery.choose_destination(
@@ -127,8 +135,25 @@ class Worker:
             "num_frames": num_frames,
             "model": self.backend.name,
             "seed": request.seed,
+            "mode": options.mode,
             "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
         }
+
+    def _options(self, request: JobRequest) -> GenerationOptions:
+        """The job's generation options, once the backend has accepted them (else INVALID_INPUT)."""
+        options = GenerationOptions(
+            seed=request.seed, mode=request.mode, prompt=request.prompt, negative_prompt=request.negative_prompt,
+            num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
+            sample_solver=request.sample_solver, sample_shift=request.sample_shift,
+        )
+        try:
+            self.backend.check_options(options)
+        except InvalidOptionError as error:
+            message = str(error)
+            if error.field not in message:
+                message = f"{error.field}: {message}"
+            raise JobError(ErrorCode.INVALID_INPUT, message) from None
+        return options
 
     def _load_audio(self, request: JobRequest, workdir: Path) -> DecodedAudio:
         data = self._read_source(request.audio)
@@ -156,15 +181,10 @@ class Worker:
             raise JobError(ErrorCode.NO_FACE, f"{request.image.field}: {error}") from None
 
     def _render(
-        self, request: JobRequest, portrait: PreparedPortrait, audio: DecodedAudio, video: Path,
+        self, options: GenerationOptions, portrait: PreparedPortrait, audio: DecodedAudio, video: Path,
         progress: ProgressReporter, timings: dict[str, float],
     ) -> int:
         """Generate and encode together; returns the number of frames written."""
-        options = GenerationOptions(
-            seed=request.seed, prompt=request.prompt, negative_prompt=request.negative_prompt,
-            num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
-            sample_solver=request.sample_solver, sample_shift=request.sample_shift,
-        )
         span = PERCENT_AFTER_GENERATE - PERCENT_AFTER_PREPARE
 
         def on_progress(fraction: float, detail: str) -> None:

@@ -1,4 +1,4 @@
-"""Validate and normalise a job's input (CONTRACT.md, "Job input"); the contract's defaults live here.
+"""Validate and normalise a job's input (docs/CONTRACT.md, "Job input"); the contract's defaults live here.
 
 Accepted input, all fields of `job["input"]`:
 
@@ -13,6 +13,10 @@ Accepted input, all fields of `job["input"]`:
     guidance_scale                  float, default: the model's own
     sample_solver                   "unipc" | "dpm++", default: the model's own (diffusion backends)
     sample_shift                    float, noise-schedule shift, default: the model's own
+    mode                            "quality" | "fast", default env DEFAULT_MODE, else the
+                                    backend's first mode ("quality"); the backend then refuses a
+                                    mode it does not offer, or a field that has no meaning in the
+                                    chosen mode (model.base.TalkingHeadBackend.check_options)
     output_type                     "auto" | "base64" | "s3", default "auto"
     max_duration_seconds            float, default env MAX_AUDIO_SECONDS (never above it)
 
@@ -31,6 +35,8 @@ from handler.errors import ErrorCode, JobError
 DEFAULT_PROMPT = "A person speaking"
 DEFAULT_RESOLUTION = "832*480"
 OUTPUT_TYPES = ("auto", "base64", "s3")
+#: every generation mode the contract knows; which of them an endpoint offers is its backend's `modes`
+MODES = ("quality", "fast")
 SAMPLE_SOLVERS = ("unipc", "dpm++")
 MAX_SHIFT = 20.0
 MAX_SEED = 2**63 - 1
@@ -73,6 +79,7 @@ class JobRequest:
     guidance_scale: float | None
     sample_solver: str | None
     sample_shift: float | None
+    mode: str
     output_type: str
     max_duration_seconds: float
     s3_override: S3Override | None
@@ -82,8 +89,11 @@ def invalid(message: str) -> JobError:
     return JobError(ErrorCode.INVALID_INPUT, message)
 
 
-def parse_job(job: Mapping[str, Any], max_audio_seconds: float) -> JobRequest:
-    """Turn a RunPod job into a JobRequest, or raise JobError(INVALID_INPUT) naming the field."""
+def parse_job(job: Mapping[str, Any], max_audio_seconds: float, default_mode: str = MODES[0]) -> JobRequest:
+    """Turn a RunPod job into a JobRequest, or raise JobError(INVALID_INPUT) naming the field.
+
+    `default_mode` is the endpoint's mode for a job that names none.
+    """
     raw = job.get("input")
     if not isinstance(raw, dict):
         raise invalid('"input" must be a JSON object with audio_file (or audio_url) and image_file (or image_url, avatar_id).')
@@ -102,6 +112,7 @@ def parse_job(job: Mapping[str, Any], max_audio_seconds: float) -> JobRequest:
         guidance_scale=_optional_float(raw, "guidance_scale", 0.0, MAX_GUIDANCE),
         sample_solver=_sample_solver(raw.get("sample_solver")),
         sample_shift=_optional_float(raw, "sample_shift", 0.1, MAX_SHIFT),
+        mode=_mode(raw.get("mode"), default_mode),
         output_type=_output_type(raw.get("output_type", "auto")),
         max_duration_seconds=_max_duration(raw.get("max_duration_seconds"), max_audio_seconds),
         s3_override=_s3_override(job.get("s3Config")),
@@ -181,6 +192,14 @@ def _output_type(value: Any) -> str:
 def _sample_solver(value: Any) -> str | None:
     if value is not None and value not in SAMPLE_SOLVERS:
         raise invalid(f"sample_solver must be one of {', '.join(SAMPLE_SOLVERS)}, not {value!r}.")
+    return value
+
+
+def _mode(value: Any, default: str) -> str:
+    if value is None:
+        return default
+    if value not in MODES:
+        raise invalid(f"mode must be one of {', '.join(MODES)}, not {value!r}.")
     return value
 
 

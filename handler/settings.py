@@ -1,4 +1,4 @@
-"""The worker's configuration, read from the environment in one place (see CONTRACT.md)."""
+"""The worker's configuration, read from the environment in one place (docs/CONTRACT.md, "Environment")."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import dataclasses
 import os
 from pathlib import Path
 from typing import Mapping
+
+from handler.schema import MODES
 
 RUNPOD_VOLUME = Path("/runpod-volume")
 # SigV4 presigned URLs cannot outlive seven days.
@@ -42,6 +44,9 @@ class WorkerSettings:
     max_inline_result_bytes: int
     allow_private_urls: bool
     fetch_timeout_seconds: float
+    #: the `mode` of a job that names none; None: the backend's own first mode. Whether the
+    #: loaded backend offers it is checked at worker start (handler/startup.py).
+    default_mode: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "WorkerSettings":
@@ -58,6 +63,7 @@ class WorkerSettings:
             max_inline_result_bytes=_int(env, "MAX_INLINE_RESULT_BYTES", 10_000_000, 1024),
             allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS"),
             fetch_timeout_seconds=_float(env, "FETCH_TIMEOUT_SECONDS", 30.0),
+            default_mode=_choice(env, "DEFAULT_MODE", MODES),
         )
 
 
@@ -110,6 +116,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise SettingsError(f"{name}={raw!r} must be positive.")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if raw not in choices:
+        raise SettingsError(f"{name}={raw!r} is not one of {', '.join(choices)}.")
+    return raw
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:

@@ -23,16 +23,19 @@ def start_worker(env: Mapping[str, str] | None = None) -> Worker:
     try:
         settings = WorkerSettings.from_env(env)
     except SettingsError as error:
-        log.error("the endpoint's environment is invalid: %s", error)
-        message = f"the endpoint is misconfigured: {error} Fix the endpoint's environment variables."
         return Worker(settings=WorkerSettings.from_env({}), backend=None, presets=None,
-                      startup_error=JobError(ErrorCode.INTERNAL, message))
+                      startup_error=_misconfigured(str(error)))
     try:
         backend = load_backend(settings.model_backend, settings.model_dir)
     except ModelUnavailableError as error:
         log.error("model unavailable: %s", error)
         return Worker(settings=settings, backend=None, presets=None,
                       startup_error=JobError(ErrorCode.MODEL_UNAVAILABLE, str(error)))
+    if settings.default_mode is not None and settings.default_mode not in backend.modes:
+        return Worker(settings=settings, backend=backend, presets=None, startup_error=_misconfigured(
+            f"DEFAULT_MODE={settings.default_mode!r} is not a mode the {backend.name} backend offers "
+            f"(it offers {', '.join(backend.modes)}); set DEFAULT_MODE to {' or '.join(backend.modes)}, or leave it empty."
+        ))
     loaded = time.monotonic()
     presets = PresetAvatars(settings.preset_avatars_dir, backend, settings.max_image_pixels)
     presets.warm(parse_resolution_area(DEFAULT_RESOLUTION))
@@ -41,3 +44,9 @@ def start_worker(env: Mapping[str, str] | None = None) -> Worker:
         time.monotonic() - started, backend.name, loaded - started, len(presets.ids), time.monotonic() - loaded,
     )
     return Worker(settings=settings, backend=backend, presets=presets)
+
+
+def _misconfigured(problem: str) -> JobError:
+    """The error every job of a worker whose environment cannot work fails with."""
+    log.error("the endpoint's environment is invalid: %s", problem)
+    return JobError(ErrorCode.INTERNAL, f"the endpoint is misconfigured: {problem} Fix the endpoint's environment variables.")

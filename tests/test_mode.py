@@ -1,0 +1,141 @@
+"""The job field `mode`: checked against the contract, then by the backend, before any media work."""
+
+from __future__ import annotations
+
+import base64
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from conftest import ASSETS
+from handler.job import Worker
+from handler.sample import sample_job_input
+from handler.settings import WorkerSettings
+from model.base import (
+    GenerationOptions,
+    InvalidOptionError,
+    PreparedPortrait,
+    ProgressCallback,
+    Speech,
+    TalkingHeadBackend,
+    num_frames_for,
+)
+
+WAV_B64 = base64.b64encode((ASSETS / "speech.wav").read_bytes()).decode()
+JPEG_B64 = base64.b64encode((ASSETS / "portrait.jpg").read_bytes()).decode()
+# Nothing listens on the discard port: fetching from it would fail with FETCH_FAILED.
+UNREACHABLE_AUDIO = "http://127.0.0.1:9/speech.wav"
+FAST_MODE_REFUSES = ("guidance_scale", "sample_solver", "sample_shift", "negative_prompt")
+
+
+# --- over RunPod's local HTTP API, the lite worker (it offers only "quality") ---------------------
+
+def test_fast_mode_on_lite_is_refused_before_any_media_work(plain_worker):
+    job = {"audio_url": UNREACHABLE_AUDIO, "image_file": JPEG_B64}
+    control = plain_worker.runsync(job)
+    assert control["error"].startswith("FETCH_FAILED: audio_url"), control
+
+    reply = plain_worker.runsync({**job, "mode": "fast"})
+    assert reply["status"] == "FAILED", reply
+    error = reply["error"]
+    assert error.startswith("INVALID_INPUT: mode "), error
+    assert "quality" in error and "'fast'" in error, error
+    assert f"job {reply['id']} progress" not in plain_worker.log(), "no stage (decode, fetch) began"
+
+
+@pytest.mark.parametrize("value", ["turbo", "", "Quality", 1, True, ["fast"], {"mode": "fast"}])
+def test_a_mode_that_is_not_a_mode(plain_worker, value):
+    reply = plain_worker.runsync({"audio_url": UNREACHABLE_AUDIO, "image_file": JPEG_B64, "mode": value})
+    assert reply["status"] == "FAILED", reply
+    assert reply["error"].startswith("INVALID_INPUT: mode must be one of quality, fast, not "), reply
+
+
+@pytest.mark.parametrize("job_mode", [None, "quality"])
+def test_a_good_job_reports_its_mode(plain_worker, job_mode):
+    extra = {} if job_mode is None else {"mode": job_mode}
+    reply = plain_worker.runsync(sample_job_input(resolution="256*256", **extra))
+    assert reply["status"] == "COMPLETED", reply
+    assert reply["output"]["mode"] == "quality"
+
+
+# --- in process, a backend that offers both modes ------------------------------------------------
+
+class TwoModeBackend(TalkingHeadBackend):
+    """Offers quality and fast; in fast mode, refuses the fields the 4-step sampler has no use for."""
+
+    name = "two-mode"
+    fps = 25.0
+    modes = ("quality", "fast")
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def check_options(self, options: GenerationOptions) -> None:
+        self.events.append(f"check_options:{options.mode}")
+        super().check_options(options)
+        if options.mode != "fast":
+            return
+        for field in FAST_MODE_REFUSES:
+            if getattr(options, field) is not None:
+                # one message names its field, the others leave that to the worker
+                message = f"{field} has no meaning in fast mode" if field == "guidance_scale" else "has no meaning in fast mode"
+                raise InvalidOptionError(field, message + '; leave it out, or send mode "quality".')
+
+    def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
+        self.events.append("prepare_portrait")
+        return PreparedPortrait(width=64, height=64, features=None)
+
+    def generate(
+        self, portrait: PreparedPortrait, speech: Speech, options: GenerationOptions, on_progress: ProgressCallback,
+    ) -> Iterator[np.ndarray]:
+        self.events.append(f"generate:{options.mode}")
+        total = num_frames_for(speech.duration_seconds, self.fps)
+        on_progress(1.0, "done")
+        yield np.zeros((total, portrait.height, portrait.width, 3), np.uint8)
+
+
+@pytest.fixture
+def events(monkeypatch) -> list[str]:
+    """What happened, in order: every fetch and decode the worker starts (they still run), and
+    every call of the backend that records into this list too."""
+    import handler.job
+
+    calls: list[str] = []
+    for name in ("fetch_url", "decode_base64", "decode_audio", "decode_image"):
+        real = getattr(handler.job, name)
+
+        def recording(*args, _name=name, _real=real, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(handler.job, name, recording)
+    return calls
+
+
+def _worker(backend: TalkingHeadBackend, **env: str) -> Worker:
+    return Worker(settings=WorkerSettings.from_env({"ALLOW_PRIVATE_URLS": "1", **env}), backend=backend, presets=None)
+
+
+@pytest.mark.parametrize("field, value", [("guidance_scale", 3.0), ("sample_solver", "dpm++"),
+                                          ("sample_shift", 5.0), ("negative_prompt", "blur")])
+def test_check_options_runs_before_media_and_its_refusal_is_invalid_input(events, field, value):
+    job = {"id": "fast-1", "input": {"mode": "fast", field: value, "audio_file": WAV_B64, "image_url": UNREACHABLE_AUDIO}}
+    error = _worker(TwoModeBackend(events)).handle(job)["error"]
+    assert error.startswith("INVALID_INPUT: "), error
+    assert error.count(field) == 1 and "fast mode" in error, error
+    assert events == ["check_options:fast"], "nothing was fetched, decoded or prepared"
+
+
+def test_default_mode_reaches_the_backend_and_the_result(events):
+    worker = _worker(TwoModeBackend(events), DEFAULT_MODE="fast")
+    result = worker.handle({"id": "fast-2", "input": sample_job_input()})
+    assert result.get("success") is True, result
+    assert result["mode"] == "fast"
+    assert events[0] == "check_options:fast"
+    assert events.index("decode_audio") < events.index("prepare_portrait") < events.index("generate:fast")
+
+    events.clear()
+    result = worker.handle({"id": "quality-1", "input": sample_job_input(mode="quality", guidance_scale=3.0)})
+    assert result.get("success") is True and result["mode"] == "quality", result
+    assert events[0] == "check_options:quality" and events[-1] == "generate:quality", events

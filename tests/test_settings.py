@@ -1,0 +1,45 @@
+"""The endpoint's environment: DEFAULT_MODE is checked when the worker starts, naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import WorkerProcess
+from handler.sample import sample_job_input
+from handler.settings import SettingsError, WorkerSettings
+from handler.startup import start_worker
+
+
+@pytest.mark.parametrize("raw, mode", [("", None), ("quality", "quality"), ("fast", "fast"), (" fast ", "fast")])
+def test_default_mode_values(raw, mode):
+    assert WorkerSettings.from_env({"DEFAULT_MODE": raw}).default_mode == mode
+    assert WorkerSettings.from_env({}).default_mode is None
+
+
+@pytest.mark.parametrize("raw", ["bogus", "FAST", "quality,fast"])
+def test_a_default_mode_that_is_not_a_mode_is_refused(raw):
+    with pytest.raises(SettingsError, match=r"^DEFAULT_MODE=.* is not one of quality, fast\.$"):
+        WorkerSettings.from_env({"DEFAULT_MODE": raw})
+    error = start_worker({"MODEL_BACKEND": "lite", "DEFAULT_MODE": raw}).handle({"id": "j", "input": sample_job_input()})["error"]
+    assert error.startswith(f"INTERNAL: the endpoint is misconfigured: DEFAULT_MODE={raw!r} is not one of quality, fast."), error
+
+
+def test_the_lite_worker_takes_default_mode_quality():
+    worker = start_worker({"MODEL_BACKEND": "lite", "DEFAULT_MODE": "quality"})
+    assert worker.startup_error is None and worker.default_mode == "quality"
+    assert start_worker({"MODEL_BACKEND": "lite"}).default_mode == "quality"
+
+
+def test_default_mode_fast_on_the_lite_worker_is_refused_at_start(tmp_path):
+    process = WorkerProcess({"MODEL_BACKEND": "lite", "DEFAULT_MODE": "fast"}, tmp_path)
+    try:
+        reply = process.runsync(sample_job_input(resolution="256*256"))
+        assert reply["status"] == "FAILED", reply
+        error = reply["error"]
+        assert error.startswith("INTERNAL: the endpoint is misconfigured: DEFAULT_MODE='fast' is not a mode "
+                                "the lite backend offers (it offers quality)"), error
+        log = process.log()
+        assert "the endpoint's environment is invalid: DEFAULT_MODE='fast'" in log
+        assert "worker ready" not in log and f"job {reply['id']} progress" not in log
+    finally:
+        process.stop()
