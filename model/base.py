@@ -106,7 +106,7 @@ class TalkingHeadBackend(abc.ABC):
     name: str
     #: frame rate of the produced video
     fps: float
-    #: generation modes this backend offers (CONTRACT.md, `mode`); the first is its default
+    #: generation modes this backend offers (docs/CONTRACT.md, `mode`); the first is its default
     modes: tuple[str, ...] = ("quality",)
 
     def check_options(self, options: GenerationOptions) -> None:

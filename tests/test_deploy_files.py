@@ -190,7 +190,7 @@ def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
     defaults = WorkerSettings.from_env({})
     worker_default = {"URL_EXPIRY_SECONDS": defaults.url_expiry_seconds, "MAX_AUDIO_SECONDS": defaults.max_audio_seconds,
                       "MAX_INPUT_BYTES": defaults.max_input_bytes}
-    known = set(PASSED_THROUGH_ENV) | {"MODEL_BACKEND", "WAN_MEMORY_MODE", "HF_TOKEN"}
+    known = set(PASSED_THROUGH_ENV) | {"MODEL_BACKEND", "WAN_MEMORY_MODE", "HF_TOKEN", "DEFAULT_MODE"}
     for variable in hub()["config"]["env"]:
         assert variable["key"] in known
         spec = variable["input"]
@@ -201,6 +201,16 @@ def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
             assert spec["type"] == "number" and spec["default"] == worker_default[variable["key"]]
     modes = {preset["defaults"].get("WAN_MEMORY_MODE") for preset in hub()["config"]["presets"]} - {None}
     assert modes == set(WAN_MEMORY_MODE_GPU_GB)
+
+
+
+def test_hub_json_default_mode_offers_the_contracts_modes_and_the_worker_takes_its_default():
+    from handler.schema import MODES
+    from handler.settings import WorkerSettings
+
+    (spec,) = [variable["input"] for variable in hub()["config"]["env"] if variable["key"] == "DEFAULT_MODE"]
+    assert [option["value"] for option in spec["options"]] == list(MODES)
+    assert WorkerSettings.from_env({"DEFAULT_MODE": spec["default"]}).default_mode == "quality"
 
 
 def test_tests_json_runs_the_sample_job():
