@@ -1,15 +1,20 @@
 """How the 49 GB of Wan2.2-S2V weights are spread over a GPU: three memory modes.
 
 - full: every model in bf16 on the GPU (80 GB class cards).
-- fp8: the linear weights of the transformer's blocks (nearly all of its 16B parameters) stored
-  in float8 with a scale per output row, and expanded to bf16 one block at a time as it runs;
-  half the transformer's memory. The text encoder is kept in host memory and visits the GPU only
-  to encode a prompt not seen before (48 GB class, 720p included).
+- fp8: the linear weights of the attention and feed-forward layers of the transformer's 40 blocks
+  (14.1B of its 16.3B parameters) stored in float8 with a float32 scale per output row, and
+  expanded to bf16 one block at a time as it runs; a little over half the transformer's bf16
+  memory. The audio injectors and every modulation stay in bf16. The text encoder is kept in
+  host memory and visits the GPU only to encode a prompt not seen before (48 GB class, 720p
+  included).
 - offload: the transformer's blocks kept in pinned host memory and streamed to the GPU one group
   ahead of use on a side CUDA stream (diffusers' group offloading); the text encoder runs on the
   CPU (24 GB class).
 
 The mode is picked from the GPU's free memory at start, or forced with WAN_MEMORY_MODE.
+
+torchao's row-wise float8 with dynamic activation scaling was not measured against the fp8 mode
+(no GPU with float8 matmuls was at hand).
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ class MemoryMode(str, enum.Enum):
 # Free GPU memory each mode needs. Peaks measured by scripts/benchmark_gpu.py on an H100 for one
 # clip (832x448 / 1280x704): full 51.3 / 63.3 GiB, offload 11.1 / 22.3 GiB; fp8 37.9 GiB at
 # 1280x704 with the text encoder waiting in host memory (48.4 GiB when it stayed on the GPU, and
-# 36.3 GiB at 832x448 then, not measured again). The thresholds fit the default 480p resolution
-# with a margin for the CUDA context.
+# 36.3 GiB at 832x448 then, not measured again). Those fp8 peaks predate keeping the audio
+# injectors in bf16, which adds their 1.89B linear weights' second byte: 1.76 GiB, computed, not
+# measured. The thresholds fit the default 480p resolution with a margin for the CUDA context.
 MIN_FREE_BYTES = {
     MemoryMode.FULL: 66 * GIB,
     MemoryMode.FP8: 38 * GIB,
@@ -50,6 +56,8 @@ MIN_FREE_BYTES = {
 # The float8 storage format; e4m3 keeps more mantissa than e5m2, which is what weights need.
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_STORAGE_DTYPE).max
+# The layers of a transformer block whose linears the fp8 mode stores in float8.
+FP8_BLOCK_LAYERS = ("self_attn", "cross_attn", "ffn")
 
 
 class MemoryModeError(ValueError):
@@ -123,39 +131,47 @@ def place_transformer(transformer: torch.nn.Module, mode: MemoryMode, gpu: torch
 
 
 def store_blocks_in_fp8(transformer: torch.nn.Module, device: torch.device) -> None:
-    """Quantise the linear layers of every repeated block (each nn.ModuleList child) onto `device`.
+    """Quantise the attention and feed-forward linears of the transformer's `blocks` onto `device`.
+
+    Only those: the audio injectors, the speech's only way into the video (1.9B parameters), and
+    the modulation and adaptive-norm linears, whose outputs scale and shift every token of a
+    frame, stay in bf16.
 
     A block's weights are expanded to bf16 just before it runs and dropped right after, so at most
     one block exists in bf16 at a time. Expanding the whole block, rather than each layer as
     diffusers' layerwise casting does, keeps every weight a bf16 tensor for the block's own code,
-    which reads weight dtypes. Norms, modulation tables and biases stay in bf16: they are small
-    and precision-sensitive. Each weight is moved to `device` before it is quantised, so the
-    GPU never holds more than one bf16 weight beyond the float8 ones.
+    which reads weight dtypes. Each weight is moved to `device` before it is quantised, so the
+    GPU never holds more than one weight at a time in more than float8.
     """
-    for blocks in (child for child in transformer.children() if isinstance(child, torch.nn.ModuleList)):
-        for block in blocks:
-            linears = [module for module in block.modules() if isinstance(module, torch.nn.Linear)]
-            for linear in linears:
-                _quantise_weight(linear, device)
-            block.register_forward_pre_hook(lambda _block, _args, linears=linears: _expand_weights(linears))
-            block.register_forward_hook(lambda _block, _args, _output, linears=linears: _drop_weights(linears))
+    for block in transformer.blocks:
+        linears = [
+            module
+            for name in FP8_BLOCK_LAYERS
+            for module in getattr(block, name).modules()
+            if isinstance(module, torch.nn.Linear)
+        ]
+        for linear in linears:
+            _quantise_weight(linear, device)
+        block.register_forward_pre_hook(lambda _block, _args, linears=linears: _expand_weights(linears))
+        block.register_forward_hook(lambda _block, _args, _output, linears=linears: _drop_weights(linears))
 
 
 def _quantise_weight(linear: torch.nn.Linear, device: torch.device) -> None:
-    weight = linear.weight.detach().to(device)
-    scale = weight.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
-    linear.register_buffer("weight_fp8", (weight.float() / scale).to(FP8_STORAGE_DTYPE), persistent=False)
-    linear.register_buffer("weight_scale", scale.to(weight.dtype), persistent=False)
+    weight = linear.weight.detach().to(device).float()
+    # float32: a bf16 scale would add its own 2^-9 rounding to every weight of the row
+    scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+    linear.register_buffer("weight_fp8", (weight / scale).to(FP8_STORAGE_DTYPE), persistent=False)
+    linear.register_buffer("weight_scale", scale, persistent=False)
     _drop_weights([linear])
 
 
 def _expand_weights(linears: list[torch.nn.Linear]) -> None:
     for linear in linears:
-        scale = linear.weight_scale
-        linear.weight = torch.nn.Parameter(linear.weight_fp8.to(scale.dtype) * scale, requires_grad=False)
+        # the empty placeholder left by _drop_weights carries the compute dtype (and follows .to())
+        expanded = (linear.weight_fp8.float() * linear.weight_scale).to(linear.weight.dtype)
+        linear.weight = torch.nn.Parameter(expanded, requires_grad=False)
 
 
 def _drop_weights(linears: list[torch.nn.Linear]) -> None:
     for linear in linears:
-        scale = linear.weight_scale
-        linear.weight = torch.nn.Parameter(scale.new_empty(0), requires_grad=False)
+        linear.weight = torch.nn.Parameter(linear.weight.new_empty(0), requires_grad=False)
