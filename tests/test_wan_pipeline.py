@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import types
 
 import numpy as np
 import pytest
 import torch
 
+from model.base import SPEECH_SAMPLE_RATE, num_frames_for
+from model.wan_s2v.config import FPS, FRAMES_PER_CLIP
 from model.wan_s2v.pipeline import (
     FIRST_CLIP_DROPPED_FRAMES,
     LATENT_CLIP_FRAMES,
@@ -30,7 +33,7 @@ from wan_tiny_models import (
     write_tiny_tokenizer,
     write_tiny_wav2vec2,
 )
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, Wav2Vec2Config
 
 # The VAE dominates the time on a CPU: a narrower one than the converters' tests use.
 # 16 latent channels like the real one: the official loop hard-codes them.
@@ -193,10 +196,50 @@ def test_prompts_are_encoded_once(pipeline, monkeypatch):
 
 
 @pytest.mark.parametrize("num_frames, reference_clips, expected", [
-    (77, 1, 1), (78, 1, 2), (157, 2, 2), (158, 2, 3), (20, 1, 1), (160, 3, 3),
+    (77, 1, 1), (78, 1, 1), (80, 1, 1), (157, 2, 2), (158, 2, 2), (160, 2, 2), (20, 1, 1), (160, 3, 3),
 ])
 def test_clips_cover_the_speech(num_frames, reference_clips, expected):
     assert clips_for(num_frames, reference_clips) == expected
+
+
+@pytest.mark.parametrize("num_frames, reference_clips", [(81, 1), (161, 2)])
+def test_a_shortfall_beyond_the_first_clips_dropped_frames_is_refused(num_frames, reference_clips):
+    with pytest.raises(ValueError, match="4 short of"):
+        clips_for(num_frames, reference_clips)
+
+
+def test_the_held_frames_never_exceed_the_first_clips_dropped_frames(pipeline):
+    """Every speech length from one frame to six clips, sample by sample: the reference's clips,
+    less the first clip's dropped frames, fall short of the video by at most those 3 frames."""
+    encoder = pipeline.speech_encoder
+    # the feature encoder of every wav2vec2, the published xlsr-53 included, which num_clips reads
+    assert tuple(encoder.model.config.conv_kernel) == tuple(Wav2Vec2Config().conv_kernel)
+    assert tuple(encoder.model.config.conv_stride) == tuple(Wav2Vec2Config().conv_stride)
+    samples_per_frame = SPEECH_SAMPLE_RATE // FPS
+    holds = collections.Counter()
+    for num_samples in range(samples_per_frame, 6 * FRAMES_PER_CLIP * samples_per_frame + samples_per_frame):
+        num_frames = num_frames_for(num_samples / SPEECH_SAMPLE_RATE, FPS)
+        reference_clips = encoder.num_clips(num_samples)
+        assert reference_clips * FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES >= num_frames - FIRST_CLIP_DROPPED_FRAMES
+        holds[max(0, num_frames - (reference_clips * FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES))] += 1
+    assert sorted(holds) == [0, 1, 2, 3]  # every hold up to the bound happens, none beyond
+
+
+def test_speech_just_short_of_a_clip_boundary_holds_the_last_frame_instead_of_a_new_clip(
+    pipeline, portrait, monkeypatch
+):
+    seconds = 5.0  # 80 frames; the reference's 1 clip gives 77, the extra clip it used to get is gone
+    num_samples = len(speech_samples(seconds))
+    assert pipeline.speech_encoder.num_clips(num_samples) == 1
+    assert num_frames_for(seconds, FPS) == FRAMES_PER_CLIP
+    recorder = Recorder(pipeline, monkeypatch)
+    batches = run(pipeline, portrait, seconds)
+    assert len(recorder.calls) == FAST.num_steps and len(recorder.decoded) == 1
+    frames = np.concatenate(batches)
+    assert len(frames) == FRAMES_PER_CLIP
+    last_generated = frames[-1 - FIRST_CLIP_DROPPED_FRAMES]
+    assert all(np.array_equal(frame, last_generated) for frame in frames[-FIRST_CLIP_DROPPED_FRAMES:])
+    assert not np.array_equal(frames[-2 - FIRST_CLIP_DROPPED_FRAMES], last_generated)  # a moving video before
 
 
 def test_fit_portrait_matches_resize_then_centre_crop():
