@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,15 +16,20 @@ from huggingface_hub.utils import filter_repo_objects
 
 from model.base import ModelUnavailableError
 from model.wan_s2v import weights
+from model.wan_s2v.config import LORA_FILE, LORA_REPO_ID
 from model.wan_s2v.weights import (
     SKIPPED_PATTERNS,
     LoggedProgress,
     candidate_folders,
     download_patterns,
+    ensure_lora,
     ensure_weights,
+    locate_lora,
     locate_weights,
     missing_files,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARDS = ["diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"]
 
@@ -115,6 +123,40 @@ def test_weights_are_found_in_model_dir_download_folder_runpod_cache_and_image(t
     assert candidate_folders(model_dir, cache, image)[:2] == [model_dir, model_dir / "Wan2.2-S2V-14B"]
 
 
+def write_lora_file(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LORA_FILE).write_bytes(b"lora")
+    return folder / LORA_FILE
+
+
+def test_the_lora_is_found_in_model_dir_download_folder_runpod_cache_and_image(tmp_path):
+    model_dir, cache, image = tmp_path / "models", tmp_path / "hub", tmp_path / "image"
+    model_dir.mkdir()
+    assert locate_lora(model_dir, cache, image) is None
+
+    baked = write_lora_file(image)
+    assert locate_lora(model_dir, cache, image) == baked
+
+    snapshots = cache / "models--Quark-Vision--Live-Avatar" / "snapshots"
+    old, new = write_lora_file(snapshots / "aaa"), write_lora_file(snapshots / "bbb")
+    os.utime(old.parent, (1, 1))
+    assert locate_lora(model_dir, cache, image) == new
+
+    downloaded = write_lora_file(model_dir / "Live-Avatar")
+    assert locate_lora(model_dir, cache, image) == downloaded
+
+    beside_the_weights = write_lora_file(model_dir)
+    assert locate_lora(model_dir, cache, image) == beside_the_weights
+
+
+def test_the_base_weights_are_found_without_any_lora(tmp_path):
+    model_dir, cache, image = tmp_path / "models", tmp_path / "hub", tmp_path / "image"
+    folder = write_layout(model_dir / "Wan2.2-S2V-14B")
+    assert locate_lora(model_dir, cache, image) is None
+    assert locate_weights(model_dir, cache, image) == folder
+    assert ensure_weights(model_dir, cache, image, endpoint="http://127.0.0.1:9") == folder
+
+
 def test_an_unreachable_hub_fails_with_where_it_looked_and_never_the_token(tmp_path, monkeypatch, caplog):
     token = "hf_secretTokenThatMustNotLeak"
     monkeypatch.setenv("HF_TOKEN", token)
@@ -143,17 +185,19 @@ def test_download_progress_goes_to_the_log_not_the_terminal(caplog, capsys, monk
 
 
 class FakeHub:
-    """The few Hub endpoints a snapshot download uses, serving a folder, on 127.0.0.1."""
+    """The few Hub endpoints a snapshot download uses, serving repositories' files, on 127.0.0.1."""
 
-    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+    @staticmethod
+    def commit(repo_id: str) -> str:
+        """The repository's one commit; distinct per repository, as huggingface_hub's caches assume."""
+        return hashlib.sha1(repo_id.encode()).hexdigest()
 
-    def __init__(self, files: dict[str, bytes]) -> None:
-        import hashlib
+    def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
         import http.server
         import threading
 
         hub = self
-        self.files = files
+        self.repos = repos
         self.requests: list[tuple[str, str, str | None]] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -166,19 +210,19 @@ class FakeHub:
             def _serve(self, body: bool) -> None:
                 path = self.path.split("?")[0]
                 hub.requests.append((self.command, path, self.headers.get("Authorization")))
-                if path.startswith(f"/api/models/{weights.REPO_ID}/revision/"):
-                    return self._json({"id": weights.REPO_ID, "sha": hub.COMMIT,
-                                       "siblings": [{"rfilename": name} for name in hub.files]}, body)
-                if path.startswith(f"/api/models/{weights.REPO_ID}/tree/"):
-                    return self._json([{"type": "file", "path": name, "size": len(data),
-                                        "oid": hashlib.sha1(data).hexdigest()} for name, data in hub.files.items()], body)
-                prefix = f"/{weights.REPO_ID}/resolve/"
-                if path.startswith(prefix):
-                    name = path[len(prefix):].split("/", 1)[1]
-                    if name in hub.files:
-                        data = hub.files[name]
+                for repo_id, files in hub.repos.items():
+                    if path.startswith(f"/api/models/{repo_id}/revision/"):
+                        return self._json({"id": repo_id, "sha": hub.commit(repo_id),
+                                           "siblings": [{"rfilename": name} for name in files]}, body)
+                    if path.startswith(f"/api/models/{repo_id}/tree/"):
+                        return self._json([{"type": "file", "path": name, "size": len(data),
+                                            "oid": hashlib.sha1(data).hexdigest()} for name, data in files.items()], body)
+                    prefix = f"/{repo_id}/resolve/"
+                    name = path[len(prefix):].partition("/")[2] if path.startswith(prefix) else None
+                    if name in files:
+                        data = files[name]
                         self.send_response(200)
-                        self.send_header("X-Repo-Commit", hub.COMMIT)
+                        self.send_header("X-Repo-Commit", hub.commit(repo_id))
                         self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
                         self.send_header("Content-Length", str(len(data)))
                         self.end_headers()
@@ -217,7 +261,7 @@ def test_a_download_fetches_the_loaders_files_with_the_token_and_logs_progress(t
                                             **{f"b{i}": f"diffusion_pytorch_model-0000{i}-of-00004.safetensors" for i in range(2, 5)}}}
     files = {name: f"contents of {name}".encode() for name in PUBLISHED_FILES}
     files["diffusion_pytorch_model.safetensors.index.json"] = json.dumps(index).encode()
-    hub = FakeHub(files)
+    hub = FakeHub({weights.REPO_ID: files})
     caplog.set_level(logging.INFO)
     try:
         folder = ensure_weights(tmp_path / "models", tmp_path / "hub", tmp_path / "image", endpoint=hub.url)
@@ -225,7 +269,7 @@ def test_a_download_fetches_the_loaders_files_with_the_token_and_logs_progress(t
         hub.close()
     assert folder == tmp_path / "models" / "Wan2.2-S2V-14B"
     assert missing_files(folder) == []
-    downloaded = {path[len(f"/{weights.REPO_ID}/resolve/{FakeHub.COMMIT}/"):]
+    downloaded = {path[len(f"/{weights.REPO_ID}/resolve/{FakeHub.commit(weights.REPO_ID)}/"):]
                   for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path}
     assert "wav2vec2-large-xlsr-53-english/model.safetensors" in downloaded
     assert not any(name.endswith((".bin", ".msgpack")) or "language_model" in name or name.startswith(("assets", "examples"))
@@ -236,3 +280,74 @@ def test_a_download_fetches_the_loaders_files_with_the_token_and_logs_progress(t
     assert token not in caplog.text
     # a second start finds them and downloads nothing
     assert locate_weights(tmp_path / "models", tmp_path / "hub", tmp_path / "image") == folder
+
+
+def test_an_unreachable_hub_fails_for_the_lora_with_where_it_looked_and_never_the_token(tmp_path, monkeypatch, caplog):
+    token = "hf_secretTokenThatMustNotLeak"
+    monkeypatch.setenv("HF_TOKEN", token)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    model_dir, cache, image = tmp_path / "models", tmp_path / "hub", tmp_path / "image"
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ModelUnavailableError) as raised:
+        ensure_lora(model_dir, cache, image, endpoint=f"http://127.0.0.1:{closed_port}")
+    message = str(raised.value)
+    for place in (model_dir / LORA_FILE, model_dir / "Live-Avatar" / LORA_FILE, image / LORA_FILE,
+                  cache / "models--Quark-Vision--Live-Avatar" / "snapshots" / "<commit>" / LORA_FILE):
+        assert str(place) in message
+    assert LORA_REPO_ID in message and "HF_TOKEN" in message
+    assert token not in message and token not in caplog.text
+
+
+LORA_REPO_FILES = {".gitattributes": b"*.safetensors filter=lfs", "README.md": b"# Live Avatar",
+                   "assets/demo.mp4": b"video", LORA_FILE: b"the lora tensors"}
+
+
+def test_a_lora_download_fetches_that_one_file_with_the_token(tmp_path, monkeypatch, caplog):
+    token = "hf_secretTokenThatMustNotLeak"
+    monkeypatch.setenv("HF_TOKEN", token)
+    hub = FakeHub({LORA_REPO_ID: LORA_REPO_FILES})
+    caplog.set_level(logging.INFO)
+    model_dir, cache, image = tmp_path / "models", tmp_path / "hub", tmp_path / "image"
+    try:
+        path = ensure_lora(model_dir, cache, image, endpoint=hub.url)
+    finally:
+        hub.close()
+    assert path == model_dir / "Live-Avatar" / LORA_FILE
+    assert path.read_bytes() == b"the lora tensors"
+    downloaded = [request_path for method, request_path, _ in hub.requests if method == "GET" and "/resolve/" in request_path]
+    assert downloaded == [f"/{LORA_REPO_ID}/resolve/{FakeHub.commit(LORA_REPO_ID)}/{LORA_FILE}"]
+    assert all(auth == f"Bearer {token}" for _, _, auth in hub.requests)
+    assert token not in caplog.text
+    # a second start finds it and downloads nothing
+    assert locate_lora(model_dir, cache, image) == path
+
+
+def _published_checkpoint() -> dict[str, bytes]:
+    index = {"metadata": {}, "weight_map": {f"b{i}": f"diffusion_pytorch_model-0000{i}-of-00004.safetensors"
+                                            for i in range(1, 5)}}
+    files = {name: f"contents of {name}".encode() for name in PUBLISHED_FILES}
+    files["diffusion_pytorch_model.safetensors.index.json"] = json.dumps(index).encode()
+    return files
+
+
+@pytest.mark.parametrize("skip_lora", [False, True])
+def test_the_download_script_fetches_the_checkpoint_and_the_lora_unless_told_not_to(tmp_path, skip_lora):
+    hub = FakeHub({weights.REPO_ID: _published_checkpoint(), LORA_REPO_ID: LORA_REPO_FILES})
+    target = tmp_path / "models"
+    environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": "hf_test"}
+    try:
+        result = subprocess.run(
+            [sys.executable, "scripts/download_models.py", "--target", str(target), *(["--no-lora"] if skip_lora else [])],
+            cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        hub.close()
+    assert result.returncode == 0, result.stderr
+    assert locate_weights(target, tmp_path / "cache", tmp_path / "image") == target
+    lora_requests = [path for _, path, _ in hub.requests if LORA_REPO_ID in path]
+    if skip_lora:
+        assert locate_lora(target, tmp_path / "cache", tmp_path / "image") is None and not lora_requests
+    else:
+        assert locate_lora(target, tmp_path / "cache", tmp_path / "image") == target / LORA_FILE

@@ -60,3 +60,11 @@ VAE_CHECKPOINT_FILE = "Wan2.1_VAE.pth"
 T5_CHECKPOINT_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 T5_TOKENIZER_DIR = "google/umt5-xxl"
 WAV2VEC_DIR = "wav2vec2-large-xlsr-53-english"
+
+# --- Live Avatar LoRA (fast mode) ------------------------------------------------------------
+# Quark-Vision/Live-Avatar: Wan2.2-S2V-14B distilled to 4 sampling steps, published as one LoRA.
+LORA_REPO_ID = "Quark-Vision/Live-Avatar"
+LORA_FILE = "liveavatar.safetensors"
+# The rank is read from the file; alpha is not in it. Live Avatar trained with lora_alpha 64.0
+# at rank 128 (liveavatar/configs/s2v_causal_sft.yaml), so its updates are scaled by 64 / 128.
+LORA_ALPHA = 64.0

@@ -4,6 +4,9 @@ The official checkpoint (`Wan-AI/Wan2.2-S2V-14B`, about 49 GB of what we read) i
 order, in MODEL_DIR itself, in MODEL_DIR/Wan2.2-S2V-14B (where a download lands), in RunPod's
 cached-model store on the network volume, and in the copy that scripts/download_models.py bakes
 into the image. Only when none is complete is it downloaded, into MODEL_DIR/Wan2.2-S2V-14B.
+
+The Live Avatar LoRA of the fast mode (`Quark-Vision/Live-Avatar`, one file) is looked for and
+fetched the same way, into MODEL_DIR/Live-Avatar; the base weights never depend on it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from tqdm.auto import tqdm
 from model.base import ModelUnavailableError
 
 from .config import (
+    LORA_FILE,
+    LORA_REPO_ID,
     T5_CHECKPOINT_FILE,
     T5_TOKENIZER_DIR,
     TRANSFORMER_CONFIG_FILE,
@@ -31,10 +36,12 @@ log = logging.getLogger(__name__)
 
 REPO_ID = "Wan-AI/Wan2.2-S2V-14B"
 DOWNLOAD_FOLDER_NAME = "Wan2.2-S2V-14B"
+LORA_DOWNLOAD_FOLDER_NAME = "Live-Avatar"
 # RunPod's "cached models" put a Hugging Face cache on the volume; snapshots are named by commit.
 RUNPOD_MODEL_CACHE = Path("/runpod-volume/huggingface-cache/hub")
-# Where scripts/download_models.py puts the weights when the Dockerfile runs it.
+# Where scripts/download_models.py puts the weights and the LoRA when the Dockerfile runs it.
 IMAGE_WEIGHTS_DIR = Path("/models/Wan2.2-S2V-14B")
+IMAGE_LORA_DIR = Path("/models/Live-Avatar")
 
 # What the loader reads. The wav2vec2 folder holds the same weights up to three times
 # (model.safetensors, pytorch_model.bin, flax_model.msgpack) and an n-gram language model for CTC
@@ -99,11 +106,7 @@ def candidate_folders(
     image_dir: Path = IMAGE_WEIGHTS_DIR,
 ) -> list[Path]:
     """Every place the checkpoint may be, in the order they are tried."""
-    snapshots = runpod_cache / ("models--" + REPO_ID.replace("/", "--")) / "snapshots"
-    cached = sorted(snapshots.iterdir(), key=_modified_time, reverse=True) if snapshots.is_dir() else []
-    if not cached:
-        cached = [snapshots / "<commit>"]
-    return [model_dir, model_dir / DOWNLOAD_FOLDER_NAME, *cached, image_dir]
+    return [model_dir, model_dir / DOWNLOAD_FOLDER_NAME, *_cached_snapshots(runpod_cache, REPO_ID), image_dir]
 
 
 def locate_weights(
@@ -143,7 +146,7 @@ def ensure_weights(
     try:
         download_weights(target, endpoint=endpoint)
     except Exception as error:  # noqa: BLE001 - any failure here means the same thing to the user
-        reason = _redact_token(f"{type(error).__name__}: {error}".splitlines()[0])
+        reason = _failure_reason(error)
         raise ModelUnavailableError(
             f"the Wan2.2-S2V-14B weights were not found (looked in {looked}) and downloading "
             f"{REPO_ID} into {target} failed ({reason}); attach a network volume that holds them, "
@@ -164,22 +167,94 @@ def download_weights(target: Path, endpoint: str | None = None) -> Path:
 
     The token comes from HF_TOKEN (read by huggingface_hub itself), so it is never in our logs.
     """
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi
+
+    repo_files = HfApi(endpoint=endpoint).list_repo_files(REPO_ID)
+    return _download(REPO_ID, target, download_patterns(repo_files), list(SKIPPED_PATTERNS), endpoint)
+
+
+def lora_candidate_files(
+    model_dir: Path,
+    runpod_cache: Path = RUNPOD_MODEL_CACHE,
+    image_dir: Path = IMAGE_LORA_DIR,
+) -> list[Path]:
+    """Every place the Live Avatar LoRA may be, in the order they are tried."""
+    folders = [model_dir, model_dir / LORA_DOWNLOAD_FOLDER_NAME, *_cached_snapshots(runpod_cache, LORA_REPO_ID), image_dir]
+    return [folder / LORA_FILE for folder in folders]
+
+
+def locate_lora(
+    model_dir: Path,
+    runpod_cache: Path = RUNPOD_MODEL_CACHE,
+    image_dir: Path = IMAGE_LORA_DIR,
+) -> Path | None:
+    """The first Live Avatar LoRA file found, or None."""
+    return next((file for file in lora_candidate_files(model_dir, runpod_cache, image_dir) if file.is_file()), None)
+
+
+def ensure_lora(
+    model_dir: Path,
+    runpod_cache: Path = RUNPOD_MODEL_CACHE,
+    image_dir: Path = IMAGE_LORA_DIR,
+    endpoint: str | None = None,
+) -> Path:
+    """The Live Avatar LoRA file, downloaded into MODEL_DIR/Live-Avatar first if it is nowhere.
+
+    Raises ModelUnavailableError naming every place it looked and why the download failed.
+    """
+    found = locate_lora(model_dir, runpod_cache, image_dir)
+    if found is not None:
+        log.info("Live Avatar LoRA found at %s", found)
+        return found
+    looked = ", ".join(str(file) for file in lora_candidate_files(model_dir, runpod_cache, image_dir))
+    target = model_dir / LORA_DOWNLOAD_FOLDER_NAME
+    log.info("the Live Avatar LoRA is not at %s; downloading %s from %s into %s", looked, LORA_FILE, LORA_REPO_ID, target)
+    try:
+        download_lora(target, endpoint=endpoint)
+    except Exception as error:  # noqa: BLE001 - any failure here means the same thing to the user
+        raise ModelUnavailableError(
+            f"the Live Avatar LoRA of the fast mode was not found (looked at {looked}) and downloading "
+            f"{LORA_FILE} of {LORA_REPO_ID} into {target} failed ({_failure_reason(error)}); attach a "
+            "network volume that holds it, enable RunPod's model cache for that repository, or set "
+            "HF_TOKEN and check the network and free disk space."
+        ) from error
+    downloaded = target / LORA_FILE
+    if not downloaded.is_file():
+        raise ModelUnavailableError(
+            f"the download of {LORA_REPO_ID} into {target} finished without {LORA_FILE}; check that the "
+            "repository still publishes that file, then restart the worker."
+        )
+    return downloaded
+
+
+def download_lora(target: Path, endpoint: str | None = None) -> Path:
+    """Fetch the Live Avatar LoRA file into `target`; the token comes from HF_TOKEN as for the weights."""
+    return _download(LORA_REPO_ID, target, [LORA_FILE], [], endpoint)
+
+
+def _download(repo_id: str, target: Path, allow_patterns: list[str], ignore_patterns: list[str], endpoint: str | None) -> Path:
+    from huggingface_hub import snapshot_download
 
     target.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    repo_files = HfApi(endpoint=endpoint).list_repo_files(REPO_ID)
     snapshot_download(
-        REPO_ID,
+        repo_id,
         local_dir=target,
-        allow_patterns=download_patterns(repo_files),
-        ignore_patterns=list(SKIPPED_PATTERNS),
+        allow_patterns=allow_patterns,
+        ignore_patterns=ignore_patterns,
         tqdm_class=LoggedProgress,
         endpoint=endpoint,
         etag_timeout=30,
     )
-    log.info("downloaded %s into %s in %.0f s", REPO_ID, target, time.monotonic() - started)
+    log.info("downloaded %s into %s in %.0f s", repo_id, target, time.monotonic() - started)
     return target
+
+
+def _cached_snapshots(runpod_cache: Path, repo_id: str) -> list[Path]:
+    """The repository's snapshots in RunPod's model cache, newest first (a placeholder when none)."""
+    snapshots = runpod_cache / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    cached = sorted(snapshots.iterdir(), key=_modified_time, reverse=True) if snapshots.is_dir() else []
+    return cached or [snapshots / "<commit>"]
 
 
 class LoggedProgress(tqdm):
@@ -216,6 +291,10 @@ class LoggedProgress(tqdm):
         rate = self.format_dict.get("rate")
         speed = f", {self.format_sizeof(rate)}{self.unit}/s" if rate else ""
         return f"{self.desc or 'download'}: {done}/{total}{self.unit if self.unit == 'B' else ''}{speed}"
+
+
+def _failure_reason(error: Exception) -> str:
+    return _redact_token(f"{type(error).__name__}: {error}".splitlines()[0])
 
 
 def _redact_token(text: str) -> str:
