@@ -1,0 +1,843 @@
+"""Run Live Avatar's causal (streaming) Wan2.2-S2V model on CPU in float32 for parity tests.
+
+The checkout of https://github.com/Alibaba-Quark/LiveAvatar is found through the environment
+variable LIVEAVATAR_REFERENCE_REPO; without it (or when it is not a checkout) the tests that need
+it skip. Nothing is copied from it: its files are executed from the checkout, as
+`wan_reference.py` does for the official Wan2.2 repository, and adapted at load time only:
+
+- its package `__init__` files import every pipeline, trainer and detector (decord, torchvision,
+  librosa, flash_attn, SAM2...), so the packages are registered bare and only the requested files
+  run; optional imports missing here get inert stand-ins (see `_STAND_INS`);
+- ENABLE_COMPILE is forced off while its files are imported, so `conditional_compile` leaves
+  every function as it is (no torch.compile);
+- its `attention`/`flash_attention` (cuDNN or flash-attn kernels) are routed to
+  `wan_reference.sdpa_flash_attention`: PyTorch SDPA in the inputs' dtype, keys past `k_lens`
+  masked;
+- `CausalWanModel_S2V.__init__` moves its rope table to "cuda": construction maps that device
+  to the CPU;
+- `_forward_inference` draws `random.randint(4, 30)` on every call to place the reference
+  image's rope position; `fixed_ref_rope_offsets` fixes (and records) those draws.
+
+Left as the reference does it (an equal model must do the same to match it closely):
+- the cross-attention input is `norm3(x.to(torch.bfloat16))`: the residual stream is rounded to
+  bfloat16 before that LayerNorm, even in a float32 run;
+- `rope_precompute` (wan_2_2/modules/s2v/s2v_utils.py) builds the rope table in complex32
+  (float16 cos/sin), so every rotary factor carries float16 rounding (~5e-4).
+
+The tiny model has the same weights as our `WanS2VTransformer3DModel` (renamed with
+`wan_tiny_models.official_transformer_state_dict`), so outputs can be compared one to one.
+
+    from liveavatar_reference import requires_liveavatar, reference_causal_model, ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import random
+import sys
+import types
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import wan_reference
+from wan_tiny_models import official_transformer_state_dict
+
+REFERENCE_ENV = "LIVEAVATAR_REFERENCE_REPO"
+MOTION_FRAMES = (73, 19)  # video frames of motion context, and their latent frames
+FRAMES_PER_BLOCK = 3  # latent frames denoised together (`num_frames_per_block` in the config)
+NUM_WAV2VEC_LAYERS = 25  # CausalAudioEncoder's layer mix is fixed at 25 hidden states
+REF_ROPE_OFFSET_RANGE = (4, 30)  # `random.randint(4, 30)` in `_forward_inference`
+
+requires_liveavatar = pytest.mark.skipif(
+    not os.environ.get(REFERENCE_ENV),
+    reason=f"set {REFERENCE_ENV} to a checkout of Live Avatar to run its parity tests",
+)
+
+
+# --- loading the checkout --------------------------------------------------------------------
+
+
+def liveavatar_root() -> Path:
+    """The checkout's root; skips the calling test when it is not configured or not Live Avatar."""
+    root = os.environ.get(REFERENCE_ENV)
+    if not root:
+        pytest.skip(f"{REFERENCE_ENV} is not set")
+    path = Path(root)
+    if not (path / "liveavatar" / "models" / "wan" / "causal_model_s2v.py").is_file():
+        pytest.skip(f"{REFERENCE_ENV}={root} is not a checkout of Live Avatar")
+    return path
+
+
+def liveavatar_module(name: str) -> types.ModuleType:
+    """Import `liveavatar.<name>` (e.g. "models.wan.causal_model_s2v") from the checkout."""
+    if importlib.util.find_spec("einops") is None:
+        pytest.skip("Live Avatar's code needs einops (in the project's test dependencies)")
+    return _import(str(liveavatar_root()), name)
+
+
+# Every Live Avatar module loaded so far, shared by later imports (one class per name).
+_loaded: dict[str, types.ModuleType] = {}
+
+
+def _import(root: str, name: str) -> types.ModuleType:
+    full_name = f"liveavatar.{name}"
+    if full_name in _loaded:
+        return _loaded[full_name]
+    added = [key for key in _loaded if key not in sys.modules]
+    sys.modules.update({key: _loaded[key] for key in added})
+    saved_env = os.environ.get("ENABLE_COMPILE")
+    saved_cache_limit = torch._dynamo.config.cache_size_limit
+    saved_current_device = torch.cuda.current_device
+    os.environ["ENABLE_COMPILE"] = "false"  # read once, when inference_utils.py is imported
+    # t5.py evaluates torch.cuda.current_device() as a default argument when it is imported.
+    torch.cuda.current_device = lambda: "cpu"
+    try:
+        added += _register_bare_packages(Path(root))
+        added += _register_stand_ins()
+        with contextlib.redirect_stdout(None):  # inference_utils prints "COMPILE: False"
+            importlib.import_module(full_name)
+        for key in [key for key in sys.modules if key == "liveavatar" or key.startswith("liveavatar.")]:
+            if key not in _loaded:
+                _loaded[key] = sys.modules[key]
+                added.append(key)
+        compile_switch = _loaded.get("liveavatar.models.wan.inference_utils")
+        if compile_switch is not None and compile_switch.COMPILE:
+            raise RuntimeError("Live Avatar's inference_utils was imported with ENABLE_COMPILE on")
+        _route_attention()
+        return _loaded[full_name]
+    finally:
+        if saved_env is None:
+            os.environ.pop("ENABLE_COMPILE", None)
+        else:
+            os.environ["ENABLE_COMPILE"] = saved_env
+        torch._dynamo.config.cache_size_limit = saved_cache_limit  # inference_utils raises it
+        torch.cuda.current_device = saved_current_device
+        # The loaded modules keep working through their own globals; leaving them registered
+        # would make a later `import liveavatar` in the same process see a half-built package.
+        for key in added:
+            sys.modules.pop(key, None)
+
+
+def _register_bare_packages(root: Path) -> list[str]:
+    # Every folder: `liveavatar/` and `liveavatar/utils/` have no __init__.py (namespace packages).
+    package_dirs = [root / "liveavatar"] + sorted(
+        path for path in (root / "liveavatar").rglob("*") if path.is_dir() and path.name != "__pycache__"
+    )
+    names = []
+    for package_dir in package_dirs:
+        name = ".".join(package_dir.relative_to(root).parts)
+        if not all(part.isidentifier() for part in name.split(".")):
+            continue
+        if name in sys.modules:
+            continue
+        package = types.ModuleType(name)
+        package.__path__ = [str(package_dir)]
+        package.__package__ = name
+        sys.modules[name] = package
+        names.append(name)
+    return names
+
+
+class _Unavailable:
+    """A name from a package this environment lacks; fails clearly if the harness path uses it."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"{self._name} is a stand-in: the Live Avatar harness does not provide it")
+
+    def __getattr__(self, key: str):
+        if key.startswith("__"):
+            raise AttributeError(key)
+        return _Unavailable(f"{self._name}.{key}")
+
+
+class _ResizeExact:
+    """torchvision.transforms.Resize(size) for images already at the size: identity, else refuses.
+
+    The pipeline resizes the reference image's short side to min(H, W) and centre-crops to (H, W);
+    callers of `reference_generate` pass an image of exactly (H, W), where both are the identity.
+    """
+
+    def __init__(self, size):
+        self.size = size
+
+    def __call__(self, image):
+        if min(image.size) != self.size:
+            raise ValueError(f"pass a reference image of the generation size (short side {self.size})")
+        return image
+
+
+class _CenterCropExact:
+    def __init__(self, size):
+        self.size = tuple(size)
+
+    def __call__(self, image):
+        if (image.size[1], image.size[0]) != self.size:
+            raise ValueError(f"pass a reference image of the generation size {self.size}")
+        return image
+
+
+class _ToTensor:
+    def __call__(self, image):
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _stand_in_module(name: str, attributes: dict[str, Any]) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(attributes)
+
+    def missing(key: str):
+        if key.startswith("__"):
+            raise AttributeError(key)
+        return _Unavailable(f"{name}.{key}")
+
+    module.__getattr__ = missing  # type: ignore[method-assign]
+    return module
+
+
+# Packages that Live Avatar's files import at top level and that this environment may lack. Only
+# the pipeline file (`reference_generate`) needs more than easydict; nothing here is on the
+# numerical path of the transformer.
+_STAND_INS: dict[str, dict[str, Any]] = {
+    "easydict": {"EasyDict": wan_reference._EasyDict},
+    "decord": {"VideoReader": _Unavailable("decord.VideoReader")},
+    "librosa": {},
+    "imageio": {},
+    "torchvision": {},
+    "torchvision.transforms": {"Resize": _ResizeExact, "CenterCrop": _CenterCropExact, "ToTensor": _ToTensor},
+    "torchvision.transforms.functional": {},
+}
+
+
+def _register_stand_ins() -> list[str]:
+    names = []
+    for name, attributes in _STAND_INS.items():
+        if name in sys.modules:
+            continue
+        top = name.split(".")[0]
+        if top not in names and importlib.util.find_spec(top) is not None:
+            continue
+        module = _stand_in_module(name, attributes)
+        sys.modules[name] = module
+        names.append(name)
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules:
+            setattr(sys.modules[parent], child, module)
+    return names
+
+
+def _sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_lens: torch.Tensor | None = None,
+    k_lens: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    q_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    deterministic: bool = False,
+    dtype: torch.dtype = torch.bfloat16,
+    fa_version: int | None = None,
+) -> torch.Tensor:
+    """Live Avatar's `attention` (its `fa_version` spelling) through `sdpa_flash_attention`."""
+    return wan_reference.sdpa_flash_attention(
+        q, k, v, q_lens=q_lens, k_lens=k_lens, dropout_p=dropout_p, softmax_scale=softmax_scale,
+        q_scale=q_scale, causal=causal, window_size=window_size, deterministic=deterministic, dtype=dtype,
+    )
+
+
+def _route_attention() -> None:
+    """Every loaded module's `flash_attention`/`attention` (imported from attention.py) -> SDPA."""
+    kernels = _loaded.get("liveavatar.models.wan.wan_2_2.modules.attention")
+    if kernels is None:
+        return
+    replacements = {"flash_attention": wan_reference.sdpa_flash_attention, "attention": _sdpa_attention}
+    originals = kernels.__dict__.setdefault(
+        "_harness_originals", {name: kernels.__dict__[name] for name in replacements}
+    )
+    for module in _loaded.values():
+        for name, replacement in replacements.items():
+            if module.__dict__.get(name) is originals[name]:
+                setattr(module, name, replacement)
+
+
+def _caller_globals() -> dict:
+    """The globals of the nearest caller outside this file (the patches here may wrap each other)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals is globals():
+        frame = frame.f_back
+    return frame.f_globals if frame is not None else {}
+
+
+def _names_cuda(device) -> bool:
+    return (isinstance(device, str) and device.startswith("cuda")) or (
+        isinstance(device, torch.device) and device.type == "cuda"
+    )
+
+
+@contextlib.contextmanager
+def _cuda_is_cpu(cls: type = torch.Tensor) -> Iterator[None]:
+    """`cls.to("cuda...")` (Tensor or nn.Module; a device positional or keyword) stays on the CPU."""
+    original = cls.to
+
+    def to(self, *args, **kwargs):
+        args = tuple("cpu" if _names_cuda(arg) else arg for arg in args)
+        if _names_cuda(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        return original(self, *args, **kwargs)
+
+    own = "to" in cls.__dict__
+    cls.to = to
+    try:
+        yield
+    finally:
+        if own:
+            cls.to = original
+        else:  # torch.Tensor inherits `to` from torch._C.TensorBase
+            del cls.to
+
+
+# --- the rope offset drawn per call ----------------------------------------------------------
+
+
+class RefRopeOffsets(list):
+    """The values `_forward_inference`'s `random.randint(4, 30)` returned, in call order."""
+
+
+@contextlib.contextmanager
+def fixed_ref_rope_offsets(values: int | Iterable[int]) -> Iterator[RefRopeOffsets]:
+    """Fix what `random.randint(4, 30)` returns inside `CausalWanModel_S2V._forward_inference`.
+
+    `values`: one int for every call, or a sequence used one per call (running out is an error).
+    Only the draws made by causal_model_s2v.py are replaced; other users of `random` are left
+    alone. Yields the list of values actually used, in call order.
+
+    The reference image's rope frame in block starting at latent frame f0 is
+    max(30, f0 + value): the value only matters once f0 + value > 30.
+    """
+    model_globals = liveavatar_module("models.wan.causal_model_s2v").__dict__
+    if isinstance(values, int):
+        constant = values
+        values = iter(lambda: constant, None)
+    iterator = iter(values)
+    low, high = REF_ROPE_OFFSET_RANGE
+
+    def next_value() -> int:
+        try:
+            value = int(next(iterator))
+        except StopIteration:
+            raise RuntimeError("fixed_ref_rope_offsets ran out of values") from None
+        if not low <= value <= high:
+            raise ValueError(f"the reference draws its offset from [{low}, {high}], got {value}")
+        return value
+
+    used = RefRopeOffsets()
+    original = random.randint
+
+    def randint(a: int, b: int) -> int:
+        if _caller_globals() is model_globals and (a, b) == REF_ROPE_OFFSET_RANGE:
+            value = next_value()
+            used.append(value)
+            return value
+        return original(a, b)
+
+    random.randint = randint
+    try:
+        yield used
+    finally:
+        random.randint = original
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+def reference_config(our_transformer) -> dict[str, Any]:
+    """`CausalWanModel_S2V` keyword arguments equal to our transformer's configuration."""
+    config = our_transformer.config
+    if float(config.rope_theta) != 10000.0:
+        raise ValueError("the reference's rope tables use theta=10000")
+    if config.num_audio_layers != NUM_WAV2VEC_LAYERS:
+        raise ValueError(f"the reference mixes exactly {NUM_WAV2VEC_LAYERS} wav2vec2 layers")
+    if not config.zero_timestep:
+        raise ValueError("the causal reference requires zero_timestep=True")
+    return {
+        "cond_dim": config.pose_channels,
+        "audio_dim": config.audio_dim,
+        "num_audio_token": config.num_audio_tokens,
+        "enable_adain": config.audio_adaptive_norm,
+        "adain_mode": "attn_norm",
+        "audio_inject_layers": list(config.audio_inject_layers),
+        "zero_init": False,
+        "zero_timestep": True,
+        "enable_motioner": False,
+        "add_last_motion": True,
+        "enable_framepack": True,
+        "framepack_drop_mode": "padd",
+        "model_type": "s2v",
+        "patch_size": tuple(config.patch_size),
+        "text_len": config.text_len,
+        "in_dim": config.in_channels,
+        "dim": config.num_attention_heads * config.attention_head_dim,
+        "ffn_dim": config.ffn_dim,
+        "freq_dim": config.freq_dim,
+        "text_dim": config.text_dim,
+        "out_dim": config.out_channels,
+        "num_heads": config.num_attention_heads,
+        "num_layers": config.num_layers,
+        "cross_attn_norm": config.cross_attn_norm,
+        "eps": config.eps,
+    }
+
+
+def sharpen_attention(our_transformer, scale: float = 1.5, seed: int = 0):
+    """Give `our_transformer`'s q/k RMSNorm weights `scale * (1 + 0.1 * noise)`, in place.
+
+    `wan_tiny_models.tiny_transformer_from_official_config` draws every weight from N(0, 0.05),
+    norms included, so attention logits are ~1e-3 and every attention is nearly uniform: rope
+    positions (and the reference image's rope offset) barely change the output (~1e-6). With
+    these weights the logits are O(1). Returns the transformer.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in our_transformer.named_parameters():
+            if name.endswith(("norm_q.weight", "norm_k.weight")):
+                noise = torch.randn(parameter.shape, generator=generator)
+                parameter.copy_(scale * (1.0 + 0.1 * noise))
+    return our_transformer
+
+
+def reference_causal_model(our_transformer) -> torch.nn.Module:
+    """Live Avatar's `CausalWanModel_S2V` with `our_transformer`'s weights, on CPU in float32, eval."""
+    causal = liveavatar_module("models.wan.causal_model_s2v")
+    torch.manual_seed(0)  # the constructor's random init is overwritten; keep it reproducible
+    with _cuda_is_cpu():
+        model = causal.CausalWanModel_S2V(**reference_config(our_transformer))
+    model.load_state_dict(official_transformer_state_dict(our_transformer), strict=True)
+    model.num_frame_per_block = FRAMES_PER_BLOCK  # as the pipeline sets it (training mask only)
+    return model.float().eval()
+
+
+def cond_cache_tokens(tokens_per_frame: int) -> int:
+    """Tokens the sink prefill caches: the reference image's frame, then the frame-packed motion.
+
+    The ref frame and the last motion frame at full resolution (patch 1x2x2), the 2 frames
+    before it in 2x4x4 patches, the 16 before those in 4x8x8 patches:
+    tokens_per_frame * (1 + 1 + 1/4 + 1/4) (2640 at 704x384; the pipeline allocates 2800).
+    """
+    if tokens_per_frame % 16:
+        raise ValueError("frame packing needs latent heights and widths divisible by 8")
+    return tokens_per_frame * 5 // 2
+
+
+def new_reference_caches(
+    model: torch.nn.Module,
+    num_steps: int,
+    frames_per_cache: int,
+    tokens_per_frame: int,
+    batch_size: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> list[list[dict[str, torch.Tensor]]]:
+    """KV caches laid out as `WanS2V._initialize_kv_cache` makes them, at the model's sizes.
+
+    One cache per denoising step index (the pipeline's `kv_cache1[str(i + 1)]`), each a list of
+    one dict per layer: "k"/"v" [batch, frames_per_cache * tokens_per_frame, heads, head_dim]
+    (the pipeline: one clip of latent frames) and "cond_k"/"cond_v"/"cond_end", the condition
+    cache, the same tensors in every step's cache (the pipeline's `shared_cond_cache`).
+    """
+    heads, head_dim = model.num_heads, model.dim // model.num_heads
+    size = frames_per_cache * tokens_per_frame
+    cond_size = cond_cache_tokens(tokens_per_frame)
+    shared = [
+        {
+            "cond_k": torch.zeros([batch_size, cond_size, heads, head_dim], dtype=dtype),
+            "cond_v": torch.zeros([batch_size, cond_size, heads, head_dim], dtype=dtype),
+            "cond_end": torch.tensor([0], dtype=torch.long),
+        }
+        for _ in range(model.num_layers)
+    ]
+    return [
+        [
+            {
+                "k": torch.zeros([batch_size, size, heads, head_dim], dtype=dtype),
+                "v": torch.zeros([batch_size, size, heads, head_dim], dtype=dtype),
+                **shared[layer],
+            }
+            for layer in range(model.num_layers)
+        ]
+        for _ in range(num_steps)
+    ]
+
+
+def _crossattn_caches(model: torch.nn.Module) -> list[dict[str, Any]]:
+    # Passed by the pipeline and never read by the causal S2V blocks.
+    return [{"k": None, "v": None, "is_init": False} for _ in range(model.num_layers)]
+
+
+def _context_list(context: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(context, torch.Tensor):
+        return list(context) if context.dim() == 3 else [context]
+    return list(context)
+
+
+def _frame_seqlen(model: torch.nn.Module, height: int, width: int) -> int:
+    _, ph, pw = model.patch_size
+    return (height // ph) * (width // pw)
+
+
+def reference_prefill(
+    model: torch.nn.Module,
+    caches: Sequence[Sequence[dict[str, torch.Tensor]]],
+    context: torch.Tensor | Sequence[torch.Tensor],
+    ref_latents: torch.Tensor,
+    motion_latents: torch.Tensor,
+    *,
+    frames_per_block: int = FRAMES_PER_BLOCK,
+    motion_frames: Sequence[int] = MOTION_FRAMES,
+    drop_motion_frames: bool = False,
+) -> None:
+    """The pipeline's sink call: fills the condition cache shared by `caches` (all step caches).
+
+    As `WanS2V.generate` makes it for clip 0: t=0, sink_flag=True, block_index 0
+    (current_start=0). It caches, per layer, the un-roped keys and the values of the reference
+    image's tokens followed by the frame-packed motion tokens. The pipeline repeats it for every
+    step cache, writing the same shared tensors; once is the same.
+
+    context: [1, L, text_dim] (or a list of [L, text_dim]); ref_latents: [1, C, 1, H, W];
+    motion_latents: [1, C, motion_frames[1], H, W].
+    """
+    height, width = ref_latents.shape[-2:]
+    block = torch.zeros(model.in_dim, frames_per_block, height, width)
+    timestep = torch.zeros([1, frames_per_block])
+    frame_seqlen = _frame_seqlen(model, height, width)
+    with torch.no_grad(), _sink_noise_width(model):
+        model(
+            [block],
+            t=timestep,
+            context=_context_list(context),
+            seq_len=None,
+            cond_states=torch.zeros(1, model.in_dim, frames_per_block, height, width),
+            motion_latents=motion_latents,
+            ref_latents=ref_latents,
+            audio_input=None,
+            motion_frames=list(motion_frames),
+            drop_motion_frames=drop_motion_frames,
+            sink_flag=True,
+            kv_cache=list(caches[0]),
+            crossattn_cache=_crossattn_caches(model),
+            current_start=0,
+            current_end=frames_per_block * frame_seqlen,
+        )
+
+
+@contextlib.contextmanager
+def _sink_noise_width(model: torch.nn.Module) -> Iterator[None]:
+    """`_forward_sink` builds its (empty, 0-frame) noisy part as zeros [1, 5120, 0, h, w]: the
+    14B's width written out. Give that one call the model's width so that it concatenates."""
+    model_globals = liveavatar_module("models.wan.causal_model_s2v").__dict__
+    original = torch.zeros
+    full_width = 5120
+
+    def zeros(*args, **kwargs):
+        shape = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else None
+        if (
+            shape is not None
+            and len(shape) == 5
+            and shape[1] == full_width
+            and shape[2] == 0
+            and _caller_globals() is model_globals
+        ):
+            args = ([shape[0], model.dim, *shape[2:]],)
+        return original(*args, **kwargs)
+
+    torch.zeros = zeros
+    try:
+        yield
+    finally:
+        torch.zeros = original
+
+
+def reference_block(
+    model: torch.nn.Module,
+    cache: Sequence[dict[str, torch.Tensor]],
+    block_latents: torch.Tensor,
+    t: float | torch.Tensor,
+    context: torch.Tensor | Sequence[torch.Tensor],
+    audio_slice: torch.Tensor,
+    ref_latents: torch.Tensor,
+    motion_latents: torch.Tensor,
+    current_start: int,
+    current_end: int | None = None,
+    *,
+    pose_latents: torch.Tensor | None = None,
+    motion_frames: Sequence[int] = MOTION_FRAMES,
+    drop_motion_frames: bool = False,
+) -> torch.Tensor:
+    """One denoising step of one block, as the pipeline calls it; returns the flow prediction.
+
+    cache: the step's cache (`caches[step_index]`); its K/V at [current_start, +block tokens)
+    (modulo the cache size) are overwritten with this call's keys and values.
+    block_latents: [1, C, F, H, W] (F = frames per block); t: the scheduler's timestep (a number,
+    a 0-d tensor, or [1, F]); context: [1, L, text_dim]; audio_slice: [1, 25, audio_dim, 4 * F]
+    (the block's video frames of wav2vec2 features, `audio_emb[..., 12 * b : 12 * (b + 1)]`);
+    current_start: the block's first token in the whole stream, in tokens
+    ((clip * blocks_per_clip + block) * F * H/2 * W/2); pose_latents: [1, C, F, H, W], zeros
+    when None (the pipeline's default). ref/motion latents only feed the prefill; the call reads
+    their shapes. Returns [1, C_out, F, H, W].
+    """
+    if block_latents.dim() != 5 or block_latents.shape[0] != 1:
+        raise ValueError("block_latents: [1, C, F, H, W]")
+    frames, height, width = block_latents.shape[2:]
+    timestep = torch.as_tensor(t, dtype=torch.float32)
+    if timestep.dim() < 2:
+        timestep = timestep.reshape(1, -1).expand(1, frames).clone()
+    if pose_latents is None:
+        pose_latents = torch.zeros_like(block_latents)
+    if current_end is None:
+        current_end = current_start + frames * _frame_seqlen(model, height, width)
+    with torch.no_grad():
+        out = model(
+            [block_latents[0]],
+            t=timestep,
+            context=_context_list(context),
+            seq_len=None,
+            cond_states=pose_latents,
+            motion_latents=motion_latents,
+            ref_latents=ref_latents,
+            audio_input=audio_slice,
+            motion_frames=list(motion_frames),
+            drop_motion_frames=drop_motion_frames,
+            kv_cache=list(cache),
+            crossattn_cache=_crossattn_caches(model),
+            current_start=current_start,
+            current_end=current_end,
+            mask=None,
+        )
+    return torch.stack(out)
+
+
+def reference_scheduler(sampling_steps: int):
+    """The pipeline's sampler: diffusers' FlowMatchEulerDiscreteScheduler(1000, shift=3).
+
+    `generate`'s `shift` argument is not used for "euler"; for 4 steps the timesteps are
+    [1000, 857.69, 602.15, 8.93] (sigmas then 0).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3)
+    scheduler.set_timesteps(sampling_steps, device="cpu")
+    return scheduler
+
+
+def reference_clip(
+    model: torch.nn.Module,
+    caches: Sequence[Sequence[dict[str, torch.Tensor]]],
+    noise: torch.Tensor,
+    context: torch.Tensor | Sequence[torch.Tensor],
+    audio: torch.Tensor,
+    ref_latents: torch.Tensor,
+    motion_latents: torch.Tensor,
+    *,
+    clip_index: int = 0,
+    blocks_per_clip: int | None = None,
+    pose_latents: torch.Tensor | None = None,
+    frames_per_block: int = FRAMES_PER_BLOCK,
+) -> torch.Tensor:
+    """`WanS2V.generate`'s block loop for one clip (after `reference_prefill`): the denoised latents.
+
+    noise: [1, C, F, H, W], the clip's initial noise, F a multiple of `frames_per_block`;
+    audio: [1, 25, audio_dim, 4 * F], the clip's wav2vec2 features (`audio_emb[..., clip
+    frames]`); caches: `new_reference_caches(model, len(timesteps), ...)`, one per step index.
+    Block b is denoised with Euler steps over the scheduler's timesteps; step i runs on
+    caches[i]. current_start counts tokens over the whole stream: clip_index * blocks_per_clip
+    blocks (default: the blocks of this clip) come before. Returns [1, C, F, H, W].
+    """
+    frames, height, width = noise.shape[2:]
+    if frames % frames_per_block:
+        raise ValueError(f"a clip has a multiple of {frames_per_block} latent frames")
+    num_blocks = frames // frames_per_block
+    blocks_per_clip = num_blocks if blocks_per_clip is None else blocks_per_clip
+    frame_seqlen = _frame_seqlen(model, height, width)
+    scheduler = reference_scheduler(len(caches))
+    output = torch.zeros_like(noise)
+    for block in range(num_blocks):
+        frame_slice = slice(block * frames_per_block, (block + 1) * frames_per_block)
+        latents = noise[:, :, frame_slice]
+        audio_slice = audio[..., block * frames_per_block * 4 : (block + 1) * frames_per_block * 4]
+        pose = None if pose_latents is None else pose_latents[:, :, frame_slice]
+        start = (clip_index * blocks_per_clip + block) * frames_per_block * frame_seqlen
+        scheduler._step_index = 0  # the pipeline: dist.get_rank() on one GPU
+        scheduler._begin_index = 0
+        for step, t in enumerate(scheduler.timesteps):
+            prediction = reference_block(
+                model, caches[step], latents, t, context, audio_slice, ref_latents, motion_latents,
+                start, start + frames_per_block * frame_seqlen, pose_latents=pose,
+            )
+            latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+        output[:, :, frame_slice] = latents
+    return output
+
+
+# --- the pipeline's generate -----------------------------------------------------------------
+
+
+def reference_generate(
+    model: torch.nn.Module,
+    *,
+    text_encoder: Any,
+    vae: Any,
+    audio_encoder: Any,
+    ref_image_path: str | os.PathLike,
+    audio_path: str,
+    prompt: str,
+    size: tuple[int, int],
+    infer_frames: int,
+    sampling_steps: int,
+    num_clips: int,
+    seed: int = 0,
+    fps: int = 16,
+) -> torch.Tensor:
+    """Run `WanS2V.generate` (Live Avatar's single-GPU streaming pipeline) on CPU in float32.
+
+    The pipeline object is made with object.__new__ (its __init__ loads checkpoints onto CUDA)
+    and given the attributes `generate` reads; while it runs, CUDA devices it names are the CPU,
+    its 40-head x 128 cache allocations take the model's heads and head size, and
+    `dist.get_rank()` is 0. Euler sampler, no guidance, no pose video, deferred decoding, as
+    infinite_inference_single_gpu.sh runs it. Adapters, from the caller, called as the
+    pipeline calls the official objects:
+    - text_encoder(prompts: list[str], device) -> [Tensor [L, text_dim]]; `.model` (an nn.Module);
+    - vae: `.encode(video [1, 3, T, H, W]) -> [latents [C, 1 + (T - 1) // 4, H/8, W/8]]`
+      (normalised, as Wan2_1_VAE), `.decode(latents [1, C, T', h, w]) -> [video [3, T, H, W]]`,
+      `.model` (nn.Module), `.dtype`, `.device`;
+    - audio_encoder: `.extract_audio_feat(path, return_all_layers=True) -> z` and
+      `.get_audio_embed_bucket_fps(z, fps=, batch_frames=, m=) -> (features [T, 25, audio_dim],
+      number of clips the audio covers)`; `.model` (nn.Module).
+    ref_image_path: an RGB image of exactly `size` (H, W) (the resize/crop are not reproduced).
+    Wrap the call in `fixed_ref_rope_offsets` to make it deterministic.
+    Returns the video [3, frames, H, W] as `generate` does.
+    """
+    pipeline_module = liveavatar_module("models.wan.causal_s2v_pipeline")
+    pipeline = object.__new__(pipeline_module.WanS2V)
+    pipeline.__dict__.update(
+        device=torch.device("cpu"),
+        rank=0,
+        t5_cpu=True,
+        init_on_cpu=False,
+        is_training=False,
+        num_train_timesteps=1000,
+        num_frames_per_block=FRAMES_PER_BLOCK,
+        param_dtype=torch.float32,
+        drop_part_motion_frames=0.0,
+        single_gpu=True,
+        offload_kv_cache=False,
+        text_encoder=text_encoder,
+        vae=vae,
+        audio_encoder=audio_encoder,
+        noise_model=model,
+        sp_size=1,
+        sample_neg_prompt="",
+        motion_frames=MOTION_FRAMES[0],
+        drop_first_motion=False,
+        fps=fps,
+        audio_sample_m=0,
+    )
+    pipeline.get_gen_size = lambda *args, **kwargs: tuple(size)
+    height, width = size
+    heads, head_dim = model.num_heads, model.dim // model.num_heads
+    with contextlib.ExitStack() as stack:
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        patch.setattr(pipeline_module, "dist", types.SimpleNamespace(get_rank=lambda: 0))
+        patch.setattr(pipeline_module, "tqdm", lambda iterable, *args, **kwargs: iterable)
+        patch.setattr(torch.cuda, "empty_cache", lambda: None)
+        patch.setattr(torch.cuda, "synchronize", lambda *args: None)
+        stack.enter_context(_cuda_is_cpu(torch.Tensor))
+        stack.enter_context(_cuda_is_cpu(torch.nn.Module))
+        stack.enter_context(_tiny_pipeline_factories(pipeline_module.__dict__, heads, head_dim))
+        stack.enter_context(_sink_noise_width(model))
+        video, _ = pipeline.generate(
+            input_prompt=prompt,
+            ref_image_path=str(ref_image_path),
+            audio_path=audio_path,
+            num_repeat=num_clips,
+            pose_video=None,
+            max_area=height * width,
+            infer_frames=infer_frames,
+            sample_solver="euler",
+            sampling_steps=sampling_steps,
+            guide_scale=0.0,
+            n_prompt=None,
+            seed=seed,
+            offload_model=False,
+            max_repeat=num_clips,
+            enable_online_decode=False,
+        )
+    return video
+
+
+@contextlib.contextmanager
+def _tiny_pipeline_factories(pipeline_globals: dict, heads: int, head_dim: int) -> Iterator[None]:
+    """torch.zeros/torch.tensor called by the pipeline file: CUDA devices are the CPU, and the
+    14B's hard-coded cache layout [..., 40, 128] becomes [..., heads, head_dim]."""
+    originals = {"zeros": torch.zeros, "tensor": torch.tensor}
+
+    def adapt(name):
+        original = originals[name]
+
+        def factory(*args, **kwargs):
+            if _caller_globals() is pipeline_globals:
+                if _names_cuda(kwargs.get("device")):
+                    kwargs["device"] = "cpu"
+                if name == "zeros" and args and isinstance(args[0], list) and args[0][-2:] == [40, 128]:
+                    args = ([*args[0][:-2], heads, head_dim], *args[1:])
+            return original(*args, **kwargs)
+
+        return factory
+
+    for name in originals:
+        setattr(torch, name, adapt(name))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch, name, original)
+
+
+def latent_frames_per_clip(infer_frames: int, motion_frames: Sequence[int] = MOTION_FRAMES) -> int:
+    """The pipeline's `lat_target_frames`: (infer_frames + 3 + motion_frames[0]) // 4 - lat motion frames."""
+    return (infer_frames + 3 + motion_frames[0]) // 4 - (motion_frames[0] + 3) // 4
+
+
+__all__ = [
+    "FRAMES_PER_BLOCK",
+    "MOTION_FRAMES",
+    "NUM_WAV2VEC_LAYERS",
+    "REFERENCE_ENV",
+    "RefRopeOffsets",
+    "cond_cache_tokens",
+    "fixed_ref_rope_offsets",
+    "latent_frames_per_clip",
+    "liveavatar_module",
+    "liveavatar_root",
+    "new_reference_caches",
+    "reference_block",
+    "reference_causal_model",
+    "reference_clip",
+    "reference_config",
+    "reference_generate",
+    "reference_prefill",
+    "reference_scheduler",
+    "requires_liveavatar",
+    "sharpen_attention",
+]
