@@ -1,4 +1,29 @@
-"""Merging the Live Avatar LoRA into a loaded Wan2.2-S2V transformer.
+"""The Live Avatar LoRA, attached beside a loaded Wan2.2-S2V transformer's weights.
+
+Why an adapter and not a merge: one worker serves both modes, job by job, from one set of weights.
+`quality` jobs must see the base weights and `fast` jobs the LoRA's; merging the LoRA would take a
+second 32 GB transformer or leave the worker unable to run quality jobs. So each targeted linear
+keeps its weight W and gets two buffers, A (`lora_down`) and (alpha / rank) * B (`lora_up`), and a
+forward hook that, only inside `LoraAdapter.active()`, adds `up(down(x))` to its output. Outside,
+the hook returns at once and every output is the base one, bit for bit.
+
+The cost, for the 14B model (dim 5120, ffn 13824, 40 blocks, 12 audio injectors) at rank 128:
+- compute, while active: two rank-128 matmuls per targeted linear, r * (in + out) multiply-adds
+  per token against in * out for the layer itself: 5.0% for a 5120x5120 attention linear and 3.4%
+  for a 5120x13824 feed-forward linear. Per video token (self-attention q/k/v/o, cross-attention
+  q/o, both feed-forward linears in every block, the injectors' q/o) that is 1.08 GFLOP on top
+  of 25.2 GFLOP of linears, +4.3%; attention itself is untouched, so the whole forward grows by
+  less. The keys and values of cross-attention and the injectors run on the 512 text tokens and
+  4 audio tokens per frame, not on the video's thousands.
+- memory: A and B of the 40 x (8 attention + 2 feed-forward) + 12 x 4 injector linears hold
+  676,331,520 values, 1.35 GB (1.26 GiB) in bf16, in quality jobs too: on the GPU in the full and
+  fp8 modes (the fp8 mode quantises weights, not buffers); in the offload mode they travel with
+  their block, 1.35 GB more per forward on top of the 32 GB of weights (+4%). While active, each
+  targeted linear's output exists twice for a moment.
+
+The buffers are registered on the linear modules before a memory mode places the transformer, so
+`.to()`, the fp8 mode's `transformer.to(gpu)` and diffusers' group offloading move them with their
+layer (the fp8 mode swaps the weights, which the hook never reads).
 
 Live Avatar trained its LoRA with peft on the official `WanModel_S2V`, so the file names the
 official modules, in peft's spelling:
@@ -12,24 +37,32 @@ load only fills keys that carry the adapter name `.default`; both spellings are 
 
 Any other tensor replaces the base parameter of that name (`...q.base_layer.weight` is peft's
 name for the weight of a layer it wraps), as the reference's non-strict `load_state_dict` does
-before merging. Each pair then adds (alpha / rank) * B @ A to its weight, computed in float32 on
-the weight's device.
+before merging. Such a tensor is kept as a buffer beside the base one and swapped into the
+parameter only while active; `active()` refuses where a memory mode has taken the parameter over
+(a weight the fp8 mode quantised, or any under group offloading, which restores its own copies).
+
+The reference merges with peft (W + (alpha / rank) * B @ A, in the weight's dtype); the adapter
+adds the same product to the output instead, so the two agree in their outputs, up to rounding,
+not in their weights.
 
 The whole file is checked before the model is touched, so a file that does not fit leaves the
-transformer as it was. Tensors are read one at a time from the memory-mapped file: besides the
-model, memory holds one layer's update at a time.
+transformer as it was. Tensors are read one at a time from the memory-mapped file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
 from pathlib import Path
+from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .config import LORA_FILE, LORA_REPO_ID
 from .convert_transformer import convert_transformer_key
@@ -40,65 +73,200 @@ _PEFT_PREFIX = "base_model.model."
 # peft wraps each target layer and moves its original parameters under `base_layer`.
 _PEFT_BASE_LAYER = ".base_layer."
 _LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])(?:\.default)?\.weight")
-_MERGEABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_ATTACHABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Buffer names on the targeted modules.
+_DOWN, _UP = "lora_down", "lora_up"
+_REPLACEMENT = "lora_replacement_"  # + the parameter's attribute name ("weight", "bias")
 
 
 @dataclasses.dataclass(frozen=True)
-class LoraMergeSummary:
-    """What `merge_lora` changed."""
+class LoraSummary:
+    """What `LoraAdapter.attach` attached."""
 
-    merged_layers: int
-    replaced_tensors: int
+    layers: int  # linears with an A/B pair
     rank: int | None  # None when the file has no A/B pairs
+    replaced_tensors: int  # parameters the file replaces while active
 
 
 @dataclasses.dataclass(frozen=True)
 class _LoraPair:
-    parameter: str  # our name of the weight the pair updates
+    parameter: str  # our name of the weight of the linear the pair adapts
     a_key: str
     b_key: str
     rank: int
 
 
-def merge_lora(transformer: nn.Module, path: Path, alpha: float) -> LoraMergeSummary:
-    """Merge the LoRA file at `path` into `transformer`'s weights in place.
+@dataclasses.dataclass(frozen=True)
+class _Replacement:
+    name: str  # ours, for messages
+    module: nn.Module
+    attribute: str  # the parameter's name on `module`
+    parameter: nn.Parameter  # the parameter as it was at attach time
 
-    Call it right after loading, on real tensors (CPU or GPU, float32 or bfloat16), and before a
-    memory mode quantises or offloads the transformer: those keep copies this would not reach.
 
-    Raises ValueError naming the file and the key when a key maps to no parameter, when a shape
-    does not fit, when an A has no B (or a B no A), when ranks differ, or when the weight it
-    would change holds no values; the transformer is unchanged then.
-    """
-    parameters = dict(transformer.named_parameters())
-    with safe_open(path, framework="pt", device="cpu") as reader:
-        pairs, replacements = _plan(path, reader, parameters)
-        with torch.no_grad():
-            # the reference loads the file's full tensors first and merges the pairs into them
-            for key, name in replacements.items():
-                parameters[name].copy_(reader.get_tensor(key))
+class LoraAdapter:
+    """A LoRA attached to a transformer, applied only inside `active()`."""
+
+    def __init__(self, transformer: nn.Module, path: Path, summary: LoraSummary) -> None:
+        """Use `attach`."""
+        self.path = path
+        self.summary = summary
+        self._transformer = transformer
+        self._hooks: list[RemovableHandle] = []
+        self._adapted: list[nn.Linear] = []
+        self._replacements: list[_Replacement] = []
+        self._active = False
+        self._attached = True
+
+    @classmethod
+    def attach(cls, transformer: nn.Module, path: Path, alpha: float) -> "LoraAdapter":
+        """Attach the LoRA file at `path` to `transformer`, inactive.
+
+        Call it right after loading, on real tensors (CPU or GPU, float32 or bfloat16), and before
+        a memory mode quantises or offloads the transformer, so that the buffers are placed with
+        their layers.
+
+        Raises ValueError naming the file and the key when a key maps to no parameter (or a pair to
+        no linear layer), when a shape does not fit, when an A has no B (or a B no A), when ranks
+        differ, or when the weight it adapts holds no values; and ValueError when the transformer
+        is already offloaded or already has a LoRA attached. The transformer is unchanged then.
+        """
+        if any(hasattr(module, "_diffusers_hook") for module in transformer.modules()):
+            raise ValueError(
+                f"cannot attach the LoRA {path}: the transformer is already offloaded (it has diffusers "
+                "hooks); attach right after the weights are loaded, before a memory mode places them"
+            )
+        parameters = dict(transformer.named_parameters())
+        modules = dict(transformer.named_modules())
+        with safe_open(path, framework="pt", device="cpu") as reader:
+            pairs, replacements = _plan(path, reader, parameters)
             for pair in pairs:
-                weight = parameters[pair.parameter]
-                a = reader.get_tensor(pair.a_key).to(device=weight.device, dtype=torch.float32)
-                b = reader.get_tensor(pair.b_key).to(device=weight.device, dtype=torch.float32)
-                update = (b @ a) * (alpha / pair.rank)
-                del a, b
-                weight.copy_(update.add_(weight))
-                del update
-    summary = LoraMergeSummary(
-        merged_layers=len(pairs),
-        replaced_tensors=len(replacements),
-        rank=pairs[0].rank if pairs else None,
-    )
-    log.info(
-        "merged the LoRA %s: %d layers at rank %s, alpha %g, %d tensors replaced",
-        path.name, summary.merged_layers, summary.rank, alpha, summary.replaced_tensors,
-    )
-    return summary
+                linear = modules[_module_name(pair.parameter)]
+                if not isinstance(linear, nn.Linear):
+                    raise _file_error(
+                        path, pair.a_key, f"is for {pair.parameter}, which is not the weight of a linear layer"
+                    )
+            targets = [pair.parameter for pair in pairs] + list(replacements.values())
+            for name in map(_module_name, targets):
+                if any(buffer.startswith("lora_") for buffer in modules[name]._buffers):
+                    raise ValueError(f"cannot attach the LoRA {path}: {name} already has a LoRA attached")
+
+            summary = LoraSummary(
+                layers=len(pairs), rank=pairs[0].rank if pairs else None, replaced_tensors=len(replacements)
+            )
+            adapter = cls(transformer, path, summary)
+            try:
+                with torch.no_grad():
+                    for pair in pairs:
+                        adapter._adapt(modules[_module_name(pair.parameter)], reader, pair, alpha)
+                    for key, name in replacements.items():
+                        adapter._keep_replacement(name, modules[_module_name(name)], reader, key)
+            except BaseException:
+                adapter.detach()
+                raise
+        buffer_bytes = sum(
+            getattr(linear, name).nbytes for linear in adapter._adapted for name in (_DOWN, _UP)
+        )
+        log.info(
+            "attached the LoRA %s: %d layers at rank %s, alpha %g, %d tensors replaced while active; "
+            "A/B buffers %.2f GiB",
+            path.name, summary.layers, summary.rank, alpha, summary.replaced_tensors, buffer_bytes / 2**30,
+        )
+        return adapter
+
+    @property
+    def is_active(self) -> bool:
+        return self._active
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Apply the LoRA inside the block; the base weights again on leaving it, however it is left
+        (an exception, or a generator suspended inside it being closed). Not re-entrant."""
+        if not self._attached:
+            raise RuntimeError(f"the LoRA {self.path} was detached")
+        if self._active:
+            raise RuntimeError(f"the LoRA {self.path} is already active (active() is not re-entrant)")
+        self._check_replacements()
+        self._swap_replacements()
+        self._active = True
+        try:
+            yield
+        finally:
+            self._active = False
+            self._swap_replacements()
+
+    def detach(self) -> None:
+        """Remove the hooks and buffers; the transformer is as it was before `attach`."""
+        if self._active:
+            raise RuntimeError(f"cannot detach the LoRA {self.path} while it is active")
+        for hook in self._hooks:
+            hook.remove()
+        for linear in self._adapted:
+            for name in (_DOWN, _UP):
+                linear._buffers.pop(name, None)
+        for replacement in self._replacements:
+            replacement.module._buffers.pop(_REPLACEMENT + replacement.attribute, None)
+        self._hooks, self._adapted, self._replacements = [], [], []
+        self._attached = False
+
+    def _adapt(self, linear: nn.Linear, reader: safe_open, pair: _LoraPair, alpha: float) -> None:
+        weight = linear.weight
+        a = reader.get_tensor(pair.a_key).to(device=weight.device, dtype=weight.dtype)
+        # alpha / rank is folded into B in float32, so that the low-precision B is rounded once
+        b = reader.get_tensor(pair.b_key).to(device=weight.device, dtype=torch.float32)
+        up = b.mul_(alpha / pair.rank).to(weight.dtype)
+        self._adapted.append(linear)
+        linear.register_buffer(_DOWN, a, persistent=False)
+        linear.register_buffer(_UP, up, persistent=False)
+        self._hooks.append(linear.register_forward_hook(self._add_update))
+
+    def _add_update(
+        self, linear: nn.Linear, args: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> torch.Tensor | None:
+        if not self._active:
+            return None
+        return output + F.linear(F.linear(args[0], linear.lora_down), linear.lora_up)
+
+    def _keep_replacement(self, name: str, module: nn.Module, reader: safe_open, key: str) -> None:
+        attribute = name.rpartition(".")[2]
+        parameter = module._parameters[attribute]
+        tensor = reader.get_tensor(key).to(device=parameter.device, dtype=parameter.dtype)
+        self._replacements.append(_Replacement(name, module, attribute, parameter))
+        module.register_buffer(_REPLACEMENT + attribute, tensor, persistent=False)
+
+    def _check_replacements(self) -> None:
+        """Refuse, before changing anything, to swap tensors where a memory mode manages them."""
+        if not self._replacements:
+            return
+        if any(hasattr(module, "_diffusers_hook") for module in self._transformer.modules()):
+            raise RuntimeError(
+                f"the LoRA {self.path} replaces {self._replacements[0].name}, which cannot be swapped under "
+                "group offloading (it restores its own copies of the parameters)"
+            )
+        for replacement in self._replacements:
+            current = replacement.module._parameters.get(replacement.attribute)
+            kept = replacement.module._buffers[_REPLACEMENT + replacement.attribute]
+            if current is not replacement.parameter or current.shape != kept.shape:
+                raise RuntimeError(
+                    f"the LoRA {self.path} replaces {replacement.name}, which a memory mode has since taken "
+                    "over (quantised); such a tensor cannot be swapped"
+                )
+
+    def _swap_replacements(self) -> None:
+        """Exchange each parameter's data with the tensor kept beside it (activating and restoring alike)."""
+        for replacement in self._replacements:
+            name = _REPLACEMENT + replacement.attribute
+            kept = replacement.module._buffers[name]
+            replacement.module._buffers[name] = replacement.parameter.data
+            replacement.parameter.data = kept
+
+
+def _module_name(parameter: str) -> str:
+    return parameter.rpartition(".")[0]
 
 
 def _plan(path: Path, reader: safe_open, parameters: dict[str, nn.Parameter]) -> tuple[list[_LoraPair], dict[str, str]]:
-    """The pairs to merge and the tensors to replace ({file key: our name}), all checked."""
+    """The pairs to attach and the tensors to replace ({file key: our name}), all checked."""
     halves: dict[str, dict[str, str]] = {}
     replacements: dict[str, str] = {}
     for key in reader.keys():
@@ -159,10 +327,10 @@ def _our_parameter(path: Path, key: str, official: str, parameters: dict[str, nn
     if name not in parameters:
         raise _file_error(path, key, f"is for {name}, which this transformer does not have")
     weight = parameters[name]
-    if weight.is_meta or weight.numel() == 0 or weight.dtype not in _MERGEABLE_DTYPES:
+    if weight.is_meta or weight.numel() == 0 or weight.dtype not in _ATTACHABLE_DTYPES:
         state = "on the meta device" if weight.is_meta else f"{weight.dtype}, shape {tuple(weight.shape)}"
         raise ValueError(
-            f"cannot merge the LoRA {path} into {name} ({state}): merge right after the weights are "
+            f"cannot attach the LoRA {path} to {name} ({state}): attach right after the weights are "
             "loaded, before a memory mode quantises or offloads the transformer"
         )
     return name
