@@ -103,7 +103,7 @@ class Worker:
 
             clock = time.monotonic()
             progress.report("prepare", PERCENT_AFTER_INPUTS)
-            portrait = self._prepare(request, image)
+            portrait = self._prepare(request, options.mode, image)
             timings["prepare"] = time.monotonic() - clock
             log.info("job %s: portrait ready (%s) in %.2f s", job_id, request.image.field, timings["prepare"])
 
@@ -170,13 +170,14 @@ class Worker:
             )
         return decode_base64(source.value, source.field, self.settings.max_input_bytes)
 
-    def _prepare(self, request: JobRequest, image) -> PreparedPortrait:
+    def _prepare(self, request: JobRequest, mode: str, image) -> PreparedPortrait:
+        max_area = request.max_area or self.backend.default_max_area(mode)
         if request.image.kind == "preset":
             if self.presets is None:
                 raise JobError(ErrorCode.INVALID_INPUT, "avatar_id was given but this endpoint has no presets (PRESET_AVATARS_DIR); send image_file.")
-            return self.presets.prepared(request.image.value, request.max_area)
+            return self.presets.prepared(request.image.value, max_area)
         try:
-            return self.backend.prepare_portrait(image, request.max_area)
+            return self.backend.prepare_portrait(image, max_area)
         except NoFaceError as error:
             raise JobError(ErrorCode.NO_FACE, f"{request.image.field}: {error}") from None
 

@@ -7,7 +7,7 @@ Accepted input, all fields of `job["input"]`:
                                     exactly one: base64 | http(s) URL | preset portrait id
     prompt                          str, default "A person speaking"
     negative_prompt                 str, default: the model's own
-    resolution                      "W*H" pixel-area budget, default "832*480"
+    resolution                      "W*H" pixel-area budget, default "832*480" (mode "fast": "704*384")
     seed                            int >= 0, default random (reported back)
     num_inference_steps             int, default: the model's own
     guidance_scale                  float, default: the model's own
@@ -33,7 +33,6 @@ from typing import Any, Mapping
 from handler.errors import ErrorCode, JobError
 
 DEFAULT_PROMPT = "A person speaking"
-DEFAULT_RESOLUTION = "832*480"
 OUTPUT_TYPES = ("auto", "base64", "s3")
 #: every generation mode the contract knows; which of them an endpoint offers is its backend's `modes`
 MODES = ("quality", "fast")
@@ -73,7 +72,8 @@ class JobRequest:
     image: MediaSource
     prompt: str
     negative_prompt: str | None
-    max_area: int
+    #: the pixel-area budget of `resolution`; None: the backend's default for the job's mode
+    max_area: int | None
     seed: int
     num_inference_steps: int | None
     guidance_scale: float | None
@@ -106,7 +106,7 @@ def parse_job(job: Mapping[str, Any], max_audio_seconds: float, default_mode: st
         image=image,
         prompt=_text(raw, "prompt", DEFAULT_PROMPT),
         negative_prompt=_text(raw, "negative_prompt", None),
-        max_area=parse_resolution_area(raw.get("resolution", DEFAULT_RESOLUTION)),
+        max_area=None if raw.get("resolution") is None else parse_resolution_area(raw["resolution"]),
         seed=_seed(raw.get("seed")),
         num_inference_steps=_optional_int(raw, "num_inference_steps", 1, MAX_STEPS),
         guidance_scale=_optional_float(raw, "guidance_scale", 0.0, MAX_GUIDANCE),

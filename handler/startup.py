@@ -9,7 +9,6 @@ from typing import Mapping
 from handler.errors import ErrorCode, JobError
 from handler.job import Worker
 from handler.presets import PresetAvatars
-from handler.schema import DEFAULT_RESOLUTION, parse_resolution_area
 from handler.settings import SettingsError, WorkerSettings
 from model.base import ModelUnavailableError
 from model.registry import load_backend
@@ -38,7 +37,7 @@ def start_worker(env: Mapping[str, str] | None = None) -> Worker:
         ))
     loaded = time.monotonic()
     presets = PresetAvatars(settings.preset_avatars_dir, backend, settings.max_image_pixels)
-    presets.warm(parse_resolution_area(DEFAULT_RESOLUTION))
+    presets.warm(backend.default_max_area(settings.default_mode or backend.modes[0]))
     log.info(
         "worker ready in %.2f s (model %s: %.2f s, %d preset avatars: %.2f s)",
         time.monotonic() - started, backend.name, loaded - started, len(presets.ids), time.monotonic() - loaded,

@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 SPEECH_SAMPLE_RATE = 16_000
+# The contract's default `resolution`, "832*480", as an area; a backend may have its own per mode.
+DEFAULT_MAX_AREA = 832 * 480
 
 # fraction of the generation done (0..1), and a short human-readable stage
 ProgressCallback = Callable[[float, str], None]
@@ -108,6 +110,10 @@ class TalkingHeadBackend(abc.ABC):
     fps: float
     #: generation modes this backend offers (docs/CONTRACT.md, `mode`); the first is its default
     modes: tuple[str, ...] = ("quality",)
+
+    def default_max_area(self, mode: str) -> int:
+        """The pixel-area budget of a job that gives no `resolution` (the contract's 832*480)."""
+        return DEFAULT_MAX_AREA
 
     def check_options(self, options: GenerationOptions) -> None:
         """Refuse, before any work, a job whose options this backend cannot honour.

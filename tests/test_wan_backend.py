@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from model.base import BackendOutOfMemoryError, GenerationOptions, PreparedPortrait, Speech
-from model.wan_s2v.backend import WanS2VBackend
-from model.wan_s2v.config import NEGATIVE_PROMPT
+from model.base import (
+    BackendOutOfMemoryError,
+    GenerationOptions,
+    InvalidOptionError,
+    ModelUnavailableError,
+    PreparedPortrait,
+    Speech,
+)
+from model.wan_s2v.backend import WanPortrait, WanS2VBackend
+from model.wan_s2v.config import FAST_MAX_AREA, NEGATIVE_PROMPT
 from model.wan_s2v.memory import MemoryMode
 from model.wan_s2v.pipeline import SamplingSettings
 from model.wan_s2v.sizing import output_size
@@ -35,12 +42,17 @@ class RecordingPipeline:
 
 
 SPEECH = Speech(np.zeros(16000, np.float32))
-PORTRAIT = PreparedPortrait(width=64, height=64, features="latent")
+PORTRAIT = PreparedPortrait(width=64, height=64, features=WanPortrait(np.zeros((64, 64, 3), np.uint8), 64, 64, "latent"))
+NO_LORA = ModelUnavailableError("the Live Avatar LoRA of the fast mode was not found (looked at /models/Live-Avatar)")
+
+
+def backend_for(pipeline, memory_mode=MemoryMode.FULL, lora=NO_LORA) -> WanS2VBackend:
+    return WanS2VBackend(pipeline, memory_mode, lora)
 
 
 def test_unset_options_are_the_official_defaults():
     pipeline = RecordingPipeline()
-    backend = WanS2VBackend(pipeline, MemoryMode.FULL)
+    backend = backend_for(pipeline)
     list(backend.generate(PORTRAIT, SPEECH, GenerationOptions(seed=3, negative_prompt=""), lambda *_: None))
     assert pipeline.calls == [("generate", "latent", 3, "A person speaking", SamplingSettings())]
     assert SamplingSettings() == SamplingSettings(40, 4.5, 3.0, "unipc", NEGATIVE_PROMPT)
@@ -48,7 +60,7 @@ def test_unset_options_are_the_official_defaults():
 
 def test_job_options_override_every_default():
     pipeline = RecordingPipeline()
-    backend = WanS2VBackend(pipeline, MemoryMode.FULL)
+    backend = backend_for(pipeline)
     options = GenerationOptions(seed=9, prompt="a man", negative_prompt="blur", num_inference_steps=12,
                                 guidance_scale=0.0, sample_solver="dpm++", sample_shift=5.0)
     list(backend.generate(PORTRAIT, SPEECH, options, lambda *_: None))
@@ -57,16 +69,49 @@ def test_job_options_override_every_default():
 
 def test_the_portrait_is_encoded_at_the_reference_size():
     pipeline = RecordingPipeline()
-    prepared = WanS2VBackend(pipeline, MemoryMode.FULL).prepare_portrait(np.zeros((1000, 800, 3), np.uint8), 832 * 480)
+    prepared = backend_for(pipeline).prepare_portrait(np.zeros((1000, 800, 3), np.uint8), 832 * 480)
     height, width = output_size(1000, 800, 832 * 480)
-    assert (prepared.height, prepared.width, prepared.features) == (height, width, "latent")
+    assert (prepared.height, prepared.width, prepared.features.quality) == (height, width, "latent")
     assert pipeline.calls == [("encode_portrait", (1000, 800, 3), height, width)]
     assert height % 64 == 0 and width % 64 == 0 and height * width <= 832 * 480
 
 
 def test_out_of_memory_fails_the_job_naming_the_mode_and_the_next_smaller_one():
-    backend = WanS2VBackend(RecordingPipeline(fail_after_first_clip=True), MemoryMode.FP8)
+    backend = backend_for(RecordingPipeline(fail_after_first_clip=True), MemoryMode.FP8)
     clips = backend.generate(PORTRAIT, SPEECH, GenerationOptions(seed=1), lambda *_: None)
     assert next(clips).shape == (2, 64, 64, 3)
     with pytest.raises(BackendOutOfMemoryError, match=r"memory mode 'fp8'; set WAN_MEMORY_MODE=offload"):
         next(clips)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("guidance_scale", 4.5), ("negative_prompt", "blur"), ("sample_solver", "unipc"), ("sample_shift", 3.0),
+])
+def test_fast_mode_refuses_the_fields_of_guidance_and_the_quality_sampler(field, value):
+    backend = backend_for(RecordingPipeline(), lora=object())
+    with pytest.raises(InvalidOptionError, match=f"{field} has no meaning in mode 'fast'") as refused:
+        backend.check_options(GenerationOptions(seed=1, mode="fast", **{field: value}))
+    assert refused.value.field == field
+    backend.check_options(GenerationOptions(seed=1, mode="quality", **{field: value}))
+
+
+def test_fast_mode_takes_up_to_its_distilled_steps():
+    backend = backend_for(RecordingPipeline(), lora=object())
+    backend.check_options(GenerationOptions(seed=1, mode="fast", num_inference_steps=4, prompt="a man"))
+    with pytest.raises(InvalidOptionError, match="num_inference_steps is at most 4 in mode 'fast'"):
+        backend.check_options(GenerationOptions(seed=1, mode="fast", num_inference_steps=5))
+
+
+def test_fast_mode_without_its_lora_fails_before_any_work_and_quality_goes_on():
+    pipeline = RecordingPipeline()
+    backend = backend_for(pipeline)
+    with pytest.raises(ModelUnavailableError, match="looked at /models/Live-Avatar"):
+        backend.check_options(GenerationOptions(seed=1, mode="fast"))
+    backend.check_options(GenerationOptions(seed=1, mode="quality"))
+    assert next(iter(backend.generate(PORTRAIT, SPEECH, GenerationOptions(seed=1), lambda *_: None))).shape[0] == 2
+
+
+def test_fast_mode_sizes_a_job_without_resolution_like_the_reference():
+    backend = backend_for(RecordingPipeline())
+    assert backend.default_max_area("fast") == FAST_MAX_AREA == 704 * 384
+    assert backend.default_max_area("quality") == 832 * 480

@@ -3,9 +3,15 @@ modulation that differs between the noisy video tokens and the conditioning toke
 
 The residual stream is float32 (the official model's is too: its float32 modulation promotes it
 after the first block); the attention and feed-forward layers run in the weights' dtype.
+
+The fast mode (Live Avatar) runs the same block with another self-attention, over a cache of
+earlier tokens (see _transformer_causal.py), and with the residual rounded to bfloat16 before the
+text cross-attention's norm, as its reference does: the distilled weights were trained that way.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from diffusers.models.attention import FeedForward
@@ -16,6 +22,9 @@ from torch import nn
 # Token segments of the sequence: the noisy video tokens, then the conditioning tokens (reference
 # image and motion), which are modulated with their own timestep (zero in the official model).
 VIDEO, CONDITION = 0, 1
+
+# (the block's self-attention module, its normalised and modulated input) -> the attention output
+SelfAttention = Callable[[WanAttention, torch.Tensor], torch.Tensor]
 
 
 class WanS2VTransformerBlock(nn.Module):
@@ -45,22 +54,30 @@ class WanS2VTransformerBlock(nn.Module):
         text_states: torch.Tensor,
         timestep_modulation: torch.Tensor,
         num_video_tokens: int,
-        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        self_attention: SelfAttention | None = None,
+        round_cross_attention_input: bool = False,
     ) -> torch.Tensor:
         """Update the float32 `hidden_states` [B, N, dim] in place and return them.
 
         `timestep_modulation` is [B, 2, 6, dim] (float32): per segment (VIDEO, CONDITION), the six
         timestep projections; the first `num_video_tokens` tokens are the VIDEO segment.
+        Self-attention is full attention over the tokens with `rotary_emb`, unless
+        `self_attention` replaces it.
         """
         modulation = self.scale_shift_table.float().unsqueeze(1) + timestep_modulation
         shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = modulation.unbind(dim=2)
         dtype = self.self_attn.to_q.weight.dtype
 
         normed = _modulate(self.self_attn_norm(hidden_states), shift, scale, num_video_tokens)
-        attended = self.self_attn(normed.to(dtype), rotary_emb=rotary_emb)
+        if self_attention is None:
+            attended = self.self_attn(normed.to(dtype), rotary_emb=rotary_emb)
+        else:
+            attended = self_attention(self.self_attn, normed.to(dtype))
         _add_gated(hidden_states, attended, gate, num_video_tokens)
 
-        normed = self.cross_attn_norm(hidden_states)
+        cross_input = hidden_states.to(torch.bfloat16) if round_cross_attention_input else hidden_states
+        normed = self.cross_attn_norm(cross_input)
         hidden_states += self.cross_attn(normed.to(dtype), encoder_hidden_states=text_states)
 
         normed = _modulate(self.ffn_norm(hidden_states), ffn_shift, ffn_scale, num_video_tokens)

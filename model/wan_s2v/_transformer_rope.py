@@ -63,9 +63,15 @@ class RotaryEmbedding(nn.Module):
         self._cached_key: tuple | None = None
         self._cached_tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, grids: list[PositionGrid], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin), each [1, num_tokens, 1, head_dim] float32, for the grids in sequence order."""
-        key = (tuple(grids), str(device))
+    def forward(
+        self, grids: list[PositionGrid], device: torch.device, half_precision: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each [1, num_tokens, 1, head_dim] float32, for the grids in sequence order.
+
+        `half_precision` rounds the tables to float16, as Live Avatar's model builds them (its
+        complex32 tables); the fast mode was distilled with those.
+        """
+        key = (tuple(grids), str(device), half_precision)
         if key != self._cached_key:
             positions = torch.from_numpy(np.concatenate([grid.positions() for grid in grids])).to(torch.float64)
             per_axis = [
@@ -74,7 +80,8 @@ class RotaryEmbedding(nn.Module):
             ]
             angles = torch.cat(per_axis, dim=1)
             angles = angles.repeat_interleave(2, dim=1)[None, :, None, :]
-            self._cached_tables = (angles.cos().float().to(device), angles.sin().float().to(device))
+            table_dtype = torch.float16 if half_precision else torch.float32
+            self._cached_tables = tuple(table.to(table_dtype).float().to(device) for table in (angles.cos(), angles.sin()))
             self._cached_key = key
         return self._cached_tables
 

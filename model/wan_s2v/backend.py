@@ -3,11 +3,17 @@
 Everything slow happens once in `load`: the weights are located (or downloaded), every model is
 loaded and placed for the chosen memory mode, and the default prompts are encoded, so the first
 job pays no loading cost.
+
+Two modes share those models: `quality` (the reference's 40 steps with guidance, pipeline.py) and
+`fast` (Live Avatar's 4 distilled steps, fast_pipeline.py), whose LoRA is attached beside the
+weights and active only while a fast job runs (lora.py). Without the LoRA, fast jobs fail with
+MODEL_UNAVAILABLE saying where it was looked for, and quality jobs go on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -20,6 +26,7 @@ import torch
 from model.base import (
     BackendOutOfMemoryError,
     GenerationOptions,
+    InvalidOptionError,
     ModelUnavailableError,
     PreparedPortrait,
     ProgressCallback,
@@ -27,8 +34,21 @@ from model.base import (
     TalkingHeadBackend,
 )
 
-from .config import FPS, GUIDANCE_SCALE, NEGATIVE_PROMPT, SAMPLE_SHIFT, SAMPLE_SOLVER, SAMPLE_STEPS
+from .config import (
+    FAST_MAX_AREA,
+    FAST_MAX_STEPS,
+    FAST_SAMPLE_STEPS,
+    FPS,
+    GUIDANCE_SCALE,
+    LORA_ALPHA,
+    NEGATIVE_PROMPT,
+    SAMPLE_SHIFT,
+    SAMPLE_SOLVER,
+    SAMPLE_STEPS,
+)
+from .fast_pipeline import FastPortrait, FastSampler
 from .loader import load_components
+from .lora import LoraAdapter
 from .memory import (
     MemoryMode,
     MemoryModeError,
@@ -40,31 +60,52 @@ from .memory import (
     text_encoder_compute_device,
     text_encoder_home,
 )
-from .pipeline import SamplingSettings, WanS2VPipeline
+from .pipeline import PortraitLatent, SamplingSettings, WanS2VPipeline
 from .sizing import video_size
-from .weights import ensure_weights
+from .weights import ensure_lora, ensure_weights
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = GenerationOptions(seed=0).prompt
+QUALITY, FAST = "quality", "fast"
+# Job fields that steer guidance or the quality mode's sampler: the fast mode has neither.
+_QUALITY_ONLY_FIELDS = ("guidance_scale", "negative_prompt", "sample_solver", "sample_shift")
+
+
+@dataclasses.dataclass
+class WanPortrait:
+    """A portrait ready for either mode: each mode's encoding is made the first time it is used."""
+
+    image: np.ndarray
+    height: int
+    width: int
+    quality: PortraitLatent | None = None
+    fast: FastPortrait | None = None
 
 
 class WanS2VBackend(TalkingHeadBackend):
     name = "wan2.2-s2v-14b"
     fps = FPS
+    modes = (QUALITY, FAST)
 
-    def __init__(self, pipeline: WanS2VPipeline, memory_mode: MemoryMode) -> None:
+    def __init__(
+        self, pipeline: WanS2VPipeline, memory_mode: MemoryMode, lora: LoraAdapter | ModelUnavailableError
+    ) -> None:
+        """`lora` is the fast mode's adapter, or why the fast mode is unavailable."""
         self.pipeline = pipeline
         self.memory_mode = memory_mode
+        self.lora = lora
+        self.fast_sampler = FastSampler(pipeline)
 
     @classmethod
     def load(cls, model_dir: Path) -> "WanS2VBackend":
         """Find (or fetch) the weights and load every model once. Raises ModelUnavailableError."""
         started = time.monotonic()
         weights = ensure_weights(model_dir)
+        lora_file = _find_lora(model_dir)
         device, dtype, mode = _execution_target()
         try:
-            pipeline = _load_pipeline(weights, device, dtype, mode)
+            pipeline, lora = _load_pipeline(weights, lora_file, device, dtype, mode)
         except torch.cuda.OutOfMemoryError:
             raise ModelUnavailableError(
                 f"the Wan2.2-S2V models do not fit in the GPU's memory in memory mode {mode.value!r}; "
@@ -76,7 +117,7 @@ class WanS2VBackend(TalkingHeadBackend):
                 f"the Wan2.2-S2V weights in {weights} could not be loaded ({type(error).__name__}); "
                 "the files may be incomplete or corrupt: delete them so the worker downloads them again."
             ) from error
-        backend = cls(pipeline, mode)
+        backend = cls(pipeline, mode, lora)
         backend.warm_up()
         log.info(
             "Wan2.2-S2V ready on %s (%s, memory mode %s) in %.1f s",
@@ -89,13 +130,51 @@ class WanS2VBackend(TalkingHeadBackend):
         for prompt in (DEFAULT_PROMPT, NEGATIVE_PROMPT):
             self.pipeline.encode_prompt(prompt)
 
+    def default_max_area(self, mode: str) -> int:
+        return FAST_MAX_AREA if mode == FAST else super().default_max_area(mode)
+
+    def check_options(self, options: GenerationOptions) -> None:
+        super().check_options(options)
+        if options.mode != FAST:
+            return
+        for field in _QUALITY_ONLY_FIELDS:
+            if getattr(options, field) is not None:
+                raise InvalidOptionError(
+                    field,
+                    f"{field} has no meaning in mode 'fast', which samples {FAST_SAMPLE_STEPS} distilled steps "
+                    "without guidance; leave it out, or use mode 'quality'.",
+                )
+        steps = options.num_inference_steps
+        if steps is not None and steps > FAST_MAX_STEPS:
+            raise InvalidOptionError(
+                "num_inference_steps",
+                f"num_inference_steps is at most {FAST_MAX_STEPS} in mode 'fast' (it was distilled for "
+                f"{FAST_SAMPLE_STEPS}, and each step keeps its own attention cache), not {steps}.",
+            )
+        if isinstance(self.lora, ModelUnavailableError):
+            raise self.lora
+
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
         height, width = video_size(image.shape[0], image.shape[1], max_area)
-        started = time.monotonic()
-        with _out_of_memory_as_job_error(self.memory_mode):
-            latent = self.pipeline.encode_portrait(image, height, width)
-        log.info("portrait encoded to its reference latent at %dx%d in %.2f s", width, height, time.monotonic() - started)
-        return PreparedPortrait(width=width, height=height, features=latent)
+        portrait = WanPortrait(image, height, width)
+        self._encoded(portrait, QUALITY)
+        return PreparedPortrait(width=width, height=height, features=portrait)
+
+    def _encoded(self, portrait: WanPortrait, mode: str) -> PortraitLatent | FastPortrait:
+        """The portrait's encoding for `mode`, made once and kept with it (presets too)."""
+        encoded = portrait.fast if mode == FAST else portrait.quality
+        if encoded is None:
+            started = time.monotonic()
+            with _out_of_memory_as_job_error(self.memory_mode):
+                if mode == FAST:
+                    encoded = portrait.fast = self.fast_sampler.encode_portrait(portrait.image, portrait.height, portrait.width)
+                else:
+                    encoded = portrait.quality = self.pipeline.encode_portrait(portrait.image, portrait.height, portrait.width)
+            log.info(
+                "portrait encoded for mode %s at %dx%d in %.2f s", mode, portrait.width, portrait.height,
+                time.monotonic() - started,
+            )
+        return encoded
 
     def generate(
         self,
@@ -103,6 +182,15 @@ class WanS2VBackend(TalkingHeadBackend):
         speech: Speech,
         options: GenerationOptions,
         on_progress: ProgressCallback,
+    ) -> Iterator[np.ndarray]:
+        with _out_of_memory_as_job_error(self.memory_mode):
+            if options.mode == FAST:
+                yield from self._generate_fast(portrait.features, speech, options, on_progress)
+            else:
+                yield from self._generate_quality(portrait.features, speech, options, on_progress)
+
+    def _generate_quality(
+        self, portrait: WanPortrait, speech: Speech, options: GenerationOptions, on_progress: ProgressCallback
     ) -> Iterator[np.ndarray]:
         settings = SamplingSettings(
             num_steps=options.num_inference_steps or SAMPLE_STEPS,
@@ -112,10 +200,18 @@ class WanS2VBackend(TalkingHeadBackend):
             # the reference, too, takes an empty negative prompt to mean its default one
             negative_prompt=options.negative_prompt or NEGATIVE_PROMPT,
         )
-        with _out_of_memory_as_job_error(self.memory_mode):
-            yield from self.pipeline.generate(
-                portrait.features, speech.samples, options.seed, options.prompt, settings, on_progress
-            )
+        latent = self._encoded(portrait, QUALITY)
+        yield from self.pipeline.generate(latent, speech.samples, options.seed, options.prompt, settings, on_progress)
+
+    def _generate_fast(
+        self, portrait: WanPortrait, speech: Speech, options: GenerationOptions, on_progress: ProgressCallback
+    ) -> Iterator[np.ndarray]:
+        if isinstance(self.lora, ModelUnavailableError):
+            raise self.lora
+        encoded = self._encoded(portrait, FAST)
+        steps = options.num_inference_steps or FAST_SAMPLE_STEPS
+        with self.lora.active():
+            yield from self.fast_sampler.generate(encoded, speech.samples, options.seed, options.prompt, steps, on_progress)
 
 
 @contextlib.contextmanager
@@ -142,14 +238,30 @@ def _execution_target() -> tuple[torch.device, torch.dtype, MemoryMode]:
     return device, torch.bfloat16, mode
 
 
-def _load_pipeline(weights: Path, device: torch.device, dtype: torch.dtype, mode: MemoryMode) -> WanS2VPipeline:
+def _load_pipeline(
+    weights: Path, lora_file: Path | ModelUnavailableError, device: torch.device, dtype: torch.dtype, mode: MemoryMode
+) -> tuple[WanS2VPipeline, LoraAdapter | ModelUnavailableError]:
+    """The placed models, and the fast mode's LoRA attached to the transformer (or why not)."""
     # Only the full mode reads the transformer straight onto the GPU; the others prepare it on
     # the CPU (cast to fp8, or pinned for streaming) so that its bf16 copy never sits on the GPU.
     load_device = device if mode is MemoryMode.FULL else torch.device("cpu")
     components = load_components(weights, load_device, dtype)
+    # Attached before the memory mode places the transformer, so that its buffers go with it.
+    lora = lora_file if isinstance(lora_file, ModelUnavailableError) else LoraAdapter.attach(
+        components.transformer, lora_file, LORA_ALPHA
+    )
     place_transformer(components.transformer, mode, device)
     components.text_encoder.model.to(text_encoder_home(mode, device))
     components.vae.model.to(device)
     components.speech_encoder.model.to(device)
-    return WanS2VPipeline(components, device, dtype, text_device=text_encoder_compute_device(mode, device))
+    pipeline = WanS2VPipeline(components, device, dtype, text_device=text_encoder_compute_device(mode, device))
+    return pipeline, lora
 
+
+def _find_lora(model_dir: Path) -> Path | ModelUnavailableError:
+    """The fast mode's LoRA file, or why there is none (the quality mode works without it)."""
+    try:
+        return ensure_lora(model_dir)
+    except ModelUnavailableError as error:
+        log.warning("mode 'fast' is unavailable: %s", error)
+        return error

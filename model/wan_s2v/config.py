@@ -29,6 +29,23 @@ NEGATIVE_PROMPT = (
     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 
+# --- fast mode (Live Avatar, `infinite_inference_single_gpu.sh`) ------------------------------
+# 4 Euler steps without guidance on a shifted flow-matching schedule, 48-frame clips generated
+# 3 latent frames (12 video frames) at a time, each step against its own cache of one clip.
+FAST_SAMPLE_STEPS = 4
+FAST_SAMPLE_SHIFT = 3.0
+FAST_FRAMES_PER_CLIP = 48
+FAST_LATENT_FRAMES_PER_BLOCK = 3
+FAST_MAX_AREA = 704 * 384
+# The portrait is encoded as this many identical frames (the reference latent is the second
+# latent of that), and as this many times MOTION_FRAMES identical frames for the motion history.
+FAST_PORTRAIT_REPEATS = 5
+# Each pass puts the reference image this many latent frames ahead of the video, drawn anew
+# (the reference draws Python's random.randint(4, 30) in every pass).
+FAST_REFERENCE_DISTANCE = (4, 30)
+# More steps mean more caches (about 10 GB each at 704x384 in bf16); the LoRA was distilled for 4.
+FAST_MAX_STEPS = 4
+
 # --- text encoder ----------------------------------------------------------------------------
 TEXT_LEN = 512
 # umt5-xxl encoder as published in `models_t5_umt5-xxl-enc-bf16.pth` (the file has no config).

@@ -199,7 +199,7 @@ class WanS2VPipeline:
         context = self.encode_prompt(prompt)
         if use_guidance:
             context = torch.cat([context, self.encode_prompt(settings.negative_prompt)])
-        clock = _ProgressClock(num_clips * (settings.num_steps + 1), on_progress)
+        clock = ProgressClock(num_clips * (settings.num_steps + 1), on_progress)
 
         motion_pixels = torch.zeros(1, 3, MOTION_FRAMES, portrait.height, portrait.width, device=self.vae.device)
         motion_latents = self._empty_motion_latents(portrait.height, portrait.width)
@@ -286,7 +286,7 @@ def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
     return scaled.permute(1, 2, 3, 0).contiguous().cpu().numpy()
 
 
-class _ProgressClock:
+class ProgressClock:
     """Counts work units (denoising steps and decodes) and estimates the time left from the pace."""
 
     def __init__(self, total_units: int, on_progress: ProgressCallback) -> None:

@@ -4,6 +4,10 @@ One forward pass denoises one clip. The token sequence is: the noisy video laten
 condition), then the reference image, then the FramePack-compressed motion history. Video tokens
 are modulated with the diffusion timestep, the conditioning tokens with timestep zero; speech
 enters through cross-attention injectors after selected blocks; only the video tokens come out.
+
+The fast mode (Live Avatar) uses the same weights block by block: `prefill_condition` runs the
+conditioning tokens once per job, then `forward_block` denoises a few latent frames at a time
+against the cached keys and values (_transformer_causal.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ from torch import nn
 
 from model.wan_s2v._transformer_audio import AudioEmbeddings, AudioInjector, CausalAudioEncoder
 from model.wan_s2v._transformer_block import WanS2VTransformerBlock
+from model.wan_s2v._transformer_causal import (
+    BlockPosition,
+    BlockRing,
+    CachedBlockAttention,
+    ConditionCache,
+    PrefillAttention,
+)
 from model.wan_s2v._transformer_embeddings import TimestepEmbedder, linear_float32
 from model.wan_s2v._transformer_motion import FramePackMotionEmbedding
 from model.wan_s2v._transformer_rope import PositionGrid, RotaryEmbedding
@@ -135,13 +146,9 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         Returns:
             The prediction for the clip's latents, [B, out_channels, T, h, w] in float32.
         """
-        frames, height, width = hidden_states.shape[2:]
-        if frames % self.patch_size[0] or height % self.patch_size[1] or width % self.patch_size[2]:
-            raise ValueError(f"latents of {tuple(hidden_states.shape[2:])} do not split into {self.patch_size} patches")
-        grid = (frames // self.patch_size[0], height // self.patch_size[1], width // self.patch_size[2])
-
-        audio = self._embed_audio(audio_features, motion_frames, grid[0])
         sequence = self._token_sequence(hidden_states, ref_latents, motion_latents, pose_latents, drop_motion_frames)
+        grid = sequence.position_grids[0].tokens
+        audio = self._embed_audio(audio_features, motion_frames, grid[0])
         hidden = sequence.tokens
         time_embedding, timestep_modulation = self._embed_timestep(timestep)
         text_states = self._embed_text(encoder_hidden_states)
@@ -152,10 +159,96 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         for index, block in enumerate(self.blocks):
             hidden = block(hidden, text_states, timestep_modulation, num_video, rotary_emb)
             if index in injectors:
-                video = hidden[:, :num_video].unflatten(1, (grid[0], -1))
-                hidden[:, :num_video] += injectors[index](video, audio).flatten(1, 2)
+                self._inject_audio(injectors[index], hidden, num_video, grid[0], audio)
 
         return self._unpatchify(self._head(hidden[:, :num_video], time_embedding), grid)
+
+    # --- fast mode: block by block against a cache ---------------------------------------------
+
+    def prefill_condition(
+        self, encoder_hidden_states: torch.Tensor, ref_latents: torch.Tensor, motion_latents: torch.Tensor
+    ) -> ConditionCache:
+        """Run the reference image's and the motion history's tokens through every block at
+        timestep zero, and keep each layer's keys and values for `forward_block`."""
+        tokens, grids = self._condition_tokens(ref_latents, motion_latents, drop_motion_frames=False)
+        hidden = tokens.float()
+        _, modulation = self._embed_timestep(hidden.new_zeros(hidden.shape[0]))
+        text_states = self._embed_text(encoder_hidden_states)
+        cache = ConditionCache()
+        attention = PrefillAttention(cache, self.rope(grids, hidden.device, half_precision=True))
+        for block in self.blocks:
+            hidden = block(hidden, text_states, modulation, 0, self_attention=attention, round_cross_attention_input=True)
+            hidden = self._round_to_weights_dtype(hidden)
+        return cache
+
+    def forward_block(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        audio_features: torch.Tensor,
+        ring: BlockRing,
+        condition: ConditionCache,
+        position: BlockPosition,
+        reference_distance: int,
+        motion_frames: tuple[int, int] = (73, 19),
+    ) -> torch.Tensor:
+        """Predict the flow of one block of latent frames, attending to the ring and the condition.
+
+        Args:
+            hidden_states: the block's noisy latents [B, C, F, h, w].
+            timestep: diffusion timestep per sample [B].
+            encoder_hidden_states: text embeddings [B, L, text_dim].
+            audio_features: the block's wav2vec2 layers [B, layers, audio_dim, 4 * F].
+            ring: this denoising step's cache; the block's keys and values are written into it.
+            condition: `prefill_condition`'s cache.
+            position: the block's first latent frame in the whole video, and its length.
+            reference_distance: how many latent frames ahead of the block the reference image
+                sits once the video has moved past its fixed position.
+            motion_frames: (video frames, latent frames) the audio is padded for, as in `forward`.
+
+        Returns:
+            The prediction for the block's latents, [B, out_channels, F, h, w] in float32.
+        """
+        if hidden_states.shape[2] != position.num_frames:
+            raise ValueError(f"a block of {hidden_states.shape[2]} latent frames at {position}")
+        video, grid = self._video_tokens(hidden_states, pose_latents=None)
+        audio = self._embed_audio(audio_features, motion_frames, grid[0])
+        hidden = video.float()
+        time_embedding, modulation = self._embed_timestep(timestep)
+        text_states = self._embed_text(encoder_hidden_states)
+        # The reference image keeps its far time position until the video comes within
+        # `reference_distance` frames of it, then travels ahead of the video at that distance.
+        shift = max(0, position.first_frame - (REFERENCE_IMAGE_TIME - reference_distance))
+        block_grid = PositionGrid(grid, (position.first_frame, 0, 0), grid)
+        block_rotary = self.rope([block_grid], hidden.device, half_precision=True)
+        condition_grids = self._condition_grids(hidden_states.shape[3:], shift)
+        condition_rotary = self.rope(condition_grids, hidden.device, half_precision=True)
+
+        injectors = dict(zip(self.audio_inject_layers, self.audio_injectors))
+        for index, block in enumerate(self.blocks):
+            attention = CachedBlockAttention(index, ring, condition, position, block_rotary, condition_rotary)
+            hidden = block(
+                hidden, text_states, modulation, hidden.shape[1],
+                self_attention=attention, round_cross_attention_input=True,
+            )
+            hidden = self._round_to_weights_dtype(hidden)
+            if index in injectors:
+                self._inject_audio(injectors[index], hidden, hidden.shape[1], grid[0], audio)
+                hidden = self._round_to_weights_dtype(hidden)
+        return self._unpatchify(self._head(hidden, time_embedding), grid)
+
+    def _round_to_weights_dtype(self, hidden: torch.Tensor) -> torch.Tensor:
+        # Live Avatar's blocks hand their output on in the weights' dtype (bf16 on a GPU); its
+        # distillation saw that rounding, so the fast mode keeps it. A no-op in float32.
+        dtype = self.patch_embedding.weight.dtype
+        return hidden if dtype == torch.float32 else hidden.to(dtype).float()
+
+    def _inject_audio(
+        self, injector: AudioInjector, hidden: torch.Tensor, num_video: int, frames: int, audio: AudioEmbeddings
+    ) -> None:
+        video = hidden[:, :num_video].unflatten(1, (frames, -1))
+        hidden[:, :num_video] += injector(video, audio).flatten(1, 2)
 
     def _token_sequence(
         self,
@@ -166,6 +259,21 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         drop_motion_frames: bool,
     ) -> TokenSequence:
         """Video tokens, then the reference image's, then the motion history's (unless dropped)."""
+        video, grid = self._video_tokens(hidden_states, pose_latents)
+        condition, condition_grids = self._condition_tokens(ref_latents, motion_latents, drop_motion_frames)
+        return TokenSequence(
+            torch.cat([video, condition], dim=1).float(),
+            [PositionGrid(grid, (0, 0, 0), grid), *condition_grids],
+            num_video_tokens=math.prod(grid),
+        )
+
+    def _video_tokens(
+        self, hidden_states: torch.Tensor, pose_latents: torch.Tensor | None
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """The noisy latents' tokens [B, n, dim] (weights' dtype) and their (time, height, width) grid."""
+        frames, height, width = hidden_states.shape[2:]
+        if frames % self.patch_size[0] or height % self.patch_size[1] or width % self.patch_size[2]:
+            raise ValueError(f"latents of {tuple(hidden_states.shape[2:])} do not split into {self.patch_size} patches")
         dtype = self.patch_embedding.weight.dtype
         video = self.patch_embedding(hidden_states.to(dtype))
         if pose_latents is None:
@@ -174,20 +282,30 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         else:
             video = video + self.pose_embedding(pose_latents.to(dtype))
         grid = tuple(video.shape[2:])
-        reference = self.patch_embedding(ref_latents.to(dtype))
+        return video.flatten(2).transpose(1, 2) + self.token_type_embedding.weight[VIDEO_TOKEN], grid
+
+    def _condition_tokens(
+        self, ref_latents: torch.Tensor, motion_latents: torch.Tensor, drop_motion_frames: bool
+    ) -> tuple[torch.Tensor, list[PositionGrid]]:
+        """The reference image's tokens, then the motion history's (unless dropped), and their grids."""
+        dtype = self.patch_embedding.weight.dtype
         type_embeddings = self.token_type_embedding.weight
-        parts = [
-            video.flatten(2).transpose(1, 2) + type_embeddings[VIDEO_TOKEN],
-            reference.flatten(2).transpose(1, 2) + type_embeddings[REFERENCE_TOKEN],
-        ]
-        position_grids = [
-            PositionGrid(grid, (0, 0, 0), grid),
-            PositionGrid((1, *grid[1:]), (REFERENCE_IMAGE_TIME, 0, 0), (1, *grid[1:])),
-        ]
+        reference = self.patch_embedding(ref_latents.to(dtype)).flatten(2).transpose(1, 2)
+        parts = [reference + type_embeddings[REFERENCE_TOKEN]]
         if not drop_motion_frames:
             parts.append(self.motion_embedding(motion_latents) + type_embeddings[MOTION_TOKEN])
-            position_grids += FramePackMotionEmbedding.position_grids(*hidden_states.shape[3:])
-        return TokenSequence(torch.cat(parts, dim=1).float(), position_grids, num_video_tokens=math.prod(grid))
+        grids = self._condition_grids(ref_latents.shape[3:], 0, with_motion=not drop_motion_frames)
+        return torch.cat(parts, dim=1), grids
+
+    def _condition_grids(
+        self, latent_size: tuple[int, int], reference_shift: int, with_motion: bool = True
+    ) -> list[PositionGrid]:
+        """RoPE grids of the reference image (moved `reference_shift` frames later) and the motion."""
+        area = (latent_size[0] // self.patch_size[1], latent_size[1] // self.patch_size[2])
+        grids = [PositionGrid((1, *area), (REFERENCE_IMAGE_TIME + reference_shift, 0, 0), (1, *area))]
+        if with_motion:
+            grids += FramePackMotionEmbedding.position_grids(*latent_size)
+        return grids
 
     def _embed_audio(
         self, audio_features: torch.Tensor, motion_frames: tuple[int, int], frames: int

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 
 from ._convert_checkpoint import load_streamed, parameters_on_meta, read_pth, read_safetensors
@@ -86,3 +87,39 @@ class WanVideoVAE:
         mean, inverse_std = self._mean_and_inverse_std()
         raw = latents.to(self.device, torch.float32) / inverse_std + mean
         return self.model.decode(raw.to(self.dtype), return_dict=False)[0].float()
+
+
+class StreamingDecoder:
+    """Decodes one video's latents a few frames at a time, as they are denoised.
+
+    The Wan decoder is causal in time: it turns latent frame i into pixels from frame i and the
+    last inputs each causal convolution saw, which it keeps between frames. Keeping that state
+    between calls makes the concatenated outputs equal to one `WanVideoVAE.decode` of all the
+    latents, so video can leave before its last latent exists.
+    """
+
+    def __init__(self, vae: WanVideoVAE) -> None:
+        self.vae = vae
+        decoder = vae.model.decoder
+        self._state: list = [None] * sum(isinstance(module, WanCausalConv3d) for module in decoder.modules())
+        self._frames_seen = 0
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels (float32, clamped to [-1, 1]) of the next normalised latent frames [B, 16, n, h, w]."""
+        model = self.vae.model
+        mean, inverse_std = self.vae._mean_and_inverse_std()
+        raw = (latents.to(self.vae.device, torch.float32) / inverse_std + mean).to(self.vae.dtype)
+        projected = model.post_quant_conv(raw)
+        frames = []
+        for index in range(projected.shape[2]):
+            frames.append(
+                model.decoder(
+                    projected[:, :, index : index + 1],
+                    feat_cache=self._state,
+                    feat_idx=[0],
+                    first_chunk=self._frames_seen == 0,
+                )
+            )
+            self._frames_seen += 1
+        return torch.cat(frames, dim=2).clamp(-1, 1).float()

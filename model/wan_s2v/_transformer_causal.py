@@ -1,0 +1,145 @@
+"""Self-attention over a cache, for generating video a block of latent frames at a time.
+
+The fast mode (Live Avatar's causal Wan2.2-S2V) never puts the conditioning tokens (reference
+image, motion history) in the sequence of a denoising pass. They go through the transformer once
+per job ("prefill"), at timestep zero, and every layer keeps their keys (before RoPE) and values.
+A denoising pass then holds only the current block's video tokens; each layer writes the block's
+keys (after RoPE, at the block's absolute frame positions) and values into a ring of the last
+`cache_frames` latent frames, and attends over that ring plus the conditioning tokens, whose keys
+get RoPE at every pass because the reference image's time position follows the video.
+
+Each denoising step index has its own ring: at step i a block sees earlier blocks as they were at
+step i, which is how the reference generates (one cache per sampling step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.transformers.transformer_wan import WanAttention
+
+
+@dataclasses.dataclass
+class ConditionCache:
+    """Per layer: the conditioning tokens' keys (before RoPE) and values, [B, n, heads, head_dim]."""
+
+    keys: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    values: list[torch.Tensor] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class BlockRing:
+    """Per layer: the roped keys and values of the last `cache_frames` latent frames.
+
+    Frame f lives in slot f % cache_frames; `frames_seen` counts frames written so far.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    tokens_per_frame: int
+    cache_frames: int
+
+    @classmethod
+    def allocate(
+        cls,
+        num_layers: int,
+        batch: int,
+        cache_frames: int,
+        tokens_per_frame: int,
+        heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> "BlockRing":
+        shape = (batch, cache_frames * tokens_per_frame, heads, head_dim)
+        keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        return cls(keys, values, tokens_per_frame, cache_frames)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPosition:
+    """Where a block sits: its first latent frame (absolute, from the start of the video) and length."""
+
+    first_frame: int
+    num_frames: int
+
+    def __post_init__(self) -> None:
+        if self.first_frame < 0 or self.num_frames < 1:
+            raise ValueError(f"invalid block position {self}")
+
+
+class PrefillAttention:
+    """Full self-attention among the conditioning tokens that also records their keys and values."""
+
+    def __init__(self, cache: ConditionCache, rotary: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.cache = cache
+        self.rotary = rotary
+
+    def __call__(self, attn: WanAttention, hidden_states: torch.Tensor) -> torch.Tensor:
+        query, key, value = project_qkv(attn, hidden_states)
+        self.cache.keys.append(key)
+        self.cache.values.append(value)
+        return attend(attn, apply_rotary(query, *self.rotary), apply_rotary(key, *self.rotary), value)
+
+
+class CachedBlockAttention:
+    """A block's self-attention for one layer: write the block into the ring, attend over the ring
+    (up to the block) and the conditioning tokens."""
+
+    def __init__(
+        self,
+        layer: int,
+        ring: BlockRing,
+        condition: ConditionCache,
+        position: BlockPosition,
+        block_rotary: tuple[torch.Tensor, torch.Tensor],
+        condition_rotary: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
+        if position.num_frames > ring.cache_frames or ring.cache_frames % position.num_frames:
+            raise ValueError(f"a ring of {ring.cache_frames} frames cannot hold blocks of {position.num_frames}")
+        self.layer = layer
+        self.ring = ring
+        self.condition = condition
+        self.position = position
+        self.block_rotary = block_rotary
+        self.condition_rotary = condition_rotary
+
+    def __call__(self, attn: WanAttention, hidden_states: torch.Tensor) -> torch.Tensor:
+        query, key, value = project_qkv(attn, hidden_states)
+        query = apply_rotary(query, *self.block_rotary)
+        ring, per_frame = self.ring, self.ring.tokens_per_frame
+        slot = self.position.first_frame % ring.cache_frames * per_frame
+        ring_keys, ring_values = ring.keys[self.layer], ring.values[self.layer]
+        ring_keys[:, slot : slot + key.shape[1]] = apply_rotary(key, *self.block_rotary)
+        ring_values[:, slot : slot + value.shape[1]] = value
+        # Until the ring has wrapped, only the slots up to this block hold frames.
+        filled = min(self.position.first_frame + self.position.num_frames, ring.cache_frames) * per_frame
+        condition_keys = apply_rotary(self.condition.keys[self.layer], *self.condition_rotary)
+        keys = torch.cat([ring_keys[:, :filled], condition_keys.to(ring_keys.dtype)], dim=1)
+        values = torch.cat([ring_values[:, :filled], self.condition.values[self.layer]], dim=1)
+        return attend(attn, query, keys, values)
+
+
+def project_qkv(attn: WanAttention, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Wan's q/k/v projections with their RMS norms, as [B, N, heads, head_dim]."""
+    query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+    key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
+    value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+    return query, key, value
+
+
+def attend(attn: WanAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention [B, N, heads, head_dim] -> the output projection [B, N, dim]."""
+    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+    out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
+def apply_rotary(tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of the head dimension by the tables of RotaryEmbedding."""
+    even, odd = tokens.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).type_as(tokens)

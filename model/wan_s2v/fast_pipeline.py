@@ -1,0 +1,219 @@
+"""Wan2.2-S2V fast mode: Live Avatar's distilled sampler, a block of frames at a time.
+
+The behaviour is the reference's single-GPU path (Alibaba-Quark/LiveAvatar,
+`minimal_inference/s2v_streaming_interact.py` -> `causal_s2v_pipeline.py`):
+
+- the portrait, encoded as 5 identical frames, gives the reference latent (their second latent);
+  encoded as 5 x 73 identical frames, the motion history; both go through the transformer once
+  per job at timestep zero, and every layer keeps their keys and values;
+- the speech is cut into clips of 48 frames (12 latent frames), each with noise from its own seed
+  (job seed + clip index); a clip is denoised 3 latent frames (one block) at a time, 4 Euler steps
+  without guidance, each step attending to its own cache of the last 12 latent frames;
+- a clip is decoded behind the latents of the last 365 frames of video (the portrait's frames
+  before the first clip), and the first clip's first 3 frames are dropped.
+
+Here each block is decoded as soon as it is denoised (the VAE decoder is causal, so this equals
+the reference's decode of the whole clip) and its frames leave at once; generation stops at the
+block that completes the speech, so nothing past the speech is generated. The caches hold one
+clip, the pixel history 365 frames: memory does not grow with the length of the video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from model.base import SPEECH_SAMPLE_RATE, num_frames_for
+
+from ._transformer_causal import BlockPosition, BlockRing
+from .config import (
+    FAST_FRAMES_PER_CLIP,
+    FAST_LATENT_FRAMES_PER_BLOCK,
+    FAST_PORTRAIT_REPEATS,
+    FAST_REFERENCE_DISTANCE,
+    FAST_SAMPLE_SHIFT,
+    FPS,
+    MOTION_FRAMES,
+    NUM_TRAIN_TIMESTEPS,
+    VAE_STRIDE,
+)
+from .pipeline import LATENT_MOTION_FRAMES, ProgressCallback, WanS2VPipeline, ProgressClock, fit_portrait, to_uint8_frames
+from .speech import bucket_clip_features
+from .vae import StreamingDecoder
+
+LATENT_FRAMES_PER_CLIP = FAST_FRAMES_PER_CLIP // VAE_STRIDE[0]
+BLOCKS_PER_CLIP = LATENT_FRAMES_PER_CLIP // FAST_LATENT_FRAMES_PER_BLOCK
+FRAMES_PER_BLOCK = FAST_LATENT_FRAMES_PER_BLOCK * VAE_STRIDE[0]
+# The portrait's frames that stand for the video before the first clip, and whose latents are
+# the first clip's decoding context.
+HISTORY_FRAMES = FAST_PORTRAIT_REPEATS * MOTION_FRAMES
+# The first clip is decoded behind the portrait's frames and its first frames are dropped.
+FIRST_CLIP_DROPPED_FRAMES = VAE_STRIDE[0] - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPortrait:
+    """A portrait fitted to the video size and encoded the way the fast mode needs it."""
+
+    pixels: torch.Tensor  # [1, 3, 1, H, W] in [-1, 1], float32
+    ref_latent: torch.Tensor  # [1, 16, 1, H/8, W/8]
+    history_latents: torch.Tensor  # [1, 16, 1 + (HISTORY_FRAMES - 1) / 4, H/8, W/8]
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[3]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[4]
+
+
+class FastSampler:
+    """The fast mode over the models of a WanS2VPipeline (the transformer with the Live Avatar
+    LoRA active while it runs; see lora.py)."""
+
+    def __init__(self, pipeline: WanS2VPipeline) -> None:
+        self.pipeline = pipeline
+
+    def encode_portrait(self, image: np.ndarray, height: int, width: int) -> FastPortrait:
+        """The reference latent and motion-history latents of an RGB uint8 portrait."""
+        vae = self.pipeline.vae
+        fitted = fit_portrait(image, height, width)
+        pixels = torch.from_numpy(np.array(fitted)).permute(2, 0, 1).float() / 255.0 * 2 - 1
+        pixels = pixels[None, :, None].to(vae.device)
+        ref_latent = vae.encode(pixels.expand(-1, -1, FAST_PORTRAIT_REPEATS, -1, -1))[:, :, 1:]
+        history_latents = vae.encode(pixels.expand(-1, -1, HISTORY_FRAMES, -1, -1))
+        device = self.pipeline.device
+        return FastPortrait(pixels, ref_latent.to(device), history_latents.to(device))
+
+    def generate(
+        self,
+        portrait: FastPortrait,
+        speech_16k: np.ndarray,
+        seed: int,
+        prompt: str,
+        num_steps: int,
+        on_progress: ProgressCallback,
+    ) -> Iterator[np.ndarray]:
+        """Yield RGB uint8 frames (n, height, width, 3) block by block, exactly as long as the speech."""
+        for pixels in self.generate_pixels(portrait, speech_16k, seed, prompt, num_steps, on_progress):
+            yield to_uint8_frames(pixels)
+
+    @torch.no_grad()
+    def generate_pixels(
+        self,
+        portrait: FastPortrait,
+        speech_16k: np.ndarray,
+        seed: int,
+        prompt: str,
+        num_steps: int,
+        on_progress: ProgressCallback,
+        reference_distances: Iterator[int] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield float pixels [1, 3, n, height, width] in [-1, 1] block by block, exactly as long as
+        the speech.
+
+        `reference_distances` gives the reference image's distance for each transformer pass;
+        by default they are drawn from the job's seed.
+        """
+        pipe = self.pipeline
+        num_frames = num_frames_for(len(speech_16k) / SPEECH_SAMPLE_RATE, FPS)
+        speech = pipe.speech_encoder.encode(speech_16k, fps=FPS)
+        context = pipe.encode_prompt(prompt)
+        distances = reference_distances if reference_distances is not None else _seeded_distances(seed)
+        sigmas, timesteps = euler_schedule(num_steps, pipe.device)
+        num_blocks = _blocks_for(num_frames)
+        clock = ProgressClock(num_blocks * (num_steps + 1), on_progress)
+
+        transformer = pipe.transformer
+        condition = transformer.prefill_condition(
+            context, portrait.ref_latent.to(pipe.dtype), portrait.history_latents.to(pipe.dtype)
+        )
+        rings = [self._new_ring(portrait) for _ in range(num_steps)]
+        history = portrait.pixels.expand(-1, -1, HISTORY_FRAMES, -1, -1)
+        remaining = num_frames
+        for block in range(num_blocks):
+            clip, block_in_clip = divmod(block, BLOCKS_PER_CLIP)
+            if block_in_clip == 0:
+                noise = self._clip_noise(portrait, seed + clip)
+                decoder = StreamingDecoder(pipe.vae)
+                decoder.decode(portrait.history_latents if clip == 0 else pipe.vae.encode(history))
+                clip_frames = []
+            first = block_in_clip * FAST_LATENT_FRAMES_PER_BLOCK
+            latents = noise[:, :, first : first + FAST_LATENT_FRAMES_PER_BLOCK]
+            audio = bucket_clip_features(speech, block, FRAMES_PER_BLOCK).to(pipe.device, pipe.dtype)
+            position = BlockPosition(block * FAST_LATENT_FRAMES_PER_BLOCK, FAST_LATENT_FRAMES_PER_BLOCK)
+            for step, (t, ring) in enumerate(zip(timesteps, rings)):
+                prediction = transformer.forward_block(
+                    latents, t.expand(1), context, audio, ring, condition, position, next(distances),
+                    motion_frames=(MOTION_FRAMES, LATENT_MOTION_FRAMES),
+                ).to(latents.dtype)
+                latents = euler_step(latents, prediction, sigmas[step], sigmas[step + 1])
+                clock.tick(f"block {block + 1}/{num_blocks}, step {step + 1}/{num_steps}")
+
+            pixels = decoder.decode(latents)
+            if block == 0:
+                pixels = pixels[:, :, FIRST_CLIP_DROPPED_FRAMES:]
+            clock.tick(f"block {block + 1}/{num_blocks} decoded")
+            clip_frames.append(pixels)
+            if block_in_clip == BLOCKS_PER_CLIP - 1:
+                history = torch.cat([history, *clip_frames], dim=2)[:, :, -HISTORY_FRAMES:]
+            pixels = pixels[:, :, :remaining]
+            remaining -= pixels.shape[2]
+            yield pixels
+
+    def _new_ring(self, portrait: FastPortrait) -> BlockRing:
+        transformer = self.pipeline.transformer
+        config = transformer.config
+        patch = transformer.patch_size
+        tokens_per_frame = (portrait.height // VAE_STRIDE[1] // patch[1]) * (portrait.width // VAE_STRIDE[2] // patch[2])
+        return BlockRing.allocate(
+            num_layers=config.num_layers,
+            batch=1,
+            cache_frames=LATENT_FRAMES_PER_CLIP,
+            tokens_per_frame=tokens_per_frame,
+            heads=config.num_attention_heads,
+            head_dim=config.attention_head_dim,
+            dtype=self.pipeline.dtype,
+            device=self.pipeline.device,
+        )
+
+    def _clip_noise(self, portrait: FastPortrait, seed: int) -> torch.Tensor:
+        """The clip's noise [1, C, 12, h, w], drawn in the compute dtype like the reference."""
+        pipe = self.pipeline
+        generator = torch.Generator(pipe.device).manual_seed(seed)
+        shape = (
+            1, pipe.transformer.config.in_channels, LATENT_FRAMES_PER_CLIP,
+            portrait.height // VAE_STRIDE[1], portrait.width // VAE_STRIDE[2],
+        )
+        return torch.randn(shape, dtype=pipe.dtype, device=pipe.device, generator=generator)
+
+
+def euler_schedule(num_steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmas [num_steps + 1] ending at 0, timesteps [num_steps]) of the reference's sampler:
+    diffusers' flow-matching Euler scheduler with shift 3."""
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=FAST_SAMPLE_SHIFT)
+    scheduler.set_timesteps(num_steps, device=device)
+    return scheduler.sigmas, scheduler.timesteps
+
+
+def euler_step(sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """One Euler step of the flow with diffusers' scheduler's arithmetic: the sample in float32,
+    the result in the velocity's dtype."""
+    return (sample.float() + (sigma_next - sigma) * velocity).to(velocity.dtype)
+
+
+def _blocks_for(num_frames: int) -> int:
+    """Blocks until the speech is covered; the first block gives 3 frames fewer."""
+    return -(-(num_frames + FIRST_CLIP_DROPPED_FRAMES) // FRAMES_PER_BLOCK)
+
+
+def _seeded_distances(seed: int) -> Iterator[int]:
+    low, high = FAST_REFERENCE_DISTANCE
+    rng = np.random.default_rng(seed)
+    while True:
+        yield int(rng.integers(low, high + 1))
