@@ -15,9 +15,11 @@ import pytest
 import soundfile
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from conftest import ASSETS, WorkerProcess
+from model.wan_s2v.config import LORA_FILE
 from mp4_facts import mp4_facts, read_frames
 from wan_tiny_models import (
     TINY_OFFICIAL_TRANSFORMER_CONFIG,
@@ -104,7 +106,25 @@ def checkpoint(tmp_path_factory) -> Path:
         wav2vec_hidden_size=TRANSFORMER_CONFIG["audio_dim"],
     )
     write_wav2vec2_with_25_layers(folder / "wav2vec2-large-xlsr-53-english")
+    write_tiny_lora(folder / LORA_FILE, official_transformer_state_dict(tiny_transformer()))
     return folder
+
+
+# The layers Live Avatar's peft config targets, by their official names.
+LORA_TARGETS = re.compile(r"(blocks\.\d+\.(self_attn|cross_attn)\.[qkvo]|blocks\.\d+\.ffn\.[02]|audio_injector\.injector\.\d+\.[qkvo])\.weight")
+
+
+def write_tiny_lora(path: Path, official_weights: dict[str, torch.Tensor], rank: int = 4) -> None:
+    """A random rank-4 LoRA in the published file's spelling (`...q.lora_A.default.weight`)."""
+    generator = torch.Generator().manual_seed(2)
+    tensors = {}
+    for key, weight in official_weights.items():
+        if LORA_TARGETS.fullmatch(key):
+            module = key.removesuffix(".weight")
+            out_features, in_features = weight.shape
+            tensors[f"{module}.lora_A.default.weight"] = torch.randn(rank, in_features, generator=generator) * 0.1
+            tensors[f"{module}.lora_B.default.weight"] = torch.randn(out_features, rank, generator=generator) * 0.1
+    save_file(tensors, str(path))
 
 
 def small_portrait_jpeg() -> bytes:
@@ -157,8 +177,8 @@ def video_of(reply: dict, tmp_path: Path, name: str) -> tuple[Path, dict]:
     return path, output
 
 
-def portrait_encodings(log: str) -> int:
-    return len(re.findall(r"portrait encoded to its reference latent", log))
+def portrait_encodings(log: str, mode: str = "quality") -> int:
+    return len(re.findall(rf"portrait encoded for mode {mode}", log))
 
 
 def test_worker_is_ready_with_the_model_loaded_and_presets_prepared(worker):
@@ -195,6 +215,49 @@ def test_same_seed_same_video_other_seed_other_video_and_presets_skip_the_portra
     preset = read_frames(video_of(reply, tmp_path, "preset")[0], 64, 64).astype(int)
     assert portrait_encodings(worker.log()) == encodings_before  # prepared at start, not per job
     assert np.array_equal(preset, first)  # the same portrait, prepared once, gives the same video
+
+
+def test_fast_mode_on_the_same_worker_gives_the_speech_length_block_by_block(worker, speech_wav, tmp_path):
+    reply = worker.runsync({**job(speech_wav, seed=5), "mode": "fast"})
+    path, output = video_of(reply, tmp_path, "fast")
+    facts = mp4_facts(path)
+    expected_frames = round(SPEECH_SECONDS * 16)
+    assert (facts.num_frames, facts.fps, facts.width, facts.height) == (expected_frames, 16.0, 64, 64)
+    assert output["mode"] == "fast" and output["num_frames"] == expected_frames
+    assert abs(facts.audio_seconds - SPEECH_SECONDS) <= 0.05
+    fast = read_frames(path, 64, 64).astype(int)
+    assert fast.std() > 2.0
+    log = worker.log()
+    assert re.search(r"LoRA .*liveavatar\.safetensors", log), log
+    assert portrait_encodings(log, "fast") == 1
+    quality = read_frames(video_of(worker.runsync(job(speech_wav, seed=5)), tmp_path, "quality")[0], 64, 64)
+    assert np.abs(fast - quality.astype(int)).mean() > 1.0  # the LoRA and the sampler made another video
+
+
+def test_fast_mode_refuses_guidance_before_any_work(worker, speech_wav):
+    reply = worker.runsync({**job(speech_wav, seed=5), "mode": "fast", "guidance_scale": 4.5})
+    assert reply["status"] == "FAILED"
+    assert reply["error"].startswith("INVALID_INPUT: guidance_scale has no meaning in mode 'fast'")
+
+
+def test_a_worker_without_the_lora_fails_fast_jobs_saying_where_it_looked_and_keeps_quality(
+    checkpoint, tmp_path, speech_wav
+):
+    without_lora = tmp_path / "models"
+    without_lora.mkdir()
+    for item in checkpoint.iterdir():
+        if item.name != LORA_FILE:
+            (without_lora / item.name).symlink_to(item)
+    worker = start_wan_worker(without_lora, tmp_path / "worker", HF_HUB_OFFLINE="1")
+    try:
+        fast = worker.runsync({**job(speech_wav, seed=1), "mode": "fast"})
+        quality = worker.runsync(job(speech_wav, seed=1))
+    finally:
+        worker.stop()
+    assert fast["status"] == "FAILED"
+    assert fast["error"].startswith("MODEL_UNAVAILABLE: the Live Avatar LoRA of the fast mode was not found (looked at ")
+    assert str(without_lora / LORA_FILE) in fast["error"]
+    assert quality["status"] == "COMPLETED" and quality["output"]["mode"] == "quality"
 
 
 def test_a_worker_without_weights_fails_its_jobs_saying_where_it_looked(tmp_path, speech_wav):
