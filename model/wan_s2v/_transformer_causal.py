@@ -14,7 +14,9 @@ step i, which is how the reference generates (one cache per sampling step).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -52,11 +54,50 @@ class BlockRing:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device,
+        pin_memory: bool = False,
     ) -> "BlockRing":
+        """Uninitialised: a slot is only read once this job has written it."""
         shape = (batch, cache_frames * tokens_per_frame, heads, head_dim)
-        keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        return cls(keys, values, tokens_per_frame, cache_frames)
+
+        def new() -> torch.Tensor:
+            return torch.empty(shape, dtype=dtype, device=device, pin_memory=pin_memory)
+
+        return cls([new() for _ in range(num_layers)], [new() for _ in range(num_layers)], tokens_per_frame, cache_frames)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(tensor.nbytes for tensor in (*self.keys, *self.values))
+
+    def copy_from(self, other: "BlockRing") -> None:
+        for mine, theirs in zip((*self.keys, *self.values), (*other.keys, *other.values)):
+            mine.copy_(theirs, non_blocking=True)
+
+    def copy_block_from(self, other: "BlockRing", position: "BlockPosition") -> None:
+        """Copy the slots of the block at `position` (the only ones a pass writes)."""
+        start = position.first_frame % self.cache_frames * self.tokens_per_frame
+        end = start + position.num_frames * self.tokens_per_frame
+        for mine, theirs in zip((*self.keys, *self.values), (*other.keys, *other.values)):
+            mine[:, start:end].copy_(theirs[:, start:end], non_blocking=True)
+
+
+class StepRings:
+    """One ring per denoising step: on the execution device, or, when they do not fit there, in
+    pinned host memory, each brought to one working ring on the device for its step and its new
+    block written back after it (slower: a ring's worth of transfer per step)."""
+
+    def __init__(self, rings: list[BlockRing], working: BlockRing | None = None) -> None:
+        self.rings = rings
+        self.working = working
+
+    @contextlib.contextmanager
+    def for_step(self, step: int, position: "BlockPosition") -> Iterator[BlockRing]:
+        ring = self.rings[step]
+        if self.working is None:
+            yield ring
+            return
+        self.working.copy_from(ring)
+        yield self.working
+        ring.copy_block_from(self.working, position)
 
 
 @dataclasses.dataclass(frozen=True)

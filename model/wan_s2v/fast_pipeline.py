@@ -21,6 +21,7 @@ clip, the pixel history 365 frames: memory does not grow with the length of the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Iterator
 
 import numpy as np
@@ -29,7 +30,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from model.base import SPEECH_SAMPLE_RATE, num_frames_for
 
-from ._transformer_causal import BlockPosition, BlockRing
+from ._transformer_causal import BlockPosition, BlockRing, StepRings
 from .config import (
     FAST_FRAMES_PER_CLIP,
     FAST_LATENT_FRAMES_PER_BLOCK,
@@ -42,8 +43,11 @@ from .config import (
     VAE_STRIDE,
 )
 from .pipeline import LATENT_MOTION_FRAMES, ProgressCallback, WanS2VPipeline, ProgressClock, fit_portrait, to_uint8_frames
+from .memory import GIB, fits_beside_fast_workspace
 from .speech import bucket_clip_features
 from .vae import StreamingDecoder
+
+log = logging.getLogger(__name__)
 
 LATENT_FRAMES_PER_CLIP = FAST_FRAMES_PER_CLIP // VAE_STRIDE[0]
 BLOCKS_PER_CLIP = LATENT_FRAMES_PER_CLIP // FAST_LATENT_FRAMES_PER_BLOCK
@@ -78,6 +82,8 @@ class FastSampler:
 
     def __init__(self, pipeline: WanS2VPipeline) -> None:
         self.pipeline = pipeline
+        # Rings in pinned host memory take seconds to allocate: kept for the next job of that size.
+        self._host_rings: dict[tuple[int, int], list[BlockRing]] = {}
 
     def encode_portrait(self, image: np.ndarray, height: int, width: int) -> FastPortrait:
         """The reference latent and motion-history latents of an RGB uint8 portrait."""
@@ -133,7 +139,7 @@ class FastSampler:
         condition = transformer.prefill_condition(
             context, portrait.ref_latent.to(pipe.dtype), portrait.history_latents.to(pipe.dtype)
         )
-        rings = [self._new_ring(portrait) for _ in range(num_steps)]
+        rings = self._step_rings(portrait, num_steps)
         history = portrait.pixels.expand(-1, -1, HISTORY_FRAMES, -1, -1)
         remaining = num_frames
         for block in range(num_blocks):
@@ -147,11 +153,12 @@ class FastSampler:
             latents = noise[:, :, first : first + FAST_LATENT_FRAMES_PER_BLOCK]
             audio = bucket_clip_features(speech, block, FRAMES_PER_BLOCK).to(pipe.device, pipe.dtype)
             position = BlockPosition(block * FAST_LATENT_FRAMES_PER_BLOCK, FAST_LATENT_FRAMES_PER_BLOCK)
-            for step, (t, ring) in enumerate(zip(timesteps, rings)):
-                prediction = transformer.forward_block(
-                    latents, t.expand(1), context, audio, ring, condition, position, next(distances),
-                    motion_frames=(MOTION_FRAMES, LATENT_MOTION_FRAMES),
-                ).to(latents.dtype)
+            for step, t in enumerate(timesteps):
+                with rings.for_step(step, position) as ring:
+                    prediction = transformer.forward_block(
+                        latents, t.expand(1), context, audio, ring, condition, position, next(distances),
+                        motion_frames=(MOTION_FRAMES, LATENT_MOTION_FRAMES),
+                    ).to(latents.dtype)
                 latents = euler_step(latents, prediction, sigmas[step], sigmas[step + 1])
                 clock.tick(f"block {block + 1}/{num_blocks}, step {step + 1}/{num_steps}")
 
@@ -166,21 +173,35 @@ class FastSampler:
             remaining -= pixels.shape[2]
             yield pixels
 
-    def _new_ring(self, portrait: FastPortrait) -> BlockRing:
-        transformer = self.pipeline.transformer
-        config = transformer.config
-        patch = transformer.patch_size
+    def _step_rings(self, portrait: FastPortrait, num_steps: int) -> StepRings:
+        """One attention ring per step (about 10 GB each at 704x384 in bf16), on the device when
+        they fit beside the fast mode's workspace, else in host memory."""
+        pipe = self.pipeline
+        config = pipe.transformer.config
+        patch = pipe.transformer.patch_size
         tokens_per_frame = (portrait.height // VAE_STRIDE[1] // patch[1]) * (portrait.width // VAE_STRIDE[2] // patch[2])
-        return BlockRing.allocate(
-            num_layers=config.num_layers,
-            batch=1,
-            cache_frames=LATENT_FRAMES_PER_CLIP,
-            tokens_per_frame=tokens_per_frame,
-            heads=config.num_attention_heads,
-            head_dim=config.attention_head_dim,
-            dtype=self.pipeline.dtype,
-            device=self.pipeline.device,
+
+        def ring(device: torch.device, pin_memory: bool = False) -> BlockRing:
+            return BlockRing.allocate(
+                config.num_layers, 1, LATENT_FRAMES_PER_CLIP, tokens_per_frame, config.num_attention_heads,
+                config.attention_head_dim, pipe.dtype, device, pin_memory,
+            )
+
+        per_ring = (
+            2 * config.num_layers * LATENT_FRAMES_PER_CLIP * tokens_per_frame
+            * config.num_attention_heads * config.attention_head_dim * pipe.dtype.itemsize
         )
+        if fits_beside_fast_workspace(per_ring * num_steps, pipe.device):
+            log.info("fast mode: %d attention rings of %.1f GiB on %s", num_steps, per_ring / GIB, pipe.device)
+            return StepRings([ring(pipe.device) for _ in range(num_steps)])
+        log.info("fast mode: %d attention rings of %.1f GiB in host memory, one at a time on %s",
+                 num_steps, per_ring / GIB, pipe.device)
+        key = (tokens_per_frame, num_steps)
+        if key not in self._host_rings:
+            self._host_rings.clear()
+            pinned = torch.cuda.is_available()  # pinned memory makes the copies asynchronous; CUDA only
+            self._host_rings[key] = [ring(torch.device("cpu"), pin_memory=pinned) for _ in range(num_steps)]
+        return StepRings(self._host_rings[key], working=ring(pipe.device))
 
     def _clip_noise(self, portrait: FastPortrait, seed: int) -> torch.Tensor:
         """The clip's noise [1, C, 12, h, w], drawn in the compute dtype like the reference."""

@@ -84,6 +84,21 @@ def free_gpu_bytes(device: torch.device) -> int:
     return free
 
 
+# Room the fast mode needs on the GPU beside its attention rings: a block's activations, the VAE
+# encoding 365 frames of history chunk by chunk, the decoder's state. An estimate, not yet
+# measured on a GPU.
+FAST_WORKSPACE_BYTES = 8 * GIB
+
+
+def fits_beside_fast_workspace(nbytes: int, device: torch.device) -> bool:
+    """Whether `nbytes` more (the fast mode's attention rings) fit on `device` now."""
+    if device.type != "cuda":
+        return True
+    # memory PyTorch holds in its cache but does not use is free for this purpose too
+    cached_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return free_gpu_bytes(device) + cached_unused >= nbytes + FAST_WORKSPACE_BYTES
+
+
 def out_of_memory_message(mode: MemoryMode) -> str:
     """The sentence a job that ran out of GPU memory fails with."""
     return f"the GPU ran out of memory in memory mode {mode.value!r}; {smaller_mode_advice(mode)}"

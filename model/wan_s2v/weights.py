@@ -7,15 +7,27 @@ into the image. Only when none is complete is it downloaded, into MODEL_DIR/Wan2
 
 The Live Avatar LoRA of the fast mode (`Quark-Vision/Live-Avatar`, one file) is looked for and
 fetched the same way, into MODEL_DIR/Live-Avatar; the base weights never depend on it.
+
+Workers that start together on one network volume share MODEL_DIR, and RunPod warns that
+concurrent writes to a volume can corrupt it. So both downloads run under one lock file in
+MODEL_DIR (one download at a time, whoever holds it keeps it fresh; the others wait, and take over
+a lock whose holder stopped refreshing it), and a download folder counts only once its
+finished-marker, written last, is there: a download that was killed leaves none, and the next
+start resumes it.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
+import socket
+import threading
 import time
+import uuid
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -39,9 +51,27 @@ DOWNLOAD_FOLDER_NAME = "Wan2.2-S2V-14B"
 LORA_DOWNLOAD_FOLDER_NAME = "Live-Avatar"
 # RunPod's "cached models" put a Hugging Face cache on the volume; snapshots are named by commit.
 RUNPOD_MODEL_CACHE = Path("/runpod-volume/huggingface-cache/hub")
-# Where scripts/download_models.py puts the weights and the LoRA when the Dockerfile runs it.
-IMAGE_WEIGHTS_DIR = Path("/models/Wan2.2-S2V-14B")
-IMAGE_LORA_DIR = Path("/models/Live-Avatar")
+# Where scripts/download_models.py puts the weights and the LoRA by default, which is what the
+# Dockerfile's `baked` stage runs: the same layout as a download into MODEL_DIR.
+IMAGE_MODEL_DIR = Path("/models")
+IMAGE_WEIGHTS_DIR = IMAGE_MODEL_DIR / DOWNLOAD_FOLDER_NAME
+IMAGE_LORA_DIR = IMAGE_MODEL_DIR / LORA_DOWNLOAD_FOLDER_NAME
+
+# One lock per models folder, for both downloads; a finished-marker in each download folder.
+LOCK_FILE_NAME = ".download.lock"
+FINISHED_MARKER_NAME = ".download-finished"
+# The lock holder refreshes the lock file's modification time this often; a waiter that sees no
+# refresh for LOCK_STALE_SECONDS of its own clock (so clocks of different machines never matter)
+# takes the lock over. Eight missed refreshes: a network volume that stalls for a minute does not
+# make a live download look dead, and a dead one delays the next start by two minutes at most.
+LOCK_REFRESH_SECONDS = 15.0
+LOCK_STALE_SECONDS = 120.0
+LOCK_POLL_SECONDS = 1.0
+# The longest a worker waits for another worker's download. Shorter than the start timeout the
+# deploy tooling gives RunPod (scripts/endpoint_requests.py, WORKER_INIT_TIMEOUT_SECONDS), so
+# that a worker says why it gave up before RunPod kills it as unhealthy.
+LOCK_WAIT_SECONDS = 50 * 60
+WAIT_LOG_INTERVAL_SECONDS = 30.0
 
 # What the loader reads. The wav2vec2 folder holds the same weights up to three times
 # (model.safetensors, pytorch_model.bin, flax_model.msgpack) and an n-gram language model for CTC

@@ -1,0 +1,101 @@
+"""The fast mode's generation loop on tiny random models: lengths, seeds, block-by-block output,
+progress, and attention rings kept in host memory. (Equality with Live Avatar's own code is in
+test_fast_mode_reference.py.)"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from model.base import num_frames_for
+from model.wan_s2v import fast_pipeline
+from model.wan_s2v.fast_pipeline import FastSampler
+from model.wan_s2v.pipeline import WanS2VPipeline
+from model.wan_s2v.speech import SpeechEncoder
+from model.wan_s2v.text import TextEncoder
+from model.wan_s2v.vae import WanVideoVAE
+from test_wan_pipeline import FAST_VAE, tiny_transformer
+from wan_tiny_models import TINY_TEXT_LEN, speech_samples, tiny_umt5, tiny_vae, write_tiny_tokenizer, write_tiny_wav2vec2
+
+SIDE = 64
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def sampler(tmp_path_factory) -> FastSampler:
+    folder = tmp_path_factory.mktemp("tiny")
+    components = types.SimpleNamespace(
+        transformer=tiny_transformer(),
+        vae=WanVideoVAE(tiny_vae(config=FAST_VAE)),
+        text_encoder=TextEncoder(tiny_umt5(), AutoTokenizer.from_pretrained(write_tiny_tokenizer(folder / "tok")),
+                                 text_len=TINY_TEXT_LEN),
+        speech_encoder=SpeechEncoder.from_pretrained(write_tiny_wav2vec2(folder / "w2v")),
+    )
+    return FastSampler(WanS2VPipeline(components, torch.device("cpu"), torch.float32))
+
+
+@pytest.fixture(scope="module")
+def portrait(sampler):
+    image = np.random.default_rng(1).integers(0, 256, size=(90, 80, 3), dtype=np.uint8)
+    return sampler.encode_portrait(image, SIDE, SIDE)
+
+
+def frames_of(sampler, portrait, seconds: float, seed: int = 7, progress=lambda *_: None) -> list[np.ndarray]:
+    return list(sampler.generate(portrait, speech_samples(seconds, seed=3), seed, "a person speaking", STEPS, progress))
+
+
+def test_the_portrait_is_encoded_as_five_frames_and_its_history_as_365(portrait):
+    assert portrait.ref_latent.shape == (1, 16, 1, SIDE // 8, SIDE // 8)
+    assert portrait.history_latents.shape == (1, 16, 1 + (5 * 73 - 1) // 4, SIDE // 8, SIDE // 8)
+
+
+@pytest.mark.parametrize("seconds", [0.5, 3.1])
+def test_the_video_is_exactly_as_long_as_the_speech_and_leaves_a_block_at_a_time(sampler, portrait, seconds):
+    blocks = frames_of(sampler, portrait, seconds)
+    expected = num_frames_for(seconds, 16)
+    assert sum(len(block) for block in blocks) == expected
+    assert all(block.shape[1:] == (SIDE, SIDE, 3) and block.dtype == np.uint8 for block in blocks)
+    # 12 frames a block, the first 3 short; the last block is cut at the end of the speech
+    whole = ([9] + [12] * len(blocks))[: len(blocks) - 1]
+    assert [len(block) for block in blocks] == [*whole, expected - sum(whole)]
+    assert 0 < expected - sum(whole) <= (9 if len(blocks) == 1 else 12)
+
+
+def test_a_block_leaves_before_the_next_is_denoised(sampler, portrait, monkeypatch):
+    passes = []
+    forward_block = sampler.pipeline.transformer.forward_block
+    monkeypatch.setattr(sampler.pipeline.transformer, "forward_block",
+                        lambda *args, **kwargs: passes.append(1) or forward_block(*args, **kwargs))
+    blocks = sampler.generate(portrait, speech_samples(2.0, seed=3), 7, "a person speaking", STEPS, lambda *_: None)
+    next(blocks)
+    assert len(passes) == STEPS  # one block's steps, nothing more
+    blocks.close()
+
+
+def test_same_seed_same_video_other_seed_other_video(sampler, portrait):
+    first = np.concatenate(frames_of(sampler, portrait, 0.5, seed=7)).astype(int)
+    again = np.concatenate(frames_of(sampler, portrait, 0.5, seed=7)).astype(int)
+    other = np.concatenate(frames_of(sampler, portrait, 0.5, seed=8)).astype(int)
+    assert np.array_equal(first, again)
+    assert np.abs(first - other).mean() > 1.0
+
+
+def test_progress_counts_steps_and_decodes_with_time_left(sampler, portrait):
+    reports = []
+    frames_of(sampler, portrait, 1.0, progress=lambda fraction, detail: reports.append((fraction, detail)))
+    blocks = -(-(num_frames_for(1.0, 16) + 3) // 12)
+    assert len(reports) == blocks * (STEPS + 1)
+    assert reports[-1][0] == pytest.approx(1.0)
+    assert reports[0][1].startswith(f"block 1/{blocks}, step 1/{STEPS}") and "left" in reports[0][1]
+
+
+def test_rings_kept_in_host_memory_give_the_same_video(sampler, portrait, monkeypatch):
+    on_device = np.concatenate(frames_of(sampler, portrait, 1.0))
+    monkeypatch.setattr(fast_pipeline, "fits_beside_fast_workspace", lambda nbytes, device: False)
+    staged = np.concatenate(frames_of(sampler, portrait, 1.0))
+    assert np.array_equal(on_device, staged)
+    assert sampler._host_rings  # kept for the next job of that size
