@@ -1,16 +1,22 @@
-"""Speed and memory of Wan2.2-S2V-14B on this GPU, per memory mode and resolution.
+"""Speed and memory of Wan2.2-S2V-14B on this GPU, per memory mode, generation mode and resolution.
 
 The models have the real 14B architecture with random weights (speed does not depend on the
 values): the transformer, umt5-xxl, wav2vec2-large and the Wan2.1 VAE, placed exactly as the
-worker places them for each memory mode (model/wan_s2v/memory.py), and driven through the
-worker's own generation loop (model/wan_s2v/pipeline.py) for one clip with a few steps.
+worker places them for each memory mode (model/wan_s2v/memory.py), with a random rank-128 LoRA
+in the published layout attached as the worker attaches Live Avatar's, and driven through the
+worker's own generation loops (model/wan_s2v/pipeline.py, fast_pipeline.py).
 
-    python scripts/benchmark_gpu.py                                  # all modes, 480p and 720p
-    python scripts/benchmark_gpu.py --modes full --resolutions 480p --steps 3 --json out.json
+    python scripts/benchmark_gpu.py                       # every memory mode, quality and fast
+    python scripts/benchmark_gpu.py --modes fp8 --generations fast --json out.json
 
-Printed per (mode, resolution): seconds per denoising step (both guidance passes, batched),
-VAE decode seconds per clip, GPU seconds per second of video at the default 40 steps, peak GPU
-memory, and model FLOP utilisation against the GPU's dense bf16 peak.
+quality (40 steps with guidance, 480p and 720p): one clip with a few steps; printed are seconds
+per denoising step (both guidance passes, batched), VAE seconds per clip, GPU seconds per second
+of video at 40 steps (extrapolated), peak GPU memory, and model FLOP utilisation against the
+GPU's dense bf16 peak.
+fast (Live Avatar, 4 steps, 704x384): a whole job of two clips, timed as it runs; printed are
+the portrait's encoding, seconds from the start of generation to the first decoded block, GPU
+seconds per second of video over the second clip (steady state: its steps, decodes and the
+history re-encoding), where the attention rings lived, and peak GPU memory.
 
 Prompt embeddings are cached at worker start, so they are encoded before timing (in the offload
 mode on the GPU, before the text encoder moves to the CPU); the timings are the per-clip work.
@@ -23,6 +29,7 @@ import gc
 import json
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -34,14 +41,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.wan_s2v.config import (  # noqa: E402
+    FAST_FRAMES_PER_CLIP,
+    FAST_MAX_AREA,
+    FAST_SAMPLE_STEPS,
     FPS,
     FRAMES_PER_CLIP,
+    LORA_ALPHA,
     MOTION_FRAMES,
     NEGATIVE_PROMPT,
     SAMPLE_STEPS,
     TEXT_LEN,
     UMT5_XXL_ENCODER_CONFIG,
 )
+from model.wan_s2v.fast_pipeline import BLOCKS_PER_CLIP, FastSampler  # noqa: E402
+from model.wan_s2v.lora import LoraAdapter  # noqa: E402
 from model.wan_s2v.memory import (  # noqa: E402
     MemoryMode,
     place_transformer,
@@ -59,8 +72,16 @@ RESOLUTIONS = {"480p": (480, 832, 832 * 480), "720p": (720, 1280, 1280 * 720)}
 # Dense bf16 tensor-core peaks from the datasheets (SXM parts).
 DATASHEET_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "A6000": 154.8e12}
 PROMPT = "A person speaking"
-# A clip's worth of speech: 77 frames, so one clip with no extra (see pipeline.clips_for).
+# A clip's worth of speech: 77 frames, exactly the first clip.
 SPEECH_SECONDS = (FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES) / FPS
+# The fast mode's portrait (the reference's 704*384 budget) and two whole clips of speech: the
+# second clip is the steady state (it pays a history re-encode like every later clip).
+FAST_PORTRAIT = (384, 704)
+FAST_SPEECH_SECONDS = (2 * FAST_FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES) / FPS
+LORA_RANK = 128
+# Live Avatar's peft targets, by official name
+LORA_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+                "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
 
 
 class TokenIdTextEncoder:
@@ -91,7 +112,26 @@ def build_on_gpu(factory, dtype: torch.dtype, device: torch.device):
         torch.set_default_dtype(previous)
 
 
-def build_pipeline(mode: MemoryMode, device: torch.device) -> WanS2VPipeline:
+def write_random_lora(folder: Path, config) -> Path:
+    """A rank-128 LoRA for every layer Live Avatar's peft config targets, in the published
+    spelling, with random values (its cost does not depend on them)."""
+    from safetensors.torch import save_file
+
+    dim, ffn = config.num_attention_heads * config.attention_head_dim, config.ffn_dim
+    shapes = {"ffn.0": (ffn, dim), "ffn.2": (dim, ffn)}
+    tensors = {}
+    modules = [f"blocks.{block}.{target}" for block in range(config.num_layers) for target in LORA_TARGETS]
+    modules += [f"audio_injector.injector.{index}.{part}" for index in range(len(config.audio_inject_layers)) for part in "qkvo"]
+    for module in modules:
+        out_features, in_features = shapes.get(module.split(".", 2)[-1], (dim, dim))
+        tensors[f"{module}.lora_A.default.weight"] = torch.randn(LORA_RANK, in_features, dtype=torch.bfloat16) * 0.01
+        tensors[f"{module}.lora_B.default.weight"] = torch.randn(out_features, LORA_RANK, dtype=torch.bfloat16) * 0.01
+    path = folder / "liveavatar.safetensors"
+    save_file(tensors, str(path))
+    return path
+
+
+def build_pipeline(mode: MemoryMode, device: torch.device, lora_folder: Path) -> tuple[WanS2VPipeline, LoraAdapter]:
     from diffusers import AutoencoderKLWan
     from transformers import UMT5Config, UMT5EncoderModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
@@ -101,6 +141,10 @@ def build_pipeline(mode: MemoryMode, device: torch.device) -> WanS2VPipeline:
     if mode is not MemoryMode.FULL:
         transformer.to("cpu")  # where the worker's loader leaves it for these modes
         torch.cuda.empty_cache()
+    lora_file = lora_folder / "liveavatar.safetensors"
+    if not lora_file.is_file():
+        write_random_lora(lora_folder, transformer.config)
+    lora = LoraAdapter.attach(transformer, lora_file, LORA_ALPHA)  # before placing, as the worker does
     place_transformer(transformer, mode, device)
 
     t5 = build_on_gpu(lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL_ENCODER_CONFIG, is_encoder_decoder=False)),
@@ -125,7 +169,7 @@ def build_pipeline(mode: MemoryMode, device: torch.device) -> WanS2VPipeline:
     t5.to(text_encoder_home(mode, device))
     pipeline.text_device = text_encoder_compute_device(mode, device)
     torch.cuda.empty_cache()
-    return pipeline
+    return pipeline, lora
 
 
 def count_step_flops(pipeline: WanS2VPipeline, run_one_clip) -> float:
@@ -213,10 +257,52 @@ def benchmark(pipeline: WanS2VPipeline, resolution: str, steps: int, flops_cache
     }
 
 
+def benchmark_fast(pipeline: WanS2VPipeline, lora: LoraAdapter) -> dict:
+    """A whole fast job of two clips at the reference's size, timed block by block."""
+    portrait_h, portrait_w = FAST_PORTRAIT
+    height, width = output_size(portrait_h, portrait_w, FAST_MAX_AREA)
+    image = np.random.default_rng(0).integers(0, 256, (portrait_h, portrait_w, 3), dtype=np.uint8)
+    speech = (0.1 * np.random.default_rng(1).standard_normal(int(FAST_SPEECH_SECONDS * 16000))).astype(np.float32)
+    sampler = FastSampler(pipeline)
+    device = pipeline.device
+
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    portrait = sampler.encode_portrait(image, height, width)
+    torch.cuda.synchronize()
+    portrait_seconds = time.perf_counter() - started
+
+    torch.cuda.reset_peak_memory_stats()
+    frames_at: list[tuple[float, int]] = []
+    started = time.perf_counter()
+    with lora.active():
+        for frames in sampler.generate(portrait, speech, 42, PROMPT, FAST_SAMPLE_STEPS, lambda *_: None):
+            torch.cuda.synchronize()  # frames are on the host already; this only makes the clock honest
+            frames_at.append((time.perf_counter() - started, len(frames)))
+    blocks_per_clip = BLOCKS_PER_CLIP
+    first_clip_end = frames_at[blocks_per_clip - 1][0]
+    second_clip_seconds = frames_at[2 * blocks_per_clip - 1][0] - first_clip_end
+    rings_on_device = not sampler._host_rings
+    return {
+        "resolution": "fast",
+        "height": height,
+        "width": width,
+        "portrait_seconds": portrait_seconds,
+        "first_block_seconds": frames_at[0][0],
+        "total_seconds": frames_at[-1][0],
+        "video_seconds": sum(count for _, count in frames_at) / FPS,
+        "gpu_seconds_per_video_second": second_clip_seconds / (FAST_FRAMES_PER_CLIP / FPS),
+        "attention_rings": f"on {device}" if rings_on_device else "in host memory",
+        "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / GIB,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", default=[mode.value for mode in MemoryMode], choices=[m.value for m in MemoryMode])
-    parser.add_argument("--resolutions", nargs="+", default=list(RESOLUTIONS), choices=list(RESOLUTIONS))
+    parser.add_argument("--generations", nargs="+", default=["quality", "fast"], choices=["quality", "fast"])
+    parser.add_argument("--resolutions", nargs="+", default=list(RESOLUTIONS), choices=list(RESOLUTIONS),
+                        help="of the quality mode (the fast mode runs at its reference size)")
     parser.add_argument("--steps", type=int, default=3, help="denoising steps timed per run (the first is not counted)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -235,11 +321,12 @@ def main() -> int:
     peak_for_mfu = datasheet_peak or matmul_peak
 
     results, flops_cache = [], {}
+    lora_folder = Path(tempfile.mkdtemp(prefix="benchmark-lora-"))
     for mode_name in args.modes:
         mode = MemoryMode(mode_name)
         started = time.perf_counter()
         try:
-            pipeline = build_pipeline(mode, device)
+            pipeline, lora = build_pipeline(mode, device, lora_folder)
         except Exception as error:  # noqa: BLE001 - report and go on with the other modes
             traceback.print_exc()
             print(f"{mode.value}: could not place the models: {type(error).__name__}: {error}", flush=True)
@@ -249,32 +336,44 @@ def main() -> int:
             continue
         resident = torch.cuda.memory_allocated() / GIB
         print(f"{mode.value}: models placed in {time.perf_counter() - started:.0f} s, {resident:.1f} GiB resident", flush=True)
-        for resolution in args.resolutions:
+        runs = [(resolution, lambda resolution=resolution: benchmark(pipeline, resolution, args.steps, flops_cache))
+                for resolution in args.resolutions if "quality" in args.generations]
+        if "fast" in args.generations:
+            runs.append(("fast", lambda: benchmark_fast(pipeline, lora)))
+        for name, run in runs:
             try:
-                row = benchmark(pipeline, resolution, args.steps, flops_cache)
+                row = run()
             except Exception as error:  # noqa: BLE001
                 traceback.print_exc()
-                print(f"{mode.value} {resolution}: failed: {type(error).__name__}: {error}", flush=True)
-                results.append({"mode": mode.value, "resolution": resolution, "error": f"{type(error).__name__}: {error}"})
+                print(f"{mode.value} {name}: failed: {type(error).__name__}: {error}", flush=True)
+                results.append({"mode": mode.value, "resolution": name, "error": f"{type(error).__name__}: {error}"})
                 torch.cuda.empty_cache()
                 continue
-            row.update(mode=mode.value, resident_gib=resident,
-                       mfu=row["step_tflop"] * 1e12 / row["seconds_per_step"] / peak_for_mfu)
+            row.update(mode=mode.value, resident_gib=resident)
+            if "step_tflop" in row:
+                row["mfu"] = row["step_tflop"] * 1e12 / row["seconds_per_step"] / peak_for_mfu
             results.append(row)
             print(json.dumps(row), flush=True)
-        del pipeline
+        del pipeline, lora
         gc.collect()
         torch.cuda.empty_cache()
 
-    print(f"\n{gpu_name}; MFU against {peak_for_mfu / 1e12:.0f} TFLOP/s bf16; {SAMPLE_STEPS} steps per 5 s clip")
+    print(f"\n{gpu_name}; MFU against {peak_for_mfu / 1e12:.0f} TFLOP/s bf16; quality: {SAMPLE_STEPS} steps per 5 s clip")
     print(f"{'mode':8} {'size':>9} {'s/step':>7} {'decode s':>8} {'GPU s per video s':>17} {'peak GiB':>8} {'TFLOP/step':>10} {'MFU':>5}")
     for row in results:
         if "error" in row:
             print(f"{row['mode']:8} {row.get('resolution', ''):>9} failed: {row['error'][:80]}")
-            continue
-        print(f"{row['mode']:8} {row['width']:>4}x{row['height']:<4} {row['seconds_per_step']:7.2f} "
-              f"{row['decode_seconds_per_clip']:8.2f} {row['gpu_seconds_per_video_second']:17.1f} "
-              f"{row['peak_gpu_gib']:8.1f} {row['step_tflop']:10.0f} {row['mfu']:5.1%}")
+        elif "seconds_per_step" in row:
+            print(f"{row['mode']:8} {row['width']:>4}x{row['height']:<4} {row['seconds_per_step']:7.2f} "
+                  f"{row['decode_seconds_per_clip']:8.2f} {row['gpu_seconds_per_video_second']:17.1f} "
+                  f"{row['peak_gpu_gib']:8.1f} {row['step_tflop']:10.0f} {row['mfu']:5.1%}")
+    print(f"\nfast: {FAST_SAMPLE_STEPS} steps, {FAST_SPEECH_SECONDS:.2f} s of video")
+    print(f"{'mode':8} {'size':>9} {'portrait s':>10} {'first block s':>13} {'GPU s per video s':>17} {'peak GiB':>8}  rings")
+    for row in results:
+        if row.get("resolution") == "fast" and "error" not in row:
+            print(f"{row['mode']:8} {row['width']:>4}x{row['height']:<4} {row['portrait_seconds']:10.2f} "
+                  f"{row['first_block_seconds']:13.2f} {row['gpu_seconds_per_video_second']:17.2f} "
+                  f"{row['peak_gpu_gib']:8.1f}  {row['attention_rings']}")
     if args.json:
         args.json.write_text(json.dumps({"gpu": gpu_name, "torch": torch.__version__, "results": results}, indent=2))
     return 0

@@ -1,0 +1,64 @@
+"""scripts/benchmark_gpu.py's fast-mode run, on tiny CPU models, so that the script a GPU session
+runs as one command is known to work before GPU time is spent on it. The numbers it prints on a
+CPU mean nothing; the shape of the run does: the random LoRA attaches, the job runs two clips,
+and every figure is there."""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from model.wan_s2v.lora import LoraAdapter
+from model.wan_s2v.pipeline import WanS2VPipeline
+from model.wan_s2v.speech import SpeechEncoder
+from model.wan_s2v.text import TextEncoder
+from model.wan_s2v.vae import WanVideoVAE
+from test_wan_pipeline import FAST_VAE, tiny_transformer
+from wan_tiny_models import TINY_TEXT_LEN, tiny_umt5, tiny_vae, write_tiny_tokenizer, write_tiny_wav2vec2
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_gpu.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark_gpu():
+    spec = importlib.util.spec_from_file_location("benchmark_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_random_lora_covers_every_target_and_attaches(benchmark_gpu, tmp_path):
+    transformer = tiny_transformer()
+    adapter = LoraAdapter.attach(transformer, benchmark_gpu.write_random_lora(tmp_path, transformer.config), 64.0)
+    layers = transformer.config.num_layers
+    assert adapter.summary.rank == benchmark_gpu.LORA_RANK
+    assert adapter.summary.layers == layers * 10 + len(transformer.config.audio_inject_layers) * 4
+
+
+def test_the_fast_run_reports_every_figure(benchmark_gpu, tmp_path, monkeypatch):
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *args: 0)
+    monkeypatch.setattr(benchmark_gpu, "FAST_PORTRAIT", (80, 72))  # a 64x64 video
+    monkeypatch.setattr(benchmark_gpu, "FAST_MAX_AREA", 64 * 64)
+    transformer = tiny_transformer()
+    lora = LoraAdapter.attach(transformer, benchmark_gpu.write_random_lora(tmp_path, transformer.config), 64.0)
+    components = types.SimpleNamespace(
+        transformer=transformer,
+        vae=WanVideoVAE(tiny_vae(config=FAST_VAE)),
+        text_encoder=TextEncoder(tiny_umt5(), AutoTokenizer.from_pretrained(write_tiny_tokenizer(tmp_path / "tok")),
+                                 text_len=TINY_TEXT_LEN),
+        speech_encoder=SpeechEncoder.from_pretrained(write_tiny_wav2vec2(tmp_path / "w2v")),
+    )
+    row = benchmark_gpu.benchmark_fast(WanS2VPipeline(components, torch.device("cpu"), torch.float32), lora)
+    assert (row["height"], row["width"]) == (64, 64)
+    assert row["video_seconds"] == pytest.approx(benchmark_gpu.FAST_SPEECH_SECONDS)
+    assert 0 < row["first_block_seconds"] < row["total_seconds"]
+    assert np.isfinite(row["gpu_seconds_per_video_second"]) and row["gpu_seconds_per_video_second"] > 0
+    assert row["attention_rings"] == "on cpu" and not lora.is_active
