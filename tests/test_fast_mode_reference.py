@@ -36,7 +36,12 @@ from model.wan_s2v.fast_pipeline import FastSampler, euler_schedule, euler_step
 from model.wan_s2v.pipeline import WanS2VPipeline
 from model.wan_s2v.vae import WanVideoVAE
 from test_wan_pipeline import FAST_VAE
-from wan_tiny_models import TINY_OFFICIAL_TRANSFORMER_CONFIG, tiny_transformer_from_official_config, tiny_vae
+from wan_tiny_models import (  # noqa: F401 - one_cpu_thread is a fixture
+    TINY_OFFICIAL_TRANSFORMER_CONFIG,
+    one_cpu_thread,
+    tiny_transformer_from_official_config,
+    well_conditioned_vae,
+)
 
 pytestmark = [
     requires_liveavatar,
@@ -59,11 +64,8 @@ BAR = 1e-4
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _pinned_threads(one_cpu_thread):
+    pass
 
 
 @pytest.fixture(scope="module")
@@ -204,23 +206,6 @@ class _Prompt:
         return list(self.embedding)
 
 
-def _tame_vae() -> WanVideoVAE:
-    """The tiny VAE with its kernels scaled by 0.4, which makes it well-conditioned.
-
-    With its random initialisation a decode amplifies input differences about 600x and an
-    encode 35x, so float noise of 1e-7 in the latents grows past 1e-1 in two clips of decoding
-    and re-encoding the history: any two correct implementations differ there. Scaled, both
-    gains are below 1, while a clip's frames still change by a quarter of their range with
-    their decoding context, so a wrong history or context is still caught.
-    """
-    model = tiny_vae(config=FAST_VAE)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.mul_(0.4)
-    return WanVideoVAE(model)
-
-
 class _ReferenceVAE:
     """Our VAE with the interface of the reference's Wan2_1_VAE (lists of per-video tensors)."""
 
@@ -236,7 +221,7 @@ class _ReferenceVAE:
 
 def test_a_whole_generation_makes_the_references_frames(models, tmp_path):
     transformer, reference = models
-    vae = _tame_vae()
+    vae = WanVideoVAE(well_conditioned_vae(FAST_VAE))
     speech, prompt = _Features(NUM_FRAMES), _Prompt()
     image = np.random.default_rng(5).integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
     image_path = tmp_path / "portrait.png"

@@ -181,7 +181,6 @@ class WanS2VPipeline:
 
     # --- generation ---------------------------------------------------------------------------
 
-    @torch.no_grad()
     def generate(
         self,
         portrait: PortraitLatent,
@@ -192,6 +191,21 @@ class WanS2VPipeline:
         on_progress: ProgressCallback,
     ) -> Iterator[np.ndarray]:
         """Yield RGB uint8 frames (n, height, width, 3), clip by clip, exactly as long as the speech."""
+        for pixels in self.generate_pixels(portrait, speech_16k, seed, prompt, settings, on_progress):
+            yield to_uint8_frames(pixels)
+
+    @torch.no_grad()
+    def generate_pixels(
+        self,
+        portrait: PortraitLatent,
+        speech_16k: np.ndarray,
+        seed: int,
+        prompt: str,
+        settings: SamplingSettings,
+        on_progress: ProgressCallback,
+    ) -> Iterator[torch.Tensor]:
+        """Yield float pixels [1, 3, n, height, width] in [-1, 1], clip by clip, exactly as long as
+        the speech."""
         num_frames = num_frames_for(len(speech_16k) / SPEECH_SAMPLE_RATE, FPS)
         speech = self.speech_encoder.encode(speech_16k, fps=FPS)
         num_clips = clips_for(num_frames, self.speech_encoder.num_clips(len(speech_16k)))
@@ -222,12 +236,12 @@ class WanS2VPipeline:
             if clip + 1 < num_clips:
                 motion_latents = self.vae.encode(motion_pixels)
 
-            frames = to_uint8_frames(pixels[:, :, :remaining])
-            remaining -= len(frames)
+            pixels = pixels[:, :, :remaining]
+            remaining -= pixels.shape[2]
             if clip + 1 == num_clips and remaining > 0:  # the few frames clips_for leaves to a hold
-                frames = np.concatenate([frames, np.repeat(frames[-1:], remaining, axis=0)])
+                pixels = torch.cat([pixels, pixels[:, :, -1:].expand(-1, -1, remaining, -1, -1)], dim=2)
                 remaining = 0
-            yield frames
+            yield pixels
             if remaining <= 0:
                 return
 
