@@ -5,7 +5,8 @@
     python runpod_client_examples.py --endpoint-id abc123 --image me.jpg --audio a.wav --audio b.wav --mode batch
 
 Inputs may also be URLs (`--image https://...`) or a preset (`--avatar-id anna`). Results are
-written next to the current directory as `<job id>.mp4`. `--base-url` points the same calls at
+written next to the current directory as `<job id>.mp4`. A job still running when the client
+gives up waiting (`--timeout`, or Ctrl-C) is cancelled, so that it stops costing GPU time. `--base-url` points the same calls at
 any compatible server, e.g. the worker's local test API (`python -m handler --rp_serve_api`).
 """
 
@@ -47,29 +48,43 @@ class TalkingHeadClient:
             job.update(_media_field("image", image))
         return job
 
-    def runsync(self, job_input: dict[str, Any]) -> dict[str, Any]:
+    def runsync(self, job_input: dict[str, Any], timeout_seconds: float = 3600) -> dict[str, Any]:
         """Submit and wait in one request; falls back to polling if the job outlives the request."""
         reply = self._post("runsync", job_input, timeout=RUNSYNC_TIMEOUT_SECONDS + 30)
         if reply.get("status") in FINAL_STATES:
             return reply
-        return self.wait(reply["id"])
+        return self.wait(reply["id"], timeout_seconds)
 
     def submit(self, job_input: dict[str, Any], webhook: str | None = None) -> str:
         """Queue a job with /run; returns its id at once."""
         return self._post("run", job_input, timeout=30, webhook=webhook)["id"]
 
     def wait(self, job_id: str, timeout_seconds: float = 3600) -> dict[str, Any]:
-        """Poll /status with a gentle backoff until the job reaches a final state."""
+        """Poll /status with a gentle backoff until the job reaches a final state.
+
+        Giving up (the timeout, or Ctrl-C) cancels the job: RunPod stops it on its worker.
+        """
         deadline = time.monotonic() + timeout_seconds
         delay = 1.0
-        while True:
-            status = self.status(job_id)
-            if status.get("status") in FINAL_STATES:
-                return status
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {status.get('status')} after {timeout_seconds} s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 10.0)
+        try:
+            while True:
+                status = self.status(job_id)
+                if status.get("status") in FINAL_STATES:
+                    return status
+                if time.monotonic() > deadline:
+                    outcome = "cancelled it" if self._try_cancel(job_id) else "could not cancel it"
+                    raise TimeoutError(f"job {job_id} still {status.get('status')} after {timeout_seconds} s; {outcome}")
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 1.5, 10.0)
+        except KeyboardInterrupt:
+            self._try_cancel(job_id)
+            raise
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Ask RunPod to stop a queued or running job (POST /cancel/{id})."""
+        reply = self.session.post(f"{self.base_url}/cancel/{job_id}", timeout=30)
+        reply.raise_for_status()
+        return reply.json()
 
     def status(self, job_id: str) -> dict[str, Any]:
         url = f"{self.base_url}/status/{job_id}"
@@ -79,10 +94,19 @@ class TalkingHeadClient:
         reply.raise_for_status()
         return reply.json()
 
-    def batch(self, job_inputs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _try_cancel(self, job_id: str) -> bool:
+        """Cancel without masking why we gave up (the SDK's local test API has no /cancel)."""
+        try:
+            self.cancel(job_id)
+            return True
+        except requests.RequestException as error:
+            print(f"could not cancel job {job_id}: {error}", file=sys.stderr)
+            return False
+
+    def batch(self, job_inputs: Iterable[dict[str, Any]], timeout_seconds: float = 3600) -> list[dict[str, Any]]:
         """Queue every job first (RunPod scales workers out), then collect results in order."""
         job_ids = [self.submit(job_input) for job_input in job_inputs]
-        return [self.wait(job_id) for job_id in job_ids]
+        return [self.wait(job_id, timeout_seconds) for job_id in job_ids]
 
     def _post(self, route: str, job_input: dict[str, Any], timeout: float, **extra: Any) -> dict[str, Any]:
         body = {"input": job_input, **{key: value for key, value in extra.items() if value}}
@@ -126,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-type", choices=("auto", "base64", "s3"), default="auto")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--timeout", type=float, default=3600.0,
+                        help="seconds to wait for a job before cancelling it (default 3600)")
     args = parser.parse_args(argv)
     if not (args.base_url or args.endpoint_id):
         parser.error("give --endpoint-id (or --base-url)")
@@ -139,12 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     inputs = [client.job_input(args.image, audio, args.avatar_id, **options) for audio in args.audio]
 
     started = time.monotonic()
-    if args.mode == "runsync":
-        results = [client.runsync(job_input) for job_input in inputs]
-    elif args.mode == "async":
-        results = [client.wait(client.submit(job_input)) for job_input in inputs]
-    else:
-        results = client.batch(inputs)
+    try:
+        if args.mode == "runsync":
+            results = [client.runsync(job_input, args.timeout) for job_input in inputs]
+        elif args.mode == "async":
+            results = [client.wait(client.submit(job_input), args.timeout) for job_input in inputs]
+        else:
+            results = client.batch(inputs, args.timeout)
+    except TimeoutError as error:
+        print(error, file=sys.stderr)
+        return 1
     failed = 0
     for status in results:
         try:

@@ -6,22 +6,56 @@ serves the local test API, `--test_input '{"input": {...}}'` runs one job, and w
 """
 
 import logging
-import os
+import sys
 
-# The SDK logs every job's input and output at DEBUG, its default: base64 media and presigned URLs
-# must not reach the logs. Set before the SDK is imported, which reads it once.
-os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
+from handler.settings import requested_sdk_log_level, sdk_log_level, set_sdk_log_level, takes_jobs_from_runpod
+
+# The SDK logs every job's input and output at DEBUG, and the one local test job's whole result
+# at INFO: base64 media and presigned URLs must not reach the logs. Set before the SDK is
+# imported, which reads the level once.
+RUNS_ONE_LOCAL_JOB = not takes_jobs_from_runpod() and "--rp_serve_api" not in sys.argv
+REQUESTED_SDK_LOG_LEVEL = requested_sdk_log_level()
+SDK_LOG_LEVEL = sdk_log_level(REQUESTED_SDK_LOG_LEVEL, RUNS_ONE_LOCAL_JOB)
+set_sdk_log_level(SDK_LOG_LEVEL)
 
 import runpod  # noqa: E402
 
+from handler.serve import RunPodHandler  # noqa: E402
 from handler.startup import start_worker  # noqa: E402
+
+log = logging.getLogger("handler")
 
 
 def main() -> None:
     # force: importing the RunPod SDK already configured the root logger its own way
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    _limit_sdk_log_level_flag(sys.argv)
+    if REQUESTED_SDK_LOG_LEVEL and REQUESTED_SDK_LOG_LEVEL.strip().upper() != SDK_LOG_LEVEL:
+        log.warning("RUNPOD_LOG_LEVEL=%s: the RunPod SDK logs at %s instead, so that no job's media or URL is logged",
+                    REQUESTED_SDK_LOG_LEVEL, SDK_LOG_LEVEL)
     worker = start_worker()
-    runpod.serverless.start({"handler": worker.handle})
+    if worker.host_fault is not None:
+        runpod.serverless.register_fitness_check(_fitness_check(worker.host_fault))
+    runpod.serverless.start({"handler": RunPodHandler(worker)})
+
+
+def _fitness_check(problem: str):
+    """RunPod's fitness check, run before the worker takes a job (on RunPod only): failing it reports
+    the worker unhealthy and ends it, so that the platform starts one on another machine."""
+
+    def model_runs_on_this_machine() -> None:
+        raise RuntimeError(problem)
+
+    return model_runs_on_this_machine
+
+
+def _limit_sdk_log_level_flag(argv: list[str]) -> None:
+    """`--rp_log_level DEBUG` would undo the level above: hold it to the same limit."""
+    for index, arg in enumerate(argv):
+        if arg == "--rp_log_level" and index + 1 < len(argv):
+            argv[index + 1] = sdk_log_level(argv[index + 1], RUNS_ONE_LOCAL_JOB)
+        elif arg.startswith("--rp_log_level="):
+            argv[index] = "--rp_log_level=" + sdk_log_level(arg.split("=", 1)[1], RUNS_ONE_LOCAL_JOB)
 
 
 if __name__ == "__main__":

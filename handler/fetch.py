@@ -70,19 +70,27 @@ def is_public_address(address: str) -> bool:
 
 def _resolve_checked(parsed: urllib.parse.SplitResult, field: str, allow_private: bool) -> str:
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return resolve_public(
+        parsed.hostname, port, field, allow_private, ErrorCode.FETCH_FAILED,
+        "which this worker does not fetch; use a public URL or send the file as base64.",
+    )
+
+
+def resolve_public(hostname: str, port: int, field: str, allow_private: bool, code: ErrorCode, refusal: str) -> str:
+    """The address to connect to for `hostname`, once every address it resolves to is public.
+
+    With `allow_private` any address is accepted. Otherwise raises JobError(code) naming `field`:
+    "<field> points to a non-public address (...), <refusal>".
+    """
     try:
-        infos = socket.getaddrinfo(parsed.hostname, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        raise JobError(ErrorCode.FETCH_FAILED, f"{field}: the host {parsed.hostname!r} does not resolve; check the URL.") from None
+        infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise JobError(code, f"{field}: the host {hostname!r} does not resolve; check the URL.") from None
     addresses = [info[4][0] for info in infos]
     if not allow_private:
         blocked = [address for address in addresses if not is_public_address(address)]
         if blocked:
-            raise JobError(
-                ErrorCode.FETCH_FAILED,
-                f"{field} points to a non-public address ({blocked[0]}), which this worker does not fetch; "
-                "use a public URL or send the file as base64.",
-            )
+            raise JobError(code, f"{field} points to a non-public address ({blocked[0]}), {refusal}")
     return addresses[0]
 
 

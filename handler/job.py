@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import logging
 import sys
 import tempfile
@@ -12,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from handler import delivery
+from handler.cancel import JobCancelled, JobControl
 from handler.errors import ErrorCode, JobError
 from handler.fetch import fetch_url
 from handler.media import DecodedAudio, decode_audio, decode_base64, decode_image
 from handler.presets import PresetAvatars
 from handler.progress import ProgressReporter
 from handler.schema import JobRequest, MediaSource, parse_job
-from handler.settings import BucketSettings, WorkerSettings
+from handler.settings import WorkerSettings
 from handler.video import Mp4Writer
 from model.base import (
     BackendOutOfMemoryError,
@@ -48,21 +51,43 @@ class Worker:
     presets: PresetAvatars | None
     #: set when the worker could not start properly; every job then fails with it
     startup_error: JobError | None = None
+    #: set when this machine cannot run the model (no usable GPU, too little memory, weights that
+    #: do not load): RunPod should replace the worker (handler/__main__.py), not feed it jobs
+    host_fault: str | None = None
 
     @property
     def default_mode(self) -> str:
         """The `mode` of a job that names none: DEFAULT_MODE, else the backend's first mode."""
         return self.settings.default_mode or self.backend.modes[0]
 
-    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
-        """The RunPod handler: never raises; failures become `{"error": "CODE: sentence"}`."""
-        started = time.monotonic()
+    def handle(self, job: dict[str, Any], control: JobControl | None = None) -> dict[str, Any]:
+        """Run one job. Never raises: failures become `{"error": "CODE: sentence"}`.
+
+        `control` stops the job at its next step when asked to (handler/cancel.py).
+        """
         job_id = str(job.get("id") or "local")
+        control = control or JobControl()
+        try:
+            return self._outcome(job, job_id, control)
+        except JobCancelled as stop:
+            reason = stop.reason
+        # Out of the except clause, the exception and the frames its traceback held are gone.
+        _release_accelerator_memory()
+        log.info("job %s stopped %.2f s after the stop was asked for (%s); its files are removed",
+                 job_id, time.monotonic() - control.requested_at, reason)
+        message = f"the job was stopped before it finished: {reason}. Submit it again."
+        return {"error": str(JobError(ErrorCode.INTERNAL, message))}
+
+    def _outcome(self, job: dict[str, Any], job_id: str, control: JobControl) -> dict[str, Any]:
+        """The job's result, or its failure as the contract's error (JobCancelled passes through)."""
+        started = time.monotonic()
         try:
             if self.startup_error is not None:
                 raise self.startup_error
-            result = self._run(job, job_id, started)
-            log.info("job %s done in %.2f s", job_id, result["generation_time_seconds"])
+            result = self._run(job, job_id, started, control)
+            log.info("job %s done in %.2f s: %dx%d, %d frames, %d bytes, %s", job_id, result["generation_time_seconds"],
+                     result["width"], result["height"], result["num_frames"], result["file_size_bytes"],
+                     "uploaded" if "video_url" in result else "inline")
             return result
         except JobError as error:
             log.info("job %s failed: %s", job_id, error)
@@ -86,39 +111,49 @@ class Worker:
                 output["refresh_worker"] = True
             return output
 
-    def _run(self, job: dict[str, Any], job_id: str, started: float) -> dict[str, Any]:
+    def _run(self, job: dict[str, Any], job_id: str, started: float, control: JobControl) -> dict[str, Any]:
         progress = ProgressReporter(job)
         request = parse_job(job, self.settings.max_audio_seconds, self.default_mode)
-        # Before any media is fetched or decoded: a job the backend cannot honour costs nothing.
+        # Before any media is fetched or decoded: a job that cannot succeed costs nothing.
         options = self._options(request)
-        bucket = _bucket_for(request, self.settings)
+        bucket = request.s3_override or self.settings.bucket
+        destination = delivery.choose_destination(request.output_type, bucket)
+        if destination == "s3":
+            delivery.check_bucket_address(bucket, self.settings.allow_private_urls)
         timings: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="talking-head-job-") as tmp:
             workdir = Path(tmp)
             clock = time.monotonic()
+            control.check()
             progress.report("decode", 0.0)
             audio = self._load_audio(request, workdir)
             image = None if request.image.kind == "preset" else self._load_image(request.image)
             timings["decode"] = time.monotonic() - clock
 
             clock = time.monotonic()
+            control.check()
             progress.report("prepare", PERCENT_AFTER_INPUTS)
             portrait = self._prepare(request, options.mode, image)
             timings["prepare"] = time.monotonic() - clock
             log.info("job %s: portrait ready (%s) in %.2f s", job_id, request.image.field, timings["prepare"])
 
             video = workdir / "video.mp4"
-            num_frames = self._render(options, portrait, audio, video, progress, timings)
+            inline_limit = self.settings.max_inline_result_bytes if destination == "base64" else None
+            guard = _StepGuard(job_id, control, progress, video, inline_limit)
+            num_frames = self._render(options, portrait, audio, video, guard, timings)
 
             size = video.stat().st_size
-            destination = delivery.choose_destination(
-                request.output_type, size, bucket, self.settings.max_inline_result_bytes
-            )
             clock = time.monotonic()
+            control.check()
             if destination == "s3":
                 progress.report("upload", PERCENT_AFTER_GENERATE)
-                delivered = delivery.upload_result(video, job_id, bucket, self.settings.url_expiry_seconds)
+                # again, just before connecting: the name may resolve elsewhere by now
+                delivery.check_bucket_address(bucket, self.settings.allow_private_urls)
+                delivered = delivery.upload_result(
+                    video, job_id, bucket, self.settings.url_expiry_seconds, self.settings.upload_timeout_seconds,
+                )
             else:
+                delivery.check_inline_size(size, self.settings.max_inline_result_bytes)
                 delivered = delivery.inline_result(video)
             timings["upload"] = time.monotonic() - clock
 
@@ -183,22 +218,21 @@ class Worker:
 
     def _render(
         self, options: GenerationOptions, portrait: PreparedPortrait, audio: DecodedAudio, video: Path,
-        progress: ProgressReporter, timings: dict[str, float],
+        guard: "_StepGuard", timings: dict[str, float],
     ) -> int:
         """Generate and encode together; returns the number of frames written."""
-        span = PERCENT_AFTER_GENERATE - PERCENT_AFTER_PREPARE
-
-        def on_progress(fraction: float, detail: str) -> None:
-            progress.report("generate", PERCENT_AFTER_PREPARE + span * fraction, detail)
-
         expected = num_frames_for(audio.speech.duration_seconds, self.backend.fps)
         encode_seconds = 0.0
         clock = time.monotonic()
         with Mp4Writer(video, portrait.width, portrait.height, self.backend.fps, audio.mux_wav) as writer:
-            for frames in self.backend.generate(portrait, audio.speech, options, on_progress):
-                encode_started = time.monotonic()
-                writer.write(frames)
-                encode_seconds += time.monotonic() - encode_started
+            # closing(): a failure or a stop closes the generator at once, not whenever it is collected
+            generated = self.backend.generate(portrait, audio.speech, options, guard.on_progress)
+            with contextlib.closing(generated) as batches:
+                for frames in batches:
+                    encode_started = time.monotonic()
+                    writer.write(frames)
+                    guard.check_size(writer.frames_written, expected)
+                    encode_seconds += time.monotonic() - encode_started
             if writer.frames_written != expected:
                 raise RuntimeError(f"backend produced {writer.frames_written} frames, expected {expected}")
             finish_started = time.monotonic()
@@ -208,16 +242,42 @@ class Worker:
         return writer.frames_written
 
 
-def _bucket_for(request: JobRequest, settings: WorkerSettings) -> BucketSettings | None:
-    override = request.s3_override
-    if override is None:
-        return settings.bucket
-    return BucketSettings(
-        endpoint_url=override.endpoint_url,
-        access_key_id=override.access_key_id,
-        secret_access_key=override.secret_access_key,
-        bucket_name=override.bucket_name,
-    )
+class _StepGuard:
+    """What runs between two steps of generation: the stop check, progress, the inline size check.
+
+    The backends call `on_progress` once per diffusion step or frame batch, so a stop asked for
+    (JobCancelled) ends generation at the next step; the size check stops a video bound for the
+    inline result as soon as it is certain not to fit (the MP4 only grows as it is written).
+    """
+
+    def __init__(
+        self, job_id: str, control: JobControl, progress: ProgressReporter, video: Path, inline_limit: int | None,
+    ) -> None:
+        self._job_id = job_id
+        self._control = control
+        self._progress = progress
+        self._video = video
+        self._inline_limit = inline_limit
+
+    def on_progress(self, fraction: float, detail: str) -> None:
+        if self._control.stopped:
+            log.info("job %s: generation stops at %s (%.0f%%)", self._job_id, detail, 100 * fraction)
+            self._control.check()
+        span = PERCENT_AFTER_GENERATE - PERCENT_AFTER_PREPARE
+        self._progress.report("generate", PERCENT_AFTER_PREPARE + span * fraction, detail)
+
+    def check_size(self, frames_written: int, frames_expected: int) -> None:
+        if self._inline_limit is not None and self._video.exists():
+            so_far = f" after {frames_written} of {frames_expected} frames"
+            delivery.check_inline_size(self._video.stat().st_size, self._inline_limit, so_far)
+
+
+def _release_accelerator_memory() -> None:
+    """Give a stopped job's GPU memory back to the device (its tensors are unreachable by now)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _is_cuda_out_of_memory(error: BaseException) -> bool:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Callable
 
 import runpod
 
+from handler.settings import runs_on_runpod
+
 log = logging.getLogger(__name__)
 
 MIN_INTERVAL_SECONDS = 2.0
 # Only a real RunPod worker has somewhere to send progress; the local test server does not.
-ON_RUNPOD = bool(os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"))
+ON_RUNPOD = runs_on_runpod()
 
 
 class ProgressReporter:

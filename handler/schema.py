@@ -20,7 +20,8 @@ Accepted input, all fields of `job["input"]`:
     output_type                     "auto" | "base64" | "s3", default "auto"
     max_duration_seconds            float, default env MAX_AUDIO_SECONDS (never above it)
 
-RunPod's per-request `s3Config` sits beside `input` on the job, not inside it.
+RunPod's per-request `s3Config` sits beside `input` on the job, not inside it: accessId,
+accessSecret, bucketName and optionally endpointUrl (any form handler/bucket.py accepts).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import re
 import secrets
 from typing import Any, Mapping
 
+from handler.bucket import JOB_FIELDS, BucketAddressError, BucketSettings, make_bucket
 from handler.errors import ErrorCode, JobError
 
 DEFAULT_PROMPT = "A person speaking"
@@ -56,17 +58,6 @@ class MediaSource:
 
 
 @dataclasses.dataclass(frozen=True)
-class S3Override:
-    access_key_id: str
-    secret_access_key: str
-    bucket_name: str
-    endpoint_url: str | None
-
-    def __repr__(self) -> str:  # never print the secret
-        return f"S3Override(endpoint_url={self.endpoint_url!r}, bucket_name={self.bucket_name!r})"
-
-
-@dataclasses.dataclass(frozen=True)
 class JobRequest:
     audio: MediaSource
     image: MediaSource
@@ -82,7 +73,8 @@ class JobRequest:
     mode: str
     output_type: str
     max_duration_seconds: float
-    s3_override: S3Override | None
+    #: the job's own bucket (RunPod's s3Config), which overrides the endpoint's
+    s3_override: BucketSettings | None
 
 
 def invalid(message: str) -> JobError:
@@ -212,7 +204,7 @@ def _max_duration(value: Any, worker_limit: float) -> float:
     return min(float(value), worker_limit)
 
 
-def _s3_override(value: Any) -> S3Override | None:
+def _s3_override(value: Any) -> BucketSettings | None:
     if value is None:
         return None
     keys = ("accessId", "accessSecret", "bucketName")
@@ -221,12 +213,10 @@ def _s3_override(value: Any) -> S3Override | None:
     endpoint = value.get("endpointUrl")
     if endpoint is not None and not isinstance(endpoint, str):
         raise invalid("s3Config.endpointUrl must be a string URL.")
-    return S3Override(
-        access_key_id=value["accessId"],
-        secret_access_key=value["accessSecret"],
-        bucket_name=value["bucketName"],
-        endpoint_url=endpoint or None,
-    )
+    try:
+        return make_bucket(endpoint or None, value["bucketName"], value["accessId"], value["accessSecret"], JOB_FIELDS)
+    except BucketAddressError as error:
+        raise invalid(str(error)) from None
 
 
 def _json_type(value: Any) -> str:

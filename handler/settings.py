@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Mapping
 
+from handler.bucket import ENV_FIELDS, BucketAddressError, BucketSettings, make_bucket
 from handler.schema import MODES
 
 RUNPOD_VOLUME = Path("/runpod-volume")
@@ -14,19 +16,13 @@ RUNPOD_VOLUME = Path("/runpod-volume")
 MAX_URL_EXPIRY_SECONDS = 7 * 24 * 3600
 
 
+# The RunPod SDK's log levels, most verbose first ("NOTSET" silences it). At DEBUG and TRACE it
+# logs every job's input and output (base64 media, presigned URLs): never below INFO.
+SDK_LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+
+
 class SettingsError(ValueError):
     """An environment variable has a value the worker cannot use."""
-
-
-@dataclasses.dataclass(frozen=True)
-class BucketSettings:
-    endpoint_url: str | None
-    access_key_id: str
-    secret_access_key: str
-    bucket_name: str
-
-    def __repr__(self) -> str:  # never print the secret
-        return f"BucketSettings(endpoint_url={self.endpoint_url!r}, bucket_name={self.bucket_name!r})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +40,8 @@ class WorkerSettings:
     max_inline_result_bytes: int
     allow_private_urls: bool
     fetch_timeout_seconds: float
+    #: one deadline for a whole S3 upload, its retries included
+    upload_timeout_seconds: float = 120.0
     #: the `mode` of a job that names none; None: the backend's own first mode. Whether the
     #: loaded backend offers it is checked at worker start (handler/startup.py).
     default_mode: str | None = None
@@ -63,6 +61,7 @@ class WorkerSettings:
             max_inline_result_bytes=_int(env, "MAX_INLINE_RESULT_BYTES", 10_000_000, 1024),
             allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS"),
             fetch_timeout_seconds=_float(env, "FETCH_TIMEOUT_SECONDS", 30.0),
+            upload_timeout_seconds=_float(env, "UPLOAD_TIMEOUT_SECONDS", 120.0),
             default_mode=_choice(env, "DEFAULT_MODE", MODES),
         )
 
@@ -76,19 +75,20 @@ def _model_dir(env: Mapping[str, str]) -> Path:
 
 
 def _bucket(env: Mapping[str, str]) -> BucketSettings | None:
-    names = ("BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
-    given = [name for name in names if env.get(name)]
-    if not given:
+    """The bucket of BUCKET_*: the two keys, and the bucket named by BUCKET_NAME or in the endpoint URL."""
+    names = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
+    if not any(env.get(name, "").strip() for name in names):
         return None
-    missing = [name for name in names if not env.get(name)]
+    missing = [name for name in ("BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY") if not env.get(name)]
     if missing:
         raise SettingsError(f"the S3 bucket is half configured: set {', '.join(missing)} as well.")
-    return BucketSettings(
-        endpoint_url=env.get("BUCKET_ENDPOINT_URL") or None,
-        access_key_id=env["BUCKET_ACCESS_KEY_ID"],
-        secret_access_key=env["BUCKET_SECRET_ACCESS_KEY"],
-        bucket_name=env["BUCKET_NAME"],
-    )
+    try:
+        return make_bucket(
+            env.get("BUCKET_ENDPOINT_URL", "").strip() or None, env.get("BUCKET_NAME", "").strip() or None,
+            env["BUCKET_ACCESS_KEY_ID"], env["BUCKET_SECRET_ACCESS_KEY"], ENV_FIELDS,
+        )
+    except BucketAddressError as error:
+        raise SettingsError(str(error)) from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
@@ -113,8 +113,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number.") from None
-    if not value > 0:
-        raise SettingsError(f"{name}={raw!r} must be positive.")
+    if not (value > 0 and math.isfinite(value)):
+        raise SettingsError(f"{name}={raw!r} must be a positive, finite number.")
     return value
 
 
@@ -129,3 +129,39 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def runs_on_runpod(env: Mapping[str, str] | None = None) -> bool:
+    """A real RunPod worker: the platform gave it somewhere to send results (and progress)."""
+    env = os.environ if env is None else env
+    return bool(env.get("RUNPOD_WEBHOOK_POST_OUTPUT"))
+
+
+def takes_jobs_from_runpod(env: Mapping[str, str] | None = None) -> bool:
+    """The SDK runs its job loop (RunPod's queue) rather than one local test job or the local API."""
+    env = os.environ if env is None else env
+    return bool(env.get("RUNPOD_WEBHOOK_GET_JOB"))
+
+
+def sdk_log_level(requested: str | None, runs_one_local_job: bool) -> str:
+    """The RunPod SDK's log level: what was asked for, never below INFO (see SDK_LOG_LEVELS).
+
+    When it runs one local test job it logs the job's whole result at INFO (the MP4 in base64 or
+    a presigned URL), so that mode gets WARN; the worker's own log still says how the job went.
+    """
+    floor = "WARN" if runs_one_local_job else "INFO"
+    asked = (requested or "").strip().upper()
+    if asked == "NOTSET" or (asked in SDK_LOG_LEVELS and SDK_LOG_LEVELS.index(asked) > SDK_LOG_LEVELS.index(floor)):
+        return asked
+    return floor
+
+
+def requested_sdk_log_level(env: Mapping[str, str] | None = None) -> str | None:
+    """RUNPOD_LOG_LEVEL (or its old name RUNPOD_DEBUG_LEVEL), as the operator set it."""
+    env = os.environ if env is None else env
+    return env.get("RUNPOD_LOG_LEVEL") or env.get("RUNPOD_DEBUG_LEVEL")
+
+
+def set_sdk_log_level(level: str) -> None:
+    """Hand the level to the SDK, which reads RUNPOD_LOG_LEVEL once, when it is imported."""
+    os.environ["RUNPOD_LOG_LEVEL"] = level

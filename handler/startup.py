@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from typing import Mapping
 
 from handler.errors import ErrorCode, JobError
 from handler.job import Worker
 from handler.presets import PresetAvatars
 from handler.settings import SettingsError, WorkerSettings
-from model.base import ModelUnavailableError
+from model.base import HostUnfitError, ModelUnavailableError
 from model.registry import load_backend
 
 log = logging.getLogger(__name__)
 
 
 def start_worker(env: Mapping[str, str] | None = None) -> Worker:
-    """Load everything a job needs. Never raises: a worker that cannot start fails its jobs clearly."""
+    """Load everything a job needs. Never raises.
+
+    A worker that cannot start fails its jobs clearly: with INTERNAL for a setting that cannot
+    work, MODEL_UNAVAILABLE for a model that cannot load. When the fault is this machine's (see
+    HostUnfitError), `host_fault` says so, and on RunPod the worker leaves the pool instead.
+    """
     started = time.monotonic()
     try:
         settings = WorkerSettings.from_env(env)
@@ -26,10 +32,16 @@ def start_worker(env: Mapping[str, str] | None = None) -> Worker:
                       startup_error=_misconfigured(str(error)))
     try:
         backend = load_backend(settings.model_backend, settings.model_dir)
+    except HostUnfitError as error:
+        return _unfit(settings, str(error))
     except ModelUnavailableError as error:
         log.error("model unavailable: %s", error)
         return Worker(settings=settings, backend=None, presets=None,
                       startup_error=JobError(ErrorCode.MODEL_UNAVAILABLE, str(error)))
+    except Exception as error:  # noqa: BLE001 - a CUDA or I/O fault the backend did not foresee
+        log.error("loading the model failed:\n%s", traceback.format_exc())
+        return _unfit(settings, f"the model could not be loaded on this machine ({type(error).__name__}; "
+                                "the worker's log has the details).")
     if settings.default_mode is not None and settings.default_mode not in backend.modes:
         return Worker(settings=settings, backend=backend, presets=None, startup_error=_misconfigured(
             f"DEFAULT_MODE={settings.default_mode!r} is not a mode the {backend.name} backend offers "
@@ -43,6 +55,13 @@ def start_worker(env: Mapping[str, str] | None = None) -> Worker:
         time.monotonic() - started, backend.name, loaded - started, len(presets.ids), time.monotonic() - loaded,
     )
     return Worker(settings=settings, backend=backend, presets=presets)
+
+
+def _unfit(settings: WorkerSettings, problem: str) -> Worker:
+    """A worker on a machine that cannot run the model: every job would fail, on any other it may not."""
+    log.error("this machine cannot run the model: %s", problem)
+    return Worker(settings=settings, backend=None, presets=None,
+                  startup_error=JobError(ErrorCode.MODEL_UNAVAILABLE, problem), host_fault=problem)
 
 
 def _misconfigured(problem: str) -> JobError:

@@ -30,6 +30,15 @@ class ModelUnavailableError(Exception):
     """The backend's weights or runtime could not be loaded; the message says where it looked."""
 
 
+class HostUnfitError(ModelUnavailableError):
+    """This machine cannot run the backend, though another may: no CUDA device where one is needed,
+    too little GPU memory for every memory mode, weights on its disk that fail to load.
+
+    The worker then leaves RunPod's pool (it fails its fitness check) instead of failing every
+    job; a plain ModelUnavailableError is a setting wrong on every machine, which jobs report.
+    """
+
+
 class BackendOutOfMemoryError(Exception):
     """The accelerator ran out of memory; the message names the memory mode and the next smaller one."""
 

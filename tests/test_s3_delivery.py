@@ -47,10 +47,11 @@ def test_auto_uploads_when_a_bucket_is_configured(worker, s3_server, tmp_path):
 
 
 # RunPod puts `s3Config` beside `input` on the job; the SDK's local server drops it, so these
-# jobs go through the worker's handler in-process (the upload still crosses HTTP to S3).
+# jobs go through the worker's handler in-process (the upload still crosses HTTP to S3). The S3
+# server is on 127.0.0.1, which a job's own endpoint may name only with ALLOW_PRIVATE_URLS.
 @pytest.fixture(scope="module")
 def bucketless_worker():
-    return start_worker({"MODEL_BACKEND": "lite"})
+    return start_worker({"MODEL_BACKEND": "lite", "ALLOW_PRIVATE_URLS": "1"})
 
 
 def test_job_s3_config_overrides_the_environment(bucketless_worker, s3_server):

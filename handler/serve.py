@@ -1,0 +1,57 @@
+"""The RunPod handler: async, so that the SDK can deliver a job's cancel to it.
+
+The SDK stops a job (RunPod's `/cancel`, the endpoint's execution timeout) by cancelling the
+task that awaits the handler, which only an async handler sees. The job itself runs in a thread,
+off the event loop (the SDK's heartbeat, progress and stop channel keep running beside it); on a
+cancel the handler asks the job to stop (handler/cancel.py) and waits for it to end, bounded, so
+that the GPU and the job's files are free before the SDK takes the next job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any
+
+from handler.cancel import JobControl, WorkerStop
+from handler.job import Worker
+
+log = logging.getLogger(__name__)
+
+# A job stops at its next diffusion step or frame batch; the slowest step measured is one Wan
+# step of the offload mode at 720p, well under this. Past it the SDK moves on regardless, and
+# the job still stops when that step ends.
+STOP_WAIT_SECONDS = 120.0
+
+
+class RunPodHandler:
+    """`await handler(job)` runs one job; cancelling the awaiting task stops the job."""
+
+    def __init__(self, worker: Worker, stop: WorkerStop | None = None) -> None:
+        self._worker = worker
+        self._stop = stop or WorkerStop()
+        # One job at a time on the model, whatever the SDK's concurrency.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
+
+    async def __call__(self, job: dict[str, Any]) -> dict[str, Any]:
+        # Installed here, on the event loop's (main) thread, after the SDK has set up its own
+        # signal handlers, so that a worker stop also stops the running job.
+        self._stop.install()
+        control = JobControl()
+        self._stop.watch(control)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._worker.handle, job, control)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            control.stop("RunPod cancelled the job (a cancel request or the endpoint's execution timeout)")
+            await self._wait_until_stopped(future, str(job.get("id")))
+            raise
+        finally:
+            self._stop.unwatch(control)
+
+    @staticmethod
+    async def _wait_until_stopped(future: asyncio.Future, job_id: str) -> None:
+        done, _ = await asyncio.wait({future}, timeout=STOP_WAIT_SECONDS)
+        if not done:
+            log.warning("job %s was cancelled but is still running after %.0f s", job_id, STOP_WAIT_SECONDS)
