@@ -1,13 +1,18 @@
-"""Download the weights the worker reads, e.g. while building the image: the Wan2.2-S2V-14B
-checkpoint (about 49 GB) and the Live Avatar LoRA of the fast mode (one file).
+"""Fetch the weights the worker reads into a models folder: the Wan2.2-S2V-14B checkpoint (about
+49 GB) into DIR/Wan2.2-S2V-14B and the Live Avatar LoRA of the fast mode (one 1.3 GB file) into
+DIR/Live-Avatar, exactly as a worker with MODEL_DIR=DIR fetches them at its first start.
 
-    python scripts/download_models.py                 # into /models/Wan2.2-S2V-14B and /models/Live-Avatar,
-                                                      # where the worker looks
-    python scripts/download_models.py --target DIR    # both into DIR (then point MODEL_DIR at DIR)
-    python scripts/download_models.py --no-lora       # the checkpoint alone (no fast mode)
+    python scripts/download_models.py                                 # into /models, the image's folder
+                                                                      # (the Dockerfile's `baked` stage)
+    python scripts/download_models.py --model-dir /runpod-volume/models   # fill a network volume from a
+                                                                      # pod, once, for every worker
+    python scripts/download_models.py --no-lora                       # the checkpoint alone (no fast mode)
 
-Set HF_TOKEN for authenticated (faster, not rate-limited) downloads. Run again after an interruption:
-the download resumes where it stopped.
+It takes the same lock as the workers, so it can run while workers start on the same volume:
+whichever comes first downloads, the others wait and then use the finished files. Each folder
+gets its finished-marker last. Set HF_TOKEN for authenticated (faster, not rate-limited)
+downloads. Run it again after an interruption: files already fetched are kept.
+Exit status: 0 done, 1 the download failed (the message says why and what to do).
 """
 
 from __future__ import annotations
@@ -21,39 +26,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.wan_s2v.config import LORA_FILE, LORA_REPO_ID  # noqa: E402
 from model.wan_s2v.weights import (  # noqa: E402
-    IMAGE_LORA_DIR,
-    IMAGE_WEIGHTS_DIR,
+    IMAGE_MODEL_DIR,
     REPO_ID,
-    download_lora,
-    download_weights,
-    missing_files,
+    download_lora_into,
+    download_weights_into,
+    failure_reason,
 )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", type=Path, help=f"folder for the checkpoint and the LoRA (default {IMAGE_WEIGHTS_DIR} "
-                        f"and {IMAGE_LORA_DIR})")
+    parser.add_argument(
+        "--model-dir", type=Path, default=IMAGE_MODEL_DIR,
+        help=f"the worker's MODEL_DIR to fill (default {IMAGE_MODEL_DIR}, where the image's worker looks)",
+    )
     parser.add_argument("--no-lora", action="store_true", help=f"skip the Live Avatar LoRA ({LORA_REPO_ID})")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    weights_target = args.target or IMAGE_WEIGHTS_DIR
-    download_weights(weights_target)
-    missing = missing_files(weights_target)
-    if missing:
-        print(f"the download of {REPO_ID} into {weights_target} is incomplete: {', '.join(missing)} missing", file=sys.stderr)
-        return 1
-    print(f"{REPO_ID} is complete in {weights_target}")
-    if args.no_lora:
-        return 0
-
-    lora_target = args.target or IMAGE_LORA_DIR
-    download_lora(lora_target)
-    if not (lora_target / LORA_FILE).is_file():
-        print(f"the download of {LORA_REPO_ID} into {lora_target} ended without {LORA_FILE}", file=sys.stderr)
-        return 1
-    print(f"{LORA_FILE} of {LORA_REPO_ID} is in {lora_target}")
+    downloads = [(REPO_ID, download_weights_into)]
+    if not args.no_lora:
+        downloads.append((f"{LORA_FILE} of {LORA_REPO_ID}", download_lora_into))
+    for what, download_into in downloads:
+        try:
+            folder = download_into(args.model_dir)
+        except Exception as error:  # noqa: BLE001 - reported, with its type, instead of a traceback
+            print(f"error: fetching {what} into {args.model_dir} failed: {failure_reason(error)}\n"
+                  "Run the same command again to resume; check HF_TOKEN, the network and free disk space.",
+                  file=sys.stderr)
+            return 1
+        print(f"{what} is complete in {folder}")
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Finding the Wan2.2-S2V checkpoint, choosing what to download, and failing clearly without it."""
+"""Finding the Wan2.2-S2V checkpoint, choosing what to download, and failing clearly without it.
+
+Downloads go to a fake Hugging Face Hub on 127.0.0.1; the lock between workers that share a
+models folder is tested with real processes racing on one folder.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +24,8 @@ from model.base import ModelUnavailableError
 from model.wan_s2v import weights
 from model.wan_s2v.config import LORA_FILE, LORA_REPO_ID
 from model.wan_s2v.weights import (
+    FINISHED_MARKER_NAME,
+    LOCK_FILE_NAME,
     SKIPPED_PATTERNS,
     LoggedProgress,
     candidate_folders,
@@ -62,6 +70,11 @@ def write_layout(folder: Path) -> Path:
                  "wav2vec2-large-xlsr-53-english/model.safetensors"]:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"x")
+    return folder
+
+
+def mark_finished(folder: Path) -> Path:
+    (folder / FINISHED_MARKER_NAME).write_text("{}")
     return folder
 
 
@@ -115,8 +128,14 @@ def test_weights_are_found_in_model_dir_download_folder_runpod_cache_and_image(t
     os.utime(old, (1, 1))
     assert locate_weights(model_dir, cache, image) == new
 
+    # the download folder counts only once its download has finished
     write_layout(model_dir / "Wan2.2-S2V-14B")
+    assert locate_weights(model_dir, cache, image) == new
+    mark_finished(model_dir / "Wan2.2-S2V-14B")
     assert locate_weights(model_dir, cache, image) == model_dir / "Wan2.2-S2V-14B"
+    (model_dir / "Wan2.2-S2V-14B" / SHARDS[0]).unlink()  # a marker does not stand in for a lost file
+    assert locate_weights(model_dir, cache, image) == new
+    (model_dir / "Wan2.2-S2V-14B" / SHARDS[0]).write_bytes(b"x")
 
     write_layout(model_dir)
     assert locate_weights(model_dir, cache, image) == model_dir
@@ -143,6 +162,8 @@ def test_the_lora_is_found_in_model_dir_download_folder_runpod_cache_and_image(t
     assert locate_lora(model_dir, cache, image) == new
 
     downloaded = write_lora_file(model_dir / "Live-Avatar")
+    assert locate_lora(model_dir, cache, image) == new
+    mark_finished(downloaded.parent)
     assert locate_lora(model_dir, cache, image) == downloaded
 
     beside_the_weights = write_lora_file(model_dir)
@@ -151,7 +172,7 @@ def test_the_lora_is_found_in_model_dir_download_folder_runpod_cache_and_image(t
 
 def test_the_base_weights_are_found_without_any_lora(tmp_path):
     model_dir, cache, image = tmp_path / "models", tmp_path / "hub", tmp_path / "image"
-    folder = write_layout(model_dir / "Wan2.2-S2V-14B")
+    folder = mark_finished(write_layout(model_dir / "Wan2.2-S2V-14B"))
     assert locate_lora(model_dir, cache, image) is None
     assert locate_weights(model_dir, cache, image) == folder
     assert ensure_weights(model_dir, cache, image, endpoint="http://127.0.0.1:9") == folder
@@ -199,6 +220,8 @@ class FakeHub:
         hub = self
         self.repos = repos
         self.requests: list[tuple[str, str, str | None]] = []
+        # file name -> released: its GET sends half the file, then waits for the release
+        self.held: dict[str, threading.Event] = {}
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
@@ -227,11 +250,23 @@ class FakeHub:
                         self.send_header("Content-Length", str(len(data)))
                         self.end_headers()
                         if body:
-                            self.wfile.write(data)
+                            self._send_file(name, data)
                         return
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def _send_file(self, name: str, data: bytes) -> None:
+                released = hub.held.get(name)
+                try:
+                    if released is not None:
+                        self.wfile.write(data[: len(data) // 2])
+                        self.wfile.flush()
+                        released.wait(timeout=60)  # a test that forgets to release still ends
+                        data = data[len(data) // 2:]
+                    self.wfile.write(data)
+                except OSError:  # the downloading process was killed
+                    pass
 
             def _json(self, value, body: bool) -> None:
                 data = json.dumps(value).encode()
@@ -249,7 +284,14 @@ class FakeHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def gets(self, name: str) -> int:
+        """How many times a file's contents were requested."""
+        return sum(1 for method, path, _ in self.requests
+                   if method == "GET" and any(path == f"/{repo}/resolve/{self.commit(repo)}/{name}" for repo in self.repos))
+
     def close(self) -> None:
+        for released in self.held.values():
+            released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -333,21 +375,183 @@ def _published_checkpoint() -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("skip_lora", [False, True])
-def test_the_download_script_fetches_the_checkpoint_and_the_lora_unless_told_not_to(tmp_path, skip_lora):
+def test_the_download_script_fills_a_model_dir_as_a_worker_would(tmp_path, skip_lora):
     hub = FakeHub({weights.REPO_ID: _published_checkpoint(), LORA_REPO_ID: LORA_REPO_FILES})
-    target = tmp_path / "models"
-    environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": "hf_test"}
+    model_dir = tmp_path / "models"
     try:
-        result = subprocess.run(
-            [sys.executable, "scripts/download_models.py", "--target", str(target), *(["--no-lora"] if skip_lora else [])],
-            cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120,
-        )
+        result = run_download_script(tmp_path, hub, model_dir, *(["--no-lora"] if skip_lora else []))
     finally:
         hub.close()
     assert result.returncode == 0, result.stderr
-    assert locate_weights(target, tmp_path / "cache", tmp_path / "image") == target
+    assert locate_weights(model_dir, tmp_path / "cache", tmp_path / "image") == model_dir / "Wan2.2-S2V-14B"
+    assert (model_dir / "Wan2.2-S2V-14B" / FINISHED_MARKER_NAME).is_file()
+    assert not (model_dir / LOCK_FILE_NAME).exists()
     lora_requests = [path for _, path, _ in hub.requests if LORA_REPO_ID in path]
     if skip_lora:
-        assert locate_lora(target, tmp_path / "cache", tmp_path / "image") is None and not lora_requests
+        assert locate_lora(model_dir, tmp_path / "cache", tmp_path / "image") is None and not lora_requests
     else:
-        assert locate_lora(target, tmp_path / "cache", tmp_path / "image") == target / LORA_FILE
+        assert locate_lora(model_dir, tmp_path / "cache", tmp_path / "image") == model_dir / "Live-Avatar" / LORA_FILE
+
+
+def test_the_download_script_says_why_it_failed_without_a_traceback(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    blocker = tmp_path / "models"
+    blocker.write_text("a file where the models folder should be")
+    result = subprocess.run([sys.executable, "scripts/download_models.py", "--model-dir", str(blocker)], cwd=ROOT,
+                            env={**os.environ, "HF_ENDPOINT": closed, "HF_HOME": str(tmp_path / "hf-home")},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"fetching {weights.REPO_ID} into {blocker} failed" in result.stderr and "again to resume" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- Workers sharing one models folder, as real processes --------------------------------------
+
+SHARD = "diffusion_pytorch_model-00002-of-00004.safetensors"
+START_TIMEOUT = 60
+
+
+def fetched_files(repo: dict[str, bytes]) -> list[str]:
+    """The checkpoint files a download brings."""
+    return list(filter_repo_objects(list(repo), allow_patterns=download_patterns(list(repo)),
+                                    ignore_patterns=list(SKIPPED_PATTERNS)))
+
+
+def run_download_script(tmp_path: Path, hub: FakeHub, model_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": "hf_test"}
+    return subprocess.run([sys.executable, "scripts/download_models.py", "--model-dir", str(model_dir), *args],
+                          cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
+
+
+class WorkerStart:
+    """tests/weights_worker_start.py in its own process: one worker's start, stderr kept in a file."""
+
+    def __init__(self, tmp_path: Path, name: str, model_dir: Path, hub: FakeHub, *, stale: float, refresh: float,
+                 wait: float, command: list[str] | None = None) -> None:
+        self.log = tmp_path / f"{name}.log"
+        self.stdout = tmp_path / f"{name}.out"
+        command = command or [sys.executable, str(ROOT / "tests" / "weights_worker_start.py"), str(model_dir), hub.url,
+                              str(stale), str(refresh), str(wait)]
+        environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / f"hf-home-{name}")}
+        with open(self.log, "w") as log, open(self.stdout, "w") as out:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=log)
+
+    def logged(self) -> str:
+        return self.log.read_text()
+
+    def finish(self) -> tuple[int, dict | None]:
+        code = self.process.wait(timeout=START_TIMEOUT)
+        lines = self.stdout.read_text().splitlines()
+        return code, (json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_until(condition, what: str, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def held_hub():
+    """A hub whose GET of one shard stalls half way until the test releases it."""
+    hub = FakeHub({weights.REPO_ID: _published_checkpoint(), LORA_REPO_ID: LORA_REPO_FILES})
+    hub.held[SHARD] = threading.Event()
+    yield hub
+    hub.close()
+
+
+def test_two_starts_on_one_folder_download_once_and_both_use_the_finished_files(tmp_path, held_hub):
+    hub, model_dir = held_hub, tmp_path / "volume" / "models"
+    # The first is the download script filling the volume, the second a worker starting meanwhile.
+    first = WorkerStart(tmp_path, "script", model_dir, hub, stale=0, refresh=0, wait=0,
+                        command=[sys.executable, "scripts/download_models.py", "--model-dir", str(model_dir)])
+    second = None
+    try:
+        wait_until(lambda: hub.gets(SHARD) == 1, "the first download to reach the held shard")
+        second = WorkerStart(tmp_path, "worker", model_dir, hub, stale=60, refresh=0.1, wait=60)
+        wait_until(lambda: "waiting for" in second.logged(), "the second start to wait")
+        assert not (model_dir / "Wan2.2-S2V-14B" / FINISHED_MARKER_NAME).exists()
+        hub.held[SHARD].set()
+        first_code, _ = first.finish()
+        second_code, second_result = second.finish()
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+    assert first_code == 0, first.logged()
+    assert second_code == 0, second.logged()
+    assert second_result == {"weights": str(model_dir / "Wan2.2-S2V-14B"), "lora": str(model_dir / "Live-Avatar" / LORA_FILE)}
+    fetched = [*fetched_files(_published_checkpoint()), LORA_FILE]
+    assert {name: hub.gets(name) for name in fetched} == {name: 1 for name in fetched}
+    assert "by another process while this one waited" in second.logged()
+    for folder in ("Wan2.2-S2V-14B", "Live-Avatar"):
+        assert (model_dir / folder / FINISHED_MARKER_NAME).is_file()
+    assert (model_dir / "Wan2.2-S2V-14B" / SHARD).read_bytes() == f"contents of {SHARD}".encode()
+    assert not (model_dir / LOCK_FILE_NAME).exists()
+
+
+def test_a_killed_download_leaves_no_marker_and_the_next_start_takes_over_and_resumes(tmp_path, held_hub):
+    hub, model_dir = held_hub, tmp_path / "models"
+    target = model_dir / "Wan2.2-S2V-14B"
+    others = [name for name in fetched_files(_published_checkpoint()) if name != SHARD]
+    killed = WorkerStart(tmp_path, "killed", model_dir, hub, stale=60, refresh=0.1, wait=60)
+    try:
+        wait_until(lambda: hub.gets(SHARD) == 1 and all((target / name).is_file() for name in others),
+                   "the first start to hold every file but the stalled shard")
+        wait_until(lambda: list(target.glob(".cache/huggingface/download/*.incomplete")), "the shard's partial file")
+        killed.process.kill()
+        killed.process.wait()
+    finally:
+        killed.stop()
+    assert (model_dir / LOCK_FILE_NAME).is_file()
+    assert not (target / FINISHED_MARKER_NAME).exists()
+    assert locate_weights(model_dir, tmp_path / "nowhere", tmp_path / "nowhere") is None
+
+    hub.held[SHARD].set()
+    started = time.monotonic()
+    resumed = WorkerStart(tmp_path, "resumed", model_dir, hub, stale=1.0, refresh=0.1, wait=60)
+    try:
+        code, result = resumed.finish()
+    finally:
+        resumed.stop()
+    assert code == 0, resumed.logged()
+    assert time.monotonic() - started >= 1.0
+    assert f"pid {killed.process.pid}" in resumed.logged() and "taking over its unfinished download" in resumed.logged()
+    assert result["weights"] == str(target) and (target / FINISHED_MARKER_NAME).is_file()
+    assert hub.gets(SHARD) == 2 and all(hub.gets(name) == 1 for name in others)  # resumed, not restarted
+    assert (target / SHARD).read_bytes() == f"contents of {SHARD}".encode()
+    assert not list(target.glob(".cache/huggingface/download/*.incomplete"))
+    assert not (model_dir / LOCK_FILE_NAME).exists()
+
+
+def test_a_live_download_is_never_taken_over_and_a_waiter_gives_up_at_its_deadline(tmp_path, held_hub):
+    hub, model_dir = held_hub, tmp_path / "models"
+    holder = WorkerStart(tmp_path, "holder", model_dir, hub, stale=60, refresh=0.1, wait=60)
+    waiter = None
+    try:
+        wait_until(lambda: hub.gets(SHARD) == 1, "the holder to reach the held shard")
+        # stale after 0.5 s without a refresh, gives up after 2 s: the holder refreshes every 0.1 s
+        waiter = WorkerStart(tmp_path, "waiter", model_dir, hub, stale=0.5, refresh=0.1, wait=2)
+        code, result = waiter.finish()
+        assert holder.process.poll() is None
+        hub.held[SHARD].set()
+        holder_code, holder_result = holder.finish()
+    finally:
+        holder.stop()
+        if waiter:
+            waiter.stop()
+    assert code == 3
+    message = result["error"]
+    assert f"pid {holder.process.pid}" in message and "waited 2 s" in message
+    assert str(model_dir / LOCK_FILE_NAME) in message and "restart this worker" in message
+    assert "taking over" not in waiter.logged()
+    assert holder_code == 0 and holder_result["weights"] == str(model_dir / "Wan2.2-S2V-14B")
+    assert hub.gets(SHARD) == 1

@@ -144,9 +144,17 @@ def locate_weights(
     runpod_cache: Path = RUNPOD_MODEL_CACHE,
     image_dir: Path = IMAGE_WEIGHTS_DIR,
 ) -> Path | None:
-    """The first complete checkpoint folder, or None."""
+    """The first complete checkpoint folder, or None.
+
+    The download folder counts only with its finished-marker: its files may be another worker's
+    download in progress.
+    """
+    download_folder = model_dir / DOWNLOAD_FOLDER_NAME
     for folder in candidate_folders(model_dir, runpod_cache, image_dir):
-        if folder.is_dir() and not missing_files(folder):
+        if folder == download_folder:
+            if is_finished(folder, missing_files):
+                return folder
+        elif folder.is_dir() and not missing_files(folder):
             return folder
     return None
 
@@ -161,6 +169,7 @@ def ensure_weights(
     runpod_cache: Path = RUNPOD_MODEL_CACHE,
     image_dir: Path = IMAGE_WEIGHTS_DIR,
     endpoint: str | None = None,
+    wait_seconds: float | None = None,
 ) -> Path:
     """The checkpoint folder, downloaded into MODEL_DIR/Wan2.2-S2V-14B first if it is nowhere.
 
@@ -172,28 +181,31 @@ def ensure_weights(
         return found
     looked = ", ".join(str(folder) for folder in candidate_folders(model_dir, runpod_cache, image_dir))
     target = model_dir / DOWNLOAD_FOLDER_NAME
-    log.info("Wan2.2-S2V weights are not in %s; downloading %s into %s", looked, REPO_ID, target)
+    log.info("Wan2.2-S2V weights are not in %s; fetching %s into %s", looked, REPO_ID, target)
     try:
-        download_weights(target, endpoint=endpoint)
+        return download_weights_into(model_dir, endpoint=endpoint, wait_seconds=wait_seconds)
+    except (LockWaitTimeout, IncompleteDownloadError) as error:
+        raise ModelUnavailableError(f"the Wan2.2-S2V-14B weights were not found (looked in {looked}) and {error}") from error
     except Exception as error:  # noqa: BLE001 - any failure here means the same thing to the user
-        reason = _failure_reason(error)
         raise ModelUnavailableError(
             f"the Wan2.2-S2V-14B weights were not found (looked in {looked}) and downloading "
-            f"{REPO_ID} into {target} failed ({reason}); attach a network volume that holds them, "
-            "enable RunPod's model cache for that repository, or set HF_TOKEN and check the "
-            "network and free disk space."
+            f"{REPO_ID} into {target} failed ({failure_reason(error)}); attach a network volume that "
+            "holds them, enable RunPod's model cache for that repository, or set HF_TOKEN and check "
+            "the network, free disk space and that MODEL_DIR is writable."
         ) from error
-    still_missing = missing_files(target)
-    if still_missing:
-        raise ModelUnavailableError(
-            f"the download of {REPO_ID} into {target} finished without {', '.join(still_missing)}; "
-            "delete that folder and restart the worker."
-        )
-    return target
+
+
+def download_weights_into(model_dir: Path, endpoint: str | None = None, wait_seconds: float | None = None) -> Path:
+    """MODEL_DIR/Wan2.2-S2V-14B, finished: downloaded (or resumed) under MODEL_DIR's lock unless it is.
+
+    Raises LockWaitTimeout, IncompleteDownloadError, or the download's own error.
+    """
+    target = model_dir / DOWNLOAD_FOLDER_NAME
+    return _fetch_once(model_dir, target, REPO_ID, lambda: download_weights(target, endpoint), missing_files, wait_seconds)
 
 
 def download_weights(target: Path, endpoint: str | None = None) -> Path:
-    """Fetch the files the loader reads into `target`; an interrupted download resumes.
+    """Fetch the files the loader reads into `target`, without the lock; files already there are kept.
 
     The token comes from HF_TOKEN (read by huggingface_hub itself), so it is never in our logs.
     """
@@ -213,13 +225,25 @@ def lora_candidate_files(
     return [folder / LORA_FILE for folder in folders]
 
 
+def missing_lora(folder: Path) -> list[str]:
+    """[LORA_FILE] when `folder` lacks it, else []."""
+    return [] if (folder / LORA_FILE).is_file() else [LORA_FILE]
+
+
 def locate_lora(
     model_dir: Path,
     runpod_cache: Path = RUNPOD_MODEL_CACHE,
     image_dir: Path = IMAGE_LORA_DIR,
 ) -> Path | None:
-    """The first Live Avatar LoRA file found, or None."""
-    return next((file for file in lora_candidate_files(model_dir, runpod_cache, image_dir) if file.is_file()), None)
+    """The first Live Avatar LoRA file found, or None (the download folder's only when finished)."""
+    download_folder = model_dir / LORA_DOWNLOAD_FOLDER_NAME
+    for file in lora_candidate_files(model_dir, runpod_cache, image_dir):
+        if file.parent == download_folder:
+            if is_finished(download_folder, missing_lora):
+                return file
+        elif file.is_file():
+            return file
+    return None
 
 
 def ensure_lora(
@@ -227,6 +251,7 @@ def ensure_lora(
     runpod_cache: Path = RUNPOD_MODEL_CACHE,
     image_dir: Path = IMAGE_LORA_DIR,
     endpoint: str | None = None,
+    wait_seconds: float | None = None,
 ) -> Path:
     """The Live Avatar LoRA file, downloaded into MODEL_DIR/Live-Avatar first if it is nowhere.
 
@@ -238,27 +263,30 @@ def ensure_lora(
         return found
     looked = ", ".join(str(file) for file in lora_candidate_files(model_dir, runpod_cache, image_dir))
     target = model_dir / LORA_DOWNLOAD_FOLDER_NAME
-    log.info("the Live Avatar LoRA is not at %s; downloading %s from %s into %s", looked, LORA_FILE, LORA_REPO_ID, target)
+    log.info("the Live Avatar LoRA is not at %s; fetching %s from %s into %s", looked, LORA_FILE, LORA_REPO_ID, target)
     try:
-        download_lora(target, endpoint=endpoint)
+        return download_lora_into(model_dir, endpoint=endpoint, wait_seconds=wait_seconds) / LORA_FILE
+    except (LockWaitTimeout, IncompleteDownloadError) as error:
+        raise ModelUnavailableError(
+            f"the Live Avatar LoRA of the fast mode was not found (looked at {looked}) and {error}"
+        ) from error
     except Exception as error:  # noqa: BLE001 - any failure here means the same thing to the user
         raise ModelUnavailableError(
             f"the Live Avatar LoRA of the fast mode was not found (looked at {looked}) and downloading "
-            f"{LORA_FILE} of {LORA_REPO_ID} into {target} failed ({_failure_reason(error)}); attach a "
-            "network volume that holds it, enable RunPod's model cache for that repository, or set "
-            "HF_TOKEN and check the network and free disk space."
+            f"{LORA_FILE} of {LORA_REPO_ID} into {target} failed ({failure_reason(error)}); attach a "
+            "network volume that holds it, or set HF_TOKEN and check the network, free disk space and "
+            "that MODEL_DIR is writable."
         ) from error
-    downloaded = target / LORA_FILE
-    if not downloaded.is_file():
-        raise ModelUnavailableError(
-            f"the download of {LORA_REPO_ID} into {target} finished without {LORA_FILE}; check that the "
-            "repository still publishes that file, then restart the worker."
-        )
-    return downloaded
+
+
+def download_lora_into(model_dir: Path, endpoint: str | None = None, wait_seconds: float | None = None) -> Path:
+    """MODEL_DIR/Live-Avatar, finished, under the same lock as the weights (see download_weights_into)."""
+    target = model_dir / LORA_DOWNLOAD_FOLDER_NAME
+    return _fetch_once(model_dir, target, LORA_REPO_ID, lambda: download_lora(target, endpoint), missing_lora, wait_seconds)
 
 
 def download_lora(target: Path, endpoint: str | None = None) -> Path:
-    """Fetch the Live Avatar LoRA file into `target`; the token comes from HF_TOKEN as for the weights."""
+    """Fetch the Live Avatar LoRA file into `target`, without the lock; the token as for the weights."""
     return _download(LORA_REPO_ID, target, [LORA_FILE], [], endpoint)
 
 
@@ -278,6 +306,212 @@ def _download(repo_id: str, target: Path, allow_patterns: list[str], ignore_patt
     )
     log.info("downloaded %s into %s in %.0f s", repo_id, target, time.monotonic() - started)
     return target
+
+
+# --- One download per models folder ---------------------------------------------------------
+
+
+class IncompleteDownloadError(Exception):
+    """A download ended without every file it should have brought."""
+
+
+class LockWaitTimeout(TimeoutError):
+    """Another process held the download lock for longer than this one may wait."""
+
+
+def is_finished(folder: Path, missing: Callable[[Path], list[str]]) -> bool:
+    """Whether a download folder holds its finished-marker and nothing is missing."""
+    return (folder / FINISHED_MARKER_NAME).is_file() and not missing(folder)
+
+
+def _fetch_once(
+    models_dir: Path,
+    target: Path,
+    repo_id: str,
+    download: Callable[[], object],
+    missing: Callable[[Path], list[str]],
+    wait_seconds: float | None,
+) -> Path:
+    """`target` finished: downloaded under `models_dir`'s lock unless it already is."""
+    if is_finished(target, missing):
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with DownloadLock(models_dir / LOCK_FILE_NAME, LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds):
+        if is_finished(target, missing):
+            log.info("%s was fetched into %s by another process while this one waited", repo_id, target)
+            return target
+        (target / FINISHED_MARKER_NAME).unlink(missing_ok=True)
+        _remove_partial_files(target)
+        download()
+        still_missing = missing(target)
+        if still_missing:
+            raise IncompleteDownloadError(
+                f"the download of {repo_id} into {target} finished without {', '.join(still_missing)}; "
+                "check that the repository still publishes them, then restart the worker (it resumes)."
+            )
+        _write_finished_marker(target, repo_id)
+    return target
+
+
+def _remove_partial_files(target: Path) -> None:
+    """Partial files of a download that died (huggingface_hub restarts a file, it never continues one).
+
+    Only called under the lock, so no live download owns them.
+    """
+    partial = list((target / ".cache" / "huggingface").rglob("*.incomplete")) if target.is_dir() else []
+    for file in partial:
+        file.unlink(missing_ok=True)
+    if partial:
+        log.info("removed %d partial file(s) of an interrupted download in %s", len(partial), target)
+
+
+def _write_finished_marker(target: Path, repo_id: str) -> None:
+    """Written last, atomically: its presence means every file before it is complete."""
+    record = {"repo_id": repo_id, "finished_at": _utc_now(), "by": _holder_name()}
+    temporary = target / f"{FINISHED_MARKER_NAME}.{uuid.uuid4().hex}"
+    with open(temporary, "w") as file:
+        json.dump(record, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, target / FINISHED_MARKER_NAME)
+    log.info("%s is complete in %s", repo_id, target)
+
+
+class DownloadLock:
+    """An exclusive lock on a models folder, across processes and machines that share it.
+
+    A file created with O_EXCL (atomic on local disks and network filesystems, where flock across
+    machines is not guaranteed), holding who took it. The holder refreshes its modification time
+    every LOCK_REFRESH_SECONDS from a background thread; a waiter that sees the file unchanged for
+    LOCK_STALE_SECONDS takes it over, and gives up with LockWaitTimeout after `wait_seconds`.
+    """
+
+    def __init__(self, path: Path, wait_seconds: float) -> None:
+        self.path = path
+        self.wait_seconds = wait_seconds
+        self._content = json.dumps({"holder": _holder_name(), "since": _utc_now(), "token": uuid.uuid4().hex}).encode()
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    def __enter__(self) -> "DownloadLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        started = time.monotonic()
+        deadline = started + self.wait_seconds
+        seen: bytes | None = None
+        seen_since = started
+        last_logged = started
+        while not self._try_create():
+            now = time.monotonic()
+            state = self._state()
+            if state != seen:
+                seen, seen_since = state, now
+            elif state is not None and now - seen_since >= LOCK_STALE_SECONDS:
+                self._take_over(state, now - seen_since)
+                seen = None
+                continue
+            if now >= deadline:
+                raise LockWaitTimeout(
+                    f"another process ({_describe_holder(seen)}) has been fetching into {self.path.parent}; this "
+                    f"one waited {self.wait_seconds:.0f} s, its limit, while that process kept its lock "
+                    f"{self.path.name} fresh. Let that download finish (its log shows the progress) and "
+                    f"restart this worker; if nothing is downloading any more, delete {self.path}."
+                )
+            if now - last_logged >= WAIT_LOG_INTERVAL_SECONDS:
+                last_logged = now
+                log.info("waiting for %s to finish fetching into %s (%.0f s so far)",
+                         _describe_holder(seen), self.path.parent, now - started)
+            time.sleep(max(0.0, min(LOCK_POLL_SECONDS, deadline - now)))
+        self._refresher = threading.Thread(target=self._keep_fresh, name="download-lock", daemon=True)
+        self._refresher.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join()
+        if self._read() == self._content:
+            self.path.unlink(missing_ok=True)
+
+    def _try_create(self) -> bool:
+        try:
+            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(descriptor, self._content)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        return True
+
+    def _state(self) -> bytes | None:
+        """What identifies the lock file as it is now (its holder and last refresh); None if gone."""
+        try:
+            with open(self.path, "rb") as file:  # opening revalidates a network filesystem's cache
+                content = file.read()
+                modified = os.fstat(file.fileno()).st_mtime_ns
+        except FileNotFoundError:
+            return None
+        return content + b"\0" + str(modified).encode()
+
+    def _read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _take_over(self, stale_state: bytes, unchanged_seconds: float) -> None:
+        """Remove a lock whose holder stopped refreshing it, unless another waiter already did."""
+        stale_content = stale_state.rpartition(b"\0")[0]
+        moved = self.path.with_name(f"{self.path.name}.stale-{uuid.uuid4().hex}")
+        try:
+            os.rename(self.path, moved)
+        except FileNotFoundError:
+            return
+        if moved.read_bytes() == stale_content:
+            moved.unlink()
+            log.warning("%s was not refreshed for %.0f s: its holder (%s) is gone; taking over its unfinished "
+                        "download", self.path, unchanged_seconds, _describe_holder(stale_state))
+            return
+        # Another waiter took the stale lock over between our last look and the rename: give it back.
+        try:
+            os.link(moved, self.path)
+        except OSError:
+            log.warning("could not put back the download lock %s taken from a live holder", self.path)
+        moved.unlink(missing_ok=True)
+
+    def _keep_fresh(self) -> None:
+        while not self._stop.wait(LOCK_REFRESH_SECONDS):
+            if self._read() != self._content:
+                log.warning("the download lock %s is no longer this process's; another process may fetch too",
+                            self.path)
+                return
+            try:
+                os.utime(self.path)
+            except OSError as error:
+                log.warning("could not refresh the download lock %s (%s)", self.path, error)
+
+
+def _holder_name() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def _describe_holder(state: bytes | None) -> str:
+    """'HOST pid N since TIME' from a lock file's content, as far as it can be read."""
+    try:
+        record = json.loads((state or b"").rpartition(b"\0")[0] or state or b"")
+        return f"{record['holder']}, since {record['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that left no name"
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _cached_snapshots(runpod_cache: Path, repo_id: str) -> list[Path]:
@@ -323,7 +557,7 @@ class LoggedProgress(tqdm):
         return f"{self.desc or 'download'}: {done}/{total}{self.unit if self.unit == 'B' else ''}{speed}"
 
 
-def _failure_reason(error: Exception) -> str:
+def failure_reason(error: Exception) -> str:
     return _redact_token(f"{type(error).__name__}: {error}".splitlines()[0])
 
 
