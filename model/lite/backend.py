@@ -18,7 +18,7 @@ from model.base import (
     fit_to_area,
     num_frames_for,
 )
-from model.lite.landmarks import FaceLandmarker
+from model.lite.landmarks import FaceLandmarker, FaceLandmarks
 from model.lite.motion import blink_track, head_track, seeded_generators
 from model.lite.renderer import FramePose, FrameRenderer, PortraitRig
 from model.lite.speech_features import mouth_track
@@ -27,8 +27,14 @@ SIZE_MULTIPLE = 16
 FRAMES_PER_BATCH = 25
 NO_FACE_MESSAGE = (
     "No face was found in the portrait; send a photo in which one face is clearly visible, "
-    "facing the camera and not covered."
+    "not covered, turned no further than three-quarters and at least a twentieth of the "
+    "picture's height."
 )
+# Below this face size (px, in the video) the mouth is a few pixels wide and cannot be animated.
+MIN_FACE_PIXELS = 12.0
+# From this face size (px, in the video) an open mouth is closed again on a new mesh of the
+# closed photo (see `mouth_rig.close_mouth`); smaller faces are meshed too coarsely for that.
+MIN_REFIT_FACE_PIXELS = 48.0
 
 
 class LiteBackend(TalkingHeadBackend):
@@ -39,10 +45,26 @@ class LiteBackend(TalkingHeadBackend):
         self._landmarker = FaceLandmarker()
 
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
+        """The whole photo at the area budget, with the most prominent face rigged.
+
+        Faces are found and meshed on the photo at its own resolution (a face a few percent of a
+        wide shot is too small to find once the photo is reduced), then mapped into the video.
+        """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
         height, width = image.shape[:2]
+        faces = self._landmarker.find_faces(np.ascontiguousarray(image))
+        if not faces:
+            raise NoFaceError(NO_FACE_MESSAGE)
         out_w, out_h = fit_to_area(width, height, max_area, SIZE_MULTIPLE)
+        scale_x, scale_y = out_w / width, out_h / height
+        chosen, *others = (face.scaled(scale_x, scale_y) for face in faces)
+        if chosen.size < MIN_FACE_PIXELS:
+            raise NoFaceError(
+                f"The face is only {chosen.size:.0f} pixels tall in a {out_w}x{out_h} video, too "
+                "small to animate; send a photo in which the face is larger, or ask for a "
+                "larger resolution."
+            )
         resized = np.ascontiguousarray(image)
         if (out_w, out_h) != (width, height):
             shrinking = out_w * out_h < width * height
@@ -50,10 +72,13 @@ class LiteBackend(TalkingHeadBackend):
                 image, (out_w, out_h),
                 interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
             )
-        landmarks = self._landmarker.detect(resized)
-        if landmarks is None:
-            raise NoFaceError(NO_FACE_MESSAGE)
-        return PreparedPortrait(width=out_w, height=out_h, features=PortraitRig.build(resized, landmarks))
+        refit = self._refit if chosen.size >= MIN_REFIT_FACE_PIXELS else None
+        rig = PortraitRig.build(resized, chosen, others, refit=refit)
+        return PreparedPortrait(width=out_w, height=out_h, features=rig)
+
+    def _refit(self, image: np.ndarray, points: np.ndarray) -> np.ndarray | None:
+        again = self._landmarker.refit(image, FaceLandmarks(points, 1.0))
+        return None if again is None else again.points
 
     def generate(
         self,

@@ -3,6 +3,11 @@
 The models output raw SSD regressions against a fixed grid of anchors; this module builds that
 grid, decodes boxes and the six keypoints (two eyes, nose tip, mouth, two ear tragions), and
 merges overlapping boxes with score-weighted non-maximum suppression, as MediaPipe does.
+
+`search_levels` plans how a whole photo is searched: the short-range model on the whole image
+(faces from a fifth of the frame up to filling it), the full-range model on the whole image, then
+the full-range model on overlapping square tiles, so that a face a few percent of the image
+height still reaches the model at the size it was trained on.
 """
 
 from __future__ import annotations
@@ -49,6 +54,22 @@ SHORT_RANGE = DetectorSpec("face_detection_short_range.tflite", 128, ((8, 2), (1
 # Faces up to ~5 m: one dense 48x48 grid, one anchor per cell.
 FULL_RANGE = DetectorSpec("face_detection_full_range.tflite", 192, ((4, 1),))
 
+# Face heights (share of the model's input side) the full-range model finds with a score of at
+# least 0.75, measured on skimage's astronaut pasted at 6 to 160 px into a 192 px input: from
+# 16 px (0.83; 0.5 at 10 px, nothing at 8 px) to 128 px (0.75; 0.6 at 160 px).
+FULL_RANGE_SMALLEST_FACE = 16 / 192
+FULL_RANGE_LARGEST_FACE = 128 / 192
+# The smallest face a photo is searched for, as a share of its shorter side (a 1280x720 wide
+# shot: 25 px); below about 4 % of the frame the mouth is a few output pixels wide anyway.
+# Nor is a small photo searched for faces under 20 px: they cannot be animated visibly.
+SMALLEST_FACE_SHARE = 0.035
+SMALLEST_FACE_PIXELS = 20.0
+# Tiles overlap by half, so every face up to half a tile's side lies wholly inside one tile.
+TILE_OVERLAP = 0.5
+# The photo is searched on a copy about this large (long side), never smaller than what the
+# finest tiles need to reach the model at full detail.
+SEARCH_COPY_LONG_SIDE = 1536
+
 
 @dataclasses.dataclass(frozen=True)
 class FaceDetection:
@@ -62,9 +83,16 @@ class FaceDetection:
     def size(self) -> float:
         return float(max(self.box[2] - self.box[0], self.box[3] - self.box[1]))
 
+    @property
+    def center(self) -> np.ndarray:
+        return np.array([(self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2])
+
     def translated(self, dx: float, dy: float) -> FaceDetection:
         offset = np.array([dx, dy], dtype=np.float32)
         return FaceDetection(self.box + np.tile(offset, 2), self.keypoints + offset, self.score)
+
+    def scaled(self, factor: float) -> FaceDetection:
+        return FaceDetection(self.box * factor, self.keypoints * factor, self.score)
 
 
 def ssd_anchor_centers(spec: DetectorSpec) -> np.ndarray:
@@ -158,3 +186,89 @@ class BlazeFaceDetector:
         boxes = (boxes[valid] * size - np.tile(offset, 2)) / scale
         keypoints = (keypoints[valid] * size - offset) / scale
         return weighted_nms(boxes, keypoints, scores[valid])
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchLevel:
+    """One pass over a photo: one model on the whole image, or on square tiles `tile_side` px wide
+    (in the photo's pixels)."""
+
+    spec: DetectorSpec
+    tile_side: float | None = None
+
+    def largest_face(self, width: int, height: int) -> float:
+        """The largest face (px) this pass can find in a photo of this size."""
+        if self.tile_side is None:
+            side = max(width, height)
+            return float(side) if self.spec is SHORT_RANGE else FULL_RANGE_LARGEST_FACE * side
+        return FULL_RANGE_LARGEST_FACE * self.tile_side
+
+
+def search_levels(width: int, height: int) -> list[SearchLevel]:
+    """Passes from the largest faces to the smallest, until faces of `SMALLEST_FACE_SHARE` of the
+    shorter side are covered; each tile size picks up where the coarser pass stops."""
+    short, long = sorted((width, height))
+    levels = [SearchLevel(SHORT_RANGE), SearchLevel(FULL_RANGE)]
+    target = max(SMALLEST_FACE_SHARE * short, SMALLEST_FACE_PIXELS)
+    finest = target / FULL_RANGE_SMALLEST_FACE
+    found_down_to = FULL_RANGE_SMALLEST_FACE * long
+    while found_down_to > target:
+        side = max(finest, min(float(short), found_down_to / TILE_OVERLAP))
+        levels.append(SearchLevel(FULL_RANGE, side))
+        if side <= finest:
+            break
+        found_down_to = FULL_RANGE_SMALLEST_FACE * side
+    return levels
+
+
+def search_copy_scale(width: int, height: int) -> float:
+    """Scale of the copy a photo is searched on: at most 1, small enough to be quick, large
+    enough that the finest tiles are not upscaled."""
+    tiles = [level.tile_side for level in search_levels(width, height) if level.tile_side]
+    needed = FULL_RANGE.input_size / min(tiles) if tiles else 0.0
+    return min(1.0, max(SEARCH_COPY_LONG_SIDE / max(width, height), needed))
+
+
+def tile_starts(length: int, side: int) -> list[int]:
+    """Start offsets of tiles of `side` covering `length`, overlapping by `TILE_OVERLAP`."""
+    if side >= length:
+        return [0]
+    step = max(1, int(side * (1.0 - TILE_OVERLAP)))
+    starts = list(range(0, length - side, step))
+    return starts + [length - side]
+
+
+def resized(rgb: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return rgb
+    height, width = rgb.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR)
+
+
+def detect_level(detector: BlazeFaceDetector, level: SearchLevel, image: np.ndarray,
+                 image_scale: float = 1.0) -> list[FaceDetection]:
+    """Faces one pass finds in `image` (a copy of the photo at `image_scale`), in its pixels."""
+    if level.tile_side is None:
+        return detector.detect(image)
+    side = detector.spec.input_size
+    scale = side / (level.tile_side * image_scale)
+    tiles = resized(image, scale)
+    height, width = tiles.shape[:2]
+    faces: list[FaceDetection] = []
+    for y in tile_starts(height, side):
+        for x in tile_starts(width, side):
+            found = detector.detect(tiles[y : y + side, x : x + side])
+            faces += [face.translated(x, y).scaled(1.0 / scale) for face in found]
+    return faces
+
+
+def merge_detections(faces: list[FaceDetection]) -> list[FaceDetection]:
+    """One detection per face, from passes that may each have seen it."""
+    if not faces:
+        return []
+    return weighted_nms(
+        np.stack([face.box for face in faces]),
+        np.stack([face.keypoints for face in faces]),
+        np.array([face.score for face in faces]),
+    )

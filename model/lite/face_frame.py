@@ -55,6 +55,10 @@ class Region:
             x0=int(np.clip(lo[0], 0, width)), x1=int(np.clip(hi[0], 0, width)),
         )
 
+    def union(self, other: Region) -> Region:
+        return Region(min(self.y0, other.y0), max(self.y1, other.y1),
+                      min(self.x0, other.x0), max(self.x1, other.x1))
+
     @property
     def empty(self) -> bool:
         return self.y1 <= self.y0 or self.x1 <= self.x0

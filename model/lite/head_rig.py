@@ -15,6 +15,27 @@ HEAD_RADIUS_X = 0.8
 HEAD_RADIUS_Y = 0.72
 HEAD_RAISE = 0.12
 FEATHER = 0.6
+# Another face near the animated one is held still: an ellipse around its outline (relative to
+# its box), fading over this share of its radius.
+STILL_RADIUS = 0.65
+STILL_FEATHER = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class Ellipse:
+    centre: np.ndarray
+    radii: np.ndarray
+
+    def radius(self, pixels: np.ndarray) -> np.ndarray:
+        """Distance from the centre in units of the radii (1 on the outline)."""
+        return np.sqrt((((pixels - self.centre) / self.radii) ** 2).sum(axis=-1))
+
+    def inside(self, pixels: np.ndarray, feather: float) -> np.ndarray:
+        """1 inside, fading to 0 at (1 + feather) radii."""
+        return 1.0 - smoothstep((self.radius(pixels) - 1.0) / feather)
+
+    def contains(self, point: np.ndarray) -> bool:
+        return bool(self.radius(np.asarray(point, dtype=np.float64)) <= 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,20 +44,29 @@ class HeadRig:
     radii: np.ndarray
     pivot: np.ndarray  # the neck, which the roll turns around
     face_height: float
+    still: tuple[Ellipse, ...] = ()  # other faces, which do not move
 
     @classmethod
-    def from_points(cls, points: np.ndarray) -> HeadRig:
+    def from_points(cls, points: np.ndarray, still: tuple[np.ndarray, ...] = ()) -> HeadRig:
+        """The head of the face mesh `points`; `still` are the meshes of other faces."""
         oval = points[mesh.FACE_OVAL]
         lo, hi = oval.min(axis=0), oval.max(axis=0)
         size = hi - lo
         centre = (lo + hi) / 2 - np.array([0.0, HEAD_RAISE * size[1]])
         radii = np.array([HEAD_RADIUS_X * size[0], HEAD_RADIUS_Y * size[1]])
         pivot = points[mesh.CHIN] + np.array([0.0, 0.25 * size[1]])
-        return cls(centre, radii, pivot.astype(np.float64), float(size[1]))
+        head = Ellipse(centre, radii)
+        # a face inside this head's own ellipse (cheek to cheek) cannot be held still without
+        # tearing this one: it moves along
+        others = (still_ellipse(other) for other in still)
+        held = tuple(other for other in others if not head.contains(other.centre))
+        return cls(centre, radii, pivot.astype(np.float64), float(size[1]), held)
 
     def weight(self, pixels: np.ndarray) -> np.ndarray:
-        rho = np.sqrt((((pixels - self.centre) / self.radii) ** 2).sum(axis=-1))
-        return 1.0 - smoothstep((rho - 1.0) / FEATHER)
+        weight = Ellipse(self.centre, self.radii).inside(pixels, FEATHER)
+        for other in self.still:
+            weight = weight * (1.0 - other.inside(pixels, STILL_FEATHER))
+        return weight
 
     def bases(self, height: int, width: int) -> tuple[Basis, Basis, Basis]:
         """Backward maps of a 1 px shift right, a 1 px shift down, and a 1 radian roll."""
@@ -58,3 +88,9 @@ class HeadRig:
         rel = points - self.pivot
         turn = np.stack([-rel[..., 1], rel[..., 0]], axis=-1)
         return points + np.array([shift_x, shift_y]) + roll * turn
+
+
+def still_ellipse(points: np.ndarray) -> Ellipse:
+    oval = points[mesh.FACE_OVAL]
+    lo, hi = oval.min(axis=0), oval.max(axis=0)
+    return Ellipse((lo + hi) / 2, STILL_RADIUS * (hi - lo))

@@ -10,6 +10,7 @@ by the rendered oral cavity (see `mouth_interior`).
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -131,18 +132,46 @@ class MouthRig:
         return upper, lower
 
 
-def close_mouth(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The portrait with its lips brought together, and its landmarks moved to match.
+# A mouth open wide (laughing, shouting) is measured too closed by the mesh model: on a jaw drop
+# of a fifth of the face it placed the lower lip halfway up the open mouth, so one closing pass
+# left the mouth half open. The lips are closed again, each time on a new mesh of the closed
+# photo, while that mesh still sees a gap wider than this share of the mouth's width (a closed
+# mouth measures 0.04 on the astronaut: the mesh never puts the inner lips exactly together),
+# and while each pass still shrinks the measured gap by a fifth: a mesh that keeps seeing the
+# same small gap (teeth between closed lips) is not followed into eating the lower lip.
+MAX_CLOSING_PASSES = 3
+CLOSED_GAP_PER_MOUTH_WIDTH = 0.055
+STALLED_GAP_RATIO = 0.8
+MIN_CLOSED_GAP_PX = 0.5
 
-    A portrait smiling with its teeth showing would otherwise never close its mouth in silence,
-    and its own teeth would fight with the rendered mouth interior.
-    """
+Refit = Callable[[np.ndarray, np.ndarray], "np.ndarray | None"]
+
+
+def lip_gap(points: np.ndarray) -> tuple[float, float]:
+    """The widest gap between the inner lips, and the mouth's width, in px."""
+    rig = MouthRig.from_points(points)
+    _, gap = rig.local(points[mesh.LIPS_INNER_LOWER])
+    return float(max(gap.max(), 0.0)), 2.0 * rig.half_width
+
+
+@dataclasses.dataclass(frozen=True)
+class ClosingStep:
+    """One pass of closing the lips: a backward map over `region` (absolute source coordinates)
+    and the landmarks moved to where they show after it."""
+
+    region: Region
+    sampling: np.ndarray  # (h, w, 2) float32
+    points: np.ndarray
+
+
+def closing_step(points: np.ndarray, height: int, width: int) -> ClosingStep | None:
+    """The lower lip brought up onto the upper one, or None when they already touch."""
     rig = MouthRig.from_points(points)
     lower_u, lower_vp = rig.local(points[mesh.LIPS_INNER_LOWER])
     order = np.argsort(lower_u)
     gap_u, gap = lower_u[order], np.clip(lower_vp[order], 0.0, None)
-    if gap.max() < 0.5:
-        return image, points
+    if gap.max() < MIN_CLOSED_GAP_PX:
+        return None
     # the lower lip (down to its outer edge) rides up by the whole gap; below it the lift fades
     # out before the chin, slowly enough that the map cannot fold
     _, lip_bottom = rig.local(points[mesh.LIPS_OUTER_LOWER[5]])
@@ -153,17 +182,11 @@ def close_mouth(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.n
         span_gap = np.interp(u, gap_u, gap, left=0.0, right=0.0)
         return span_gap * (1.0 - smoothstep((vp - hold) / fade))
 
-    height, width = image.shape[:2]
     region = rig.region(height, width)
     pixels = region.pixel_centers()
     u, vp = rig.local(pixels)
     lift_px = np.where(vp > 0, lift(u, vp), 0.0)
-    offsets = (lift_px[..., None] * rig.frame.down).astype(np.float32)
-    sampling = pixels.astype(np.float32) + offsets
-    closed = image.copy()
-    closed[region.slices] = cv2.remap(
-        image, sampling, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    sampling = (pixels + lift_px[..., None] * rig.frame.down).astype(np.float32)
 
     moved = points.astype(np.float64).copy()
     below = np.setdiff1d(np.arange(len(points)), np.concatenate(
@@ -176,4 +199,46 @@ def close_mouth(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.n
         moved[below] = target - step[:, None] * rig.frame.down
     # the lower inner lip lands exactly on the contact line
     moved[mesh.LIPS_INNER_LOWER[1:-1]] = points[mesh.LIPS_INNER_UPPER[1:-1]]
-    return closed, moved.astype(np.float32)
+    return ClosingStep(region, sampling, moved.astype(np.float32))
+
+
+def close_mouth(
+    image: np.ndarray, points: np.ndarray, refit: Refit | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The portrait with its lips brought together, and its landmarks moved to match.
+
+    A portrait smiling with its teeth showing, or shouting, would otherwise never close its mouth
+    in silence, and its own teeth would fight with the rendered mouth interior. `refit` re-runs
+    the face mesh on a closed photo (from the landmarks given); without it one pass is made.
+    The passes' maps are composed, so the photo is resampled once.
+    """
+    height, width = image.shape[:2]
+    measured, _ = lip_gap(points)
+    source: np.ndarray | None = None  # (H, W, 2) composed backward map, once there are passes
+    touched: Region | None = None
+    closed = image
+    for done in range(MAX_CLOSING_PASSES):
+        step = closing_step(points, height, width)
+        if step is None:
+            break
+        if source is None:
+            xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+            source = np.stack([xs, ys], axis=-1)
+        view = source[step.region.slices]
+        view[...] = cv2.remap(source, step.sampling, None, cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        touched = step.region if touched is None else touched.union(step.region)
+        closed = image.copy()
+        closed[touched.slices] = cv2.remap(image, source[touched.slices], None, cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_REPLICATE)
+        points = step.points
+        if refit is None or done == MAX_CLOSING_PASSES - 1:
+            break
+        again = refit(closed, points)
+        if again is None:
+            break
+        gap, mouth_width = lip_gap(again)
+        if gap < CLOSED_GAP_PER_MOUTH_WIDTH * mouth_width or gap > STALLED_GAP_RATIO * measured:
+            break
+        points, measured = again, gap
+    return closed, points

@@ -8,6 +8,7 @@ head), by moving each small expression field rigidly with the head before adding
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -18,7 +19,7 @@ from model.lite.eye_rig import EyeRig
 from model.lite.head_rig import HeadRig
 from model.lite.landmarks import FaceLandmarks
 from model.lite.mouth_interior import MouthColours, MouthInteriorPainter
-from model.lite.mouth_rig import MouthRig, close_mouth
+from model.lite.mouth_rig import MouthRig, Refit, close_mouth
 
 # below this jaw drop (px) the lips still touch and there is no inside to paint
 MIN_PAINTED_OPENING = 0.3
@@ -50,17 +51,22 @@ class PortraitRig:
     painter: MouthInteriorPainter
 
     @classmethod
-    def build(cls, image: np.ndarray, landmarks: FaceLandmarks) -> PortraitRig:
+    def build(
+        cls, image: np.ndarray, landmarks: FaceLandmarks,
+        others: Sequence[FaceLandmarks] = (), refit: Refit | None = None,
+    ) -> PortraitRig:
+        """The rig of the face `landmarks`; the faces `others` stay still. `refit` re-runs the
+        face mesh, so that a mouth open wide is closed in as many passes as it takes."""
         height, width = image.shape[:2]
         colours = MouthColours.sample(image, landmarks.points)
-        closed, points = close_mouth(image, landmarks.points)
+        closed, points = close_mouth(image, landmarks.points, refit)
         mouth = MouthRig.from_points(points)
         jaw, lip_spread = mouth.bases(height, width)
         eyes = (
             EyeRig.from_points(points[mesh.EYE_A_UPPER], points[mesh.EYE_A_LOWER], points[mesh.BROW_A]),
             EyeRig.from_points(points[mesh.EYE_B_UPPER], points[mesh.EYE_B_LOWER], points[mesh.BROW_B]),
         )
-        head = HeadRig.from_points(points)
+        head = HeadRig.from_points(points, still=tuple(face.points for face in others))
         xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
         return cls(
             image=closed,
