@@ -1,16 +1,18 @@
 """Hand the MP4 to the user: inline base64, or an S3 upload with a presigned GET URL.
 
-An upload has one deadline (UPLOAD_TIMEOUT_SECONDS), retries included: every attempt's connect and
-read timeouts are what is left of it, the file is read through a guard that stops sending when it
-passes, and a retry starts only while time is left. A failure says why, in the user's words.
+An upload has one deadline (UPLOAD_TIMEOUT_SECONDS), retries included: each attempt is one PUT of a
+presigned URL that ends by the deadline (handler/s3_put.py), and a retry starts only while time is
+left. botocore only signs. A failure says why, in the user's words.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import functools
 import logging
+import re
 import secrets
 import time
 import urllib.parse
@@ -19,17 +21,23 @@ from typing import IO, Any
 
 import boto3
 import botocore.config
-import botocore.exceptions
 
 from handler.bucket import BucketSettings
 from handler.errors import ErrorCode, JobError
 from handler.fetch import resolve_public
+from handler.s3_put import PutFailed, put_file
+from handler.settings import MAX_URL_EXPIRY_SECONDS
 
 log = logging.getLogger(__name__)
 
 # Room for the other result fields around the base64 string.
 RESULT_OVERHEAD_BYTES = 4096
 KEY_PREFIX = "talking-head"
+CONTENT_TYPE = "video/mp4"
+S3_ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+# AWS names the bucket's region when it was addressed in another (PermanentRedirect, an
+# AuthorizationHeaderMalformed or AuthorizationQueryParametersError answer).
+S3_ERROR_REGION = re.compile(rb"<Region>([a-z0-9-]{1,40})</Region>|<Endpoint>[^<]*?\.s3[.-]([a-z0-9-]{1,40})\.amazonaws\.com</Endpoint>")
 MAX_CONNECT_SECONDS = 10.0
 # A retry starts only with at least this much of the deadline left.
 MIN_ATTEMPT_SECONDS = 1.0
@@ -39,10 +47,6 @@ MAX_RETRY_PAUSE_SECONDS = 8.0
 RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "Throttling"}
 ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken",
                 "ExpiredToken", "AccountProblem"}
-
-
-class _DeadlinePassed(Exception):
-    """The upload's deadline passed (before an attempt, or while its body was being sent)."""
 
 
 def base64_size(num_bytes: int) -> int:
@@ -75,20 +79,15 @@ def check_inline_size(video_bytes: int, max_result_bytes: int, so_far: str = "")
         raise JobError(
             ErrorCode.OUTPUT_TOO_LARGE,
             f"the video {size}, too large to return inline (limit about "
-            f"{(max_result_bytes - RESULT_OVERHEAD_BYTES) * 3 / 4 / 1e6:.1f} MB); configure a bucket "
+            f"{(max_result_bytes - RESULT_OVERHEAD_BYTES) * 3 / 4 / 1e6:.2f} MB); configure a bucket "
             "(BUCKET_* variables or s3Config) and use output_type 's3' or 'auto'.",
         )
 
 
 def check_bucket_address(bucket: BucketSettings, allow_private: bool) -> None:
-    """A job's own bucket (s3Config) must be on a public address, like any URL a job names."""
-    if not bucket.from_job or bucket.endpoint_url is None:
-        return
-    parsed = urllib.parse.urlsplit(bucket.endpoint_url)
-    resolve_public(
-        parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), bucket.fields.endpoint,
-        allow_private, ErrorCode.INVALID_INPUT, "which this worker does not upload to; use a public S3 endpoint.",
-    )
+    """Before rendering: a job's own bucket (s3Config) must be on a public address, like any URL a job names."""
+    if bucket.from_job and bucket.endpoint_url is not None:
+        _resolve(bucket.endpoint_url, bucket, allow_private, ErrorCode.INVALID_INPUT)
 
 
 def inline_result(video: Path) -> dict[str, Any]:
@@ -97,30 +96,34 @@ def inline_result(video: Path) -> dict[str, Any]:
 
 def upload_result(
     video: Path, job_id: str, bucket: BucketSettings, expiry_seconds: int, timeout_seconds: float,
+    allow_private: bool = False,
 ) -> dict[str, Any]:
-    """Upload with an unguessable key within `timeout_seconds`, and return the presigned URL (never logged)."""
+    """Upload with an unguessable key within `timeout_seconds`, and return the presigned URL (never logged).
+
+    The PUT goes to an address resolved here, once: for a job's own bucket it is checked to be
+    public (unless `allow_private`), and the connection cannot be redirected elsewhere after it.
+    """
     started = time.monotonic()
     deadline = started + timeout_seconds
     now = datetime.datetime.now(datetime.timezone.utc)
     key = f"{KEY_PREFIX}/{now:%Y/%m/%d}/{_safe(job_id)}-{secrets.token_urlsafe(18)}.mp4"
+    put_url = _presign(bucket, key, "put_object", _put_url_lifetime(timeout_seconds), ContentType=CONTENT_TYPE)
+    address = _resolve(put_url, bucket, allow_private, ErrorCode.UPLOAD_FAILED)
     attempt = 0
     with video.open("rb") as file:
         while True:
             attempt += 1
-            try:
-                _put(file, video.stat().st_size, bucket, key, deadline)
+            failure = _put_once(put_url, address, file, video.stat().st_size, deadline)
+            if failure is None:
                 break
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, _DeadlinePassed) as raised:
-                error = _unwrap(raised)
-                pause = min(FIRST_RETRY_PAUSE_SECONDS * 2 ** (attempt - 1), MAX_RETRY_PAUSE_SECONDS)
-                retry = _is_retryable(error) and time.monotonic() + pause + MIN_ATTEMPT_SECONDS < deadline
-                reason = _reason(error, bucket, timeout_seconds)
-                if not retry:
-                    log.warning("upload to bucket %s failed after %.2f s and %d attempt(s): %s",
-                                bucket.bucket_name, time.monotonic() - started, attempt, reason)
-                    raise JobError(ErrorCode.UPLOAD_FAILED, f"the video could not be uploaded: {reason}") from None
-                log.info("upload to bucket %s: attempt %d failed (%s); retrying", bucket.bucket_name, attempt, reason)
-                time.sleep(pause)
+            pause = min(FIRST_RETRY_PAUSE_SECONDS * 2 ** (attempt - 1), MAX_RETRY_PAUSE_SECONDS)
+            reason = failure.reason(bucket, timeout_seconds)
+            if not (failure.retryable and time.monotonic() + pause + MIN_ATTEMPT_SECONDS < deadline):
+                log.warning("upload to bucket %s failed after %.2f s and %d attempt(s): %s",
+                            bucket.bucket_name, time.monotonic() - started, attempt, reason)
+                raise JobError(ErrorCode.UPLOAD_FAILED, f"the video could not be uploaded: {reason}")
+            log.info("upload to bucket %s: attempt %d failed (%s); retrying", bucket.bucket_name, attempt, reason)
+            time.sleep(pause)
     url = presign_url(bucket, key, expiry_seconds)
     log.info("uploaded %s to bucket %s in %.2f s", key, bucket.bucket_name, time.monotonic() - started)
     expires_at = now + datetime.timedelta(seconds=expiry_seconds)
@@ -133,108 +136,100 @@ def upload_result(
 
 def presign_url(bucket: BucketSettings, key: str, expiry_seconds: int) -> str:
     """A GET URL for the object; made locally (no request, nothing to wait for)."""
-    signer = _session(bucket).client("s3", **_client_options(bucket, MAX_CONNECT_SECONDS, MAX_CONNECT_SECONDS))
-    return signer.generate_presigned_url("get_object", Params={"Bucket": bucket.bucket_name, "Key": key}, ExpiresIn=expiry_seconds)
+    return _presign(bucket, key, "get_object", expiry_seconds)
 
 
-def _put(file: IO[bytes], size: int, bucket: BucketSettings, key: str, deadline: float) -> None:
-    """One attempt: a single PUT whose every wait ends by the deadline."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise _DeadlinePassed()
-    client = _session(bucket).client("s3", **_client_options(bucket, min(MAX_CONNECT_SECONDS, remaining), remaining))
-    file.seek(0)
-    client.put_object(
-        Bucket=bucket.bucket_name, Key=key, Body=_DeadlineReader(file, deadline), ContentLength=size,
-        ContentType="video/mp4",
+def _presign(bucket: BucketSettings, key: str, operation: str, expiry_seconds: int, **params: str) -> str:
+    return _signer(bucket).generate_presigned_url(
+        operation, Params={"Bucket": bucket.bucket_name, "Key": key, **params}, ExpiresIn=expiry_seconds,
     )
 
 
-class _DeadlineReader:
-    """The file as botocore reads it to send it, refusing to go on once the deadline has passed."""
+def _put_url_lifetime(timeout_seconds: float) -> int:
+    # Only this upload uses it; a little past the deadline, for a clock that runs slow.
+    return int(min(MAX_URL_EXPIRY_SECONDS, timeout_seconds + 60))
 
-    def __init__(self, file: IO[bytes], deadline: float) -> None:
-        self._file = file
-        self._deadline = deadline
 
-    def read(self, size: int = -1) -> bytes:
-        if time.monotonic() > self._deadline:
-            raise _DeadlinePassed()
-        return self._file.read(size)
+def _resolve(url: str, bucket: BucketSettings, allow_private: bool, code: ErrorCode) -> str:
+    """The address to upload to; the endpoint's own bucket may be anywhere, a job's must be public."""
+    parsed = urllib.parse.urlsplit(url)
+    return resolve_public(
+        parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), bucket.fields.endpoint,
+        allow_private or not bucket.from_job, code, "which this worker does not upload to; use a public S3 endpoint.",
+    )
 
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._file.seek(offset, whence)
 
-    def tell(self) -> int:
-        return self._file.tell()
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """Why one attempt failed: no answer (`kind`), or S3's answer (`status`, `code`)."""
+
+    kind: str
+    status: int = 0
+    code: str = ""
+    #: the region AWS says the bucket is in, when it was addressed in another
+    region: str = ""
+
+    @property
+    def retryable(self) -> bool:
+        if self.kind == "answer":
+            # 501: the server does not do PUT at all, it is no S3 endpoint
+            return (self.status >= 500 and self.status != 501) or self.status == 429 or self.code in RETRYABLE_CODES
+        return True  # a refused or broken connection may work the next time; a timeout ends the loop anyway
+
+    def reason(self, bucket: BucketSettings, timeout_seconds: float) -> str:
+        """Why the upload failed, and what to check, in the user's words: never a secret or a class name."""
+        fields, name, host = bucket.fields, bucket.bucket_name, bucket.host
+        if self.kind == "timeout":
+            return (f"{host} did not answer within the upload deadline ({timeout_seconds:g} s, "
+                    f"UPLOAD_TIMEOUT_SECONDS); check {fields.endpoint}, or raise the deadline for very large videos.")
+        if self.kind == "connect":
+            return f"could not connect to {host}; check {fields.endpoint}."
+        if self.kind == "broken":
+            return f"the connection to {host} broke off; check {fields.endpoint}."
+        answered = f"HTTP {self.status}" + (f" ({self.code})" if self.code else "")
+        if self.code == "NoSuchBucket":
+            return f"there is no bucket {name!r} at {host}; check {fields.bucket} (create the bucket first)."
+        if self.region and self.region != bucket.region:
+            return (f"bucket {name!r} is in region {self.region}, not {bucket.region}; name it in {fields.endpoint}: "
+                    f"https://{name}.s3.{self.region}.amazonaws.com.")
+        if self.code in ACCESS_CODES or self.status == 403:
+            return (f"access to bucket {name!r} at {host} was denied ({answered}); check {fields.keys} "
+                    "and that they may write to the bucket.")
+        if self.status >= 500 and self.status != 501:
+            return f"{host} kept answering {answered}; the store has trouble: try again later."
+        return f"{host} answered {answered}; check that {fields.endpoint} is an S3 endpoint and {fields.bucket} a bucket in it."
+
+
+def _put_once(url: str, address: str, file: IO[bytes], size: int, deadline: float) -> _Failure | None:
+    try:
+        answer = put_file(url, address, file, size, {"Content-Type": CONTENT_TYPE}, deadline, MAX_CONNECT_SECONDS)
+    except PutFailed as failed:
+        return _Failure(failed.kind)
+    if 200 <= answer.status < 300:
+        return None
+    code = S3_ERROR_CODE.search(answer.body)
+    region = S3_ERROR_REGION.search(answer.body)
+    return _Failure(
+        "answer", answer.status, code.group(1).decode("ascii", "replace") if code else "",
+        (region.group(1) or region.group(2)).decode("ascii") if region else "",
+    )
 
 
 @functools.lru_cache(maxsize=8)
-def _session(bucket: BucketSettings) -> boto3.session.Session:
-    """One session per bucket, reused by later jobs: it holds the parsed service model, which makes
-    the per-attempt clients (whose timeouts are what is left of the deadline) cheap to build."""
-    return boto3.session.Session(
-        aws_access_key_id=bucket.access_key_id, aws_secret_access_key=bucket.secret_access_key,
+def _signer(bucket: BucketSettings):
+    """One client per bucket, reused by later jobs, that only signs: it sends nothing."""
+    return boto3.client(
+        "s3",
+        endpoint_url=bucket.endpoint_url,
+        aws_access_key_id=bucket.access_key_id,
+        aws_secret_access_key=bucket.secret_access_key,
         region_name=bucket.region,
-    )
-
-
-def _client_options(bucket: BucketSettings, connect_timeout: float, read_timeout: float) -> dict[str, Any]:
-    return {
-        "endpoint_url": bucket.endpoint_url,
-        "config": botocore.config.Config(
+        config=botocore.config.Config(
             signature_version="s3v4", s3={"addressing_style": bucket.addressing},
-            # the retries are ours, within the deadline
-            retries={"max_attempts": 1, "mode": "standard"},
-            connect_timeout=connect_timeout, read_timeout=read_timeout,
-            # Many S3-compatible stores refuse the streamed checksums newer botocore sends by default.
+            # Many S3-compatible stores refuse the checksums newer botocore adds by default.
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
         ),
-    }
-
-
-def _unwrap(error: Exception) -> Exception:
-    """botocore wraps what the body's read raised (the deadline) in HTTPClientError."""
-    inner = getattr(error, "kwargs", {}).get("error") if isinstance(error, botocore.exceptions.HTTPClientError) else None
-    return inner if isinstance(inner, _DeadlinePassed) else error
-
-
-def _is_retryable(error: Exception) -> bool:
-    if isinstance(error, botocore.exceptions.ClientError):
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return status >= 500 or status == 429 or _code(error) in RETRYABLE_CODES
-    # connection refused or reset, timeouts: the network's, not the request's fault
-    return isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError))
-
-
-def _reason(error: Exception, bucket: BucketSettings, timeout_seconds: float) -> str:
-    """Why the upload failed, and what to check, in the user's words: never a secret or a class name."""
-    fields, name = bucket.fields, bucket.bucket_name
-    if isinstance(error, (_DeadlinePassed, botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError)):
-        return (f"{bucket.host} did not answer within the upload deadline ({timeout_seconds:g} s, "
-                f"UPLOAD_TIMEOUT_SECONDS); check {fields.endpoint}, or raise the deadline for very large videos.")
-    if isinstance(error, botocore.exceptions.ClientError):
-        code = _code(error)
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code == "NoSuchBucket":
-            return f"there is no bucket {name!r} at {bucket.host}; check {fields.bucket} (create the bucket first)."
-        if code in ACCESS_CODES or status == 403:
-            return (f"access to bucket {name!r} at {bucket.host} was denied ({code}); check {fields.keys} "
-                    "and that they may write to the bucket.")
-        if status and status >= 500:
-            return f"{bucket.host} kept answering HTTP {status} ({code}); the store has trouble: try again later."
-        return (f"{bucket.host} answered HTTP {status} ({code}); check that {fields.endpoint} is an S3 endpoint "
-                f"and {fields.bucket} a bucket in it.")
-    if isinstance(error, botocore.exceptions.EndpointConnectionError):
-        return f"could not connect to {bucket.host}; check {fields.endpoint}."
-    if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
-        return f"the connection to {bucket.host} broke off; check {fields.endpoint}."
-    log.warning("S3 upload error not classified: %s", type(error).__name__)
-    return f"the S3 request to {bucket.host} failed; check {fields.endpoint}, {fields.bucket} and {fields.keys}."
-
-
-def _code(error: botocore.exceptions.ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code") or "no error code")
+    )
 
 
 def _safe(job_id: str) -> str:

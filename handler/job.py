@@ -147,10 +147,9 @@ class Worker:
             control.check()
             if destination == "s3":
                 progress.report("upload", PERCENT_AFTER_GENERATE)
-                # again, just before connecting: the name may resolve elsewhere by now
-                delivery.check_bucket_address(bucket, self.settings.allow_private_urls)
                 delivered = delivery.upload_result(
                     video, job_id, bucket, self.settings.url_expiry_seconds, self.settings.upload_timeout_seconds,
+                    self.settings.allow_private_urls,
                 )
             else:
                 delivery.check_inline_size(size, self.settings.max_inline_result_bytes)
