@@ -59,9 +59,10 @@ class Scene:
         self.placements: list[np.ndarray] = []  # 2x3 affine: portrait pixels -> photo pixels
 
     def paste(self, portrait: np.ndarray, reference: FaceLandmarks, face_share: float,
-              at: tuple[float, float], degrees: float = 0.0) -> Scene:
+              at: tuple[float, float], degrees: float = 0.0, head_only: bool = False) -> Scene:
         """The portrait scaled so that its face is `face_share` of the photo's height, its face
-        centred at `at` (fractions of width and height), turned by `degrees` counter-clockwise."""
+        centred at `at` (fractions of width and height), turned by `degrees` counter-clockwise;
+        `head_only`: just the head and neck, so that heads can stand close together."""
         height, width = self.image.shape[:2]
         scale = face_share * height / reference.size
         small = cv2.resize(portrait, None, fx=scale, fy=scale,
@@ -71,7 +72,16 @@ class Scene:
         turn = cv2.getRotationMatrix2D(tuple(centre), degrees, 1.0)
         turn[:, 2] += np.array([at[0] * width, at[1] * height]) - centre
         warped = cv2.warpAffine(small, turn, (width, height))
-        cover = cv2.warpAffine(np.ones(small.shape[:2], np.float32), turn, (width, height))[..., None]
+        mask = np.ones(small.shape[:2], np.float32)
+        if head_only:
+            x0, y0, x1, y1 = reference.face_box()
+            head = np.array([[x0 - 0.45 * (x1 - x0), y0 - 0.5 * (y1 - y0)],
+                             [x1 + 0.45 * (x1 - x0), y1 + 0.35 * (y1 - y0)]]) @ shrink
+            mask[:] = 0.0
+            centre_px = tuple(int(v) for v in head.mean(axis=0).round())
+            axes = tuple(int(v) for v in ((head[1] - head[0]) / 2).round())
+            cv2.ellipse(mask, centre_px, axes, 0.0, 0.0, 360.0, 1.0, -1)
+        cover = cv2.warpAffine(mask, turn, (width, height))[..., None]
         self.image = np.clip(warped * cover + self.image * (1 - cover) + 0.5, 0, 255).astype(np.uint8)
         self.placements.append(np.hstack([turn[:, :2] @ shrink, turn[:, 2:]]))
         return self
@@ -348,14 +358,20 @@ def test_job_wide_shot_keeps_the_whole_photo_and_animates_its_mouth(plain_worker
 
 @pytest.mark.slow
 def test_job_two_faces_only_the_chosen_one_moves(plain_worker, astronaut, reference, tmp_path):
-    scene = two_faces(astronaut, reference, 0.22, 0.22)
+    """Two heads side by side, close enough that the chosen one's sway would drag the other's
+    near half along (measured in process: 2.2 grey levels of change there without holding it
+    still, 0.2 with)."""
+    scene = landscape(1600, 900)
+    scene.paste(astronaut, reference, 0.22, at=(0.36, 0.45), head_only=True)
+    scene.paste(astronaut, reference, 0.22, at=(0.52, 0.45), head_only=True)
     output, frames = run_job(plain_worker, scene.image, tmp_path)
     chosen = in_video(scene.expected(reference, 1), scene.image, output)
     other = in_video(scene.expected(reference, 0), scene.image, output)
     assert_mouth_moves_with_speech(frames, box_around(chosen[mesh.LIPS_OUTER], 0.3))
-    still = frames[:, *box_around(other, 0.1)].astype(np.float32)
-    # codec noise only: the other face neither sways nor speaks
-    assert np.abs(still - still[0]).mean(axis=(1, 2, 3)).max() < 1.0
+    rows, columns = box_around(other, 0.1)
+    near_half = luma(frames[:, rows, (columns.start + columns.stop) // 2:columns.stop])
+    change = np.abs(near_half - near_half[0]).mean(axis=(1, 2))
+    assert change.max() < 1.0, f"the other face moved: {change.max():.2f}"
 
 
 def luma(image: np.ndarray) -> np.ndarray:
