@@ -8,11 +8,15 @@
 #   --name NAME             endpoint name (ENDPOINT_NAME, default talking-head); another name makes
 #                           a second endpoint beside the first, e.g. for an A/B test
 #   --backend B             wan-s2v or lite (MODEL_BACKEND, default wan-s2v); lite gets a CPU endpoint
+#   --default-mode M        quality or fast (DEFAULT_MODE): the `mode` of a job that names none;
+#                           fast needs ~80 GB GPUs (an estimate), so pair it with --gpu-pools
 #   --memory-mode M         full, fp8 or offload (WAN_MEMORY_MODE, default fp8); picks the GPUs
 #   --gpu-pools P1,P2       GPU pools in priority order, instead of the ones the memory mode picks
+#   --exclude-gpu T1,T2     GPU types to leave out of those pools, e.g. 'NVIDIA L40' (RUNPOD_EXCLUDE_GPUS)
 #   --gpu-count N           GPUs per worker (RUNPOD_GPU_COUNT, default 1)
 #   --data-centers D1,D2    data centres, e.g. EU-RO-1,US-KS-2 (RUNPOD_DATA_CENTERS, default any)
-#   --network-volume ID     network volume for the weights (RUNPOD_NETWORK_VOLUME_ID)
+#   --network-volume V1,V2  network volumes for the weights, at most one per data centre
+#                           (RUNPOD_NETWORK_VOLUME_ID)
 #   --workers-min N         always-on workers (RUNPOD_WORKERS_MIN, default 0)
 #   --workers-max N         most workers (RUNPOD_WORKERS_MAX, default 3)
 #   --idle-timeout S        seconds an idle worker stays up (RUNPOD_IDLE_TIMEOUT)
@@ -24,12 +28,33 @@
 #   --image REF             deploy this already pushed image; no build, no push
 #   --env-file FILE         read FILE instead of .env
 #   --dry-run               print the plan (commands and API requests); needs neither docker nor a key
+#
+# A redeploy replaces the endpoint's environment variables: one set only in the console is
+# removed (the tool names it). Put the worker's settings in .env instead.
+#
+# Weights of wan-s2v: ~49 GB, plus the fast mode's 1.3 GB LoRA. Three ways to have them, by
+# what a worker's start costs (the endpoint allows a start RUNPOD_INIT_TIMEOUT=3600 s, RunPod's
+# default being 7 minutes, after which a worker counts as unhealthy):
+#   1. RunPod's cached models: the REST API cannot set them, so after the first deploy open the
+#      console > Serverless > the endpoint > Manage > Edit Endpoint, set Model to
+#      Wan-AI/Wan2.2-S2V-14B and save (one cached model per endpoint). RunPod puts it on the
+#      host before the worker starts and does not bill that download; the start loads the
+#      weights, and each new worker fetches the 1.3 GB LoRA itself.
+#   2. A network volume (--network-volume): filled once, by its first worker or beforehand from a
+#      pod with the volume attached: python scripts/download_models.py --model-dir /runpod-volume/models
+#      Workers that start together download it once (a lock on the volume); later starts read
+#      the ~50 GB from the volume. One volume per data centre, each filled once.
+#   3. Baked into the image (--bake-weights): no download at start; the image is ~50 GB larger,
+#      so every host that has not run it yet pulls it first.
+#   With none of them, every new worker downloads ~50 GB before it can load them: about 8
+#   minutes of billed GPU time at 100 MB/s, 33 at 25 MB/s (the link's speed is RunPod's).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 usage() {
-    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    # The comment block at the top of this file.
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
 }
 
 die() {
@@ -93,8 +118,10 @@ variable_for_flag() {
     case "$1" in
         --name) echo ENDPOINT_NAME ;;
         --backend) echo MODEL_BACKEND ;;
+        --default-mode) echo DEFAULT_MODE ;;
         --memory-mode) echo WAN_MEMORY_MODE ;;
         --gpu-pools) echo RUNPOD_GPU_POOLS ;;
+        --exclude-gpu) echo RUNPOD_EXCLUDE_GPUS ;;
         --gpu-count) echo RUNPOD_GPU_COUNT ;;
         --data-centers) echo RUNPOD_DATA_CENTERS ;;
         --network-volume) echo RUNPOD_NETWORK_VOLUME_ID ;;
@@ -154,6 +181,7 @@ if [[ ${MODEL_BACKEND:-wan-s2v} == wan-s2v ]]; then
     add_setting --memory-mode WAN_MEMORY_MODE
 fi
 add_setting --gpu-pools RUNPOD_GPU_POOLS
+add_setting --exclude-gpu RUNPOD_EXCLUDE_GPUS
 add_setting --gpu-count RUNPOD_GPU_COUNT
 add_setting --data-centers RUNPOD_DATA_CENTERS
 add_setting --network-volume RUNPOD_NETWORK_VOLUME_ID
@@ -223,6 +251,18 @@ cat <<EOF
 
 Endpoint: $endpoint_id   (image $image)
 Console:  https://console.runpod.io/serverless/user/endpoint/$endpoint_id
+EOF
+# The weights' cold start, when neither a volume nor the image holds them (see the top of this file).
+if [[ ${MODEL_BACKEND:-wan-s2v} == wan-s2v && -z ${RUNPOD_NETWORK_VOLUME_ID:-} && $image != *-baked ]]; then
+    cat <<EOF
+
+Weights: this endpoint has no network volume and its image is not a baked one (tag ending
+-baked), so every new worker downloads ~50 GB before its first job. To skip that, open the
+console link above > Manage > Edit Endpoint, set Model to Wan-AI/Wan2.2-S2V-14B (RunPod's cached
+models) and save; or deploy again with --network-volume or --bake-weights.
+EOF
+fi
+cat <<EOF
 
 Send the sample job and wait for the video (the first job also waits for a cold start):
   curl -sS -X POST "https://api.runpod.ai/v2/$endpoint_id/runsync" \\

@@ -33,6 +33,11 @@ KNOWN_GPU_POOLS = tuple(pool for gpu_class in GPU_CLASSES for pool in gpu_class.
 # transformer (~32 GB) and text encoder (~11 GB) on the GPU with room for activations; `fp8`
 # stores the transformer's weights in fp8 (computes in bf16, so Ampere works too); `offload`
 # keeps only the running blocks on the GPU.
+# The fast mode (job field `mode`, endpoint default DEFAULT_MODE) runs on the same GPUs as the
+# quality mode; these sizes are the quality mode's. Its extra memory, ~42 GB of attention caches
+# at 704x384, fits an 80 GB card in fp8 or a 141 GB card in any mode, not a 48 GB card: an
+# estimate, not yet measured on a GPU. For a fast-mode endpoint pass --gpu-pools (e.g.
+# ADA_80_PRO,AMPERE_80,HOPPER_141) with --memory-mode fp8.
 WAN_MEMORY_MODE_GPU_GB = {"full": 80, "fp8": 48, "offload": 24}
 # fp8 by default: 48 GB cards cost about half as much per second as 80 GB ones (the docs'
 # snippets/serverless-gpu-pricing-table.mdx) and are easier to get, and fp8 weight storage costs
@@ -109,13 +114,19 @@ def parse_cpu_configs(text: str) -> tuple[CpuConfig, ...]:
 
 
 def parse_gpu_pools(text: str) -> tuple[str, ...]:
-    """`ADA_24,AMPERE_24` → pools in priority order, each a pool RunPod documents."""
-    pools = tuple(filter(None, (part.strip() for part in text.split(","))))
+    """`ADA_24,AMPERE_24` → pools in priority order.
+
+    A pool this table does not know is accepted (RunPod adds pools); the endpoint tool checks
+    every pool against RunPod's catalog instead, and warns when it cannot reach it.
+    """
+    pools = parse_list(text)
     if not pools:
-        raise ValueError("no GPU pool given")
-    unknown = [pool for pool in pools if pool not in KNOWN_GPU_POOLS]
-    if unknown:
-        raise ValueError(
-            f"unknown GPU pool {', '.join(unknown)}; RunPod's pools are {', '.join(KNOWN_GPU_POOLS)}"
-        )
+        raise ValueError("--gpu-pools names no GPU pool; give pool ids such as ADA_80_PRO,AMPERE_80")
+    if len(set(pools)) != len(pools):
+        raise ValueError(f"--gpu-pools names a pool twice: {text}")
     return pools
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """`a, b,,c` → ("a", "b", "c")."""
+    return tuple(filter(None, (part.strip() for part in text.split(","))))

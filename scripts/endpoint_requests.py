@@ -25,7 +25,19 @@ PASSED_THROUGH_ENV = (
     "MAX_AUDIO_SECONDS",
     "MAX_INPUT_BYTES",
     "PRESET_AVATARS_DIR",
+    "DEFAULT_MODE",
 )
+# The modes each backend offers (its `modes`, model/base.py and model/wan_s2v/backend.py): the
+# worker refuses to start with a DEFAULT_MODE its backend lacks, so the tool refuses to deploy one.
+BACKEND_MODES = {"wan-s2v": ("quality", "fast"), "lite": ("quality",)}
+# RunPod marks a worker unhealthy when its start takes longer than 7 minutes, unless
+# RUNPOD_INIT_TIMEOUT (seconds) says otherwise, and scales down an endpoint that keeps producing
+# unhealthy workers (runpod/docs serverless/development/optimization.mdx, troubleshooting.mdx).
+# A wan-s2v worker on a fresh endpoint without a volume or cached model downloads ~50 GB (the
+# checkpoint and the LoRA) before loading them: one hour covers that at 17 MB/s or more with ten
+# minutes left for loading. A worker that waits for another worker's download gives up sooner
+# (model/wan_s2v/weights.py, LOCK_WAIT_SECONDS), so it says why before RunPod stops it.
+WORKER_INIT_TIMEOUT_SECONDS = {"wan-s2v": 3600}
 # The worker refuses to start with some but not all of these (handler/settings.py).
 BUCKET_REQUIRED_TOGETHER = ("BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
 # The image is built on CUDA 12.8: hosts whose driver is older cannot run it.
@@ -57,10 +69,18 @@ def worker_env(
     env = {"MODEL_BACKEND": backend}
     if memory_mode:
         env["WAN_MEMORY_MODE"] = memory_mode
+    if backend in WORKER_INIT_TIMEOUT_SECONDS:
+        env["RUNPOD_INIT_TIMEOUT"] = str(WORKER_INIT_TIMEOUT_SECONDS[backend])
     env.update({name: deployer_env[name] for name in PASSED_THROUGH_ENV if deployer_env.get(name)})
     missing = [name for name in BUCKET_REQUIRED_TOGETHER if name not in env]
     if 0 < len(missing) < len(BUCKET_REQUIRED_TOGETHER):
         raise ValueError(f"the output bucket is half configured: set {', '.join(missing)} as well, or none of them")
+    mode = env.get("DEFAULT_MODE")
+    if mode is not None and mode not in BACKEND_MODES[backend]:
+        raise ValueError(
+            f"DEFAULT_MODE={mode!r} is not a mode of the {backend} backend; set it to one of "
+            f"{', '.join(BACKEND_MODES[backend])}, or leave it empty for {BACKEND_MODES[backend][0]}"
+        )
     if hf_token_secret:
         if not _SECRET_NAME.match(hf_token_secret):
             raise ValueError(
@@ -93,6 +113,8 @@ class DeploymentSpec:
     network_volume_ids: tuple[str, ...] = ()
     data_center_ids: tuple[str, ...] = ()
     registry_auth_id: str | None = None
+    # GPU type ids (the catalog's `id`, e.g. "NVIDIA L40") taken out of the pools
+    excluded_gpu_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -116,6 +138,13 @@ class DeploymentSpec:
             problems.append(f"execution timeout {self.execution_timeout_seconds} s is outside 5 s..7 days")
         if self.container_disk_gb < 1:
             problems.append(f"container disk {self.container_disk_gb} GB is below 1 GB")
+        if len(set(self.network_volume_ids)) != len(self.network_volume_ids):
+            problems.append(f"--network-volume names a volume twice: {', '.join(self.network_volume_ids)}")
+        if self.excluded_gpu_types and self.compute.is_cpu:
+            problems.append("--exclude-gpu is for GPU endpoints; this one runs on CPUs")
+        for gpu_type in self.excluded_gpu_types:
+            if gpu_type.startswith("-"):
+                problems.append(f"--exclude-gpu takes GPU type ids without the Hub's '-': {gpu_type[1:]!r}, not {gpu_type!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -165,6 +194,9 @@ def _endpoint_settings(spec: DeploymentSpec, template_id: str) -> dict[str, Any]
             "allowedCudaVersions": [],
             "minCudaVersion": MIN_CUDA_VERSION,
         }
+        # Stated with the pools on every update: a PATCH that sends pools without them clears them.
+        if spec.excluded_gpu_types:
+            body["gpu"]["excludedTypes"] = list(spec.excluded_gpu_types)
     workers: dict[str, Any] = {"min": spec.workers_min, "max": spec.workers_max}
     # RunPod rejects an idle timeout on a queue endpoint that scales on request count.
     if spec.scaling.scaler != "REQUEST_COUNT":

@@ -7,9 +7,16 @@ makes a second one. The GPU pools follow from --backend and --memory-mode (the s
 that fits first, larger ones as fallbacks) unless --gpu-pools is given; the lite backend gets a CPU
 endpoint. --dry-run prints every request instead of sending it and needs no API key.
 
+Before it changes anything it checks the GPU pools and --exclude-gpu types against RunPod's
+catalog (a pool the catalog lacks is refused; when the catalog cannot be read, a pool this tool
+does not know only gets a warning) and the network volumes against the account's (at most one per
+data centre). An update replaces the endpoint's whole environment, so the tool names the variables
+(set in the console, say) that it removes or changes, and afterwards reports how far the new
+release has rolled out. Requests refused with 429 are retried after the wait RunPod asks for.
+
 Reads RUNPOD_API_KEY, RUNPOD_API_BASE (default https://api.runpod.io) and the worker settings it
 hands on to the endpoint (BUCKET_*, URL_EXPIRY_SECONDS, MAX_AUDIO_SECONDS, MAX_INPUT_BYTES,
-PRESET_AVATARS_DIR). Progress goes to stderr; stdout gets only the endpoint id, for scripts.
+PRESET_AVATARS_DIR, DEFAULT_MODE). Progress goes to stderr; stdout gets only the endpoint id.
 Exit status: 0 done, 1 the RunPod API refused or failed, 2 bad arguments or settings.
 """
 
@@ -23,14 +30,18 @@ from typing import Any, Mapping, Sequence
 from endpoint_compute import (
     BACKENDS,
     DEFAULT_WAN_MEMORY_MODE,
+    GPU_CLASSES,
+    KNOWN_GPU_POOLS,
     WAN_MEMORY_MODE_GPU_GB,
     Compute,
     compute_for,
     parse_cpu_configs,
     parse_gpu_pools,
+    parse_list,
 )
 from endpoint_requests import (
     FLASHBOOT_MODES,
+    PASSED_THROUGH_ENV,
     SCALERS,
     DeploymentSpec,
     Scaling,
@@ -57,6 +68,8 @@ BACKEND_DEFAULTS = {
     "wan-s2v": {"idle_timeout": 60, "execution_timeout": 3600},
     "lite": {"idle_timeout": 5, "execution_timeout": 600},
 }
+# The GPU memory the fast mode needs (endpoint_compute.py, WAN_MEMORY_MODE_GPU_GB's comment).
+FAST_MODE_MIN_GPU_GB = 80
 # Container disk: without a network volume the ~49 GB of Wan2.2-S2V weights land on it.
 WAN_DISK_GB_WITHOUT_VOLUME = 100
 DISK_GB_OTHERWISE = 30
@@ -90,8 +103,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--flashboot", choices=tuple(FLASHBOOT_MODES), default="on")
     parser.add_argument("--execution-timeout", type=int, help="seconds one job may run")
     parser.add_argument("--container-disk", type=int, help="container disk in GB")
-    parser.add_argument("--network-volume", help="network volume id, mounted at /runpod-volume")
+    parser.add_argument(
+        "--network-volume",
+        default="",
+        help="network volume ids, at most one per data centre, e.g. vol1,vol2; each worker mounts the one "
+        "of its data centre at /runpod-volume",
+    )
     parser.add_argument("--data-centers", default="", help="data centre ids, e.g. EU-RO-1,US-KS-2")
+    parser.add_argument(
+        "--exclude-gpu",
+        default="",
+        help="GPU types to leave out of the pools, as RunPod's catalog names them, e.g. 'NVIDIA L40,NVIDIA A40'",
+    )
     parser.add_argument("--registry-auth", help="RunPod registry credential id, for a private image")
     parser.add_argument(
         "--hf-token-secret",
@@ -116,7 +139,7 @@ def spec_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Depl
     defaults = BACKEND_DEFAULTS[args.backend]
     if args.container_disk is not None:
         disk = args.container_disk
-    elif args.backend == "wan-s2v" and not args.network_volume:
+    elif args.backend == "wan-s2v" and not parse_list(args.network_volume):
         disk = WAN_DISK_GB_WITHOUT_VOLUME
     else:
         disk = DISK_GB_OTHERWISE
@@ -133,9 +156,10 @@ def spec_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Depl
         flashboot=FLASHBOOT_MODES[args.flashboot],
         execution_timeout_seconds=_given_or(args.execution_timeout, defaults["execution_timeout"]),
         container_disk_gb=disk,
-        network_volume_ids=(args.network_volume,) if args.network_volume else (),
-        data_center_ids=tuple(filter(None, (dc.strip() for dc in args.data_centers.split(",")))),
+        network_volume_ids=parse_list(args.network_volume),
+        data_center_ids=parse_list(args.data_centers),
         registry_auth_id=args.registry_auth or None,
+        excluded_gpu_types=parse_list(args.exclude_gpu),
     )
 
 
@@ -145,18 +169,26 @@ def _given_or(value: int | None, default: int) -> int:
 
 def print_plan(spec: DeploymentSpec, api_base: str) -> None:
     base = api_base.rstrip("/")
-    steps = [
+    steps = []
+    if not spec.compute.is_cpu:
+        steps.append(("Check the GPU pools and excluded types against RunPod's catalog", "GET", "/v2/catalog/gpus", None))
+    if spec.network_volume_ids:
+        steps.append(("Check the network volumes: this account's, one per data centre", "GET", "/v2/network-volumes", None))
+    steps += [
         (f"Find the template named {spec.template_name!r}", "GET", "/v2/templates", None),
         ("If there is none, create it", "POST", "/v2/templates", template_body(spec)),
         ("If there is one, update it", "PATCH", f"/v2/templates/{DRY_RUN_TEMPLATE_ID}", template_body(spec)),
         (f"Find the endpoint named {spec.name!r}", "GET", "/v2/serverless", None),
         ("If there is none, create it", "POST", "/v2/serverless", endpoint_create_body(spec, DRY_RUN_TEMPLATE_ID)),
         (
-            "If there is one, update it",
+            "If there is one, update it (its environment becomes exactly the template's: variables set in "
+            "the console and not here are removed)",
             "PATCH",
             f"/v2/serverless/{DRY_RUN_ENDPOINT_ID}",
             endpoint_update_body(spec, DRY_RUN_TEMPLATE_ID),
         ),
+        ("After an update, report how far the new release has rolled out", "GET",
+         f"/v2/serverless/{DRY_RUN_ENDPOINT_ID}/releases", None),
     ]
     log("Dry run: these are the requests, none is sent.")
     for title, method, path, body in steps:
@@ -164,7 +196,12 @@ def print_plan(spec: DeploymentSpec, api_base: str) -> None:
 
 
 def deploy(api: RunPodRest, spec: DeploymentSpec) -> dict[str, Any]:
-    """Create or update the template, then the endpoint; returns the endpoint."""
+    """Check, then create or update the template, then the endpoint; returns the endpoint.
+
+    Raises ValueError for settings RunPod's own data refutes, before anything is changed.
+    """
+    check_gpus(api, spec)
+    check_network_volumes(api, spec)
     template = _find_one(api.get("/v2/templates").get("templates", []), spec.template_name, "template")
     if template is None:
         template = api.post("/v2/templates", template_body(spec))
@@ -182,17 +219,127 @@ def deploy(api: RunPodRest, spec: DeploymentSpec) -> dict[str, Any]:
     if endpoint is None:
         endpoint = api.post("/v2/serverless", endpoint_create_body(spec, template["id"]))
         log(f"created endpoint {spec.name} ({endpoint['id']})")
-    else:
-        was_cpu = bool(endpoint.get("cpu")) and not endpoint.get("gpu")
-        if was_cpu != spec.compute.is_cpu:
-            kinds = ("a CPU", "a GPU") if was_cpu else ("a GPU", "a CPU")
-            raise RunPodApiError(
-                f"endpoint {spec.name!r} ({endpoint['id']}) is {kinds[0]} endpoint and RunPod cannot "
-                f"turn it into {kinds[1]} one; deploy under another --name."
-            )
-        endpoint = api.patch(f"/v2/serverless/{endpoint['id']}", endpoint_update_body(spec, template["id"]))
-        log(f"updated endpoint {spec.name} ({endpoint['id']})")
+        return endpoint
+    was_cpu = bool(endpoint.get("cpu")) and not endpoint.get("gpu")
+    if was_cpu != spec.compute.is_cpu:
+        kinds = ("a CPU", "a GPU") if was_cpu else ("a GPU", "a CPU")
+        raise RunPodApiError(
+            f"endpoint {spec.name!r} ({endpoint['id']}) is {kinds[0]} endpoint and RunPod cannot "
+            f"turn it into {kinds[1]} one; deploy under another --name."
+        )
+    warn_about_replaced_env(endpoint.get("env") or {}, spec.env)
+    endpoint = api.patch(f"/v2/serverless/{endpoint['id']}", endpoint_update_body(spec, template["id"]))
+    log(f"updated endpoint {spec.name} ({endpoint['id']})")
+    report_rollout(api, endpoint["id"])
     return endpoint
+
+
+def check_gpus(api: RunPodRest, spec: DeploymentSpec) -> None:
+    """The pools and excluded GPU types against RunPod's catalog; a warning when it cannot be read."""
+    if spec.compute.is_cpu:
+        return
+    pools = spec.compute.gpu_pools
+    try:
+        catalog = api.get("/v2/catalog/gpus").get("gpus") or []
+    except RunPodApiError as error:
+        unknown = [pool for pool in pools if pool not in KNOWN_GPU_POOLS]
+        log(f"warning: the GPU pools were not checked against RunPod's catalog ({error})"
+            + (f"; {', '.join(unknown)} is not a pool this tool knows: check the spelling" if unknown else ""))
+        return
+    types_by_pool: dict[str, set[str]] = {}
+    for gpu in catalog:
+        if gpu.get("pool"):
+            types_by_pool.setdefault(gpu["pool"], set()).add(str(gpu.get("id", "")).strip())
+    absent = [pool for pool in pools if pool not in types_by_pool]
+    if absent:
+        raise ValueError(
+            f"GPU pool {', '.join(absent)} is not in RunPod's catalog (GET /v2/catalog/gpus), whose serverless "
+            f"pools are {', '.join(sorted(types_by_pool))}: fix --gpu-pools"
+        )
+    new = [pool for pool in pools if pool not in KNOWN_GPU_POOLS]
+    if new:
+        log(f"note: {', '.join(new)} is in RunPod's catalog but not in this tool's table "
+            "(scripts/endpoint_compute.py), so its memory was not checked against the memory mode")
+    offered = set().union(*(types_by_pool[pool] for pool in pools))
+    strangers = [gpu_type for gpu_type in spec.excluded_gpu_types if gpu_type.strip() not in offered]
+    if strangers:
+        raise ValueError(
+            f"--exclude-gpu {', '.join(map(repr, strangers))} is not a GPU type of the pools {', '.join(pools)}, "
+            f"which hold {', '.join(sorted(offered))}"
+        )
+
+
+def check_network_volumes(api: RunPodRest, spec: DeploymentSpec) -> None:
+    """Each volume is the account's, at most one per data centre, inside --data-centers if given."""
+    if not spec.network_volume_ids:
+        return
+    try:
+        listed = api.get("/v2/network-volumes").get("networkVolumes") or []
+    except RunPodApiError as error:
+        log(f"warning: the network volumes were not checked ({error}); RunPod accepts one per data centre")
+        return
+    volumes = {volume["id"]: volume for volume in listed}
+    unknown = [volume_id for volume_id in spec.network_volume_ids if volume_id not in volumes]
+    if unknown:
+        known = ", ".join(f"{v['id']} ({v.get('dataCenter')})" for v in listed) or "none"
+        raise ValueError(f"network volume {', '.join(unknown)} is not one of this account's ({known}): fix --network-volume")
+    by_data_center: dict[str, list[str]] = {}
+    for volume_id in spec.network_volume_ids:
+        by_data_center.setdefault(volumes[volume_id].get("dataCenter", "?"), []).append(volume_id)
+    for data_center, ids in by_data_center.items():
+        if len(ids) > 1:
+            raise ValueError(
+                f"network volumes {' and '.join(ids)} are both in {data_center}; an endpoint takes one network "
+                "volume per data centre: keep one of them in --network-volume"
+            )
+    outside = [dc for dc in by_data_center if spec.data_center_ids and dc not in spec.data_center_ids]
+    if outside:
+        raise ValueError(
+            f"--data-centers ({', '.join(spec.data_center_ids)}) leaves out {', '.join(outside)}, where "
+            f"network volume {', '.join(by_data_center[dc][0] for dc in outside)} is: add the data centre or drop the volume"
+        )
+    log("network volumes: " + ", ".join(f"{ids[0]} in {dc}" for dc, ids in by_data_center.items())
+        + " (workers run only there; volumes do not sync, so each one gets its own copy of the weights)")
+
+
+def warn_about_replaced_env(current: Mapping[str, str], new: Mapping[str, str]) -> None:
+    """An update makes the endpoint's environment exactly the template's: say what that removes or changes."""
+    removed = sorted(name for name in current if name not in new)
+    changed = sorted(name for name in current if name in new and current[name] != new[name])
+    if not removed and not changed:
+        return
+    parts = []
+    if removed:
+        parts.append(f"removes {', '.join(removed)}")
+    if changed:
+        parts.append(f"changes {', '.join(changed)}")
+    log(
+        f"warning: this redeploy replaces the endpoint's environment variables, including any set in the "
+        f"console: it {' and '.join(parts)}. To keep a value, put it in .env (this tool hands on "
+        f"{', '.join(PASSED_THROUGH_ENV)}); any other variable must be set again in the console after each deploy."
+    )
+
+
+def report_rollout(api: RunPodRest, endpoint_id: str) -> None:
+    """How many workers run the release this update made (GET /v2/serverless/{id}/releases)."""
+    try:
+        answer = api.get(f"/v2/serverless/{endpoint_id}/releases")
+    except RunPodApiError as error:
+        log(f"warning: the rollout could not be read ({error}); the console's Releases tab shows it")
+        return
+    rollout = answer.get("rollout") or {}
+    releases = answer.get("releases") or [{}]
+    version = answer.get("endpointVersion", releases[0].get("version"))
+    changed = ", ".join(str(entry.get("field")) for entry in releases[0].get("diff") or [])
+    on_latest, total = rollout.get("workersOnLatest", 0), rollout.get("workersTotal", 0)
+    what = f"release {version}" + (f" (changed {changed})" if changed else "")
+    if rollout.get("inProgress"):
+        log(f"rollout of {what}: {on_latest} of {total} workers run it ({rollout.get('percentOnLatest', 0)} %); "
+            "the others keep the previous release until they are replaced, a busy one after its job")
+    elif total:
+        log(f"{what} is live on all {total} workers")
+    else:
+        log(f"{what} is live; no worker is running, the next one to start runs it")
 
 
 def _find_one(items: list[dict[str, Any]], name: str, kind: str) -> dict[str, Any] | None:
@@ -215,13 +362,35 @@ def describe(spec: DeploymentSpec) -> str:
         hardware = "CPU " + ", ".join(f"{cpu.flavor} x{cpu.vcpu_count} vCPU" for cpu in spec.compute.cpu)
     else:
         hardware = f"{spec.gpu_count} GPU from " + " > ".join(spec.compute.gpu_pools)
+        if spec.excluded_gpu_types:
+            hardware += " except " + ", ".join(spec.excluded_gpu_types)
     backend = spec.env["MODEL_BACKEND"]
     if "WAN_MEMORY_MODE" in spec.env:
         backend += f" ({spec.env['WAN_MEMORY_MODE']})"
+    start = f", start timeout {spec.env['RUNPOD_INIT_TIMEOUT']} s" if "RUNPOD_INIT_TIMEOUT" in spec.env else ""
     return (
         f"endpoint {spec.name!r}: {spec.image}, {hardware}, "
-        f"workers {spec.workers_min}..{spec.workers_max}, backend {backend}"
+        f"workers {spec.workers_min}..{spec.workers_max}, backend {backend}{start}"
     )
+
+
+def advice(spec: DeploymentSpec) -> list[str]:
+    """Warnings about settings that may work but probably not as meant (no request needed)."""
+    warnings = []
+    memory_of_pool = {pool: gpu_class.memory_gb for gpu_class in GPU_CLASSES for pool in gpu_class.pools}
+    small = [pool for pool in spec.compute.gpu_pools if memory_of_pool.get(pool, 0) < FAST_MODE_MIN_GPU_GB]
+    if spec.env.get("DEFAULT_MODE") == "fast" and small:
+        warnings.append(
+            f"DEFAULT_MODE=fast needs about {FAST_MODE_MIN_GPU_GB} GB of GPU memory (an estimate, not yet measured "
+            f"on a GPU), more than {', '.join(small)} have: pass --gpu-pools ADA_80_PRO,AMPERE_80,HOPPER_141"
+        )
+    for name, value in spec.env.items():
+        if is_secret_name(name) and not is_secret_reference(value):
+            warnings.append(
+                f"{name} goes into the endpoint's environment as plain text; store it as a "
+                f"RunPod secret and set {name}={{{{ RUNPOD_SECRET_<name> }}}} in .env instead."
+            )
+    return warnings
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -234,13 +403,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     api_base = environ.get("RUNPOD_API_BASE") or DEFAULT_API_BASE
     log(describe(spec))
-    for name, value in spec.env.items():
-        if is_secret_name(name) and not is_secret_reference(value):
-            log(
-                f"warning: {name} goes into the endpoint's environment as plain text; store it as a "
-                f"RunPod secret and set {name}={{{{ RUNPOD_SECRET_<name> }}}} in .env instead."
-            )
+    for warning in advice(spec):
+        log(f"warning: {warning}")
     if args.dry_run:
+        unknown = [pool for pool in spec.compute.gpu_pools if pool not in KNOWN_GPU_POOLS]
+        if unknown:
+            log(f"warning: {', '.join(unknown)} is not a pool this tool knows; a real run checks it against RunPod's catalog")
         print_plan(spec, api_base)
         print(DRY_RUN_ENDPOINT_ID)
         return 0
@@ -250,6 +418,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     try:
         endpoint = deploy(RunPodRest(api_key, api_base), spec)
+    except ValueError as error:
+        log(f"error: {error}")
+        return 2
     except RunPodApiError as error:
         log(f"error: {error}")
         return 1

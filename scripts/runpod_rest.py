@@ -9,19 +9,32 @@ Schema: `api-reference-v2/openapi.json` in the runpod/docs repository (commit a9
 from __future__ import annotations
 
 import json
+import sys
+import time
 from typing import Any
 
 import requests
 
 DEFAULT_API_BASE = "https://api.runpod.io"
 REQUEST_TIMEOUT_SECONDS = 60
+# A 429 means RunPod refused the request without acting on it, so any method may be sent again.
+# Its Retry-After header gives the seconds to wait (the published 429 response); without one the
+# wait doubles from 1 s. At most RATE_LIMIT_RETRIES retries and RATE_LIMIT_WAIT_SECONDS of waiting
+# per request, each wait at most RATE_LIMIT_MAX_DELAY_SECONDS.
+RATE_LIMIT_RETRIES = 5
+RATE_LIMIT_WAIT_SECONDS = 180.0
+RATE_LIMIT_MAX_DELAY_SECONDS = 60.0
 
 # Environment variables whose literal values must not reach a terminal or a log.
 _SECRET_ENV_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "ACCESS_KEY")
 
 
 class RunPodApiError(Exception):
-    """A request failed; the message says which, why, and what to do."""
+    """A request failed; the message says which, why, and what to do. `status`: the HTTP status, if any."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def redact_body(body: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -73,23 +86,45 @@ class RunPodRest:
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         url = self.url(path)
-        try:
-            response = self._session.request(
-                method, url, json=body, timeout=REQUEST_TIMEOUT_SECONDS
-            )
-        except requests.RequestException as error:
-            raise RunPodApiError(
-                f"{method} {url} did not get an answer ({type(error).__name__}); check the "
-                "network and RUNPOD_API_BASE."
-            ) from None
+        waited = 0.0
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            response = self._request(method, url, body)
+            if response.status_code != 429 or attempt == RATE_LIMIT_RETRIES:
+                break
+            delay = _retry_delay(response, attempt)
+            if waited + delay > RATE_LIMIT_WAIT_SECONDS:
+                break
+            print(f"RunPod is rate-limiting this key (429); {method} {url} again in {delay:.0f} s "
+                  f"(retry {attempt + 1} of {RATE_LIMIT_RETRIES})", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            waited += delay
         if response.ok:
             try:
                 return response.json()
             except ValueError:
                 raise RunPodApiError(
-                    f"{method} {url} answered {response.status_code} with a body that is not JSON."
+                    f"{method} {url} answered {response.status_code} with a body that is not JSON.", response.status_code
                 ) from None
-        raise RunPodApiError(_error_message(method, url, response))
+        message = _error_message(method, url, response)
+        if response.status_code == 429:
+            message += f" (gave up after {attempt + 1} tries and {waited:.0f} s of waiting)"
+        raise RunPodApiError(message, response.status_code)
+
+    def _request(self, method: str, url: str, body: dict[str, Any] | None) -> requests.Response:
+        try:
+            return self._session.request(method, url, json=body, timeout=REQUEST_TIMEOUT_SECONDS)
+        except requests.RequestException as error:
+            raise RunPodApiError(
+                f"{method} {url} did not get an answer ({type(error).__name__}); check the "
+                "network and RUNPOD_API_BASE."
+            ) from None
+
+
+def _retry_delay(response: requests.Response, attempt: int) -> float:
+    """Seconds to wait before retrying a 429: its Retry-After, else 1, 2, 4, ... s; capped."""
+    header = response.headers.get("Retry-After", "").strip()
+    delay = float(header) if header.isdigit() else float(2**attempt)
+    return min(delay, RATE_LIMIT_MAX_DELAY_SECONDS)
 
 
 def _error_message(method: str, url: str, response: requests.Response) -> str:

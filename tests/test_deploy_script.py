@@ -132,7 +132,9 @@ def test_full_deploy_builds_pushes_and_creates_then_updates(tmp_path, env_file, 
     login(tmp_path, "https://index.docker.io/v1/")
     api = FakeRunPodApi()
     with api.serving() as base_url:
-        env = {"DOCKER_CALLS": str(calls), "RUNPOD_API_KEY": API_KEY, "RUNPOD_API_BASE": base_url}
+        # the environment beats the file's unknown volume id: one of the fake account's volumes
+        env = {"DOCKER_CALLS": str(calls), "RUNPOD_API_KEY": API_KEY, "RUNPOD_API_BASE": base_url,
+               "RUNPOD_NETWORK_VOLUME_ID": "vol42"}
         first = run_deploy(tmp_path, "--env-file", str(env_file), path=path, **env)
         assert first.returncode == 0, first.stderr
         second = run_deploy(tmp_path, "--env-file", str(env_file), "--bake-weights", path=path, HF_TOKEN=HF_TOKEN, **env)
@@ -155,13 +157,16 @@ def test_full_deploy_builds_pushes_and_creates_then_updates(tmp_path, env_file, 
     assert endpoint["env"]["HF_TOKEN"] == "{{ RUNPOD_SECRET_hf_token }}"
     assert endpoint["image"] == baked[1]
     assert endpoint["workers"]["max"] == 7 and endpoint["dataCenterIds"] == ["EU-RO-1", "US-KS-2"]
+    assert endpoint["networkVolumes"] == ["vol42"] and endpoint["env"]["RUNPOD_INIT_TIMEOUT"] == "3600"
+    assert "rollout of release 2" in second.stderr
 
 
 def test_image_flag_deploys_an_existing_image_without_docker(tmp_path, env_file):
     api = FakeRunPodApi()
     with api.serving() as base_url:
         result = run_deploy(tmp_path, "--env-file", str(env_file), "--image", "docker.io/acme/talking-head:0ld7a9",
-                            "--backend", "lite", RUNPOD_API_KEY=API_KEY, RUNPOD_API_BASE=base_url)
+                            "--backend", "lite", RUNPOD_API_KEY=API_KEY, RUNPOD_API_BASE=base_url,
+                            RUNPOD_NETWORK_VOLUME_ID="vol42")
     assert result.returncode == 0, result.stderr
     (endpoint,) = api.endpoints.values()
     assert endpoint["image"] == "docker.io/acme/talking-head:0ld7a9" and "cpu" in endpoint
@@ -179,3 +184,34 @@ def test_image_scripts_refuse_untagged_or_latest(tmp_path, script, args, message
     result = subprocess.run([str(ROOT / script), "--dry-run", *args], capture_output=True, text=True,
                             env={"PATH": path_without_docker()}, timeout=30)
     assert result.returncode == 1 and message in result.stderr
+
+
+def test_mode_and_excluded_gpus_reach_the_endpoint_and_a_weightless_endpoint_gets_the_cached_model_hint(tmp_path):
+    api = FakeRunPodApi()
+    with api.serving() as base_url:
+        bare = run_deploy(tmp_path, "--image", "docker.io/acme/talking-head:0ld7a9", "--default-mode", "quality",
+                          "--exclude-gpu", "NVIDIA L40,NVIDIA A40", RUNPOD_API_KEY=API_KEY, RUNPOD_API_BASE=base_url)
+        with_volume = run_deploy(tmp_path, "--image", "docker.io/acme/talking-head:0ld7a9", "--network-volume", "vol77",
+                                 RUNPOD_API_KEY=API_KEY, RUNPOD_API_BASE=base_url)
+    assert bare.returncode == 0, bare.stderr
+    assert with_volume.returncode == 0, with_volume.stderr
+    (endpoint,) = api.endpoints.values()
+    first_create = [r.body for r in api.requests if (r.method, r.path) == ("POST", "/v2/serverless")][0]
+    assert first_create["gpu"]["excludedTypes"] == ["NVIDIA L40", "NVIDIA A40"]
+    first_template = [r.body for r in api.requests if (r.method, r.path) == ("POST", "/v2/templates")][0]
+    assert first_template["env"]["DEFAULT_MODE"] == "quality"
+    assert "DEFAULT_MODE" not in endpoint["env"] and "excludedTypes" not in endpoint["gpu"]
+    hint = "set Model to Wan-AI/Wan2.2-S2V-14B (RunPod's cached models)"
+    assert hint in " ".join(bare.stdout.split()) and hint not in " ".join(with_volume.stdout.split())
+    # the second deploy dropped DEFAULT_MODE from the environment, and says so
+    assert "removes DEFAULT_MODE" in with_volume.stderr
+
+
+def test_help_shows_the_three_ways_to_have_the_weights():
+    result = subprocess.run([str(DEPLOY), "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for way in ("1. RunPod's cached models", "set Model to Wan-AI/Wan2.2-S2V-14B", "2. A network volume",
+                "python scripts/download_models.py --model-dir /runpod-volume/models", "3. Baked into the image",
+                "RUNPOD_INIT_TIMEOUT=3600 s"):
+        assert way in text, way
