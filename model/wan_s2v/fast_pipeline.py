@@ -140,15 +140,12 @@ class FastSampler:
             context, portrait.ref_latent.to(pipe.dtype), portrait.history_latents.to(pipe.dtype)
         )
         rings = self._step_rings(portrait, num_steps)
-        history = portrait.pixels.expand(-1, -1, HISTORY_FRAMES, -1, -1)
+        decoder = _ClipDecoder(pipe.vae, portrait)
         remaining = num_frames
         for block in range(num_blocks):
             clip, block_in_clip = divmod(block, BLOCKS_PER_CLIP)
             if block_in_clip == 0:
                 noise = self._clip_noise(portrait, seed + clip)
-                decoder = StreamingDecoder(pipe.vae)
-                decoder.decode(portrait.history_latents if clip == 0 else pipe.vae.encode(history))
-                clip_frames = []
             first = block_in_clip * FAST_LATENT_FRAMES_PER_BLOCK
             latents = noise[:, :, first : first + FAST_LATENT_FRAMES_PER_BLOCK]
             audio = bucket_clip_features(speech, block, FRAMES_PER_BLOCK).to(pipe.device, pipe.dtype)
@@ -162,14 +159,8 @@ class FastSampler:
                 latents = euler_step(latents, prediction, sigmas[step], sigmas[step + 1])
                 clock.tick(f"block {block + 1}/{num_blocks}, step {step + 1}/{num_steps}")
 
-            pixels = decoder.decode(latents)
-            if block == 0:
-                pixels = pixels[:, :, FIRST_CLIP_DROPPED_FRAMES:]
+            pixels = decoder.decode(latents, block)[:, :, :remaining]
             clock.tick(f"block {block + 1}/{num_blocks} decoded")
-            clip_frames.append(pixels)
-            if block_in_clip == BLOCKS_PER_CLIP - 1:
-                history = torch.cat([history, *clip_frames], dim=2)[:, :, -HISTORY_FRAMES:]
-            pixels = pixels[:, :, :remaining]
             remaining -= pixels.shape[2]
             yield pixels
 
@@ -187,10 +178,7 @@ class FastSampler:
                 config.attention_head_dim, pipe.dtype, device, pin_memory,
             )
 
-        per_ring = (
-            2 * config.num_layers * LATENT_FRAMES_PER_CLIP * tokens_per_frame
-            * config.num_attention_heads * config.attention_head_dim * pipe.dtype.itemsize
-        )
+        per_ring = ring(torch.device("meta")).nbytes
         if fits_beside_fast_workspace(per_ring * num_steps, pipe.device):
             log.info("fast mode: %d attention rings of %.1f GiB on %s", num_steps, per_ring / GIB, pipe.device)
             return StepRings([ring(pipe.device) for _ in range(num_steps)])
@@ -212,6 +200,33 @@ class FastSampler:
             portrait.height // VAE_STRIDE[1], portrait.width // VAE_STRIDE[2],
         )
         return torch.randn(shape, dtype=pipe.dtype, device=pipe.device, generator=generator)
+
+
+class _ClipDecoder:
+    """Decodes a block as soon as it is denoised: each clip behind the latents of the video's last
+    365 frames (the portrait's, before the first clip), the first clip's first frames dropped."""
+
+    def __init__(self, vae, portrait: FastPortrait) -> None:
+        self.vae = vae
+        self.portrait = portrait
+        self.history = portrait.pixels.expand(-1, -1, HISTORY_FRAMES, -1, -1)
+        self._decoder: StreamingDecoder | None = None
+        self._clip_frames: list[torch.Tensor] = []
+
+    def decode(self, latents: torch.Tensor, block: int) -> torch.Tensor:
+        """Float pixels [1, 3, n, H, W] of the block's latents."""
+        clip, block_in_clip = divmod(block, BLOCKS_PER_CLIP)
+        if block_in_clip == 0:
+            self._decoder = StreamingDecoder(self.vae)
+            self._decoder.decode(self.portrait.history_latents if clip == 0 else self.vae.encode(self.history))
+        pixels = self._decoder.decode(latents)
+        if block == 0:
+            pixels = pixels[:, :, FIRST_CLIP_DROPPED_FRAMES:]
+        self._clip_frames.append(pixels)
+        if block_in_clip == BLOCKS_PER_CLIP - 1:
+            self.history = torch.cat([self.history, *self._clip_frames], dim=2)[:, :, -HISTORY_FRAMES:]
+            self._clip_frames = []
+        return pixels
 
 
 def euler_schedule(num_steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
