@@ -19,8 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from endpoint_compute import DEFAULT_WAN_MEMORY_MODE, KNOWN_GPU_POOLS, WAN_MEMORY_MODE_GPU_GB, compute_for  # noqa: E402
-from endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV  # noqa: E402
+from endpoint_compute import DEFAULT_WAN_MEMORY_MODE, KNOWN_GPU_POOLS, compute_for  # noqa: E402
+from endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV, WORKER_INIT_TIMEOUT_SECONDS  # noqa: E402
 from runpod_endpoint import WAN_DISK_GB_WITHOUT_VOLUME  # noqa: E402
 
 
@@ -190,8 +190,10 @@ def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
     defaults = WorkerSettings.from_env({})
     worker_default = {"URL_EXPIRY_SECONDS": defaults.url_expiry_seconds, "MAX_AUDIO_SECONDS": defaults.max_audio_seconds,
                       "MAX_INPUT_BYTES": defaults.max_input_bytes}
-    known = set(PASSED_THROUGH_ENV) | {"MODEL_BACKEND", "WAN_MEMORY_MODE", "HF_TOKEN", "DEFAULT_MODE"}
+    known = set(PASSED_THROUGH_ENV) | {"WAN_MEMORY_MODE", "HF_TOKEN"}
     for variable in hub()["config"]["env"]:
+        if "value" in variable:  # static: the listing's fixed settings
+            continue
         assert variable["key"] in known
         spec = variable["input"]
         assert {"name", "type", "description"} <= set(spec)
@@ -199,9 +201,56 @@ def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
             assert spec["default"] in [option["value"] for option in spec["options"]]
         if variable["key"] in worker_default:
             assert spec["type"] == "number" and spec["default"] == worker_default[variable["key"]]
-    modes = {preset["defaults"].get("WAN_MEMORY_MODE") for preset in hub()["config"]["presets"]} - {None}
-    assert modes == set(WAN_MEMORY_MODE_GPU_GB)
 
+
+def test_hub_json_fixes_the_backend_and_a_start_timeout_that_covers_a_cold_download():
+    static = {variable["key"]: variable["value"] for variable in hub()["config"]["env"] if "value" in variable}
+    # a GPU listing runs wan-s2v only: lite on these GPUs would pay GPU prices for CPU work
+    assert static == {"MODEL_BACKEND": "wan-s2v", "RUNPOD_INIT_TIMEOUT": str(WORKER_INIT_TIMEOUT_SECONDS["wan-s2v"])}
+    assert "lite" not in json.dumps(hub()["config"]["env"])
+
+
+def test_hub_json_presets_never_pin_what_depends_on_the_gpu():
+    # Presets cannot change gpuIds, so a preset pinning a memory mode or a backend lands on GPUs
+    # that do not fit it.
+    for preset in hub()["config"].get("presets", []):
+        assert not {"WAN_MEMORY_MODE", "MODEL_BACKEND", "DEFAULT_MODE"} & set(preset["defaults"]), preset["name"]
+
+
+def test_hub_json_memory_mode_defaults_to_the_workers_own_choice():
+    from model.wan_s2v.memory import GIB, MemoryMode, choose_memory_mode
+
+    (spec,) = [variable["input"] for variable in hub()["config"]["env"] if variable["key"] == "WAN_MEMORY_MODE"]
+    assert {option["value"] for option in spec["options"]} == {""} | {mode.value for mode in MemoryMode}
+    for free in (20 * GIB, 45 * GIB, 78 * GIB, 139 * GIB):
+        assert choose_memory_mode(free, {"WAN_MEMORY_MODE": spec["default"]}) == choose_memory_mode(free, {})
+
+
+def test_the_hub_finds_a_handler_py_that_runs_the_worker_and_the_package_stays_the_package(tmp_path):
+    assert not ROOT.joinpath("handler.py").exists()  # it would sit beside the handler/ package
+    result = subprocess.run(
+        [sys.executable, str(ROOT / ".runpod" / "handler.py"), "--test_input", json.dumps({"input": {"image_file": "eA=="}})],
+        cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "MODEL_BACKEND": "lite", "HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert "INVALID_INPUT: no audio given" in result.stdout + result.stderr, result.stderr[-2000:]
+    package = subprocess.run([sys.executable, "-c", "import handler; print(handler.__file__)"], cwd=ROOT,
+                             capture_output=True, text=True, check=True, timeout=60)
+    assert package.stdout.strip() == str(ROOT / "handler" / "__init__.py")
+
+
+def test_the_hub_page_and_icon():
+    page = ROOT.joinpath(".runpod", "README.md").read_text()
+    assert page.startswith(f"# {hub()['title']}\n")
+    assert "Wan-AI/Wan2.2-S2V-14B" in page and "Manage > Edit Endpoint" in page
+    assert f"RUNPOD_INIT_TIMEOUT={WORKER_INIT_TIMEOUT_SECONDS['wan-s2v']}" in page
+    assert "./deploy_runpod.sh --backend lite" in page
+    from PIL import Image
+
+    with Image.open(ROOT / ".runpod" / "icon.png") as icon:
+        assert icon.format == "PNG" and icon.size[0] == icon.size[1] >= 256
+    if "iconUrl" in hub():
+        assert hub()["iconUrl"].startswith("https://") and hub()["iconUrl"].endswith("/.runpod/icon.png")
 
 
 def test_hub_json_default_mode_offers_the_contracts_modes_and_the_worker_takes_its_default():
