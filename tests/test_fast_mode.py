@@ -99,3 +99,9 @@ def test_rings_kept_in_host_memory_give_the_same_video(sampler, portrait, monkey
     staged = np.concatenate(frames_of(sampler, portrait, 1.0))
     assert np.array_equal(on_device, staged)
     assert sampler._host_rings  # kept for the next job of that size
+
+
+def test_the_fast_mode_runs_its_vae_in_the_compute_dtype_like_live_avatar(sampler):
+    assert sampler.vae is sampler.pipeline.vae  # float32 here: the same VAE
+    bf16 = FastSampler(types.SimpleNamespace(vae=sampler.pipeline.vae, dtype=torch.bfloat16))
+    assert bf16.vae.dtype == torch.bfloat16 and sampler.pipeline.vae.dtype == torch.float32
