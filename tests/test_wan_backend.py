@@ -4,6 +4,8 @@ settings, portrait sizes, and out-of-memory errors to the contract's OUT_OF_MEMO
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +27,9 @@ from model.wan_s2v.sizing import output_size
 
 class RecordingPipeline:
     """Stands in for WanS2VPipeline to see what the backend asks of it."""
+
+    dtype = torch.float32
+    vae = types.SimpleNamespace(dtype=torch.float32)
 
     def __init__(self, fail_after_first_clip: bool = False) -> None:
         self.fail_after_first_clip = fail_after_first_clip
@@ -115,3 +120,15 @@ def test_fast_mode_sizes_a_job_without_resolution_like_the_reference():
     backend = backend_for(RecordingPipeline())
     assert backend.default_max_area("fast") == FAST_MAX_AREA == 704 * 384
     assert backend.default_max_area("quality") == 832 * 480
+
+
+def test_the_real_model_on_a_machine_without_cuda_makes_the_worker_leave_the_pool(tmp_path, monkeypatch):
+    from model.base import HostUnfitError
+    from model.wan_s2v import backend as wan_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "config.json").write_text('{"dim": 5120, "num_layers": 40}')
+    with pytest.raises(HostUnfitError, match="no usable CUDA GPU, and Wan2.2-S2V-14B needs one"):
+        wan_backend._execution_target(tmp_path)
+    (tmp_path / "config.json").write_text('{"dim": 24, "num_layers": 2}')  # the tests' tiny checkpoints run
+    assert wan_backend._execution_target(tmp_path)[0] == torch.device("cpu")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ import torch
 from model.base import (
     BackendOutOfMemoryError,
     GenerationOptions,
+    HostUnfitError,
     InvalidOptionError,
     ModelUnavailableError,
     PreparedPortrait,
@@ -45,6 +47,7 @@ from .config import (
     SAMPLE_SHIFT,
     SAMPLE_SOLVER,
     SAMPLE_STEPS,
+    TRANSFORMER_CONFIG_FILE,
 )
 from .fast_pipeline import FastPortrait, FastSampler
 from .loader import load_components
@@ -103,17 +106,19 @@ class WanS2VBackend(TalkingHeadBackend):
         started = time.monotonic()
         weights = ensure_weights(model_dir)
         lora_file = _find_lora(model_dir)
-        device, dtype, mode = _execution_target()
+        device, dtype, mode = _execution_target(weights)
+        # Failures from here on belong to this machine (its GPU, the files on its disk): another
+        # worker may well succeed, so they are HostUnfitError and the worker leaves the pool.
         try:
             pipeline, lora = _load_pipeline(weights, lora_file, device, dtype, mode)
         except torch.cuda.OutOfMemoryError:
-            raise ModelUnavailableError(
-                f"the Wan2.2-S2V models do not fit in the GPU's memory in memory mode {mode.value!r}; "
+            raise HostUnfitError(
+                f"the Wan2.2-S2V models do not fit in this GPU's free memory in memory mode {mode.value!r}; "
                 + smaller_mode_advice(mode)
             ) from None
         except (OSError, KeyError, ValueError, RuntimeError) as error:
             log.exception("loading Wan2.2-S2V from %s failed", weights)
-            raise ModelUnavailableError(
+            raise HostUnfitError(
                 f"the Wan2.2-S2V weights in {weights} could not be loaded ({type(error).__name__}); "
                 "the files may be incomplete or corrupt: delete them so the worker downloads them again."
             ) from error
@@ -224,8 +229,30 @@ def _out_of_memory_as_job_error(mode: MemoryMode) -> Iterator[None]:
         raise BackendOutOfMemoryError(out_of_memory_message(mode)) from None
 
 
-def _execution_target() -> tuple[torch.device, torch.dtype, MemoryMode]:
+# A transformer wider than this is the real model, which a CPU would take hours a job to run;
+# the tests' tiny checkpoints are 24 to 32 wide.
+CPU_MAX_TRANSFORMER_WIDTH = 1024
+
+
+def _transformer_width(weights: Path) -> int:
+    """The transformer's width from its config, in the official layout or ours (0 if neither)."""
+    official = weights / TRANSFORMER_CONFIG_FILE
+    if official.is_file():
+        return int(json.loads(official.read_text()).get("dim", 0))
+    ours = weights / "transformer" / "config.json"
+    if ours.is_file():
+        config = json.loads(ours.read_text())
+        return int(config.get("num_attention_heads", 0) * config.get("attention_head_dim", 0))
+    return 0
+
+
+def _execution_target(weights: Path) -> tuple[torch.device, torch.dtype, MemoryMode]:
     if not torch.cuda.is_available():
+        if _transformer_width(weights) > CPU_MAX_TRANSFORMER_WIDTH:
+            raise HostUnfitError(
+                "this machine has no usable CUDA GPU, and Wan2.2-S2V-14B needs one; deploy the endpoint on GPU "
+                "workers, or set MODEL_BACKEND=lite for the CPU backend."
+            )
         log.warning("no CUDA GPU: Wan2.2-S2V runs on the CPU in float32, which is only usable with tiny test checkpoints")
         return torch.device("cpu"), torch.float32, MemoryMode.FULL
     device = torch.device("cuda", torch.cuda.current_device())
