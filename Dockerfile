@@ -56,7 +56,8 @@ CMD ["python", "-u", "-m", "handler"]
 
 
 FROM worker AS baked
-# Into the script's default folder, /models/Wan2.2-S2V-14B, one of the places the worker looks.
+# Into the script's default folder, /models: the checkpoint in /models/Wan2.2-S2V-14B and the fast
+# mode's LoRA in /models/Live-Avatar, each with its finished-marker, where the worker looks.
 # The token is mounted for this one command only: it is in no layer, no build argument and no
 # image history. It is optional because the weights are public; it lifts the download rate limit.
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \

@@ -4,8 +4,9 @@ DIR/Live-Avatar, exactly as a worker with MODEL_DIR=DIR fetches them at its firs
 
     python scripts/download_models.py                                 # into /models, the image's folder
                                                                       # (the Dockerfile's `baked` stage)
-    python scripts/download_models.py --model-dir /runpod-volume/models   # fill a network volume from a
-                                                                      # pod, once, for every worker
+    python scripts/download_models.py --model-dir /workspace/models   # fill a network volume, once, from
+                                                                      # a pod (pods mount it at /workspace,
+                                                                      # workers at /runpod-volume)
     python scripts/download_models.py --no-lora                       # the checkpoint alone (no fast mode)
 
 It takes the same lock as the workers, so it can run while workers start on the same volume:
@@ -34,14 +35,18 @@ from model.wan_s2v.weights import (  # noqa: E402
 )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model-dir", type=Path, default=IMAGE_MODEL_DIR,
         help=f"the worker's MODEL_DIR to fill (default {IMAGE_MODEL_DIR}, where the image's worker looks)",
     )
     parser.add_argument("--no-lora", action="store_true", help=f"skip the Live Avatar LoRA ({LORA_REPO_ID})")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     downloads = [(REPO_ID, download_weights_into)]

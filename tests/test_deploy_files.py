@@ -272,3 +272,35 @@ def test_tests_json_runs_the_sample_job():
     assert isinstance(config["gpuTypeId"], str) and config["gpuCount"] == 1
     assert all(set(item) == {"key", "value"} for item in config["env"])
     assert config["allowedCudaVersions"] == hub()["config"]["allowedCudaVersions"]
+
+
+def documented_commands(script: str) -> list[list[str]]:
+    """Every command line in README.md and MIGRATION.md that runs `script`, split as a shell would."""
+    found = []
+    for doc in ("README.md", "MIGRATION.md"):
+        for match in re.finditer(rf"(?:\./|python |\.venv/bin/python )?{re.escape(script)}[^`\n#]*", ROOT.joinpath(doc).read_text()):
+            words = shlex.split(match.group(0))
+            found.append(words[words.index(next(w for w in words if w.endswith(script))) + 1:])
+    return found
+
+
+def test_every_download_command_in_the_docs_is_one_the_script_takes():
+    sys.path.insert(0, str(ROOT))
+    from scripts.download_models import parse_args
+
+    commands = documented_commands("scripts/download_models.py")
+    assert len(commands) >= 2
+    for arguments in commands:
+        parse_args(arguments)  # argparse exits on a flag it does not take
+
+
+def test_every_deploy_command_in_the_docs_runs(tmp_path):
+    commands = documented_commands("deploy_runpod.sh")
+    assert len(commands) >= 5
+    environment = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    for arguments in commands:
+        if "--help" not in arguments and "--dry-run" not in arguments:
+            arguments = [*arguments, "--dry-run"]  # no docker and no RunPod account here: the plan
+        result = subprocess.run([str(ROOT / "deploy_runpod.sh"), *arguments, "--env-file", str(ROOT / ".env.example")],
+                                capture_output=True, text=True, env=environment, timeout=60)
+        assert result.returncode == 0, (arguments, result.stderr[-1500:])
