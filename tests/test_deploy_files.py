@@ -304,3 +304,16 @@ def test_every_deploy_command_in_the_docs_runs(tmp_path):
         result = subprocess.run([str(ROOT / "deploy_runpod.sh"), *arguments, "--env-file", str(ROOT / ".env.example")],
                                 capture_output=True, text=True, env=environment, timeout=60)
         assert result.returncode == 0, (arguments, result.stderr[-1500:])
+
+
+def test_the_docs_state_the_start_timeout_and_the_locks_timings_the_code_uses():
+    from model.wan_s2v.weights import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
+
+    readme = " ".join(ROOT.joinpath("README.md").read_text().split())
+    timeout = WORKER_INIT_TIMEOUT_SECONDS["wan-s2v"]
+    assert f"RUNPOD_INIT_TIMEOUT={timeout}" in readme
+    assert f"refreshed every {LOCK_REFRESH_SECONDS:.0f} s" in readme
+    assert f"up to {LOCK_WAIT_SECONDS // 60} minutes" in readme
+    assert f"once it has gone {LOCK_STALE_SECONDS / 60:.0f} minutes without a refresh" in readme
+    for other in ("MIGRATION.md", "deploy_runpod.sh", ".runpod/README.md"):
+        assert f"RUNPOD_INIT_TIMEOUT={timeout}" in ROOT.joinpath(other).read_text(), other

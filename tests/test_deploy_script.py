@@ -213,5 +213,5 @@ def test_help_shows_the_three_ways_to_have_the_weights():
     text = " ".join(result.stdout.split())
     for way in ("1. RunPod's cached models", "set Model to Wan-AI/Wan2.2-S2V-14B", "2. A network volume",
                 "python scripts/download_models.py --model-dir /runpod-volume/models", "3. Baked into the image",
-                "RUNPOD_INIT_TIMEOUT=3600 s"):
+                "RUNPOD_INIT_TIMEOUT=3600"):
         assert way in text, way
