@@ -25,6 +25,7 @@ mode on the GPU, before the text encoder moves to the CPU); the timings are the 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import statistics
@@ -336,10 +337,10 @@ def main() -> int:
             continue
         resident = torch.cuda.memory_allocated() / GIB
         print(f"{mode.value}: models placed in {time.perf_counter() - started:.0f} s, {resident:.1f} GiB resident", flush=True)
-        runs = [(resolution, lambda resolution=resolution: benchmark(pipeline, resolution, args.steps, flops_cache))
+        runs = [(resolution, functools.partial(benchmark, pipeline, resolution, args.steps, flops_cache))
                 for resolution in args.resolutions if "quality" in args.generations]
         if "fast" in args.generations:
-            runs.append(("fast", lambda: benchmark_fast(pipeline, lora)))
+            runs.append(("fast", functools.partial(benchmark_fast, pipeline, lora)))
         for name, run in runs:
             try:
                 row = run()
@@ -354,7 +355,7 @@ def main() -> int:
                 row["mfu"] = row["step_tflop"] * 1e12 / row["seconds_per_step"] / peak_for_mfu
             results.append(row)
             print(json.dumps(row), flush=True)
-        del pipeline, lora
+        del pipeline, lora, runs
         gc.collect()
         torch.cuda.empty_cache()
 

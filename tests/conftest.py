@@ -177,3 +177,15 @@ def plain_worker(tmp_path_factory) -> Iterator[WorkerProcess]:
     )
     yield process
     process.stop()
+
+
+@pytest.fixture
+def one_cpu_thread():
+    """Pin torch to one thread for the test: parallel reductions sum in another order, and loops
+    compared in float over several clips must not depend on the machine's core count."""
+    import torch  # only the model tests need it
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -36,9 +36,8 @@ from model.wan_s2v.fast_pipeline import FastSampler, euler_schedule, euler_step
 from model.wan_s2v.pipeline import WanS2VPipeline
 from model.wan_s2v.vae import WanVideoVAE
 from test_wan_pipeline import FAST_VAE
-from wan_tiny_models import (  # noqa: F401 - one_cpu_thread is a fixture
+from wan_tiny_models import (
     TINY_OFFICIAL_TRANSFORMER_CONFIG,
-    one_cpu_thread,
     tiny_transformer_from_official_config,
     well_conditioned_vae,
 )

@@ -21,16 +21,15 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from model.wan_s2v.config import NEGATIVE_PROMPT
-from model.wan_s2v.pipeline import SamplingSettings, WanS2VPipeline, fit_portrait, to_uint8_frames
+from model.wan_s2v.pipeline import SamplingSettings, WanS2VPipeline, fit_portrait
 from model.wan_s2v.sizing import output_size
 from model.wan_s2v.speech import SpeechEncoder
 from model.wan_s2v.text import TextEncoder
 from model.wan_s2v.vae import WanVideoVAE
 from test_wan_pipeline import FAST_VAE, tiny_transformer
 from wan_reference import reference_module, requires_reference
-from wan_tiny_models import (  # noqa: F401 - one_cpu_thread is a fixture
+from wan_tiny_models import (
     TINY_TEXT_LEN,
-    one_cpu_thread,
     speech_samples,
     tiny_umt5,
     well_conditioned_vae,

@@ -173,16 +173,6 @@ def tiny_vae(seed: int = 0, config: dict = TINY_VAE) -> AutoencoderKLWan:
     return model
 
 
-@pytest.fixture
-def one_cpu_thread():
-    """Pin torch to one thread for the test: parallel reductions sum in another order, and loops
-    compared in float over several clips must not depend on the machine's core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def well_conditioned_vae(config: dict):
     """A tiny random VAE whose kernels are scaled by 0.4, so that it is well-conditioned.
 
