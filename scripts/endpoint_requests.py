@@ -22,6 +22,7 @@ PASSED_THROUGH_ENV = (
     "BUCKET_SECRET_ACCESS_KEY",
     "BUCKET_NAME",
     "URL_EXPIRY_SECONDS",
+    "UPLOAD_TIMEOUT_SECONDS",
     "MAX_AUDIO_SECONDS",
     "MAX_INPUT_BYTES",
     "PRESET_AVATARS_DIR",
@@ -39,7 +40,8 @@ BACKEND_MODES = {"wan-s2v": ("quality", "fast"), "lite": ("quality",)}
 # (model/wan_s2v/weights.py, LOCK_WAIT_SECONDS), so it says why before RunPod stops it.
 WORKER_INIT_TIMEOUT_SECONDS = {"wan-s2v": 3600}
 # The worker refuses to start with some but not all of these (handler/settings.py).
-BUCKET_REQUIRED_TOGETHER = ("BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
+# (BUCKET_NAME may be left out when BUCKET_ENDPOINT_URL names the bucket in its host or path.)
+BUCKET_REQUIRED_TOGETHER = ("BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
 # The image is built on CUDA 12.8: hosts whose driver is older cannot run it.
 MIN_CUDA_VERSION = "12.8"
 FLASHBOOT_MODES = {"off": "OFF", "on": "FLASHBOOT", "priority": "PRIORITY_FLASHBOOT"}

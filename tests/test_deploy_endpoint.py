@@ -570,9 +570,9 @@ def test_bad_settings_are_refused_before_any_request(fake_api, args, message):
 
 def test_a_half_configured_bucket_is_refused_as_the_worker_would(fake_api):
     api, base_url = fake_api
-    result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", BUCKET_NAME="")
+    result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", BUCKET_SECRET_ACCESS_KEY="")
     assert result.returncode == 2
-    assert "half configured" in result.stderr and "BUCKET_NAME" in result.stderr
+    assert "half configured" in result.stderr and "BUCKET_SECRET_ACCESS_KEY" in result.stderr
     assert api.requests == []
 
 
