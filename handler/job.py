@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -15,6 +17,7 @@ from typing import Any
 
 from handler import delivery
 from handler.cancel import JobCancelled, JobControl
+from handler.device import device_name
 from handler.errors import ErrorCode, JobError
 from handler.fetch import fetch_url
 from handler.media import DecodedAudio, decode_audio, decode_base64, decode_image
@@ -60,15 +63,25 @@ class Worker:
         """The `mode` of a job that names none: DEFAULT_MODE, else the backend's first mode."""
         return self.settings.default_mode or self.backend.modes[0]
 
-    def handle(self, job: dict[str, Any], control: JobControl | None = None) -> dict[str, Any]:
+    @functools.cached_property
+    def device(self) -> str:
+        """The result's `gpu`: the device the model runs on (`cpu` for the CPU backend)."""
+        return device_name(self.backend)
+
+    def handle(
+        self, job: dict[str, Any], control: JobControl | None = None, keep_video_at: Path | None = None,
+    ) -> dict[str, Any]:
         """Run one job. Never raises: failures become `{"error": "CODE: sentence"}`.
 
-        `control` stops the job at its next step when asked to (handler/cancel.py).
+        `control` stops the job at its next step when asked to (handler/cancel.py). With
+        `keep_video_at` (the always-on server, which serves the file itself) a finished MP4 is
+        moved there, and `output_type` "auto" without a bucket keeps it there only, neither
+        inline nor uploaded; "base64" and "s3" deliver it as well.
         """
         job_id = str(job.get("id") or "local")
         control = control or JobControl()
         try:
-            return self._outcome(job, job_id, control)
+            return self._outcome(job, job_id, control, keep_video_at)
         except JobCancelled as stop:
             reason = stop.reason
         # Out of the except clause, the exception and the frames its traceback held are gone.
@@ -78,16 +91,18 @@ class Worker:
         message = f"the job was stopped before it finished: {reason}. Submit it again."
         return {"error": str(JobError(ErrorCode.INTERNAL, message))}
 
-    def _outcome(self, job: dict[str, Any], job_id: str, control: JobControl) -> dict[str, Any]:
+    def _outcome(
+        self, job: dict[str, Any], job_id: str, control: JobControl, keep_video_at: Path | None,
+    ) -> dict[str, Any]:
         """The job's result, or its failure as the contract's error (JobCancelled passes through)."""
         started = time.monotonic()
         try:
             if self.startup_error is not None:
                 raise self.startup_error
-            result = self._run(job, job_id, started, control)
+            result = self._run(job, job_id, started, control, keep_video_at)
+            delivered = "uploaded" if "video_url" in result else "inline" if "video_base64" in result else "kept"
             log.info("job %s done in %.2f s: %dx%d, %d frames, %d bytes, %s", job_id, result["generation_time_seconds"],
-                     result["width"], result["height"], result["num_frames"], result["file_size_bytes"],
-                     "uploaded" if "video_url" in result else "inline")
+                     result["width"], result["height"], result["num_frames"], result["file_size_bytes"], delivered)
             return result
         except JobError as error:
             log.info("job %s failed: %s", job_id, error)
@@ -111,13 +126,17 @@ class Worker:
                 output["refresh_worker"] = True
             return output
 
-    def _run(self, job: dict[str, Any], job_id: str, started: float, control: JobControl) -> dict[str, Any]:
+    def _run(
+        self, job: dict[str, Any], job_id: str, started: float, control: JobControl, keep_video_at: Path | None,
+    ) -> dict[str, Any]:
         progress = ProgressReporter(job)
         request = parse_job(job, self.settings.max_audio_seconds, self.default_mode)
         # Before any media is fetched or decoded: a job that cannot succeed costs nothing.
         options = self._options(request)
         bucket = request.s3_override or self.settings.bucket
         destination = delivery.choose_destination(request.output_type, bucket)
+        if keep_video_at is not None and destination == "base64" and request.output_type == "auto":
+            destination = "kept"
         if destination == "s3":
             delivery.check_bucket_address(bucket, self.settings.allow_private_urls)
         timings: dict[str, float] = {}
@@ -151,16 +170,22 @@ class Worker:
                     video, job_id, bucket, self.settings.url_expiry_seconds, self.settings.upload_timeout_seconds,
                     self.settings.allow_private_urls,
                 )
-            else:
+            elif destination == "base64":
                 delivery.check_inline_size(size, self.settings.max_inline_result_bytes)
                 delivered = delivery.inline_result(video)
+            else:
+                delivered = {}
+            if keep_video_at is not None:
+                shutil.move(video, keep_video_at)
             timings["upload"] = time.monotonic() - clock
 
+        # One job at a time holds the device from its start to its result: that is what it costs.
+        held_seconds = round(time.monotonic() - started, 3)
         return {
             "success": True,
             "request_id": job_id,
             **delivered,
-            "generation_time_seconds": round(time.monotonic() - started, 3),
+            "generation_time_seconds": held_seconds,
             "file_size_bytes": size,
             "duration_seconds": round(num_frames / self.backend.fps, 3),
             "fps": self.backend.fps,
@@ -171,6 +196,8 @@ class Worker:
             "seed": request.seed,
             "mode": options.mode,
             "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
+            "gpu": self.device,
+            "gpu_seconds": held_seconds,
         }
 
     def _options(self, request: JobRequest) -> GenerationOptions:
@@ -217,7 +244,7 @@ class Worker:
 
     def _render(
         self, options: GenerationOptions, portrait: PreparedPortrait, audio: DecodedAudio, video: Path,
-        guard: "_StepGuard", timings: dict[str, float],
+        guard: _StepGuard, timings: dict[str, float],
     ) -> int:
         """Generate and encode together; returns the number of frames written."""
         expected = num_frames_for(audio.speech.duration_seconds, self.backend.fps)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from handler.bucket import ENV_FIELDS, BucketAddressError, BucketSettings, make_bucket
 from handler.schema import MODES
@@ -14,6 +14,8 @@ from handler.schema import MODES
 RUNPOD_VOLUME = Path("/runpod-volume")
 # SigV4 presigned URLs cannot outlive seven days.
 MAX_URL_EXPIRY_SECONDS = 7 * 24 * 3600
+# Every queued job holds its inputs in memory (up to twice MAX_INPUT_BYTES) until it runs.
+MAX_SERVER_QUEUE_SIZE = 100
 
 
 # The RunPod SDK's log levels, most verbose first ("NOTSET" silences it). At DEBUG and TRACE it
@@ -45,9 +47,15 @@ class WorkerSettings:
     #: the `mode` of a job that names none; None: the backend's own first mode. Whether the
     #: loaded backend offers it is checked at worker start (handler/startup.py).
     default_mode: str | None = None
+    #: the always-on server (handler/server.py): jobs that may wait behind the running one
+    server_queue_size: int = 4
+    #: the always-on server: how long a finished video stays at its download_url
+    server_download_retention_seconds: int = 3600
+    #: the always-on server: a job still running after this long is stopped at its next step
+    server_job_timeout_seconds: float = 3600.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "WorkerSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
         env = os.environ if env is None else env
         return cls(
             model_backend=env.get("MODEL_BACKEND") or None,
@@ -63,6 +71,9 @@ class WorkerSettings:
             fetch_timeout_seconds=_float(env, "FETCH_TIMEOUT_SECONDS", 30.0),
             upload_timeout_seconds=_float(env, "UPLOAD_TIMEOUT_SECONDS", 120.0),
             default_mode=_choice(env, "DEFAULT_MODE", MODES),
+            server_queue_size=_int(env, "SERVER_QUEUE_SIZE", 4, 0, MAX_SERVER_QUEUE_SIZE),
+            server_download_retention_seconds=_int(env, "SERVER_DOWNLOAD_RETENTION_SECONDS", 3600, 1),
+            server_job_timeout_seconds=_float(env, "SERVER_JOB_TIMEOUT_SECONDS", 3600.0),
         )
 
 

@@ -1,0 +1,226 @@
+"""`python -m handler.server --host H --port P`: the worker as an always-on HTTP server.
+
+For a GPU box that runs all day, as the Thunder-era deployment did, or beside a RunPod endpoint
+while clients move over (MIGRATION.md). The jobs are the RunPod worker's own (handler/job.py),
+with its environment variables, limits and error codes; the model is loaded once, at start.
+
+    POST /generate       the old box's multipart form (audio_file and image_file as files, prompt and
+                         the contract's other fields as form fields) or the contract's JSON body;
+                         answers once the video is made:
+                         200 {"success": true, "request_id", "download_url", "download_expires_at",
+                              ...the contract's result fields}
+                         or {"success": false, "request_id", "error": "CODE: sentence"} with the
+                         code's HTTP status (STATUS_BY_CODE); 429 with Retry-After when the queue is
+                         full (SERVER_QUEUE_SIZE jobs waiting behind the running one)
+    GET /download/<id>   the MP4 (Range requests, so a browser can seek) until
+                         SERVER_DOWNLOAD_RETENTION_SECONDS after it was made; then 404
+    GET /health          {"status": "ok", "backend", "gpu", "busy", "queued", "queue_size", ...};
+                         503 when the model could not load or a job broke the GPU
+
+One job runs at a time (one server per GPU); a client that hangs up stops its job at the next
+step, and so does SERVER_JOB_TIMEOUT_SECONDS and the server's own stop (SIGTERM, SIGINT). The
+download ids grant access to the videos, like presigned URLs: they are never logged, and
+uvicorn's access log, which would log them, is off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from handler.cancel import WorkerStop
+from handler.downloads import DownloadStore
+from handler.errors import ErrorCode, JobError
+from handler.http_input import UnsupportedContentType, body_limit, read_job
+from handler.job import Worker
+from handler.job_queue import JobQueue, QueueFull, Ticket
+from handler.serve import STOP_WAIT_SECONDS
+from handler.startup import start_worker
+
+log = logging.getLogger("handler.server")
+
+# 4xx: the request's fault, the client can fix it; 5xx: the worker's.
+STATUS_BY_CODE = {
+    ErrorCode.INVALID_INPUT: 400,
+    ErrorCode.UNSUPPORTED_MEDIA: 415,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.NO_FACE: 422,
+    ErrorCode.FETCH_FAILED: 422,  # a URL the request named could not be fetched
+    ErrorCode.OUTPUT_TOO_LARGE: 422,  # output_type "base64" asked for more than MAX_INLINE_RESULT_BYTES
+    ErrorCode.UPLOAD_FAILED: 502,
+    ErrorCode.OUT_OF_MEMORY: 503,
+    ErrorCode.MODEL_UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+# How often a waiting request checks whether its client is still there and its deadline.
+WATCH_SECONDS = 0.5
+# A request body that has not arrived by then is refused (a client that stalls holds a connection).
+BODY_READ_SECONDS = 600.0
+
+
+def create_app(worker: Worker) -> FastAPI:
+    settings = worker.settings
+    queue = JobQueue(worker, settings.server_queue_size)
+    store = DownloadStore(settings.server_download_retention_seconds)
+    stop = WorkerStop()
+    max_body = body_limit(settings.max_input_bytes)
+    #: why the server should be restarted, once a job asked for a fresh worker (a broken GPU)
+    broken: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Here uvicorn's own signal handlers are in place: a stop first stops the jobs, then does what they do.
+        stop.install()
+        sweeper = asyncio.create_task(_sweep(store))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            queue.stop_all("the server is shutting down")
+            await asyncio.to_thread(queue.close, STOP_WAIT_SECONDS)
+            store.close()
+
+    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/generate")
+    async def generate(request: Request) -> JSONResponse:
+        job_id = f"srv-{uuid.uuid4().hex[:16]}"
+        started = time.monotonic()
+        try:
+            job = await asyncio.wait_for(read_job(request, job_id, max_body), BODY_READ_SECONDS)
+        except asyncio.TimeoutError:
+            message = (f"the request body did not arrive within {BODY_READ_SECONDS:g} s; send large media as "
+                       "audio_url and image_url.")
+            return _failure(job_id, JobError(ErrorCode.INVALID_INPUT, message), status=408)
+        except JobError as error:
+            return _failure(job_id, error, status=415 if isinstance(error, UnsupportedContentType) else None)
+        download_id = store.new_id()
+        try:
+            ticket = queue.submit(job, store.path_for(download_id))
+        except QueueFull as full:
+            log.info("job %s refused: the queue is full (retry after %d s)", job_id, full.retry_after)
+            return _failure(job_id, JobError(ErrorCode.INTERNAL, str(full)), status=429,
+                            headers={"Retry-After": str(full.retry_after)})
+        stop.watch(ticket.control)
+        try:
+            result = await _outcome(request, ticket, settings.server_job_timeout_seconds)
+        finally:
+            stop.unwatch(ticket.control)
+        if "error" in result:
+            store.discard(download_id)
+            failure = _job_error(result["error"])
+            if result.get("refresh_worker"):
+                broken.append(f"job {job_id} left the GPU unusable ({failure.code.value}); restart the server.")
+            log.info("job %s answered %s after %.2f s", job_id, failure.code.value, time.monotonic() - started)
+            return _failure(job_id, failure)
+        expires_at = store.publish(download_id)
+        log.info("job %s answered 200 after %.2f s", job_id, time.monotonic() - started)
+        download_url = str(request.url_for("download", download_id=download_id))
+        return JSONResponse({"success": True, "request_id": job_id, "download_url": download_url,
+                             "download_expires_at": expires_at, **result})
+
+    @app.get("/download/{download_id}", name="download")
+    async def download(download_id: str):
+        path = store.checkout(download_id)
+        if path is None:
+            message = (f"there is no video at this download_url: videos are kept {store.retention_seconds} s "
+                       "(SERVER_DOWNLOAD_RETENTION_SECONDS) after they are made; generate it again.")
+            body = {"success": False, "error": str(JobError(ErrorCode.INVALID_INPUT, message))}
+            return JSONResponse(body, status_code=404)
+        return _SentOnce(path, lambda: store.release(download_id))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        busy, queued = queue.state()
+        body: dict[str, Any] = {"status": "ok", "busy": busy, "queued": queued, "queue_size": queue.max_waiting}
+        if worker.backend is not None:
+            body.update(backend=worker.backend.name, gpu=worker.device, modes=list(worker.backend.modes),
+                        default_mode=worker.default_mode)
+        problem = str(worker.startup_error) if worker.startup_error is not None else (broken[0] if broken else None)
+        if problem is None:
+            return JSONResponse(body)
+        return JSONResponse({**body, "status": "unavailable", "error": problem}, status_code=503)
+
+    return app
+
+
+class _SentOnce(FileResponse):
+    """The MP4, with Range requests (FileResponse's); `done` runs however the sending ends."""
+
+    def __init__(self, path, done) -> None:
+        super().__init__(path, media_type="video/mp4", content_disposition_type="inline")
+        self._done = done
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._done()
+
+
+async def _outcome(request: Request, ticket: Ticket, timeout_seconds: float) -> dict[str, Any]:
+    """Wait for the job; stop it when its client hangs up or it runs past its deadline."""
+    while True:
+        done, _ = await asyncio.wait({ticket.future}, timeout=WATCH_SECONDS)
+        if done:
+            if ticket.future.cancelled():  # the server stopped before the job's turn came
+                message = "the job was stopped before it started: the server is shutting down. Submit it again."
+                return {"error": str(JobError(ErrorCode.INTERNAL, message))}
+            return ticket.future.result()
+        control = ticket.control
+        if control.requested_at is not None:
+            if time.monotonic() - control.requested_at > STOP_WAIT_SECONDS:
+                log.warning("job %s is still running %.0f s after it was stopped", ticket.job_id, STOP_WAIT_SECONDS)
+                message = f"the job was stopped ({control.reason}) but had not ended after {STOP_WAIT_SECONDS:g} s."
+                return {"error": str(JobError(ErrorCode.INTERNAL, message))}
+        elif await request.is_disconnected():
+            control.stop("the client closed the connection")
+        elif ticket.started_at is not None and time.monotonic() - ticket.started_at > timeout_seconds:
+            control.stop(f"it ran longer than SERVER_JOB_TIMEOUT_SECONDS={timeout_seconds:g} s")
+
+
+async def _sweep(store: DownloadStore) -> None:
+    period = min(30.0, max(0.5, store.retention_seconds / 4))
+    while True:
+        await asyncio.sleep(period)
+        store.sweep()
+
+
+def _failure(
+    job_id: str, error: JobError, status: int | None = None, headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"success": False, "request_id": job_id, "error": str(error)}
+    return JSONResponse(body, status_code=status or STATUS_BY_CODE[error.code], headers=headers)
+
+
+def _job_error(text: str) -> JobError:
+    """The job's `"CODE: sentence"` as a JobError again."""
+    code, _, message = text.partition(": ")
+    return JobError(ErrorCode(code), message)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m handler.server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    worker = start_worker()
+    # A stopped job ends at its next step; past this a stuck step no longer holds the stop.
+    # log_level: the RunPod SDK, imported with the worker, quiets the "uvicorn" loggers to WARNING.
+    uvicorn.run(create_app(worker), host=args.host, port=args.port, access_log=False, log_config=None,
+                log_level="info", timeout_graceful_shutdown=int(STOP_WAIT_SECONDS))
+
+
+if __name__ == "__main__":
+    main()
