@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import sys
@@ -41,8 +42,11 @@ from typing import Any
 
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, as the RunPod SDK installs it
-    import tomli as tomllib  # type: ignore[no-redef]
+except ModuleNotFoundError:  # Python 3.10: the same parser, which the RunPod SDK installs
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        tomllib = None  # type: ignore[assignment]
 
 ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # python scripts/cost.py
@@ -110,6 +114,8 @@ class Costs:
 
 def load_costs(path: Path = DATA) -> Costs:
     """The measured figures and prices of a data file; DataError names the first row that cannot be used."""
+    if tomllib is None:
+        raise DataError(f"reading {path} needs Python 3.11 or the tomli package.")
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
@@ -178,6 +184,13 @@ def _price(path: Path, number: int, row: dict[str, Any]) -> Price:
         source=source, date=date, gpus=int(_number(path, what, {"gpus": 1, **row}, "gpus")), pool=row.get("pool"),
         note=row.get("note"),
     )
+
+
+@functools.lru_cache(maxsize=4)
+def flex_prices(path: Path = DATA) -> dict[str, float]:
+    """RunPod's flex price per GPU-second of each GPU pool the data file prices (scripts/endpoint_compute.py)."""
+    return {price.pool: price.usd_per_gpu_second for price in load_costs(path).prices
+            if price.pool is not None and price.billing == "flex"}
 
 
 def measured_from_benchmark(path: Path, families: Iterable[str]) -> list[Measured]:

@@ -9,6 +9,7 @@ Facts from the runpod/docs repository: the pool ids and the cards in each come f
 from __future__ import annotations
 
 import dataclasses
+import math
 
 BACKENDS = ("wan-s2v", "lite")
 
@@ -70,16 +71,28 @@ class Compute:
 
 
 def gpu_pools_for_memory(memory_gb: int) -> tuple[str, ...]:
-    """The pools of the smallest class with `memory_gb`, then the larger classes as fallbacks.
+    """The pools of the cheapest class with `memory_gb`, then the dearer classes as fallbacks.
 
-    A worker waits in the queue when its first choice has no capacity, so the fallbacks trade a
-    higher price per second for getting a GPU at all.
+    Cheapest by the flex price per second in data/costs.toml (the cost calculator's prices; today
+    the smallest class is also the cheapest). A worker waits in the queue when its first choice
+    has no capacity, so the fallbacks trade a higher price per second for getting a GPU at all.
     """
-    fitting = [gpu_class for gpu_class in GPU_CLASSES if gpu_class.memory_gb >= memory_gb]
+    fitting = sorted((gpu_class for gpu_class in GPU_CLASSES if gpu_class.memory_gb >= memory_gb), key=_price_order)
     if not fitting:
         raise ValueError(f"no RunPod GPU pool has {memory_gb} GB of memory")
     pools = [pool for gpu_class in fitting for pool in gpu_class.pools]
     return tuple(pools[:MAX_GPU_PRIORITIES])
+
+
+def _price_order(gpu_class: GpuClass) -> tuple[float, int]:
+    """A class's cheapest flex price per second, then its memory (without a readable price file: memory alone)."""
+    from scripts.cost import DataError, flex_prices  # it imports this module: read when needed
+
+    try:
+        prices = flex_prices()
+    except DataError:
+        prices = {}
+    return min(prices.get(pool, math.inf) for pool in gpu_class.pools), gpu_class.memory_gb
 
 
 def compute_for(backend: str, memory_mode: str | None) -> Compute:

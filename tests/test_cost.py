@@ -193,3 +193,23 @@ def test_the_plot_is_a_png(tmp_path):
     with Image.open(path) as image:
         assert image.size == (width, height) and width >= 600 and height >= 400
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 10, "more than a blank canvas"
+
+
+def test_every_runpod_pool_the_endpoint_tool_picks_has_a_flex_price():
+    from scripts.cost import flex_prices
+    from scripts.endpoint_compute import KNOWN_GPU_POOLS
+
+    prices = flex_prices()
+    assert set(KNOWN_GPU_POOLS) <= set(prices), set(KNOWN_GPU_POOLS) - set(prices)
+
+
+def test_the_endpoint_tools_right_sizing_follows_the_price_file(monkeypatch):
+    import scripts.cost
+    from scripts.endpoint_compute import gpu_pools_for_memory
+
+    # Today's prices: the smallest class that fits is the cheapest, larger ones follow.
+    assert gpu_pools_for_memory(48) == ("ADA_48_PRO", "AMPERE_48", "ADA_80_PRO")
+    # Were 80 GB cards cheaper per second than 48 GB ones, they would come first.
+    prices = dict(scripts.cost.flex_prices())
+    monkeypatch.setattr(scripts.cost, "flex_prices", lambda: {**prices, "AMPERE_80": 0.0001})
+    assert gpu_pools_for_memory(48) == ("ADA_80_PRO", "AMPERE_80", "ADA_48_PRO")
