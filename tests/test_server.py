@@ -341,3 +341,30 @@ def test_a_stop_ends_the_running_job_and_leaves_no_files_and_no_secrets(tmp_path
     download_id = kept["download_url"].rsplit("/", 1)[1]
     assert download_id not in log and "/download/" not in log
     assert "Application shutdown complete" in log
+
+
+def test_a_job_past_its_deadline_is_stopped(tmp_path, long_speech):
+    server = ServerProcess({"MODEL_BACKEND": "lite", "SERVER_JOB_TIMEOUT_SECONDS": "1.5"}, tmp_path)
+    try:
+        files = {"audio_file": long_speech.read_bytes(), "image_file": PORTRAIT}
+        reply = requests.post(f"{server.url}/generate", files=files, timeout=120)
+        assert reply.status_code == 500, reply.text
+        assert reply.json()["error"] == ("INTERNAL: the job was stopped before it finished: it ran longer than "
+                                         "SERVER_JOB_TIMEOUT_SECONDS=1.5 s. Submit it again.")
+        assert server.health()["busy"] is False
+    finally:
+        server.stop()
+    assert server.leftovers() == []
+
+
+@pytest.mark.parametrize("name, value, problem", [
+    ("SERVER_QUEUE_SIZE", "101", "must be between 0 and 100"),
+    ("SERVER_QUEUE_SIZE", "many", "is not a whole number"),
+    ("SERVER_DOWNLOAD_RETENTION_SECONDS", "0", "must be at least 1"),
+    ("SERVER_JOB_TIMEOUT_SECONDS", "inf", "must be a positive, finite number"),
+])
+def test_server_settings_that_cannot_work_are_refused_naming_the_variable(name, value, problem):
+    from handler.settings import SettingsError, WorkerSettings
+
+    with pytest.raises(SettingsError, match=rf"^{name}='{value}' {problem}\.$"):
+        WorkerSettings.from_env({name: value})
