@@ -6,13 +6,17 @@ STAMP := $(VENV)/.installed
 # e.g. https://download.pytorch.org/whl/cpu on a Linux laptop without a GPU, to skip CUDA wheels
 TORCH_INDEX_URL ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# ruff and mypy as configured in pyproject.toml (mypy checks handler/, model/ and scripts/)
+lint: $(STAMP)
+	$(PY) -m ruff check . && $(PY) -m mypy
 
 install: $(STAMP)
 

@@ -244,7 +244,9 @@ if [[ -z $image ]]; then
     "$root/scripts/push_image.sh" ${dry:+"$dry"} "$image"
 fi
 
-endpoint_id="$("$python" "$root/scripts/runpod_endpoint.py" "${endpoint_args[@]}" --image "$image" ${dry:+"$dry"})"
+# As a module from the repository root, so that its `scripts.` imports resolve even under a python3
+# without the project installed.
+endpoint_id="$(cd "$root" && "$python" -m scripts.runpod_endpoint "${endpoint_args[@]}" --image "$image" ${dry:+"$dry"})"
 
 sample="$root/test_input.json"
 cat <<EOF

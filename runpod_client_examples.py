@@ -6,8 +6,9 @@
 
 Inputs may also be URLs (`--image https://...`) or a preset (`--avatar-id anna`). Results are
 written next to the current directory as `<job id>.mp4`. A job still running when the client
-gives up waiting (`--timeout`, or Ctrl-C) is cancelled, so that it stops costing GPU time. `--base-url` points the same calls at
-any compatible server, e.g. the worker's local test API (`python -m handler --rp_serve_api`).
+gives up waiting (`--timeout`, or Ctrl-C) is cancelled, so that it stops costing GPU time.
+`--base-url` points the same calls at any compatible server, e.g. the worker's local test API
+(`python -m handler --rp_serve_api`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import base64
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import requests
 
@@ -38,7 +40,9 @@ class TalkingHeadClient:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     @staticmethod
-    def job_input(image: str | None = None, audio: str = "", avatar_id: str | None = None, **options: Any) -> dict[str, Any]:
+    def job_input(
+        image: str | None = None, audio: str = "", avatar_id: str | None = None, **options: Any
+    ) -> dict[str, Any]:
         """`image`/`audio` are local paths or http(s) URLs; options are any other contract field."""
         job: dict[str, Any] = dict(options)
         job.update(_media_field("audio", audio))
@@ -73,7 +77,9 @@ class TalkingHeadClient:
                     return status
                 if time.monotonic() > deadline:
                     outcome = "cancelled it" if self._try_cancel(job_id) else "could not cancel it"
-                    raise TimeoutError(f"job {job_id} still {status.get('status')} after {timeout_seconds} s; {outcome}")
+                    raise TimeoutError(
+                        f"job {job_id} still {status.get('status')} after {timeout_seconds} s; {outcome}"
+                    )
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 1.5, 10.0)
         except KeyboardInterrupt:

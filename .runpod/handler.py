@@ -12,7 +12,7 @@ from pathlib import Path
 # The repository's root first, so that `handler` is the package and not this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handler.__main__ import main  # noqa: E402 - starts runpod.serverless with the worker's handler
+from handler.__main__ import main  # starts runpod.serverless with the worker's handler
 
 if __name__ == "__main__":
     main()

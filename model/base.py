@@ -10,7 +10,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -131,7 +132,8 @@ class TalkingHeadBackend(abc.ABC):
         """
         if options.mode not in self.modes:
             raise InvalidOptionError(
-                "mode", f"mode must be one of {', '.join(self.modes)} on this endpoint ({self.name}), not {options.mode!r}."
+                "mode",
+                f"mode must be one of {', '.join(self.modes)} on this endpoint ({self.name}), not {options.mode!r}.",
             )
 
     @abc.abstractmethod

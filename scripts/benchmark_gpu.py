@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import itertools
 import json
 import statistics
 import sys
@@ -39,9 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from model.wan_s2v.config import (  # noqa: E402
+from model.wan_s2v.config import (
     FAST_FRAMES_PER_CLIP,
     FAST_MAX_AREA,
     FAST_SAMPLE_STEPS,
@@ -54,18 +53,18 @@ from model.wan_s2v.config import (  # noqa: E402
     TEXT_LEN,
     UMT5_XXL_ENCODER_CONFIG,
 )
-from model.wan_s2v.fast_pipeline import BLOCKS_PER_CLIP, FastSampler  # noqa: E402
-from model.wan_s2v.lora import LoraAdapter  # noqa: E402
-from model.wan_s2v.memory import (  # noqa: E402
+from model.wan_s2v.fast_pipeline import BLOCKS_PER_CLIP, FastSampler
+from model.wan_s2v.lora import LoraAdapter
+from model.wan_s2v.memory import (
     MemoryMode,
     place_transformer,
     text_encoder_compute_device,
     text_encoder_home,
 )
-from model.wan_s2v.pipeline import FIRST_CLIP_DROPPED_FRAMES, SamplingSettings, WanS2VPipeline  # noqa: E402
-from model.wan_s2v.sizing import output_size  # noqa: E402
-from model.wan_s2v.speech import SpeechEncoder  # noqa: E402
-from model.wan_s2v.transformer import WanS2VTransformer3DModel  # noqa: E402
+from model.wan_s2v.pipeline import FIRST_CLIP_DROPPED_FRAMES, SamplingSettings, WanS2VPipeline
+from model.wan_s2v.sizing import output_size
+from model.wan_s2v.speech import SpeechEncoder
+from model.wan_s2v.transformer import WanS2VTransformer3DModel
 
 GIB = 1024**3
 # (portrait height, width, pixel-area budget) of the contract's resolutions
@@ -122,7 +121,9 @@ def write_random_lora(folder: Path, config) -> Path:
     shapes = {"ffn.0": (ffn, dim), "ffn.2": (dim, ffn)}
     tensors = {}
     modules = [f"blocks.{block}.{target}" for block in range(config.num_layers) for target in LORA_TARGETS]
-    modules += [f"audio_injector.injector.{index}.{part}" for index in range(len(config.audio_inject_layers)) for part in "qkvo"]
+    modules += [
+        f"audio_injector.injector.{index}.{part}" for index in range(len(config.audio_inject_layers)) for part in "qkvo"
+    ]
     for module in modules:
         out_features, in_features = shapes.get(module.split(".", 2)[-1], (dim, dim))
         tensors[f"{module}.lora_A.default.weight"] = torch.randn(LORA_RANK, in_features, dtype=torch.bfloat16) * 0.01
@@ -209,7 +210,7 @@ def measure_matmul_peak(device: torch.device) -> float:
     return 2 * 8192**3 * 20 / (time.perf_counter() - start)
 
 
-def benchmark(pipeline: WanS2VPipeline, resolution: str, steps: int, flops_cache: dict) -> dict:
+def benchmark(pipeline: WanS2VPipeline, resolution: str, steps: int, flops_cache: dict[str, float]) -> dict:
     portrait_h, portrait_w, area = RESOLUTIONS[resolution]
     height, width = output_size(portrait_h, portrait_w, area)
     image = np.random.default_rng(0).integers(0, 256, (portrait_h, portrait_w, 3), dtype=np.uint8)
@@ -234,7 +235,7 @@ def benchmark(pipeline: WanS2VPipeline, resolution: str, steps: int, flops_cache
     run_one_clip(SamplingSettings(num_steps=steps), on_progress)
     peak = torch.cuda.max_memory_allocated()
     # The first step also carries the speech encoding and the start of the clip: skip it.
-    step_seconds = statistics.median(later - earlier for (earlier, _), (later, _) in zip(ticks[:steps - 1], ticks[1:steps]))
+    step_seconds = statistics.median(later - earlier for (earlier, _), (later, _) in itertools.pairwise(ticks[:steps]))
     decode_seconds = ticks[steps][0] - ticks[steps - 1][0]
 
     black = torch.zeros(1, 3, MOTION_FRAMES, height, width, device=pipeline.vae.device)
@@ -300,7 +301,8 @@ def benchmark_fast(pipeline: WanS2VPipeline, lora: LoraAdapter) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", nargs="+", default=[mode.value for mode in MemoryMode], choices=[m.value for m in MemoryMode])
+    modes = [mode.value for mode in MemoryMode]
+    parser.add_argument("--modes", nargs="+", default=modes, choices=modes)
     parser.add_argument("--generations", nargs="+", default=["quality", "fast"], choices=["quality", "fast"])
     parser.add_argument("--resolutions", nargs="+", default=list(RESOLUTIONS), choices=list(RESOLUTIONS),
                         help="of the quality mode (the fast mode runs at its reference size)")
@@ -321,7 +323,8 @@ def main() -> int:
           + (f" (datasheet dense peak {datasheet_peak / 1e12:.0f})" if datasheet_peak else ""), flush=True)
     peak_for_mfu = datasheet_peak or matmul_peak
 
-    results, flops_cache = [], {}
+    results: list[dict] = []
+    flops_cache: dict[str, float] = {}
     lora_folder = Path(tempfile.mkdtemp(prefix="benchmark-lora-"))
     for mode_name in args.modes:
         mode = MemoryMode(mode_name)
@@ -336,7 +339,8 @@ def main() -> int:
             torch.cuda.empty_cache()
             continue
         resident = torch.cuda.memory_allocated() / GIB
-        print(f"{mode.value}: models placed in {time.perf_counter() - started:.0f} s, {resident:.1f} GiB resident", flush=True)
+        print(f"{mode.value}: models placed in {time.perf_counter() - started:.0f} s, {resident:.1f} GiB resident",
+              flush=True)
         runs = [(resolution, functools.partial(benchmark, pipeline, resolution, args.steps, flops_cache))
                 for resolution in args.resolutions if "quality" in args.generations]
         if "fast" in args.generations:
@@ -359,8 +363,10 @@ def main() -> int:
         gc.collect()
         torch.cuda.empty_cache()
 
-    print(f"\n{gpu_name}; MFU against {peak_for_mfu / 1e12:.0f} TFLOP/s bf16; quality: {SAMPLE_STEPS} steps per 5 s clip")
-    print(f"{'mode':8} {'size':>9} {'s/step':>7} {'decode s':>8} {'GPU s per video s':>17} {'peak GiB':>8} {'TFLOP/step':>10} {'MFU':>5}")
+    print(f"\n{gpu_name}; MFU against {peak_for_mfu / 1e12:.0f} TFLOP/s bf16; "
+          f"quality: {SAMPLE_STEPS} steps per 5 s clip")
+    print(f"{'mode':8} {'size':>9} {'s/step':>7} {'decode s':>8} {'GPU s per video s':>17} {'peak GiB':>8} "
+          f"{'TFLOP/step':>10} {'MFU':>5}")
     for row in results:
         if "error" in row:
             print(f"{row['mode']:8} {row.get('resolution', ''):>9} failed: {row['error'][:80]}")
@@ -369,7 +375,8 @@ def main() -> int:
                   f"{row['decode_seconds_per_clip']:8.2f} {row['gpu_seconds_per_video_second']:17.1f} "
                   f"{row['peak_gpu_gib']:8.1f} {row['step_tflop']:10.0f} {row['mfu']:5.1%}")
     print(f"\nfast: {FAST_SAMPLE_STEPS} steps, {FAST_SPEECH_SECONDS:.2f} s of video")
-    print(f"{'mode':8} {'size':>9} {'portrait s':>10} {'first block s':>13} {'GPU s per video s':>17} {'peak GiB':>8}  rings")
+    print(f"{'mode':8} {'size':>9} {'portrait s':>10} {'first block s':>13} {'GPU s per video s':>17} "
+          f"{'peak GiB':>8}  rings")
     for row in results:
         if row.get("resolution") == "fast" and "error" not in row:
             print(f"{row['mode']:8} {row['width']:>4}x{row['height']:<4} {row['portrait_seconds']:10.2f} "

@@ -9,28 +9,25 @@ height; the smallest face found in wide, tall and square photos.
 
 from __future__ import annotations
 
+import argparse
 import os
+import resource
+import time
+from pathlib import Path
 
 # one core: set before numpy / OpenCV load their thread pools
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import resource  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import cv2
+import numpy as np
+import soundfile
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import soundfile  # noqa: E402
+from model.base import GenerationOptions, NoFaceError, Speech
+from model.lite.backend import LiteBackend
+from model.lite.landmarks import FaceLandmarker, FaceLandmarks
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from model.base import GenerationOptions, NoFaceError, Speech  # noqa: E402
-from model.lite.backend import LiteBackend  # noqa: E402
-from model.lite.landmarks import FaceLandmarker, FaceLandmarks  # noqa: E402
 
 # photo sizes for prepare times, with the face's height as a share of the photo's height
 PREPARE_CASES = (
@@ -120,8 +117,11 @@ def smallest_faces(landmarker: FaceLandmarker, portrait: np.ndarray, reference: 
             face = landmarker.detect(image)
             error = np.inf if face is None else np.abs(face.points - expected).mean() / (share * height)
             found.append(error < FOUND_ERROR)
-        smallest = min((s for s, ok in zip(SWEEP_SHARES, found) if ok), default=None)
-        missed = [f"{s:.1%}" for s, ok in zip(SWEEP_SHARES, found) if not ok]
+        smallest = min((s for s, ok in zip(SWEEP_SHARES, found, strict=True) if ok), default=None)
+        if smallest is None:
+            print(f"  {width}x{height}: no face found at any of the sizes tried")
+            continue
+        missed = [f"{s:.1%}" for s, ok in zip(SWEEP_SHARES, found, strict=True) if not ok]
         print(f"  {width}x{height}: down to {smallest:.1%} of the height"
               f" ({smallest * height:.0f} px); missed: {', '.join(missed) or 'none'}")
 
@@ -148,6 +148,8 @@ def main() -> None:
 
     landmarker = FaceLandmarker()
     reference = landmarker.detect(portrait)
+    if reference is None:
+        raise SystemExit("no face found in assets/portrait.jpg")
     prepare_times(backend, portrait, reference)
     if not args.skip_sweep:
         smallest_faces(landmarker, portrait, reference)

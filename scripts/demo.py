@@ -8,11 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from handler.sample import sample_job_input
+from handler.startup import start_worker
 
-from handler.sample import sample_job_input  # noqa: E402
-from handler.startup import start_worker  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:

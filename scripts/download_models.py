@@ -23,10 +23,8 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from model.wan_s2v.config import LORA_FILE, LORA_REPO_ID  # noqa: E402
-from model.wan_s2v.weights import (  # noqa: E402
+from model.wan_s2v.config import LORA_FILE, LORA_REPO_ID
+from model.wan_s2v.weights import (
     IMAGE_MODEL_DIR,
     REPO_ID,
     download_lora_into,

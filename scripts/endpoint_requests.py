@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from endpoint_compute import Compute
+from scripts.endpoint_compute import Compute
 
 # The worker's settings (CONTRACT.md) that the deployer's environment hands on to the endpoint.
 PASSED_THROUGH_ENV = (
@@ -146,7 +147,9 @@ class DeploymentSpec:
             problems.append("--exclude-gpu is for GPU endpoints; this one runs on CPUs")
         for gpu_type in self.excluded_gpu_types:
             if gpu_type.startswith("-"):
-                problems.append(f"--exclude-gpu takes GPU type ids without the Hub's '-': {gpu_type[1:]!r}, not {gpu_type!r}")
+                problems.append(
+                    f"--exclude-gpu takes GPU type ids without the Hub's '-': {gpu_type[1:]!r}, not {gpu_type!r}"
+                )
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -5,7 +5,10 @@ shards + index, the real-size Wan2.1 VAE `.pth`, a small umt5 `.pth`, tokenizer 
 folders), then loads it with `load_components` in a fresh process and prints that process's peak
 resident memory next to the checkpoint's size and the loaded weights' size.
 
-    python scripts/measure_loader_memory.py [--dim 2048] [--layers 10] [--device cpu]
+    python -m scripts.measure_loader_memory [--dim 2048] [--layers 10] [--device cpu]
+
+Run as a module from the repository root: it builds the checkpoint with the tests' helpers
+(tests.wan_tiny_models), which are not installed.
 
 With --device cpu the loaded model itself lives in host memory, so the figure to read is the peak
 above (baseline after imports + loaded weights). On a GPU the weights leave the host one by one.
@@ -23,13 +26,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from model.wan_s2v._convert_checkpoint import parameters_on_meta  # noqa: E402
-from model.wan_s2v.convert_transformer import convert_transformer_config  # noqa: E402
-from model.wan_s2v.transformer import WanS2VTransformer3DModel  # noqa: E402
-from wan_tiny_models import (  # noqa: E402
+from model.wan_s2v._convert_checkpoint import parameters_on_meta
+from model.wan_s2v.convert_transformer import convert_transformer_config
+from model.wan_s2v.transformer import WanS2VTransformer3DModel
+from tests.wan_tiny_models import (
     _OFFICIAL_TRANSFORMER_NAMES,
     TINY_OFFICIAL_TRANSFORMER_CONFIG,
     official_t5_state_dict,
@@ -49,8 +49,7 @@ REAL_VAE: dict = {}
 
 # Run in a fresh process; VmHWM (unlike ru_maxrss) does not inherit the writer's peak across exec.
 MEASURE = """
-import json, sys, time, torch
-sys.path[:0] = {paths!r}
+import json, time, torch
 import model.wan_s2v.loader as loader
 
 def status(field):
@@ -105,8 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "Wan2.2-S2V-scaled"
         checkpoint_bytes = write_checkpoint(folder, args.dim, args.layers)
-        code = MEASURE.format(paths=[str(ROOT), str(ROOT / "tests")], t5=SMALL_T5, folder=str(folder),
-                              device=args.device)
+        code = MEASURE.format(t5=SMALL_T5, folder=str(folder), device=args.device)
         result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
         figures = json.loads(result.stdout.strip().splitlines()[-1])
     gib = 2**30

@@ -25,9 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from endpoint_compute import (
+from scripts.endpoint_compute import (
     BACKENDS,
     DEFAULT_WAN_MEMORY_MODE,
     GPU_CLASSES,
@@ -39,7 +40,7 @@ from endpoint_compute import (
     parse_gpu_pools,
     parse_list,
 )
-from endpoint_requests import (
+from scripts.endpoint_requests import (
     FLASHBOOT_MODES,
     PASSED_THROUGH_ENV,
     SCALERS,
@@ -50,7 +51,7 @@ from endpoint_requests import (
     template_body,
     worker_env,
 )
-from runpod_rest import (
+from scripts.runpod_rest import (
     DEFAULT_API_BASE,
     RunPodApiError,
     RunPodRest,
@@ -169,11 +170,15 @@ def _given_or(value: int | None, default: int) -> int:
 
 def print_plan(spec: DeploymentSpec, api_base: str) -> None:
     base = api_base.rstrip("/")
-    steps = []
+    steps: list[tuple[str, str, str, dict[str, Any] | None]] = []
     if not spec.compute.is_cpu:
-        steps.append(("Check the GPU pools and excluded types against RunPod's catalog", "GET", "/v2/catalog/gpus", None))
+        steps.append(
+            ("Check the GPU pools and excluded types against RunPod's catalog", "GET", "/v2/catalog/gpus", None)
+        )
     if spec.network_volume_ids:
-        steps.append(("Check the network volumes: this account's, one per data centre", "GET", "/v2/network-volumes", None))
+        steps.append(
+            ("Check the network volumes: this account's, one per data centre", "GET", "/v2/network-volumes", None)
+        )
     steps += [
         (f"Find the template named {spec.template_name!r}", "GET", "/v2/templates", None),
         ("If there is none, create it", "POST", "/v2/templates", template_body(spec)),
@@ -282,7 +287,9 @@ def check_network_volumes(api: RunPodRest, spec: DeploymentSpec) -> None:
     unknown = [volume_id for volume_id in spec.network_volume_ids if volume_id not in volumes]
     if unknown:
         known = ", ".join(f"{v['id']} ({v.get('dataCenter')})" for v in listed) or "none"
-        raise ValueError(f"network volume {', '.join(unknown)} is not one of this account's ({known}): fix --network-volume")
+        raise ValueError(
+            f"network volume {', '.join(unknown)} is not one of this account's ({known}): fix --network-volume"
+        )
     by_data_center: dict[str, list[str]] = {}
     for volume_id in spec.network_volume_ids:
         by_data_center.setdefault(volumes[volume_id].get("dataCenter", "?"), []).append(volume_id)
@@ -296,7 +303,8 @@ def check_network_volumes(api: RunPodRest, spec: DeploymentSpec) -> None:
     if outside:
         raise ValueError(
             f"--data-centers ({', '.join(spec.data_center_ids)}) leaves out {', '.join(outside)}, where "
-            f"network volume {', '.join(by_data_center[dc][0] for dc in outside)} is: add the data centre or drop the volume"
+            f"network volume {', '.join(by_data_center[dc][0] for dc in outside)} is: "
+            "add the data centre or drop the volume"
         )
     log("network volumes: " + ", ".join(f"{ids[0]} in {dc}" for dc, ids in by_data_center.items())
         + " (workers run only there; volumes do not sync, so each one gets its own copy of the weights)")
@@ -408,7 +416,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.dry_run:
         unknown = [pool for pool in spec.compute.gpu_pools if pool not in KNOWN_GPU_POOLS]
         if unknown:
-            log(f"warning: {', '.join(unknown)} is not a pool this tool knows; a real run checks it against RunPod's catalog")
+            log(f"warning: {', '.join(unknown)} is not a pool this tool knows; "
+                "a real run checks it against RunPod's catalog")
         print_plan(spec, api_base)
         print(DRY_RUN_ENDPOINT_ID)
         return 0

@@ -103,7 +103,8 @@ class RunPodRest:
                 return response.json()
             except ValueError:
                 raise RunPodApiError(
-                    f"{method} {url} answered {response.status_code} with a body that is not JSON.", response.status_code
+                    f"{method} {url} answered {response.status_code} with a body that is not JSON.",
+                    response.status_code,
                 ) from None
         message = _error_message(method, url, response)
         if response.status_code == 429:

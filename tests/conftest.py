@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.server
 import os
 import shutil
@@ -12,15 +13,14 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TEST_BUCKET = "talking-head-test"
 S3_ACCESS_KEY = "test-access-key"
@@ -36,8 +36,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 with an empty bucket; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
     import boto3
+    from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -55,7 +55,7 @@ def s3_server() -> Iterator[str]:
 class _MediaHandler(http.server.SimpleHTTPRequestHandler):
     """Serves files, plus `/redirect?to=URL` for redirect tests."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         parsed = urllib.parse.urlsplit(self.path)
         if parsed.path == "/redirect":
             target = urllib.parse.parse_qs(parsed.query)["to"][0]
@@ -75,7 +75,7 @@ def media_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     folder = tmp_path_factory.mktemp("media")
     for asset in ASSETS.iterdir():
         shutil.copy(asset, folder / asset.name)
-    handler = lambda *args, **kwargs: _MediaHandler(*args, directory=str(folder), **kwargs)  # noqa: E731
+    handler = functools.partial(_MediaHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -94,7 +94,9 @@ class WorkerProcess:
         self.tmpdir = workdir / "tmp"
         self.tmpdir.mkdir(parents=True)
         self.log_path = workdir / "worker.log"
-        full_env = {key: value for key, value in os.environ.items() if not key.startswith(("BUCKET_", "RUNPOD_", "HF_"))}
+        full_env = {
+            key: value for key, value in os.environ.items() if not key.startswith(("BUCKET_", "RUNPOD_", "HF_"))
+        }
         full_env.update(env)
         full_env["TMPDIR"] = str(self.tmpdir)
         full_env["PYTHONPATH"] = os.pathsep.join(str(path) for path in (ROOT, *extra_pythonpath))

@@ -27,7 +27,7 @@ Left as the reference does it (an equal model must do the same to match it close
 The tiny model has the same weights as our `WanS2VTransformer3DModel` (renamed with
 `wan_tiny_models.official_transformer_state_dict`), so outputs can be compared one to one.
 
-    from liveavatar_reference import requires_liveavatar, reference_causal_model, ...
+    from tests.liveavatar_reference import requires_liveavatar, reference_causal_model, ...
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ from typing import Any
 
 import pytest
 import torch
-import wan_reference
-from wan_tiny_models import official_transformer_state_dict
+
+from tests import wan_reference
+from tests.wan_tiny_models import official_transformer_state_dict
 
 REFERENCE_ENV = "LIVEAVATAR_REFERENCE_REPO"
 MOTION_FRAMES = (73, 19)  # video frames of motion context, and their latent frames

@@ -32,7 +32,9 @@ class Mp4Facts:
 
 def mp4_facts(path: Path) -> Mp4Facts:
     header = subprocess.run([FFMPEG, "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
-    video = re.search(r"Stream #\S+.*?Video: (\w+)[^,]*, (\w+)[^,]*(?:\([^)]*\))?, (\d+)x(\d+).*?, ([\d.]+) fps", header)
+    video = re.search(
+        r"Stream #\S+.*?Video: (\w+)[^,]*, (\w+)[^,]*(?:\([^)]*\))?, (\d+)x(\d+).*?, ([\d.]+) fps", header
+    )
     assert video, f"no video stream in {path}:\n{header}"
     audio = re.search(r"Stream #\S+.*?Audio: (\w+)", header)
     frames = read_frames(path, int(video.group(3)), int(video.group(4)), gray=True)
@@ -61,7 +63,8 @@ def read_frames(path: Path, width: int, height: int, gray: bool = False) -> np.n
 
 def read_audio(path: Path, rate: int = 16000) -> np.ndarray:
     raw = subprocess.run(
-        [FFMPEG, "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", str(rate), "-f", "f32le", "pipe:1"],
+        [FFMPEG, "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", str(rate),
+         "-f", "f32le", "pipe:1"],
         capture_output=True, check=True,
     ).stdout
     return np.frombuffer(raw, dtype=np.float32)

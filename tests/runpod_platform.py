@@ -21,10 +21,11 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port
 
 WORKER_ID = "test-worker-1"
 ENDPOINT_ID = "test-endpoint"
@@ -139,7 +140,7 @@ class RunPodPlatform:
         platform = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 path = urllib.parse.urlsplit(self.path).path
                 if path.startswith("/v2/job-take/"):
                     job = platform._take_job()
@@ -158,7 +159,7 @@ class RunPodPlatform:
                 else:
                     self._reply(404, {"error": "not found"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 path = urllib.parse.urlsplit(self.path).path
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if path.startswith("/v2/job-done/"):
@@ -195,7 +196,9 @@ class QueueWorker:
         self.tmpdir = workdir / "tmp"
         self.tmpdir.mkdir(parents=True)
         self.log_path = workdir / "worker.log"
-        full_env = {key: value for key, value in os.environ.items() if not key.startswith(("BUCKET_", "RUNPOD_", "HF_"))}
+        full_env = {
+            key: value for key, value in os.environ.items() if not key.startswith(("BUCKET_", "RUNPOD_", "HF_"))
+        }
         full_env.update(platform.worker_env())
         full_env.update(env)
         full_env.update(TMPDIR=str(self.tmpdir), HOME=str(workdir),

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ASSETS
 from handler.sample import sample_job_input
+from tests.conftest import ASSETS
 
 WAV_B64 = base64.b64encode((ASSETS / "speech.wav").read_bytes()).decode()
 JPEG_B64 = base64.b64encode((ASSETS / "portrait.jpg").read_bytes()).decode()
@@ -91,7 +91,8 @@ BAD_INPUTS = [
     ("avatar path traversal", {"audio_file": WAV_B64, "avatar_id": "../etc"}, "INVALID_INPUT", "avatar_id"),
     ("avatar absolute path", {"audio_file": WAV_B64, "avatar_id": "/etc/passwd"}, "INVALID_INPUT", "avatar_id"),
     ("url with bad scheme", {"audio_file": WAV_B64, "image_url": "file:///etc/passwd"}, "INVALID_INPUT", "image_url"),
-    ("url unreachable", {"audio_file": WAV_B64, "image_url": "http://127.0.0.1:9/none.jpg"}, "FETCH_FAILED", "image_url"),
+    ("url unreachable", {"audio_file": WAV_B64, "image_url": "http://127.0.0.1:9/none.jpg"},
+     "FETCH_FAILED", "image_url"),
 ]
 
 
@@ -116,7 +117,7 @@ def test_input_that_is_not_an_object(job):
 
 def test_blocked_urls_without_opt_in(tmp_path_factory):
     """Without ALLOW_PRIVATE_URLS, loopback, private and metadata addresses are refused."""
-    from conftest import WorkerProcess
+    from tests.conftest import WorkerProcess
 
     process = WorkerProcess({"MODEL_BACKEND": "lite"}, tmp_path_factory.mktemp("guarded-worker"))
     try:

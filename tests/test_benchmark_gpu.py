@@ -6,21 +6,14 @@ and every figure is there."""
 from __future__ import annotations
 
 import importlib.util
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from model.wan_s2v.lora import LoraAdapter
-from model.wan_s2v.pipeline import WanS2VPipeline
-from model.wan_s2v.speech import SpeechEncoder
-from model.wan_s2v.text import TextEncoder
-from model.wan_s2v.vae import WanVideoVAE
-from test_wan_pipeline import FAST_VAE, tiny_transformer
-from wan_tiny_models import TINY_TEXT_LEN, tiny_umt5, tiny_vae, write_tiny_tokenizer, write_tiny_wav2vec2
+from tests.test_wan_pipeline import tiny_pipeline, tiny_transformer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_gpu.py"
 
@@ -49,14 +42,7 @@ def test_the_fast_run_reports_every_figure(benchmark_gpu, tmp_path, monkeypatch)
     monkeypatch.setattr(benchmark_gpu, "FAST_MAX_AREA", 64 * 64)
     transformer = tiny_transformer()
     lora = LoraAdapter.attach(transformer, benchmark_gpu.write_random_lora(tmp_path, transformer.config), 64.0)
-    components = types.SimpleNamespace(
-        transformer=transformer,
-        vae=WanVideoVAE(tiny_vae(config=FAST_VAE)),
-        text_encoder=TextEncoder(tiny_umt5(), AutoTokenizer.from_pretrained(write_tiny_tokenizer(tmp_path / "tok")),
-                                 text_len=TINY_TEXT_LEN),
-        speech_encoder=SpeechEncoder.from_pretrained(write_tiny_wav2vec2(tmp_path / "w2v")),
-    )
-    row = benchmark_gpu.benchmark_fast(WanS2VPipeline(components, torch.device("cpu"), torch.float32), lora)
+    row = benchmark_gpu.benchmark_fast(tiny_pipeline(tmp_path, transformer), lora)
     assert (row["height"], row["width"]) == (64, 64)
     assert row["video_seconds"] == pytest.approx(benchmark_gpu.FAST_SPEECH_SECONDS)
     assert 0 < row["first_block_seconds"] < row["total_seconds"]

@@ -14,28 +14,37 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import S3_ACCESS_KEY, S3_SECRET_KEY, TEST_BUCKET
 from handler.bucket import ENV_FIELDS, BucketAddressError, make_bucket
 from handler.delivery import presign_url
 from handler.sample import SAMPLE_SPEECH, sample_job_input
 from handler.settings import SettingsError, WorkerSettings
 from handler.startup import start_worker
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, TEST_BUCKET
 
 
 @pytest.mark.parametrize("endpoint, name, expected", [
     # RunPod's own example: the bucket in the host
-    ("https://my-bucket.s3.eu-west-1.amazonaws.com", None, ("https://s3.eu-west-1.amazonaws.com", "my-bucket", "eu-west-1", "virtual")),
-    ("https://my-bucket.s3.amazonaws.com", "my-bucket", ("https://s3.amazonaws.com", "my-bucket", "us-east-1", "virtual")),
-    ("https://my-bucket.s3-eu-west-2.amazonaws.com/", None, ("https://s3-eu-west-2.amazonaws.com", "my-bucket", "eu-west-2", "virtual")),
-    ("https://my.dotted.bucket.s3.us-west-2.amazonaws.com", None, ("https://s3.us-west-2.amazonaws.com", "my.dotted.bucket", "us-west-2", "path")),
-    ("https://media.s3.us-west-004.backblazeb2.com", None, ("https://s3.us-west-004.backblazeb2.com", "media", "us-west-004", "path")),
-    ("https://media.nyc3.digitaloceanspaces.com", None, ("https://nyc3.digitaloceanspaces.com", "media", "nyc3", "path")),
+    ("https://my-bucket.s3.eu-west-1.amazonaws.com", None,
+     ("https://s3.eu-west-1.amazonaws.com", "my-bucket", "eu-west-1", "virtual")),
+    ("https://my-bucket.s3.amazonaws.com", "my-bucket",
+     ("https://s3.amazonaws.com", "my-bucket", "us-east-1", "virtual")),
+    ("https://my-bucket.s3-eu-west-2.amazonaws.com/", None,
+     ("https://s3-eu-west-2.amazonaws.com", "my-bucket", "eu-west-2", "virtual")),
+    ("https://my.dotted.bucket.s3.us-west-2.amazonaws.com", None,
+     ("https://s3.us-west-2.amazonaws.com", "my.dotted.bucket", "us-west-2", "path")),
+    ("https://media.s3.us-west-004.backblazeb2.com", None,
+     ("https://s3.us-west-004.backblazeb2.com", "media", "us-west-004", "path")),
+    ("https://media.nyc3.digitaloceanspaces.com", None,
+     ("https://nyc3.digitaloceanspaces.com", "media", "nyc3", "path")),
     # the bucket in the path
-    ("https://s3.eu-west-1.amazonaws.com/my-bucket", None, ("https://s3.eu-west-1.amazonaws.com", "my-bucket", "eu-west-1", "virtual")),
+    ("https://s3.eu-west-1.amazonaws.com/my-bucket", None,
+     ("https://s3.eu-west-1.amazonaws.com", "my-bucket", "eu-west-1", "virtual")),
     ("http://minio.internal:9000/renders/", None, ("http://minio.internal:9000", "renders", "us-east-1", "path")),
     # a bare endpoint and the name apart
-    ("https://s3.eu-central-1.amazonaws.com", "my-bucket", ("https://s3.eu-central-1.amazonaws.com", "my-bucket", "eu-central-1", "virtual")),
-    ("https://abc123.r2.cloudflarestorage.com", "renders", ("https://abc123.r2.cloudflarestorage.com", "renders", "us-east-1", "path")),
+    ("https://s3.eu-central-1.amazonaws.com", "my-bucket",
+     ("https://s3.eu-central-1.amazonaws.com", "my-bucket", "eu-central-1", "virtual")),
+    ("https://abc123.r2.cloudflarestorage.com", "renders",
+     ("https://abc123.r2.cloudflarestorage.com", "renders", "us-east-1", "path")),
     ("http://[::1]:9000", "renders", ("http://[::1]:9000", "renders", "us-east-1", "path")),
     # outside AWS, a host that looks like `<bucket>.s3.` is the store's own when the bucket is named apart
     ("https://files.s3.example.net", "renders", ("https://files.s3.example.net", "renders", "us-east-1", "path")),
@@ -52,7 +61,9 @@ def test_the_bucket_in_the_host_is_signed_for_its_own_host_and_region():
     bucket = make_bucket("https://my-bucket.s3.eu-west-1.amazonaws.com", None, "AKIAEXAMPLE", "secret", ENV_FIELDS)
     url = urllib.parse.urlsplit(presign_url(bucket, "talking-head/x.mp4", 600))
     query = urllib.parse.parse_qs(url.query)
-    assert (url.scheme, url.hostname, url.path) == ("https", "my-bucket.s3.eu-west-1.amazonaws.com", "/talking-head/x.mp4")
+    assert (url.scheme, url.hostname, url.path) == (
+        "https", "my-bucket.s3.eu-west-1.amazonaws.com", "/talking-head/x.mp4"
+    )
     assert query["X-Amz-Credential"][0].split("/")[2:4] == ["eu-west-1", "s3"]
 
 
@@ -60,12 +71,14 @@ def test_the_bucket_in_the_host_is_signed_for_its_own_host_and_region():
     ("not a url", "b", "BUCKET_ENDPOINT_URL 'not a url' is not an http(s) URL with a host"),
     ("ftp://s3.example.com", "b", "BUCKET_ENDPOINT_URL 'ftp://s3.example.com' is not an http(s) URL with a host"),
     ("https://s3.example.com:99999", "b", "BUCKET_ENDPOINT_URL is not a valid URL"),
-    ("https://key:hunter2@s3.example.com", "b", "BUCKET_ENDPOINT_URL must not carry credentials; put the keys in BUCKET_ACCESS_KEY_ID"),
+    ("https://key:hunter2@s3.example.com", "b",
+     "BUCKET_ENDPOINT_URL must not carry credentials; put the keys in BUCKET_ACCESS_KEY_ID"),
     ("https://s3.example.com/b?x=1", None, "has a query or fragment"),
     ("https://s3.example.com/b/prefix", None, "has a path beyond the bucket"),
     ("https://a.s3.amazonaws.com/b", None, "names a bucket in its host and in its path"),
     ("https://a.s3.eu-west-1.amazonaws.com", "b", "BUCKET_ENDPOINT_URL names the bucket 'a' but BUCKET_NAME is 'b'"),
-    ("https://s3.eu-west-1.amazonaws.com", None, "no bucket is named: set BUCKET_NAME, or put the bucket in BUCKET_ENDPOINT_URL"),
+    ("https://s3.eu-west-1.amazonaws.com", None,
+     "no bucket is named: set BUCKET_NAME, or put the bucket in BUCKET_ENDPOINT_URL"),
     (None, "my bucket", "BUCKET_NAME 'my bucket' is not a bucket name"),
 ])
 def test_an_endpoint_that_cannot_address_a_bucket_is_refused_naming_the_field(endpoint, name, message):
@@ -81,10 +94,12 @@ KEYS = {"BUCKET_ACCESS_KEY_ID": "k", "BUCKET_SECRET_ACCESS_KEY": "s"}
 @pytest.mark.parametrize("env, message", [
     ({**KEYS, "BUCKET_ENDPOINT_URL": "s3.amazonaws.com/my-bucket"},
      "BUCKET_ENDPOINT_URL 's3.amazonaws.com/my-bucket' is not an http(s) URL with a host; use e.g. https://"),
-    ({**KEYS, "BUCKET_ENDPOINT_URL": "https://s3.example.com"}, "no bucket is named: set BUCKET_NAME, or put the bucket in"),
+    ({**KEYS, "BUCKET_ENDPOINT_URL": "https://s3.example.com"},
+     "no bucket is named: set BUCKET_NAME, or put the bucket in"),
     ({"BUCKET_ENDPOINT_URL": "https://my-bucket.s3.eu-west-1.amazonaws.com"},
      "the S3 bucket is half configured: set BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY as well."),
-    ({"BUCKET_NAME": "b", "BUCKET_ACCESS_KEY_ID": "k"}, "the S3 bucket is half configured: set BUCKET_SECRET_ACCESS_KEY as well."),
+    ({"BUCKET_NAME": "b", "BUCKET_ACCESS_KEY_ID": "k"},
+     "the S3 bucket is half configured: set BUCKET_SECRET_ACCESS_KEY as well."),
     ({"MAX_AUDIO_SECONDS": "inf"}, "MAX_AUDIO_SECONDS='inf' must be a positive, finite number."),
     ({"MAX_AUDIO_SECONDS": "nan"}, "MAX_AUDIO_SECONDS='nan' must be a positive, finite number."),
     ({"FETCH_TIMEOUT_SECONDS": "Infinity"}, "FETCH_TIMEOUT_SECONDS='Infinity' must be a positive, finite number."),
@@ -121,7 +136,8 @@ def test_both_forms_upload_to_the_bucket(s3_server, form):
         env["BUCKET_ENDPOINT_URL"] = f"{s3_server}/{TEST_BUCKET}"
     else:
         env.update(BUCKET_ENDPOINT_URL=s3_server, BUCKET_NAME=TEST_BUCKET)
-    output = start_worker(env).handle({"id": "form", "input": sample_job_input(output_type="auto", resolution="128*128")})
+    job_input = sample_job_input(output_type="auto", resolution="128*128")
+    output = start_worker(env).handle({"id": "form", "input": job_input})
     assert output.get("success"), output
     assert output["video_s3_key"] in _objects(s3_server, TEST_BUCKET)
 
@@ -159,8 +175,10 @@ def test_a_jobs_bucket_on_a_private_address_is_refused_before_rendering(guarded_
 
 @pytest.mark.parametrize("endpoint, bucket, message", [
     ("not-a-url", "renders", "INVALID_INPUT: s3Config.endpointUrl 'not-a-url' is not an http(s) URL with a host"),
-    ("https://u:p@s3.example.com", "renders", "INVALID_INPUT: s3Config.endpointUrl must not carry credentials; put the keys in s3Config.accessId"),
-    ("https://a.s3.eu-west-1.amazonaws.com", "b", "INVALID_INPUT: s3Config.endpointUrl names the bucket 'a' but s3Config.bucketName is 'b'"),
+    ("https://u:p@s3.example.com", "renders",
+     "INVALID_INPUT: s3Config.endpointUrl must not carry credentials; put the keys in s3Config.accessId"),
+    ("https://a.s3.eu-west-1.amazonaws.com", "b",
+     "INVALID_INPUT: s3Config.endpointUrl names the bucket 'a' but s3Config.bucketName is 'b'"),
     ("https://s3.example.com", "bad/name", "INVALID_INPUT: s3Config.bucketName 'bad/name' is not a bucket name"),
 ])
 def test_a_jobs_malformed_bucket_is_refused_when_parsed(guarded_worker, endpoint, bucket, message):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ASSETS, ROOT
-from mp4_facts import mp4_facts
 from runpod_client_examples import TalkingHeadClient, save_video
+from tests.conftest import ASSETS, ROOT
+from tests.mp4_facts import mp4_facts
 
 
 def test_runsync_async_and_batch(plain_worker, tmp_path):
@@ -16,7 +16,8 @@ def test_runsync_async_and_batch(plain_worker, tmp_path):
 
     sync = client.runsync(job)
     queued = client.wait(client.submit(job))
-    batch = client.batch([job, client.job_input(str(ASSETS / "portrait.jpg"), str(ASSETS / "speech.wav"), resolution="128*128")])
+    second = client.job_input(str(ASSETS / "portrait.jpg"), str(ASSETS / "speech.wav"), resolution="128*128")
+    batch = client.batch([job, second])
     for status in (sync, queued, *batch):
         path = save_video(status, tmp_path)
         assert mp4_facts(path).num_frames == status["output"]["num_frames"]

@@ -18,18 +18,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+
+from scripts.endpoint_compute import compute_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "scripts" / "runpod_endpoint.py"
 API_KEY = "rp_test_key_never_printed"
 BUCKET_SECRET = "bucket-secret-never-printed"
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from endpoint_compute import compute_for  # noqa: E402
 
 # (GPU type id, serverless pool, memory GB): a few rows of GET /v2/catalog/gpus (ids and pools from
 # runpod/docs references/gpu-types.mdx). FUTURE_96 stands for a pool RunPod added after the tool's
@@ -40,7 +40,8 @@ CATALOG_ROWS = [
     ("NVIDIA RTX A6000", "AMPERE_48", 48), ("NVIDIA A40", "AMPERE_48", 48), ("NVIDIA L40", "ADA_48_PRO", 48),
     ("NVIDIA L40S", "ADA_48_PRO", 48), ("NVIDIA RTX 6000 Ada Generation", "ADA_48_PRO", 48),
     ("NVIDIA A100 80GB PCIe", "AMPERE_80", 80), ("NVIDIA A100-SXM4-80GB", "AMPERE_80", 80),
-    ("NVIDIA H100 80GB HBM3", "ADA_80_PRO", 80), ("NVIDIA H100 PCIe", "ADA_80_PRO", 80), ("NVIDIA H200", "HOPPER_141", 141),
+    ("NVIDIA H100 80GB HBM3", "ADA_80_PRO", 80), ("NVIDIA H100 PCIe", "ADA_80_PRO", 80),
+    ("NVIDIA H200", "HOPPER_141", 141),
     ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "FUTURE_96", 96), ("NVIDIA GeForce RTX 3070", None, 8),
 ]
 KNOWN_POOLS = {pool for _, pool, _ in CATALOG_ROWS if pool}
@@ -194,8 +195,10 @@ class FakeRunPodApi:
         if method == "GET" and path == "/v2/catalog/gpus":
             return 200, {"gpus": [_gpu_type(*row) for row in CATALOG_ROWS]}
         if method == "GET" and path == "/v2/network-volumes":
-            return 200, {"networkVolumes": [{"id": volume, "name": f"weights-{centre}", "size": 100,
-                                             "dataCenter": centre, "type": "STANDARD"} for volume, centre in NETWORK_VOLUMES]}
+            return 200, {"networkVolumes": [
+                {"id": volume, "name": f"weights-{centre}", "size": 100, "dataCenter": centre, "type": "STANDARD"}
+                for volume, centre in NETWORK_VOLUMES
+            ]}
         parts = path.strip("/").split("/")
         if method == "GET" and len(parts) == 4 and parts[1] == "serverless" and parts[3] == "releases":
             return self._releases(parts[2])
@@ -598,23 +601,25 @@ def test_default_mode_is_handed_on_and_a_mode_the_backend_lacks_is_refused(fake_
     assert template["env"]["DEFAULT_MODE"] == "fast"
     # fast mode on the fp8 sizing's 48 GB first choices: warned, not refused (an estimate)
     assert "DEFAULT_MODE=fast needs about 80 GB" in result.stderr and "ADA_48_PRO, AMPERE_48" in result.stderr
-    refused = run_tool(base_url, "--name", "th-lite", "--image", "acme/th:cafe", "--backend", "lite", DEFAULT_MODE="fast")
+    refused = run_tool(
+        base_url, "--name", "th-lite", "--image", "acme/th:cafe", "--backend", "lite", DEFAULT_MODE="fast"
+    )
     assert refused.returncode == 2
     assert "DEFAULT_MODE='fast' is not a mode of the lite backend; set it to one of quality" in refused.stderr
     assert len(api.templates) == 1
 
 
 def test_the_tools_modes_per_backend_are_the_backends_own():
-    from endpoint_requests import BACKEND_MODES
     from model.base import TalkingHeadBackend
     from model.wan_s2v.backend import WanS2VBackend
+    from scripts.endpoint_requests import BACKEND_MODES
 
     assert BACKEND_MODES == {"wan-s2v": WanS2VBackend.modes, "lite": TalkingHeadBackend.modes}
 
 
 def test_the_start_timeout_outlasts_a_workers_wait_for_another_workers_download():
-    from endpoint_requests import WORKER_INIT_TIMEOUT_SECONDS
     from model.wan_s2v.weights import LOCK_WAIT_SECONDS
+    from scripts.endpoint_requests import WORKER_INIT_TIMEOUT_SECONDS
 
     # RunPod's own default is 7 minutes; a cold start downloads ~50 GB first
     assert LOCK_WAIT_SECONDS + 5 * 60 <= WORKER_INIT_TIMEOUT_SECONDS["wan-s2v"]
@@ -668,7 +673,8 @@ def test_an_excluded_type_outside_the_pools_is_refused_before_anything_changes(f
     api, base_url = fake_api
     result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", "--exclude-gpu", "NVIDIA H200")
     assert result.returncode == 2
-    assert "--exclude-gpu 'NVIDIA H200' is not a GPU type of the pools ADA_48_PRO, AMPERE_48, ADA_80_PRO" in result.stderr
+    assert ("--exclude-gpu 'NVIDIA H200' is not a GPU type of the pools ADA_48_PRO, AMPERE_48, ADA_80_PRO"
+            in result.stderr)
     assert "NVIDIA L40S" in result.stderr and writes(api) == []
 
 
@@ -685,7 +691,8 @@ def test_one_network_volume_per_data_centre(fake_api):
     [
         (["--network-volume", "vol42,vol43"], "network volumes vol42 and vol43 are both in EU-RO-1"),
         (["--network-volume", "vol99"], "network volume vol99 is not one of this account's (vol42 (EU-RO-1)"),
-        (["--network-volume", "vol77", "--data-centers", "EU-RO-1"], "leaves out US-KS-2, where network volume vol77 is"),
+        (["--network-volume", "vol77", "--data-centers", "EU-RO-1"],
+         "leaves out US-KS-2, where network volume vol77 is"),
     ],
 )
 def test_network_volumes_the_platform_would_refuse_are_refused_first(fake_api, args, message):

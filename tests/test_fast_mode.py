@@ -9,17 +9,12 @@ import types
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from model.base import num_frames_for
 from model.wan_s2v import fast_pipeline
 from model.wan_s2v.fast_pipeline import FastSampler
-from model.wan_s2v.pipeline import WanS2VPipeline
-from model.wan_s2v.speech import SpeechEncoder
-from model.wan_s2v.text import TextEncoder
-from model.wan_s2v.vae import WanVideoVAE
-from test_wan_pipeline import FAST_VAE, tiny_transformer
-from wan_tiny_models import TINY_TEXT_LEN, speech_samples, tiny_umt5, tiny_vae, write_tiny_tokenizer, write_tiny_wav2vec2
+from tests.test_wan_pipeline import tiny_pipeline
+from tests.wan_tiny_models import speech_samples
 
 SIDE = 64
 STEPS = 2
@@ -27,15 +22,7 @@ STEPS = 2
 
 @pytest.fixture(scope="module")
 def sampler(tmp_path_factory) -> FastSampler:
-    folder = tmp_path_factory.mktemp("tiny")
-    components = types.SimpleNamespace(
-        transformer=tiny_transformer(),
-        vae=WanVideoVAE(tiny_vae(config=FAST_VAE)),
-        text_encoder=TextEncoder(tiny_umt5(), AutoTokenizer.from_pretrained(write_tiny_tokenizer(folder / "tok")),
-                                 text_len=TINY_TEXT_LEN),
-        speech_encoder=SpeechEncoder.from_pretrained(write_tiny_wav2vec2(folder / "w2v")),
-    )
-    return FastSampler(WanS2VPipeline(components, torch.device("cpu"), torch.float32))
+    return FastSampler(tiny_pipeline(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="module")

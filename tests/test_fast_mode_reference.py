@@ -17,7 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from liveavatar_reference import (
+from model.wan_s2v._transformer_causal import BlockPosition, BlockRing
+from model.wan_s2v.fast_pipeline import FastSampler, euler_schedule, euler_step
+from model.wan_s2v.pipeline import WanS2VPipeline
+from model.wan_s2v.vae import WanVideoVAE
+from tests.liveavatar_reference import (
     FRAMES_PER_BLOCK,
     MOTION_FRAMES,
     NUM_WAV2VEC_LAYERS,
@@ -31,12 +35,8 @@ from liveavatar_reference import (
     requires_liveavatar,
     sharpen_attention,
 )
-from model.wan_s2v._transformer_causal import BlockPosition, BlockRing
-from model.wan_s2v.fast_pipeline import FastSampler, euler_schedule, euler_step
-from model.wan_s2v.pipeline import WanS2VPipeline
-from model.wan_s2v.vae import WanVideoVAE
-from test_wan_pipeline import FAST_VAE
-from wan_tiny_models import (
+from tests.test_wan_pipeline import FAST_VAE
+from tests.wan_tiny_models import (
     TINY_OFFICIAL_TRANSFORMER_CONFIG,
     tiny_transformer_from_official_config,
     well_conditioned_vae,

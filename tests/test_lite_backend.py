@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import pytest
 
-from conftest import ASSETS
 from model.base import GenerationOptions, NoFaceError, Speech, fit_to_area, num_frames_for
+from model.lite import mesh_indices as mesh
 from model.lite.backend import LiteBackend
 from model.lite.landmarks import FaceLandmarks
 from model.lite.motion import blink_track, seeded_generators
-from model.lite import mesh_indices as mesh
+from tests.conftest import ASSETS
 
 RATE = 16_000
 
@@ -84,7 +86,7 @@ def test_frame_count_matches_the_speech(backend, prepared, seconds):
     assert len(frames) == num_frames_for(seconds, backend.fps)
     total = len(frames)
     assert fractions[-1] == (1.0, f"frame {total}/{total}")
-    assert all(a[0] < b[0] for a, b in zip(fractions, fractions[1:]))
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(fractions))
 
 
 def test_mouth_moves_with_speech_and_rests_in_silence(backend, prepared):

@@ -24,7 +24,7 @@ from model.lite import mesh_indices as mesh
 from model.lite.backend import LiteBackend
 from model.lite.landmarks import FaceLandmarker, FaceLandmarks
 from model.lite.renderer import FramePose, FrameRenderer
-from mp4_facts import read_frames
+from tests.mp4_facts import read_frames
 
 RATE = 16_000
 FPS = 25
@@ -435,7 +435,9 @@ def test_job_tilted_head_opens_its_mouth_along_its_own_axis(plain_worker, astron
     upright = job_opening_direction(plain_worker, astronaut, reference, 0.0, tmp_path)
     for degrees in (-30.0, 30.0):
         tilted = job_opening_direction(plain_worker, astronaut, reference, degrees, tmp_path)
-        assert abs(tilted - upright) < 10.0, f"tilted {degrees:+.0f}: the mouth opened {tilted - upright:+.0f} degrees off the face's axis"
+        assert abs(tilted - upright) < 10.0, (
+            f"tilted {degrees:+.0f}: the mouth opened {tilted - upright:+.0f} degrees off the face's axis"
+        )
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ASSETS
 from model.lite import mesh_indices as mesh
 from model.lite.face_detection import FULL_RANGE, SHORT_RANGE, ssd_anchor_centers
 from model.lite.landmarks import FaceLandmarker
+from tests.conftest import ASSETS
 
 
 @pytest.fixture(scope="module")

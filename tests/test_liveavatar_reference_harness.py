@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from liveavatar_reference import (
+from tests.liveavatar_reference import (
     FRAMES_PER_BLOCK,
     MOTION_FRAMES,
     NUM_WAV2VEC_LAYERS,
@@ -26,7 +26,7 @@ from liveavatar_reference import (
     requires_liveavatar,
     sharpen_attention,
 )
-from wan_tiny_models import TINY_OFFICIAL_TRANSFORMER_CONFIG, tiny_transformer_from_official_config
+from tests.wan_tiny_models import TINY_OFFICIAL_TRANSFORMER_CONFIG, tiny_transformer_from_official_config
 
 pytestmark = [
     requires_liveavatar,

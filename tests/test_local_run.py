@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import ASSETS, ROOT, S3_ACCESS_KEY, S3_SECRET_KEY, TEST_BUCKET
 from handler.sample import sample_job_input
+from tests.conftest import ASSETS, ROOT, S3_ACCESS_KEY, S3_SECRET_KEY, TEST_BUCKET
 
 # base64 (or a signature) this long never occurs in an honest log line
 LONG_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{120,}")

@@ -9,10 +9,10 @@ import pytest
 import soundfile
 from PIL import Image
 
-from conftest import ASSETS
 from handler.errors import ErrorCode, JobError
 from handler.media import decode_audio, decode_base64, decode_image, resample
-from mp4_facts import convert_audio
+from tests.conftest import ASSETS
+from tests.mp4_facts import convert_audio
 
 SPEECH_SECONDS = 123472 / 16000
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import base64
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from conftest import ASSETS
 from handler.job import Worker
 from handler.sample import sample_job_input
 from handler.settings import WorkerSettings
@@ -21,6 +20,7 @@ from model.base import (
     TalkingHeadBackend,
     num_frames_for,
 )
+from tests.conftest import ASSETS
 
 WAV_B64 = base64.b64encode((ASSETS / "speech.wav").read_bytes()).decode()
 JPEG_B64 = base64.b64encode((ASSETS / "portrait.jpg").read_bytes()).decode()
@@ -79,7 +79,9 @@ class TwoModeBackend(TalkingHeadBackend):
         for field in FAST_MODE_REFUSES:
             if getattr(options, field) is not None:
                 # one message names its field, the others leave that to the worker
-                message = f"{field} has no meaning in fast mode" if field == "guidance_scale" else "has no meaning in fast mode"
+                message = "has no meaning in fast mode"
+                if field == "guidance_scale":
+                    message = f"{field} {message}"
                 raise InvalidOptionError(field, message + '; leave it out, or send mode "quality".')
 
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
@@ -120,7 +122,8 @@ def _worker(backend: TalkingHeadBackend, **env: str) -> Worker:
 @pytest.mark.parametrize("field, value", [("guidance_scale", 3.0), ("sample_solver", "dpm++"),
                                           ("sample_shift", 5.0), ("negative_prompt", "blur")])
 def test_check_options_runs_before_media_and_its_refusal_is_invalid_input(events, field, value):
-    job = {"id": "fast-1", "input": {"mode": "fast", field: value, "audio_file": WAV_B64, "image_url": UNREACHABLE_AUDIO}}
+    job = {"id": "fast-1",
+           "input": {"mode": "fast", field: value, "audio_file": WAV_B64, "image_url": UNREACHABLE_AUDIO}}
     error = _worker(TwoModeBackend(events)).handle(job)["error"]
     assert error.startswith("INVALID_INPUT: "), error
     assert error.count(field) == 1 and "fast mode" in error, error

@@ -10,10 +10,10 @@ import boto3
 import pytest
 import requests
 
-from conftest import S3_ACCESS_KEY, S3_SECRET_KEY, TEST_BUCKET, WorkerProcess
 from handler.sample import sample_job_input
 from handler.startup import start_worker
-from mp4_facts import mp4_facts
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, TEST_BUCKET, WorkerProcess
+from tests.mp4_facts import mp4_facts
 
 
 def _s3(endpoint: str):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import WorkerProcess
 from handler.sample import sample_job_input
 from handler.settings import SettingsError, WorkerSettings
 from handler.startup import start_worker
+from tests.conftest import WorkerProcess
 
 
 @pytest.mark.parametrize("raw, mode", [("", None), ("quality", "quality"), ("fast", "fast"), (" fast ", "fast")])
@@ -20,8 +20,10 @@ def test_default_mode_values(raw, mode):
 def test_a_default_mode_that_is_not_a_mode_is_refused(raw):
     with pytest.raises(SettingsError, match=r"^DEFAULT_MODE=.* is not one of quality, fast\.$"):
         WorkerSettings.from_env({"DEFAULT_MODE": raw})
-    error = start_worker({"MODEL_BACKEND": "lite", "DEFAULT_MODE": raw}).handle({"id": "j", "input": sample_job_input()})["error"]
-    assert error.startswith(f"INTERNAL: the endpoint is misconfigured: DEFAULT_MODE={raw!r} is not one of quality, fast."), error
+    worker = start_worker({"MODEL_BACKEND": "lite", "DEFAULT_MODE": raw})
+    error = worker.handle({"id": "j", "input": sample_job_input()})["error"]
+    expected = f"INTERNAL: the endpoint is misconfigured: DEFAULT_MODE={raw!r} is not one of quality, fast."
+    assert error.startswith(expected), error
 
 
 def test_the_lite_worker_takes_default_mode_quality():

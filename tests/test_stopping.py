@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import ASSETS
 from handler.sample import sample_job_input
 from runpod_client_examples import TalkingHeadClient
-from runpod_platform import RunPodPlatform, QueueWorker
+from tests.conftest import ASSETS
+from tests.runpod_platform import QueueWorker, RunPodPlatform
 
 JPEG_B64 = base64.b64encode((ASSETS / "portrait.jpg").read_bytes()).decode()
 LONG_SPEECH_SECONDS = 240
@@ -170,6 +170,8 @@ def test_an_unforeseen_fault_while_loading_is_the_machines(monkeypatch):
 
     monkeypatch.setattr(handler.startup, "load_backend", load_backend)
     worker = handler.startup.start_worker({"MODEL_BACKEND": "lite"})
-    assert worker.host_fault == "the model could not be loaded on this machine (RuntimeError; the worker's log has the details)."
+    assert worker.host_fault == (
+        "the model could not be loaded on this machine (RuntimeError; the worker's log has the details)."
+    )
     error = worker.handle({"id": "j", "input": sample_job_input()})["error"]
     assert error.startswith("MODEL_UNAVAILABLE: the model could not be loaded on this machine"), error

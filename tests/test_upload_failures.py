@@ -15,13 +15,13 @@ import re
 import socket
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from conftest import S3_ACCESS_KEY, S3_SECRET_KEY, free_port
 from handler.sample import sample_job_input
-from runpod_platform import QueueWorker, RunPodPlatform
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, free_port
+from tests.runpod_platform import QueueWorker, RunPodPlatform
 
 UPLOAD_TIMEOUT_SECONDS = 3
 SECRET = "a-job-secret-that-must-not-leak"
@@ -70,7 +70,7 @@ def hanging_endpoint() -> Iterator[str]:
 class _Unavailable(http.server.BaseHTTPRequestHandler):
     requests = 0
 
-    def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+    def do_PUT(self) -> None:
         type(self).requests += 1
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = b"<Error><Code>ServiceUnavailable</Code><Message>Please reduce your request rate.</Message></Error>"
@@ -98,7 +98,7 @@ class _Refusing(_Unavailable):
     """Answers as S3 does to keys it does not know. (moto cannot: its access checks read only the
     Authorization header, and the worker signs its PUT in the query string, as a presigned URL.)"""
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = (b"<Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided does not "
                 b"exist in our records.</Message></Error>")
@@ -119,7 +119,9 @@ def refusing_endpoint() -> Iterator[str]:
     server.server_close()
 
 
-def _s3_config(endpoint: str, bucket: str = "talking-head-test", key_id: str = S3_ACCESS_KEY, secret: str = SECRET) -> dict:
+def _s3_config(
+    endpoint: str, bucket: str = "talking-head-test", key_id: str = S3_ACCESS_KEY, secret: str = SECRET
+) -> dict:
     return {"accessId": key_id, "accessSecret": secret, "bucketName": bucket, "endpointUrl": endpoint}
 
 
@@ -148,7 +150,8 @@ def _assert_upload_failed(result: dict, *phrases: str) -> None:
 def test_a_bucket_that_never_answers_costs_the_deadline_and_the_worker_goes_on(platform, worker, hanging_endpoint):
     _, result, seconds = _run(platform, _s3_config(hanging_endpoint, bucket="silent"))
     upload_seconds, attempts = _upload_seconds(worker, "silent")
-    print(f"hanging bucket: upload failed after {upload_seconds:.2f} s ({attempts} attempt(s)); job failed {seconds:.2f} s after it was queued")
+    print(f"hanging bucket: upload failed after {upload_seconds:.2f} s ({attempts} attempt(s)); "
+          f"job failed {seconds:.2f} s after it was queued")
     _assert_upload_failed(result, "127.0.0.1 did not answer within the upload deadline (3 s, UPLOAD_TIMEOUT_SECONDS)",
                           "s3Config.endpointUrl")
     assert UPLOAD_TIMEOUT_SECONDS - 0.5 <= upload_seconds <= UPLOAD_TIMEOUT_SECONDS + 0.5

@@ -47,7 +47,9 @@ class RecordingPipeline:
 
 
 SPEECH = Speech(np.zeros(16000, np.float32))
-PORTRAIT = PreparedPortrait(width=64, height=64, features=WanPortrait(np.zeros((64, 64, 3), np.uint8), 64, 64, "latent"))
+PORTRAIT = PreparedPortrait(
+    width=64, height=64, features=WanPortrait(np.zeros((64, 64, 3), np.uint8), 64, 64, "latent")
+)
 NO_LORA = ModelUnavailableError("the Live Avatar LoRA of the fast mode was not found (looked at /models/Live-Avatar)")
 
 

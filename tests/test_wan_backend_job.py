@@ -18,10 +18,10 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from conftest import ASSETS, WorkerProcess
 from model.wan_s2v.config import LORA_FILE
-from mp4_facts import mp4_facts, read_frames
-from wan_tiny_models import (
+from tests.conftest import ASSETS, WorkerProcess
+from tests.mp4_facts import mp4_facts, read_frames
+from tests.wan_tiny_models import (
     TINY_OFFICIAL_TRANSFORMER_CONFIG,
     TINY_T5,
     official_t5_state_dict,
@@ -111,7 +111,9 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 # The layers Live Avatar's peft config targets, by their official names.
-LORA_TARGETS = re.compile(r"(blocks\.\d+\.(self_attn|cross_attn)\.[qkvo]|blocks\.\d+\.ffn\.[02]|audio_injector\.injector\.\d+\.[qkvo])\.weight")
+LORA_TARGETS = re.compile(
+    r"(blocks\.\d+\.(self_attn|cross_attn)\.[qkvo]|blocks\.\d+\.ffn\.[02]|audio_injector\.injector\.\d+\.[qkvo])\.weight"
+)
 
 
 def write_tiny_lora(path: Path, official_weights: dict[str, torch.Tensor], rank: int = 4) -> None:
@@ -138,7 +140,9 @@ def start_wan_worker(checkpoint: Path, workdir: Path, **extra_env: str) -> Worke
     """`python -m handler --rp_serve_api` with MODEL_BACKEND=wan-s2v and one preset, "anna"."""
     site = workdir / "site"
     site.mkdir(parents=True)
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(vae=VAE_CONFIG, t5=T5_CONFIG, text_len=TRANSFORMER_CONFIG["text_len"]))
+    (site / "sitecustomize.py").write_text(
+        SITECUSTOMIZE.format(vae=VAE_CONFIG, t5=T5_CONFIG, text_len=TRANSFORMER_CONFIG["text_len"])
+    )
     presets = workdir / "presets" / "anna"
     presets.mkdir(parents=True)
     (presets / "portrait.jpg").write_bytes(small_portrait_jpeg())
@@ -255,7 +259,9 @@ def test_a_worker_without_the_lora_fails_fast_jobs_saying_where_it_looked_and_ke
     finally:
         worker.stop()
     assert fast["status"] == "FAILED"
-    assert fast["error"].startswith("MODEL_UNAVAILABLE: the Live Avatar LoRA of the fast mode was not found (looked at ")
+    assert fast["error"].startswith(
+        "MODEL_UNAVAILABLE: the Live Avatar LoRA of the fast mode was not found (looked at "
+    )
     assert str(without_lora / LORA_FILE) in fast["error"]
     assert quality["status"] == "COMPLETED" and quality["output"]["mode"] == "quality"
 

@@ -11,7 +11,7 @@ from model.wan_s2v import loader as loader_module
 from model.wan_s2v.config import TRANSFORMER_INDEX_FILE
 from model.wan_s2v.convert_transformer import convert_transformer_key
 from model.wan_s2v.loader import WanS2VComponents, load_components, save_diffusers_layout
-from wan_tiny_models import (
+from tests.wan_tiny_models import (
     TINY_OFFICIAL_TRANSFORMER_CONFIG,
     TINY_T5,
     TINY_TEXT_LEN,

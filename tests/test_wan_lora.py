@@ -20,7 +20,7 @@ from model.wan_s2v.convert_transformer import convert_transformer_config, conver
 from model.wan_s2v.lora import LoraAdapter, LoraSummary
 from model.wan_s2v.memory import store_blocks_in_fp8
 from model.wan_s2v.transformer import WanS2VTransformer3DModel
-from wan_reference import reference_module, requires_reference
+from tests.wan_reference import reference_module, requires_reference
 
 TINY = {
     "num_attention_heads": 2,
@@ -456,7 +456,8 @@ PEFT_TARGETS = ["q", "k", "v", "o", "ffn.0", "ffn.2"]
 @requires_reference
 def test_our_adapter_gives_the_outputs_of_peft_merge_and_unload_on_the_official_model(tmp_path):
     import peft
-    from test_wan_transformer_reference import MOTION_FRAMES, TINY_OFFICIAL_CONFIG, _inputs, _randomise
+
+    from tests.test_wan_transformer_reference import MOTION_FRAMES, TINY_OFFICIAL_CONFIG, _inputs, _randomise
 
     model_s2v = reference_module("modules.s2v.model_s2v")
     torch.manual_seed(0)

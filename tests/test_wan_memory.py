@@ -15,10 +15,12 @@ from model.wan_s2v.memory import (
     place_transformer,
     store_blocks_in_fp8,
 )
-from test_wan_pipeline import tiny_transformer
+from tests.test_wan_pipeline import tiny_transformer
 
 
-@pytest.mark.parametrize("free_gib, expected", [(79, "full"), (66, "full"), (45, "fp8"), (38, "fp8"), (23, "offload"), (2, "offload")])
+@pytest.mark.parametrize(
+    "free_gib, expected", [(79, "full"), (66, "full"), (45, "fp8"), (38, "fp8"), (23, "offload"), (2, "offload")]
+)
 def test_the_largest_mode_that_fits_the_free_memory_is_chosen(free_gib, expected):
     assert choose_memory_mode(free_gib * GIB, {}) is MemoryMode(expected)
 
@@ -26,7 +28,8 @@ def test_the_largest_mode_that_fits_the_free_memory_is_chosen(free_gib, expected
 def test_wan_memory_mode_overrides_the_choice():
     assert choose_memory_mode(79 * GIB, {"WAN_MEMORY_MODE": " Offload "}) is MemoryMode.OFFLOAD
     assert choose_memory_mode(2 * GIB, {"WAN_MEMORY_MODE": "full"}) is MemoryMode.FULL
-    with pytest.raises(MemoryModeError, match="WAN_MEMORY_MODE='tiny' is not a memory mode; use one of full, fp8, offload"):
+    refusal = "WAN_MEMORY_MODE='tiny' is not a memory mode; use one of full, fp8, offload"
+    with pytest.raises(MemoryModeError, match=refusal):
         choose_memory_mode(79 * GIB, {"WAN_MEMORY_MODE": "tiny"})
 
 

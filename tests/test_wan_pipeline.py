@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import collections
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer, Wav2Vec2Config
 
 from model.base import SPEECH_SAMPLE_RATE, num_frames_for
 from model.wan_s2v.config import FPS, FRAMES_PER_CLIP
@@ -24,7 +26,7 @@ from model.wan_s2v.speech import SpeechEncoder
 from model.wan_s2v.text import TextEncoder
 from model.wan_s2v.transformer import WanS2VTransformer3DModel
 from model.wan_s2v.vae import WanVideoVAE
-from wan_tiny_models import (
+from tests.wan_tiny_models import (
     TINY_T5,
     TINY_TEXT_LEN,
     speech_samples,
@@ -33,7 +35,6 @@ from wan_tiny_models import (
     write_tiny_tokenizer,
     write_tiny_wav2vec2,
 )
-from transformers import AutoTokenizer, Wav2Vec2Config
 
 # The VAE dominates the time on a CPU: a narrower one than the converters' tests use.
 # 16 latent channels like the real one: the official loop hard-codes them.
@@ -59,17 +60,21 @@ def tiny_transformer(seed: int = 0) -> WanS2VTransformer3DModel:
     return model
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> WanS2VPipeline:
-    folder = tmp_path_factory.mktemp("tiny")
+def tiny_pipeline(folder: Path, transformer: WanS2VTransformer3DModel | None = None) -> WanS2VPipeline:
+    """The generation loop on CPU in float32 over tiny random models (tokenizer and wav2vec2 in `folder`)."""
     components = types.SimpleNamespace(
-        transformer=tiny_transformer(),
+        transformer=transformer or tiny_transformer(),
         vae=WanVideoVAE(tiny_vae(config=FAST_VAE)),
         text_encoder=TextEncoder(tiny_umt5(), AutoTokenizer.from_pretrained(write_tiny_tokenizer(folder / "tok")),
                                  text_len=TINY_TEXT_LEN),
         speech_encoder=SpeechEncoder.from_pretrained(write_tiny_wav2vec2(folder / "w2v")),
     )
     return WanS2VPipeline(components, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> WanS2VPipeline:
+    return tiny_pipeline(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +256,9 @@ def test_fit_portrait_matches_resize_then_centre_crop():
     assert (wide[:, :32] == 0).all() and (wide[:, -32:] == 0).all() and wide[:, 32:96].any()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the text encoder visits it from host memory")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: the text encoder visits it from host memory"
+)
 def test_text_encoder_visits_the_gpu_for_a_new_prompt_and_goes_home(pipeline):
     """The fp8 mode keeps umt5 in host memory and brings it to the GPU only to encode."""
     gpu = torch.device("cuda")

@@ -26,9 +26,9 @@ from model.wan_s2v.sizing import output_size
 from model.wan_s2v.speech import SpeechEncoder
 from model.wan_s2v.text import TextEncoder
 from model.wan_s2v.vae import WanVideoVAE
-from test_wan_pipeline import FAST_VAE, tiny_transformer
-from wan_reference import reference_module, requires_reference
-from wan_tiny_models import (
+from tests.test_wan_pipeline import FAST_VAE, tiny_transformer
+from tests.wan_reference import reference_module, requires_reference
+from tests.wan_tiny_models import (
     TINY_TEXT_LEN,
     speech_samples,
     tiny_umt5,
@@ -132,7 +132,8 @@ def test_our_loop_makes_the_official_loops_video(tmp_path, monkeypatch, one_cpu_
     reference.__dict__.update(
         device=torch.device("cpu"), rank=0, t5_cpu=False, init_on_cpu=False, num_train_timesteps=1000,
         param_dtype=torch.float32, text_encoder=OfficialTextEncoder(text), vae=OfficialVAE(vae),
-        noise_model=OfficialNoiseModel(transformer), audio_encoder=audio_encoder_module.AudioEncoder(model_id=str(wav2vec)),
+        noise_model=OfficialNoiseModel(transformer),
+        audio_encoder=audio_encoder_module.AudioEncoder(model_id=str(wav2vec)),
         sample_neg_prompt=NEGATIVE_PROMPT, motion_frames=73, drop_first_motion=True, fps=16, audio_sample_m=0,
     )
     with torch.no_grad():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.wan_s2v.scheduler import make_scheduler
-from wan_reference import reference_module
+from tests.wan_reference import reference_module
 
 
 def _run(scheduler, timesteps: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ast
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
 from model.wan_s2v.sizing import output_size, video_size
-from wan_reference import reference_root
+from tests.wan_reference import reference_root
 
 # (height, width) of portraits: phone, square, landscape, small, huge, odd, extreme strips
 PORTRAITS = [

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.wan_s2v.speech import SpeechEncoder, bucket_clip_features
-from wan_tiny_models import reference_module, speech_samples, write_tiny_wav2vec2
+from tests.wan_tiny_models import reference_module, speech_samples, write_tiny_wav2vec2
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.wan_s2v.text import TextEncoder, clean_prompt
-from wan_tiny_models import (
+from tests.wan_tiny_models import (
     TINY_T5,
     TINY_TEXT_LEN,
     official_t5_state_dict,
@@ -49,7 +49,7 @@ def test_encode_zeroes_each_prompt_after_its_tokens(encoder: TextEncoder) -> Non
     assert embeddings.shape == (3, TINY_TEXT_LEN, TINY_T5["d_model"])
     lengths = encoder.tokenizer([clean_prompt(p) for p in PROMPTS], truncation=True,
                                 max_length=TINY_TEXT_LEN).input_ids
-    for row, ids in zip(embeddings, lengths):
+    for row, ids in zip(embeddings, lengths, strict=True):
         assert torch.count_nonzero(row[len(ids):]) == 0
         assert bool((row[: len(ids)].abs().sum(dim=-1) > 0).all())
     # a prompt's embedding does not depend on the other prompts of the batch
@@ -92,7 +92,7 @@ def test_embeddings_match_the_reference_encoder(
     lengths = mask.gt(0).sum(dim=1)
 
     ours = encoder.encode(PROMPTS)
-    for row, expected, length in zip(ours, context, lengths):
+    for row, expected, length in zip(ours, context, lengths, strict=True):
         scale = expected[:length].abs().max()
         assert (row[:length] - expected[:length]).abs().max() <= 1e-4 * scale
         assert torch.count_nonzero(row[length:]) == 0

@@ -13,7 +13,7 @@ import torch
 
 from model.wan_s2v.convert_transformer import convert_transformer_config, convert_transformer_state_dict
 from model.wan_s2v.transformer import WanS2VTransformer3DModel
-from wan_reference import reference_module, requires_reference
+from tests.wan_reference import reference_module, requires_reference
 
 pytestmark = requires_reference
 

@@ -9,7 +9,7 @@ import torch
 
 from model.wan_s2v._convert_vae import convert_vae_key
 from model.wan_s2v.vae import WanVideoVAE
-from wan_tiny_models import TINY_VAE, official_vae_state_dict, reference_module, tiny_vae
+from tests.wan_tiny_models import TINY_VAE, official_vae_state_dict, reference_module, tiny_vae
 
 
 @pytest.fixture(scope="module")

@@ -224,10 +224,10 @@ class FakeHub:
         self.held: dict[str, threading.Event] = {}
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+            def do_HEAD(self) -> None:
                 self._serve(body=False)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._serve(body=True)
 
             def _serve(self, body: bool) -> None:
@@ -238,8 +238,11 @@ class FakeHub:
                         return self._json({"id": repo_id, "sha": hub.commit(repo_id),
                                            "siblings": [{"rfilename": name} for name in files]}, body)
                     if path.startswith(f"/api/models/{repo_id}/tree/"):
-                        return self._json([{"type": "file", "path": name, "size": len(data),
-                                            "oid": hashlib.sha1(data).hexdigest()} for name, data in files.items()], body)
+                        listing = [
+                            {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                            for name, data in files.items()
+                        ]
+                        return self._json(listing, body)
                     prefix = f"/{repo_id}/resolve/"
                     name = path[len(prefix):].partition("/")[2] if path.startswith(prefix) else None
                     if name in files:
@@ -286,8 +289,8 @@ class FakeHub:
 
     def gets(self, name: str) -> int:
         """How many times a file's contents were requested."""
-        return sum(1 for method, path, _ in self.requests
-                   if method == "GET" and any(path == f"/{repo}/resolve/{self.commit(repo)}/{name}" for repo in self.repos))
+        fetches = {f"/{repo}/resolve/{self.commit(repo)}/{name}" for repo in self.repos}
+        return sum(1 for method, path, _ in self.requests if method == "GET" and path in fetches)
 
     def close(self) -> None:
         for released in self.held.values():
@@ -299,8 +302,10 @@ class FakeHub:
 def test_a_download_fetches_the_loaders_files_with_the_token_and_logs_progress(tmp_path, monkeypatch, caplog):
     token = "hf_secretTokenThatMustNotLeak"
     monkeypatch.setenv("HF_TOKEN", token)
-    index = {"metadata": {}, "weight_map": {"a": "diffusion_pytorch_model-00001-of-00004.safetensors",
-                                            **{f"b{i}": f"diffusion_pytorch_model-0000{i}-of-00004.safetensors" for i in range(2, 5)}}}
+    index = {"metadata": {}, "weight_map": {
+        "a": "diffusion_pytorch_model-00001-of-00004.safetensors",
+        **{f"b{i}": f"diffusion_pytorch_model-0000{i}-of-00004.safetensors" for i in range(2, 5)},
+    }}
     files = {name: f"contents of {name}".encode() for name in PUBLISHED_FILES}
     files["diffusion_pytorch_model.safetensors.index.json"] = json.dumps(index).encode()
     hub = FakeHub({weights.REPO_ID: files})
@@ -314,8 +319,10 @@ def test_a_download_fetches_the_loaders_files_with_the_token_and_logs_progress(t
     downloaded = {path[len(f"/{weights.REPO_ID}/resolve/{FakeHub.commit(weights.REPO_ID)}/"):]
                   for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path}
     assert "wav2vec2-large-xlsr-53-english/model.safetensors" in downloaded
-    assert not any(name.endswith((".bin", ".msgpack")) or "language_model" in name or name.startswith(("assets", "examples"))
-                   for name in downloaded)
+    assert not any(
+        name.endswith((".bin", ".msgpack")) or "language_model" in name or name.startswith(("assets", "examples"))
+        for name in downloaded
+    )
     assert (folder / "google/umt5-xxl/spiece.model").read_bytes() == b"contents of google/umt5-xxl/spiece.model"
     assert all(auth == f"Bearer {token}" for _, _, auth in hub.requests)
     assert "Downloading bytes" in caplog.text or "Fetching" in caplog.text
@@ -358,7 +365,9 @@ def test_a_lora_download_fetches_that_one_file_with_the_token(tmp_path, monkeypa
         hub.close()
     assert path == model_dir / "Live-Avatar" / LORA_FILE
     assert path.read_bytes() == b"the lora tensors"
-    downloaded = [request_path for method, request_path, _ in hub.requests if method == "GET" and "/resolve/" in request_path]
+    downloaded = [
+        request_path for method, request_path, _ in hub.requests if method == "GET" and "/resolve/" in request_path
+    ]
     assert downloaded == [f"/{LORA_REPO_ID}/resolve/{FakeHub.commit(LORA_REPO_ID)}/{LORA_FILE}"]
     assert all(auth == f"Bearer {token}" for _, _, auth in hub.requests)
     assert token not in caplog.text
@@ -488,7 +497,9 @@ def test_two_starts_on_one_folder_download_once_and_both_use_the_finished_files(
             second.stop()
     assert first_code == 0, first.logged()
     assert second_code == 0, second.logged()
-    assert second_result == {"weights": str(model_dir / "Wan2.2-S2V-14B"), "lora": str(model_dir / "Live-Avatar" / LORA_FILE)}
+    assert second_result == {
+        "weights": str(model_dir / "Wan2.2-S2V-14B"), "lora": str(model_dir / "Live-Avatar" / LORA_FILE)
+    }
     fetched = [*fetched_files(_published_checkpoint()), LORA_FILE]
     assert {name: hub.gets(name) for name in fetched} == {name: 1 for name in fetched}
     assert "by another process while this one waited" in second.logged()

@@ -10,9 +10,9 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import ASSETS
 from handler.sample import sample_job_input
-from mp4_facts import convert_audio, mp4_facts, read_frames
+from tests.conftest import ASSETS
+from tests.mp4_facts import convert_audio, mp4_facts, read_frames
 
 SPEECH_SECONDS = 123472 / 16000  # assets/speech.wav
 
@@ -127,7 +127,9 @@ def test_audio_formats(plain_worker, tmp_path, suffix, args):
 
 def test_preset_avatar_skips_the_portrait(worker, tmp_path):
     audio = base64.b64encode((ASSETS / "speech.wav").read_bytes()).decode()
-    reply = worker.runsync({"audio_file": audio, "avatar_id": "astronaut", "output_type": "base64", "resolution": "832*480"})
+    reply = worker.runsync(
+        {"audio_file": audio, "avatar_id": "astronaut", "output_type": "base64", "resolution": "832*480"}
+    )
     path = _save_video(reply, tmp_path)
     _assert_plays_everywhere(path, reply["output"], SPEECH_SECONDS)
     log = worker.log()

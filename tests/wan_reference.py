@@ -7,7 +7,7 @@ files are executed. Optional imports this environment lacks are replaced by stan
 official flash-attention calls are routed to PyTorch's scaled-dot-product attention, so the
 reference runs on CPU in float32.
 
-    from wan_reference import reference_module, requires_reference
+    from tests.wan_reference import reference_module, requires_reference
 
     @requires_reference
     def test_something():
@@ -72,7 +72,7 @@ def _import_reference(root: str, name: str) -> types.ModuleType:
                 _loaded[key] = sys.modules[key]
                 added.append(key)
             if hasattr(_loaded[key], "flash_attention"):
-                _loaded[key].flash_attention = sdpa_flash_attention
+                vars(_loaded[key])["flash_attention"] = sdpa_flash_attention
         return _loaded[full_name]
     finally:
         # The loaded modules keep working through their own globals; leaving them registered

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import wan_reference
 from diffusers import AutoencoderKLWan
 from transformers import (
     T5Tokenizer,
@@ -28,6 +27,8 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
     Wav2Vec2ForCTC,
 )
+
+from tests import wan_reference
 
 TINY_T5 = {
     "vocab_size": 48,

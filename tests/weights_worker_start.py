@@ -14,10 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from model.base import ModelUnavailableError  # noqa: E402
-from model.wan_s2v import weights  # noqa: E402
+from model.base import ModelUnavailableError
+from model.wan_s2v import weights
 
 
 def main() -> int:

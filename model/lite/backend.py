@@ -3,7 +3,7 @@ spectrum, with seeded blinks and head sway. Real time on one core; no GPU, no do
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import cv2
 import numpy as np

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +30,7 @@ class FaceFrame:
         rel = np.asarray(points, dtype=np.float64) - self.origin
         return rel @ self.right, rel @ self.down
 
-    def to_image(self, along_right: np.ndarray, along_down: np.ndarray) -> np.ndarray:
+    def to_image(self, along_right: npt.ArrayLike, along_down: npt.ArrayLike) -> np.ndarray:
         """Image vectors (..., 2) for local vector components."""
         return (
             np.asarray(along_right)[..., None] * self.right

@@ -78,10 +78,11 @@ class HeadRig:
         turn = np.stack([-rel[..., 1], rel[..., 0]], axis=-1)
         along_x = np.broadcast_to(np.array([1.0, 0.0]), pixels.shape)
         along_y = np.broadcast_to(np.array([0.0, 1.0]), pixels.shape)
-        return tuple(
+        shift_x, shift_y, roll = (
             Basis(region, (-weight * motion).astype(np.float32))
             for motion in (along_x, along_y, turn)
         )
+        return shift_x, shift_y, roll
 
     def move(self, points: np.ndarray, shift_x: float, shift_y: float, roll: float) -> np.ndarray:
         """Where points inside the head go under the motion (they move rigidly)."""

@@ -163,14 +163,15 @@ class FaceLandmarker:
         rgb = np.ascontiguousarray(rgb)
         height, width = rgb.shape[:2]
         scale = search_copy_scale(width, height)
-        photo = PhotoCopies(rgb, resized(rgb, scale), scale)
+        search_copy = resized(rgb, scale)
+        photo = PhotoCopies(rgb, search_copy, scale)
         detections: list[FaceDetection] = []
         faces: list[MeshFit] = []
         for level in search_levels(width, height):
             largest = max((face.size for face in faces), default=0.0)
             if largest * SIZE_TIE_RATIO > level.largest_face(width, height):
                 break
-            found = detect_level(self._detectors[level.spec], level, photo.copy, scale)
+            found = detect_level(self._detectors[level.spec], level, search_copy, scale)
             if not found:
                 continue
             detections += [face.scaled(1.0 / scale) for face in found]

@@ -10,7 +10,7 @@ by the rendered oral cavity (see `mouth_interior`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -55,8 +55,8 @@ class MouthRig:
             inner_corner_u=float(max(np.abs(line_u[[0, -1]]).min(), 0.3)),
             line_u=line_u,
             line_v=line_v,
-            chin_distance=float(max(chin_v - centre_line, 0.5 * half_width)),
-            upper_lip_height=float(max(centre_line - lip_top_v, 2.0)),
+            chin_distance=max(float(chin_v) - centre_line, 0.5 * half_width),
+            upper_lip_height=max(centre_line - float(lip_top_v), 2.0),
         )
 
     @property

@@ -8,7 +8,7 @@ head), by moving each small expression field rigidly with the head before adding
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -98,7 +98,7 @@ class FrameRenderer:
         rig = self.rig
         sampling = self._map
         np.copyto(sampling, rig.identity)
-        for basis, amount in zip(rig.head_bases, (pose.shift_x, pose.shift_y, pose.roll)):
+        for basis, amount in zip(rig.head_bases, (pose.shift_x, pose.shift_y, pose.roll), strict=True):
             basis.add_to(sampling[basis.region.slices], amount)
 
         head_to_rest = self._head_inverse(pose)

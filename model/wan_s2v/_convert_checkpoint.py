@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
 NamedTensors = Iterable[tuple[str, torch.Tensor]]
 
@@ -27,20 +28,20 @@ def parameters_on_meta() -> Iterator[None]:
     the checkpoints, so they must keep their values. Parameters are created, moved to meta
     before any initialiser touches them, and later replaced by the checkpoint's tensors.
     """
-    register_parameter = nn.Module.register_parameter
 
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register_parameter(module, name, param)
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter) -> nn.Parameter | None:
         # an already-meta parameter is being shared (tied weights): keep it the same object
-        if param is not None and not param.is_meta:
-            moved = module._parameters[name].to("meta")
-            module._parameters[name] = nn.Parameter(moved, requires_grad=param.requires_grad)
+        if param.is_meta:
+            return None
+        return nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
-    nn.Module.register_parameter = register_on_meta
+    # torch's stub types the hook as returning None, but register_parameter stores the parameter a
+    # hook returns, as torch's docs say
+    handle = register_module_parameter_registration_hook(on_meta)  # type: ignore[arg-type]
     try:
         yield
     finally:
-        nn.Module.register_parameter = register_parameter
+        handle.remove()
 
 
 def read_pth(path: Path) -> Iterator[tuple[str, torch.Tensor]]:

@@ -26,7 +26,7 @@ class AudioEmbeddings:
     tokens: torch.Tensor
     frame_vectors: torch.Tensor | None
 
-    def drop_leading_frames(self, count: int) -> "AudioEmbeddings":
+    def drop_leading_frames(self, count: int) -> AudioEmbeddings:
         vectors = None if self.frame_vectors is None else self.frame_vectors[:, count:]
         return AudioEmbeddings(self.tokens[:, count:], vectors)
 
@@ -69,7 +69,7 @@ class CausalAudioEncoder(nn.Module):
         padding = self.padding_token.float().expand(batch, local.shape[1], 1, -1)
         tokens = torch.cat([local, padding], dim=2)
 
-        if self.global_conv_in is None:
+        if self.global_conv_in is None or self.global_proj is None:  # both or neither
             return AudioEmbeddings(tokens, None)
         frame_vectors = linear_float32(self.global_proj, self._downsample(self.global_conv_in(mixed)))
         return AudioEmbeddings(tokens, frame_vectors)
@@ -116,6 +116,7 @@ class AudioInjector(nn.Module):
         per_frame = video_tokens.flatten(0, 1)
         dtype = self.attn.to_q.weight.dtype
         if isinstance(self.norm, AdaLayerNorm):
+            assert audio.frame_vectors is not None, "an adaptive-norm model's audio encoder makes frame vectors"
             normed = self.norm(per_frame, temb=audio.frame_vectors.flatten(0, 1).to(dtype))
         else:
             normed = self.norm(per_frame)

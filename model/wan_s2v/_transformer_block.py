@@ -11,7 +11,7 @@ text cross-attention's norm, as its reference does: the distilled weights were t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from diffusers.models.attention import FeedForward
@@ -98,6 +98,6 @@ def _modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, nu
 
 def _add_gated(residual: torch.Tensor, update: torch.Tensor, gate: torch.Tensor, num_video_tokens: int) -> None:
     """residual += update * gate per segment, in float32."""
-    pairs = zip(_segments(residual, num_video_tokens), _segments(update, num_video_tokens))
+    pairs = zip(_segments(residual, num_video_tokens), _segments(update, num_video_tokens), strict=True)
     for segment, (residual_part, update_part) in enumerate(pairs):
         residual_part.addcmul_(update_part, gate[:, segment : segment + 1])

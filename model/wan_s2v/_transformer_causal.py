@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,28 +55,29 @@ class BlockRing:
         dtype: torch.dtype,
         device: torch.device,
         pin_memory: bool = False,
-    ) -> "BlockRing":
+    ) -> BlockRing:
         """Uninitialised: a slot is only read once this job has written it."""
         shape = (batch, cache_frames * tokens_per_frame, heads, head_dim)
 
         def new() -> torch.Tensor:
             return torch.empty(shape, dtype=dtype, device=device, pin_memory=pin_memory)
 
-        return cls([new() for _ in range(num_layers)], [new() for _ in range(num_layers)], tokens_per_frame, cache_frames)
+        keys, values = [new() for _ in range(num_layers)], [new() for _ in range(num_layers)]
+        return cls(keys, values, tokens_per_frame, cache_frames)
 
     @property
     def nbytes(self) -> int:
         return sum(tensor.nbytes for tensor in (*self.keys, *self.values))
 
-    def copy_from(self, other: "BlockRing") -> None:
-        for mine, theirs in zip((*self.keys, *self.values), (*other.keys, *other.values)):
+    def copy_from(self, other: BlockRing) -> None:
+        for mine, theirs in zip((*self.keys, *self.values), (*other.keys, *other.values), strict=True):
             mine.copy_(theirs, non_blocking=True)
 
-    def copy_block_from(self, other: "BlockRing", position: "BlockPosition") -> None:
+    def copy_block_from(self, other: BlockRing, position: BlockPosition) -> None:
         """Copy the slots of the block at `position` (the only ones a pass writes)."""
         start = position.first_frame % self.cache_frames * self.tokens_per_frame
         end = start + position.num_frames * self.tokens_per_frame
-        for mine, theirs in zip((*self.keys, *self.values), (*other.keys, *other.values)):
+        for mine, theirs in zip((*self.keys, *self.values), (*other.keys, *other.values), strict=True):
             mine[:, start:end].copy_(theirs[:, start:end], non_blocking=True)
 
 
@@ -90,7 +91,7 @@ class StepRings:
         self.working = working
 
     @contextlib.contextmanager
-    def for_step(self, step: int, position: "BlockPosition") -> Iterator[BlockRing]:
+    def for_step(self, step: int, position: BlockPosition) -> Iterator[BlockRing]:
         ring = self.rings[step]
         if self.working is None:
             yield ring

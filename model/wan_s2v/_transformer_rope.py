@@ -32,7 +32,7 @@ class PositionGrid:
 
     def positions(self) -> np.ndarray:
         """Integer positions of the tokens in row-major (time, height, width) order, [n, 3]."""
-        axes = [_axis_positions(*axis) for axis in zip(self.tokens, self.start, self.extent)]
+        axes = [_axis_positions(*axis) for axis in zip(self.tokens, self.start, self.extent, strict=True)]
         grid = np.meshgrid(*axes, indexing="ij")
         return np.stack([axis.reshape(-1) for axis in grid], axis=1)
 
@@ -72,7 +72,8 @@ class RotaryEmbedding(nn.Module):
         complex32 tables); the fast mode was distilled with those.
         """
         key = (tuple(grids), str(device), half_precision)
-        if key != self._cached_key:
+        tables = self._cached_tables
+        if key != self._cached_key or tables is None:
             positions = torch.from_numpy(np.concatenate([grid.positions() for grid in grids])).to(torch.float64)
             per_axis = [
                 positions[:, axis, None] * self._inverse_frequencies(pairs)
@@ -81,9 +82,10 @@ class RotaryEmbedding(nn.Module):
             angles = torch.cat(per_axis, dim=1)
             angles = angles.repeat_interleave(2, dim=1)[None, :, None, :]
             table_dtype = torch.float16 if half_precision else torch.float32
-            self._cached_tables = tuple(table.to(table_dtype).float().to(device) for table in (angles.cos(), angles.sin()))
+            cos, sin = (table.to(table_dtype).float().to(device) for table in (angles.cos(), angles.sin()))
+            tables = self._cached_tables = (cos, sin)
             self._cached_key = key
-        return self._cached_tables
+        return tables
 
     def _inverse_frequencies(self, pairs: int) -> torch.Tensor:
         # on the CPU explicitly: the model may be built on the meta device and loaded by assignment

@@ -18,8 +18,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -73,6 +74,8 @@ DEFAULT_PROMPT = GenerationOptions(seed=0).prompt
 QUALITY, FAST = "quality", "fast"
 # Job fields that steer guidance or the quality mode's sampler: the fast mode has neither.
 _QUALITY_ONLY_FIELDS = ("guidance_scale", "negative_prompt", "sample_solver", "sample_shift")
+# a portrait's encoding for one of the modes
+_Encoding = TypeVar("_Encoding", PortraitLatent, FastPortrait)
 
 
 @dataclasses.dataclass
@@ -101,7 +104,7 @@ class WanS2VBackend(TalkingHeadBackend):
         self.fast_sampler = FastSampler(pipeline)
 
     @classmethod
-    def load(cls, model_dir: Path) -> "WanS2VBackend":
+    def load(cls, model_dir: Path) -> WanS2VBackend:
         """Find (or fetch) the weights and load every model once. Raises ModelUnavailableError."""
         started = time.monotonic()
         weights = ensure_weights(model_dir)
@@ -162,23 +165,30 @@ class WanS2VBackend(TalkingHeadBackend):
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
         height, width = video_size(image.shape[0], image.shape[1], max_area)
         portrait = WanPortrait(image, height, width)
-        self._encoded(portrait, QUALITY)
+        self._quality_encoding(portrait)
         return PreparedPortrait(width=width, height=height, features=portrait)
 
-    def _encoded(self, portrait: WanPortrait, mode: str) -> PortraitLatent | FastPortrait:
-        """The portrait's encoding for `mode`, made once and kept with it (presets too)."""
-        encoded = portrait.fast if mode == FAST else portrait.quality
-        if encoded is None:
-            started = time.monotonic()
-            with _out_of_memory_as_job_error(self.memory_mode):
-                if mode == FAST:
-                    encoded = portrait.fast = self.fast_sampler.encode_portrait(portrait.image, portrait.height, portrait.width)
-                else:
-                    encoded = portrait.quality = self.pipeline.encode_portrait(portrait.image, portrait.height, portrait.width)
-            log.info(
-                "portrait encoded for mode %s at %dx%d in %.2f s", mode, portrait.width, portrait.height,
-                time.monotonic() - started,
-            )
+    # Each mode's encoding of the portrait is made once and kept with it (presets too).
+    def _quality_encoding(self, portrait: WanPortrait) -> PortraitLatent:
+        if portrait.quality is None:
+            portrait.quality = self._encode(portrait, QUALITY, self.pipeline.encode_portrait)
+        return portrait.quality
+
+    def _fast_encoding(self, portrait: WanPortrait) -> FastPortrait:
+        if portrait.fast is None:
+            portrait.fast = self._encode(portrait, FAST, self.fast_sampler.encode_portrait)
+        return portrait.fast
+
+    def _encode(
+        self, portrait: WanPortrait, mode: str, encode: Callable[[np.ndarray, int, int], _Encoding]
+    ) -> _Encoding:
+        started = time.monotonic()
+        with _out_of_memory_as_job_error(self.memory_mode):
+            encoded = encode(portrait.image, portrait.height, portrait.width)
+        log.info(
+            "portrait encoded for mode %s at %dx%d in %.2f s", mode, portrait.width, portrait.height,
+            time.monotonic() - started,
+        )
         return encoded
 
     def generate(
@@ -205,7 +215,7 @@ class WanS2VBackend(TalkingHeadBackend):
             # the reference, too, takes an empty negative prompt to mean its default one
             negative_prompt=options.negative_prompt or NEGATIVE_PROMPT,
         )
-        latent = self._encoded(portrait, QUALITY)
+        latent = self._quality_encoding(portrait)
         yield from self.pipeline.generate(latent, speech.samples, options.seed, options.prompt, settings, on_progress)
 
     def _generate_fast(
@@ -213,10 +223,12 @@ class WanS2VBackend(TalkingHeadBackend):
     ) -> Iterator[np.ndarray]:
         if isinstance(self.lora, ModelUnavailableError):
             raise self.lora
-        encoded = self._encoded(portrait, FAST)
+        encoded = self._fast_encoding(portrait)
         steps = options.num_inference_steps or FAST_SAMPLE_STEPS
         with self.lora.active():
-            yield from self.fast_sampler.generate(encoded, speech.samples, options.seed, options.prompt, steps, on_progress)
+            yield from self.fast_sampler.generate(
+                encoded, speech.samples, options.seed, options.prompt, steps, on_progress
+            )
 
 
 @contextlib.contextmanager
@@ -253,7 +265,9 @@ def _execution_target(weights: Path) -> tuple[torch.device, torch.dtype, MemoryM
                 "this machine has no usable CUDA GPU, and Wan2.2-S2V-14B needs one; deploy the endpoint on GPU "
                 "workers, or set MODEL_BACKEND=lite for the CPU backend."
             )
-        log.warning("no CUDA GPU: Wan2.2-S2V runs on the CPU in float32, which is only usable with tiny test checkpoints")
+        log.warning(
+            "no CUDA GPU: Wan2.2-S2V runs on the CPU in float32, which is only usable with tiny test checkpoints"
+        )
         return torch.device("cpu"), torch.float32, MemoryMode.FULL
     device = torch.device("cuda", torch.cuda.current_device())
     free = free_gpu_bytes(device)

@@ -8,7 +8,8 @@ reshaped: only their names change, so a loader can rename keys one tensor at a t
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

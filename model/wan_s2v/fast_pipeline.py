@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -43,8 +43,15 @@ from .config import (
     NUM_TRAIN_TIMESTEPS,
     VAE_STRIDE,
 )
-from .pipeline import LATENT_MOTION_FRAMES, ProgressCallback, WanS2VPipeline, ProgressClock, fit_portrait, to_uint8_frames
 from .memory import GIB, fits_beside_fast_workspace
+from .pipeline import (
+    LATENT_MOTION_FRAMES,
+    ProgressCallback,
+    ProgressClock,
+    WanS2VPipeline,
+    fit_portrait,
+    to_uint8_frames,
+)
 from .speech import bucket_clip_features
 from .vae import StreamingDecoder, WanVideoVAE
 
@@ -172,7 +179,9 @@ class FastSampler:
         pipe = self.pipeline
         config = pipe.transformer.config
         patch = pipe.transformer.patch_size
-        tokens_per_frame = (portrait.height // VAE_STRIDE[1] // patch[1]) * (portrait.width // VAE_STRIDE[2] // patch[2])
+        tokens_per_frame = (
+            (portrait.height // VAE_STRIDE[1] // patch[1]) * (portrait.width // VAE_STRIDE[2] // patch[2])
+        )
 
         def ring(device: torch.device, pin_memory: bool = False) -> BlockRing:
             return BlockRing.allocate(
@@ -231,6 +240,7 @@ class _ClipDecoder:
         if block_in_clip == 0:
             self._decoder = StreamingDecoder(self.vae)
             self._decoder.decode(self.portrait.history_latents if clip == 0 else self.vae.encode(self.history))
+        assert self._decoder is not None, "a clip's blocks are decoded in order, from its first"
         pixels = self._decoder.decode(latents)
         if block == 0:
             pixels = pixels[:, :, FIRST_CLIP_DROPPED_FRAMES:]
@@ -249,7 +259,9 @@ def euler_schedule(num_steps: int, device: torch.device) -> tuple[torch.Tensor, 
     return scheduler.sigmas, scheduler.timesteps
 
 
-def euler_step(sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+def euler_step(
+    sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+) -> torch.Tensor:
     """One Euler step of the flow with diffusers' scheduler's arithmetic: the sample in float32,
     the result in the velocity's dtype."""
     return (sample.float() + (sigma_next - sigma) * velocity).to(velocity.dtype)

@@ -55,8 +55,9 @@ import contextlib
 import dataclasses
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +120,7 @@ class LoraAdapter:
         self._attached = True
 
     @classmethod
-    def attach(cls, transformer: nn.Module, path: Path, alpha: float) -> "LoraAdapter":
+    def attach(cls, transformer: nn.Module, path: Path, alpha: float) -> LoraAdapter:
         """Attach the LoRA file at `path` to `transformer`, inactive.
 
         Call it right after loading, on real tensors (CPU or GPU, float32 or bfloat16), and before
@@ -225,11 +226,12 @@ class LoraAdapter:
     ) -> torch.Tensor | None:
         if not self._active:
             return None
-        return output + F.linear(F.linear(args[0], linear.lora_down), linear.lora_up)
+        down, up = cast(torch.Tensor, linear.lora_down), cast(torch.Tensor, linear.lora_up)
+        return output + F.linear(F.linear(args[0], down), up)
 
     def _keep_replacement(self, name: str, module: nn.Module, reader: safe_open, key: str) -> None:
         attribute = name.rpartition(".")[2]
-        parameter = module._parameters[attribute]
+        parameter = module.get_parameter(attribute)
         tensor = reader.get_tensor(key).to(device=parameter.device, dtype=parameter.dtype)
         self._replacements.append(_Replacement(name, module, attribute, parameter))
         module.register_buffer(_REPLACEMENT + attribute, tensor, persistent=False)
@@ -245,8 +247,8 @@ class LoraAdapter:
             )
         for replacement in self._replacements:
             current = replacement.module._parameters.get(replacement.attribute)
-            kept = replacement.module._buffers[_REPLACEMENT + replacement.attribute]
-            if current is not replacement.parameter or current.shape != kept.shape:
+            kept = replacement.module.get_buffer(_REPLACEMENT + replacement.attribute)
+            if current is not replacement.parameter or replacement.parameter.shape != kept.shape:
                 raise RuntimeError(
                     f"the LoRA {self.path} replaces {replacement.name}, which a memory mode has since taken "
                     "over (quantised); such a tensor cannot be swapped"
@@ -256,7 +258,7 @@ class LoraAdapter:
         """Exchange each parameter's data with the tensor kept beside it (activating and restoring alike)."""
         for replacement in self._replacements:
             name = _REPLACEMENT + replacement.attribute
-            kept = replacement.module._buffers[name]
+            kept = replacement.module.get_buffer(name)
             replacement.module._buffers[name] = replacement.parameter.data
             replacement.parameter.data = kept
 
@@ -323,7 +325,9 @@ def _our_parameter(path: Path, key: str, official: str, parameters: dict[str, nn
     try:
         name = convert_transformer_key(official)
     except KeyError:
-        raise _file_error(path, key, f"names no parameter of the official Wan2.2-S2V transformer ({official})") from None
+        raise _file_error(
+            path, key, f"names no parameter of the official Wan2.2-S2V transformer ({official})"
+        ) from None
     if name not in parameters:
         raise _file_error(path, key, f"is for {name}, which this transformer does not have")
     weight = parameters[name]

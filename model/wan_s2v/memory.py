@@ -20,9 +20,13 @@ torchao's row-wise float8 with dynamic activation scaling was not measured again
 from __future__ import annotations
 
 import enum
-from typing import Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from model.wan_s2v.transformer import WanS2VTransformer3DModel
 
 GIB = 1024**3
 ENV_VAR = "WAN_MEMORY_MODE"
@@ -34,7 +38,7 @@ class MemoryMode(str, enum.Enum):
     OFFLOAD = "offload"
 
     @property
-    def smaller(self) -> "MemoryMode | None":
+    def smaller(self) -> MemoryMode | None:
         """The mode that needs the next less GPU memory, or None for the smallest."""
         order = list(MemoryMode)
         index = order.index(self)
@@ -128,7 +132,7 @@ def text_encoder_compute_device(mode: MemoryMode, gpu: torch.device) -> torch.de
     return torch.device("cpu") if mode is MemoryMode.OFFLOAD else gpu
 
 
-def place_transformer(transformer: torch.nn.Module, mode: MemoryMode, gpu: torch.device) -> None:
+def place_transformer(transformer: WanS2VTransformer3DModel, mode: MemoryMode, gpu: torch.device) -> None:
     """Put the transformer (loaded in bf16 on the CPU, or already on `gpu` in full mode) in place."""
     if mode is MemoryMode.FULL:
         transformer.to(gpu)
@@ -145,7 +149,7 @@ def place_transformer(transformer: torch.nn.Module, mode: MemoryMode, gpu: torch
         )
 
 
-def store_blocks_in_fp8(transformer: torch.nn.Module, device: torch.device) -> None:
+def store_blocks_in_fp8(transformer: WanS2VTransformer3DModel, device: torch.device) -> None:
     """Quantise the attention and feed-forward linears of the transformer's `blocks` onto `device`.
 
     Only those: the audio injectors, the speech's only way into the video (1.9B parameters), and
@@ -183,7 +187,8 @@ def _quantise_weight(linear: torch.nn.Linear, device: torch.device) -> None:
 def _expand_weights(linears: list[torch.nn.Linear]) -> None:
     for linear in linears:
         # the empty placeholder left by _drop_weights carries the compute dtype (and follows .to())
-        expanded = (linear.weight_fp8.float() * linear.weight_scale).to(linear.weight.dtype)
+        weight_fp8, weight_scale = cast(torch.Tensor, linear.weight_fp8), cast(torch.Tensor, linear.weight_scale)
+        expanded = (weight_fp8.float() * weight_scale).to(linear.weight.dtype)
         linear.weight = torch.nn.Parameter(expanded, requires_grad=False)
 
 

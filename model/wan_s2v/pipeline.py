@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -225,7 +225,9 @@ class WanS2VPipeline:
             def on_step(step: int, clip: int = clip) -> None:
                 clock.tick(f"clip {clip + 1}/{num_clips}, step {step}/{settings.num_steps}")
 
-            latents = self._denoise_clip(portrait, motion_latents, audio, context, seed + clip, first, settings, on_step)
+            latents = self._denoise_clip(
+                portrait, motion_latents, audio, context, seed + clip, first, settings, on_step
+            )
             pixels = self._decode_clip(latents, portrait.latent if first and DROP_FIRST_MOTION else motion_latents)
             if first and DROP_FIRST_MOTION:
                 pixels = pixels[:, :, FIRST_CLIP_DROPPED_FRAMES:]

@@ -37,7 +37,10 @@ def video_size(height: int, width: int, max_area: int) -> tuple[int, int]:
     out_height, out_width = output_size(height, width, max_area)
     if out_height <= height and out_width <= width:
         return out_height, out_width
-    return max(SIZE_DIVISOR, height // SIZE_DIVISOR * SIZE_DIVISOR), max(SIZE_DIVISOR, width // SIZE_DIVISOR * SIZE_DIVISOR)
+    return (
+        max(SIZE_DIVISOR, height // SIZE_DIVISOR * SIZE_DIVISOR),
+        max(SIZE_DIVISOR, width // SIZE_DIVISOR * SIZE_DIVISOR),
+    )
 
 
 def _scale_bounds(height: int, width: int, max_area: int) -> tuple[float, float]:

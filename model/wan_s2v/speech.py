@@ -34,7 +34,7 @@ class SpeechEncoder:
         folder: str | Path,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-    ) -> "SpeechEncoder":
+    ) -> SpeechEncoder:
         """Load a transformers wav2vec2 folder such as `wav2vec2-large-xlsr-53-english/`."""
         # ~0.3B parameters: read on the host, then moved; the CTC head in the folder is skipped.
         model = Wav2Vec2Model.from_pretrained(folder, dtype=dtype).to(device)
@@ -76,7 +76,7 @@ class SpeechEncoder:
         boundary; the caller trims the video to the speech.
         """
         wav2vec_frames = num_samples
-        for kernel, stride in zip(self.model.config.conv_kernel, self.model.config.conv_stride):
+        for kernel, stride in zip(self.model.config.conv_kernel, self.model.config.conv_stride, strict=True):
             wav2vec_frames = (wav2vec_frames - kernel) // stride + 1
         resampled_len = _resampled_length(wav2vec_frames)
         return int(resampled_len / (frames_per_clip * (SPEECH_FEATURE_RATE / fps))) + 1

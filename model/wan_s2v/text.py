@@ -39,7 +39,7 @@ class TextEncoder:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.bfloat16,
         encoder_config: dict | None = None,
-    ) -> "TextEncoder":
+    ) -> TextEncoder:
         """Load `models_t5_umt5-xxl-enc-bf16.pth` (streamed) and the `google/umt5-xxl` tokenizer.
 
         `encoder_config` overrides the umt5-xxl hyper-parameters (the file has none).
@@ -57,7 +57,7 @@ class TextEncoder:
         tokenizer_dir: Path,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.bfloat16,
-    ) -> "TextEncoder":
+    ) -> TextEncoder:
         """Load folders written by `save_pretrained` (weights streamed like the official file)."""
         with parameters_on_meta():
             model = UMT5EncoderModel(UMT5Config.from_pretrained(model_dir))

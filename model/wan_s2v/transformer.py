@@ -83,7 +83,8 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
-        self.patch_size = tuple(patch_size)
+        patch_t, patch_h, patch_w = patch_size
+        self.patch_size = (patch_t, patch_h, patch_w)
         self.audio_inject_layers = tuple(audio_inject_layers)
         if list(self.audio_inject_layers) != sorted(set(self.audio_inject_layers)) or any(
             not 0 <= layer < num_layers for layer in self.audio_inject_layers
@@ -155,7 +156,7 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         rotary_emb = self.rope(sequence.position_grids, hidden.device)
         num_video = sequence.num_video_tokens
 
-        injectors = dict(zip(self.audio_inject_layers, self.audio_injectors))
+        injectors = dict(zip(self.audio_inject_layers, self.audio_injectors, strict=True))
         for index, block in enumerate(self.blocks):
             hidden = block(hidden, text_states, timestep_modulation, num_video, rotary_emb)
             if index in injectors:
@@ -177,7 +178,9 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         cache = ConditionCache()
         attention = PrefillAttention(cache, self.rope(grids, hidden.device, half_precision=True))
         for block in self.blocks:
-            hidden = block(hidden, text_states, modulation, 0, self_attention=attention, round_cross_attention_input=True)
+            hidden = block(
+                hidden, text_states, modulation, 0, self_attention=attention, round_cross_attention_input=True
+            )
             hidden = self._round_to_weights_dtype(hidden)
         return cache
 
@@ -222,10 +225,11 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         shift = max(0, position.first_frame - (REFERENCE_IMAGE_TIME - reference_distance))
         block_grid = PositionGrid(grid, (position.first_frame, 0, 0), grid)
         block_rotary = self.rope([block_grid], hidden.device, half_precision=True)
-        condition_grids = self._condition_grids(hidden_states.shape[3:], shift)
+        height, width = hidden_states.shape[3:]
+        condition_grids = self._condition_grids((height, width), shift)
         condition_rotary = self.rope(condition_grids, hidden.device, half_precision=True)
 
-        injectors = dict(zip(self.audio_inject_layers, self.audio_injectors))
+        injectors = dict(zip(self.audio_inject_layers, self.audio_injectors, strict=True))
         for index, block in enumerate(self.blocks):
             attention = CachedBlockAttention(index, ring, condition, position, block_rotary, condition_rotary)
             hidden = block(
@@ -245,7 +249,7 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         return hidden if dtype == torch.float32 else hidden.to(dtype).float()
 
     def _inject_audio(
-        self, injector: AudioInjector, hidden: torch.Tensor, num_video: int, frames: int, audio: AudioEmbeddings
+        self, injector: nn.Module, hidden: torch.Tensor, num_video: int, frames: int, audio: AudioEmbeddings
     ) -> None:
         video = hidden[:, :num_video].unflatten(1, (frames, -1))
         hidden[:, :num_video] += injector(video, audio).flatten(1, 2)
@@ -278,6 +282,7 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         video = self.patch_embedding(hidden_states.to(dtype))
         if pose_latents is None:
             # the pose embedding of an all-zero condition is its bias
+            assert self.pose_embedding.bias is not None, "the pose embedding is made with a bias"
             video = video + self.pose_embedding.bias.view(1, -1, 1, 1, 1)
         else:
             video = video + self.pose_embedding(pose_latents.to(dtype))
@@ -294,7 +299,8 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         parts = [reference + type_embeddings[REFERENCE_TOKEN]]
         if not drop_motion_frames:
             parts.append(self.motion_embedding(motion_latents) + type_embeddings[MOTION_TOKEN])
-        grids = self._condition_grids(ref_latents.shape[3:], 0, with_motion=not drop_motion_frames)
+        height, width = ref_latents.shape[3:]
+        grids = self._condition_grids((height, width), 0, with_motion=not drop_motion_frames)
         return torch.cat(parts, dim=1), grids
 
     def _condition_grids(

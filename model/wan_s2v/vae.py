@@ -31,7 +31,7 @@ class WanVideoVAE:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         vae_config: dict | None = None,
-    ) -> "WanVideoVAE":
+    ) -> WanVideoVAE:
         """Load `Wan2.1_VAE.pth` (streamed). `vae_config` overrides AutoencoderKLWan's defaults,
         which are the Wan2.1 VAE's."""
         with parameters_on_meta():
@@ -49,7 +49,7 @@ class WanVideoVAE:
     @classmethod
     def from_pretrained(
         cls, folder: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> "WanVideoVAE":
+    ) -> WanVideoVAE:
         """Load a folder written by `save_pretrained` (weights streamed like the official file)."""
         with parameters_on_meta():
             model = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(folder))

@@ -26,8 +26,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -185,8 +185,10 @@ def ensure_weights(
     try:
         return download_weights_into(model_dir, endpoint=endpoint, wait_seconds=wait_seconds)
     except (LockWaitTimeout, IncompleteDownloadError) as error:
-        raise ModelUnavailableError(f"the Wan2.2-S2V-14B weights were not found (looked in {looked}) and {error}") from error
-    except Exception as error:  # noqa: BLE001 - any failure here means the same thing to the user
+        raise ModelUnavailableError(
+            f"the Wan2.2-S2V-14B weights were not found (looked in {looked}) and {error}"
+        ) from error
+    except Exception as error:  # any failure here means the same thing to the user
         raise ModelUnavailableError(
             f"the Wan2.2-S2V-14B weights were not found (looked in {looked}) and downloading "
             f"{REPO_ID} into {target} failed ({failure_reason(error)}); attach a network volume that "
@@ -201,7 +203,9 @@ def download_weights_into(model_dir: Path, endpoint: str | None = None, wait_sec
     Raises LockWaitTimeout, IncompleteDownloadError, or the download's own error.
     """
     target = model_dir / DOWNLOAD_FOLDER_NAME
-    return _fetch_once(model_dir, target, REPO_ID, lambda: download_weights(target, endpoint), missing_files, wait_seconds)
+    return _fetch_once(
+        model_dir, target, REPO_ID, lambda: download_weights(target, endpoint), missing_files, wait_seconds
+    )
 
 
 def download_weights(target: Path, endpoint: str | None = None) -> Path:
@@ -221,7 +225,9 @@ def lora_candidate_files(
     image_dir: Path = IMAGE_LORA_DIR,
 ) -> list[Path]:
     """Every place the Live Avatar LoRA may be, in the order they are tried."""
-    folders = [model_dir, model_dir / LORA_DOWNLOAD_FOLDER_NAME, *_cached_snapshots(runpod_cache, LORA_REPO_ID), image_dir]
+    folders = [
+        model_dir, model_dir / LORA_DOWNLOAD_FOLDER_NAME, *_cached_snapshots(runpod_cache, LORA_REPO_ID), image_dir
+    ]
     return [folder / LORA_FILE for folder in folders]
 
 
@@ -270,7 +276,7 @@ def ensure_lora(
         raise ModelUnavailableError(
             f"the Live Avatar LoRA of the fast mode was not found (looked at {looked}) and {error}"
         ) from error
-    except Exception as error:  # noqa: BLE001 - any failure here means the same thing to the user
+    except Exception as error:  # any failure here means the same thing to the user
         raise ModelUnavailableError(
             f"the Live Avatar LoRA of the fast mode was not found (looked at {looked}) and downloading "
             f"{LORA_FILE} of {LORA_REPO_ID} into {target} failed ({failure_reason(error)}); attach a "
@@ -282,7 +288,9 @@ def ensure_lora(
 def download_lora_into(model_dir: Path, endpoint: str | None = None, wait_seconds: float | None = None) -> Path:
     """MODEL_DIR/Live-Avatar, finished, under the same lock as the weights (see download_weights_into)."""
     target = model_dir / LORA_DOWNLOAD_FOLDER_NAME
-    return _fetch_once(model_dir, target, LORA_REPO_ID, lambda: download_lora(target, endpoint), missing_lora, wait_seconds)
+    return _fetch_once(
+        model_dir, target, LORA_REPO_ID, lambda: download_lora(target, endpoint), missing_lora, wait_seconds
+    )
 
 
 def download_lora(target: Path, endpoint: str | None = None) -> Path:
@@ -290,7 +298,9 @@ def download_lora(target: Path, endpoint: str | None = None) -> Path:
     return _download(LORA_REPO_ID, target, [LORA_FILE], [], endpoint)
 
 
-def _download(repo_id: str, target: Path, allow_patterns: list[str], ignore_patterns: list[str], endpoint: str | None) -> Path:
+def _download(
+    repo_id: str, target: Path, allow_patterns: list[str], ignore_patterns: list[str], endpoint: str | None
+) -> Path:
     from huggingface_hub import snapshot_download
 
     target.mkdir(parents=True, exist_ok=True)
@@ -393,7 +403,7 @@ class DownloadLock:
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
 
-    def __enter__(self) -> "DownloadLock":
+    def __enter__(self) -> DownloadLock:
         self.acquire()
         return self
 
@@ -531,7 +541,7 @@ class LoggedProgress(tqdm):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["disable"] = False
-        kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
+        kwargs["file"] = open(os.devnull, "w")  # closed in close()
         super().__init__(*args, **kwargs)
         self._last_logged = 0.0
 

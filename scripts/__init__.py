@@ -1,0 +1,1 @@
+"""Command-line tools for the worker: demo, benchmarks, model download, image and endpoint set-up."""
