@@ -11,12 +11,14 @@ TORCH_INDEX_URL ?=
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+# the lint gate first: a change that does not pass it does not land
+test: lint
 	$(PY) -m pytest -q
 
 # ruff and mypy as configured in pyproject.toml (mypy checks handler/, model/ and scripts/)
 lint: $(STAMP)
-	$(PY) -m ruff check . && $(PY) -m mypy
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 install: $(STAMP)
 

@@ -8,9 +8,9 @@ import math
 import struct
 import subprocess
 import sys
+import tomllib
 
 import pytest
-import tomllib
 from PIL import Image
 
 from tests.conftest import ROOT

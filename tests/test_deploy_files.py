@@ -11,10 +11,10 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from scripts.endpoint_compute import DEFAULT_WAN_MEMORY_MODE, KNOWN_GPU_POOLS, compute_for
 from scripts.endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV, WORKER_INIT_TIMEOUT_SECONDS

@@ -41,7 +41,7 @@ def test_auto_uploads_when_a_bucket_is_configured(worker, s3_server, tmp_path):
     assert mp4_facts(path).num_frames == output["num_frames"]
 
     expires = datetime.datetime.fromisoformat(output["url_expires_at"].replace("Z", "+00:00"))
-    remaining = (expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    remaining = (expires - datetime.datetime.now(datetime.UTC)).total_seconds()
     assert 500 < remaining <= 600
     assert "X-Amz-Expires=600" in output["video_url"]
 

@@ -32,7 +32,7 @@ GIB = 1024**3
 ENV_VAR = "WAN_MEMORY_MODE"
 
 
-class MemoryMode(str, enum.Enum):
+class MemoryMode(enum.StrEnum):
     FULL = "full"
     FP8 = "fp8"
     OFFLOAD = "offload"

@@ -521,7 +521,7 @@ def _describe_holder(state: bytes | None) -> str:
 
 
 def _utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _cached_snapshots(runpod_cache: Path, repo_id: str) -> list[Path]:
