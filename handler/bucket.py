@@ -118,7 +118,9 @@ def _split_endpoint(url: str, bucket_name: str | None, fields: BucketFields) -> 
             f"{field} {url[:200]!r} is not an http(s) URL with a host; use e.g. https://s3.eu-west-1.amazonaws.com."
         )
     if parsed.query or parsed.fragment:
-        raise BucketAddressError(f"{field} {url[:200]!r} has a query or fragment; give only scheme, host, port and bucket.")
+        raise BucketAddressError(
+            f"{field} {url[:200]!r} has a query or fragment; give only scheme, host, port and bucket."
+        )
     host = parsed.hostname.rstrip(".").lower()
     service_host, host_bucket = _bucket_in_host(host)
     if host_bucket and bucket_name and host_bucket != bucket_name and not service_host.endswith(".amazonaws.com"):
@@ -149,12 +151,17 @@ def _bucket_in_host(host: str) -> tuple[str, str | None]:
 def _bucket_in_path(path: str, url: str, field: str) -> str | None:
     segments = [segment for segment in path.split("/") if segment]
     if len(segments) > 1:
-        raise BucketAddressError(f"{field} {url[:200]!r} has a path beyond the bucket; give only the endpoint and the bucket.")
+        raise BucketAddressError(
+            f"{field} {url[:200]!r} has a path beyond the bucket; give only the endpoint and the bucket."
+        )
     return urllib.parse.unquote(segments[0]) if segments else None
 
 
 def _region(service_host: str) -> str:
-    """The region an endpoint's host names (s3.<region>.…, s3-<region>.amazonaws.com, <region>.digitaloceanspaces.com)."""
+    """The region an endpoint's host names.
+
+    s3.<region>.…, s3-<region>.amazonaws.com, <region>.digitaloceanspaces.com
+    """
     labels = service_host.split(".")
     if service_host.endswith(".digitaloceanspaces.com") and len(labels) == 3:
         return labels[0]

@@ -37,14 +37,19 @@ CONTENT_TYPE = "video/mp4"
 S3_ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 # AWS names the bucket's region when it was addressed in another (PermanentRedirect, an
 # AuthorizationHeaderMalformed or AuthorizationQueryParametersError answer).
-S3_ERROR_REGION = re.compile(rb"<Region>([a-z0-9-]{1,40})</Region>|<Endpoint>[^<]*?\.s3[.-]([a-z0-9-]{1,40})\.amazonaws\.com</Endpoint>")
+S3_ERROR_REGION = re.compile(
+    rb"<Region>([a-z0-9-]{1,40})</Region>"
+    rb"|<Endpoint>[^<]*?\.s3[.-]([a-z0-9-]{1,40})\.amazonaws\.com</Endpoint>"
+)
 MAX_CONNECT_SECONDS = 10.0
 # A retry starts only with at least this much of the deadline left.
 MIN_ATTEMPT_SECONDS = 1.0
 FIRST_RETRY_PAUSE_SECONDS = 0.5
 MAX_RETRY_PAUSE_SECONDS = 8.0
 # S3's answers that a later attempt may not get (throttling, a store's own trouble).
-RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "Throttling"}
+RETRYABLE_CODES = {
+    "SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "Throttling",
+}
 ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken",
                 "ExpiredToken", "AccountProblem"}
 
@@ -63,7 +68,8 @@ def choose_destination(output_type: str, bucket: BucketSettings | None) -> str:
         if bucket is None:
             raise JobError(
                 ErrorCode.INVALID_INPUT,
-                "output_type is 's3' but no bucket is configured; set the BUCKET_* variables on the endpoint or send s3Config.",
+                "output_type is 's3' but no bucket is configured; "
+                "set the BUCKET_* variables on the endpoint or send s3Config.",
             )
         return "s3"
     return "base64"
@@ -105,7 +111,7 @@ def upload_result(
     """
     started = time.monotonic()
     deadline = started + timeout_seconds
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     key = f"{KEY_PREFIX}/{now:%Y/%m/%d}/{_safe(job_id)}-{secrets.token_urlsafe(18)}.mp4"
     put_url = _presign(bucket, key, "put_object", _put_url_lifetime(timeout_seconds), ContentType=CONTENT_TYPE)
     address = _resolve(put_url, bucket, allow_private, ErrorCode.UPLOAD_FAILED)
@@ -153,6 +159,7 @@ def _put_url_lifetime(timeout_seconds: float) -> int:
 def _resolve(url: str, bucket: BucketSettings, allow_private: bool, code: ErrorCode) -> str:
     """The address to upload to; the endpoint's own bucket may be anywhere, a job's must be public."""
     parsed = urllib.parse.urlsplit(url)
+    assert parsed.hostname is not None, "an endpoint has a host (handler/bucket.py), and boto3 presigns on it"
     return resolve_public(
         parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), bucket.fields.endpoint,
         allow_private or not bucket.from_job, code, "which this worker does not upload to; use a public S3 endpoint.",
@@ -197,7 +204,8 @@ class _Failure:
                     "and that they may write to the bucket.")
         if self.status >= 500 and self.status != 501:
             return f"{host} kept answering {answered}; the store has trouble: try again later."
-        return f"{host} answered {answered}; check that {fields.endpoint} is an S3 endpoint and {fields.bucket} a bucket in it."
+        return (f"{host} answered {answered}; check that {fields.endpoint} is an S3 endpoint "
+                f"and {fields.bucket} a bucket in it.")
 
 
 def _put_once(url: str, address: str, file: IO[bytes], size: int, deadline: float) -> _Failure | None:

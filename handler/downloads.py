@@ -46,7 +46,7 @@ class DownloadStore:
         """The video for `download_id` is complete: serve it from now on; returns when it expires (UTC, ISO 8601)."""
         with self._lock:
             self._entries[download_id] = _Entry(self.path_for(download_id), time.monotonic() + self.retention_seconds)
-        expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=self.retention_seconds)
+        expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.retention_seconds)
         return expires.isoformat(timespec="seconds").replace("+00:00", "Z")
 
     def discard(self, download_id: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(enum.StrEnum):
     INVALID_INPUT = "INVALID_INPUT"
     UNSUPPORTED_MEDIA = "UNSUPPORTED_MEDIA"
     TOO_LARGE = "TOO_LARGE"

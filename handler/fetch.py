@@ -26,15 +26,18 @@ def fetch_url(url: str, field: str, max_bytes: int, timeout_seconds: float, allo
     """Download `url` (named `field` in errors). Raises JobError on any refusal or failure."""
     deadline = time.monotonic() + timeout_seconds
     for _ in range(MAX_REDIRECTS + 1):
-        parsed = _parse(url, field)
-        address = _resolve_checked(parsed, field, allow_private)
+        parsed, host = _parse(url, field)
+        address = _resolve_checked(parsed, host, field, allow_private)
         with _pool_for(parsed, address, deadline) as pool:
-            response = _get(pool, parsed, field)
+            response = _get(pool, parsed, host, field)
             try:
                 if response.status in (301, 302, 303, 307, 308):
                     location = response.headers.get("Location")
                     if not location:
-                        raise JobError(ErrorCode.FETCH_FAILED, f"{field} answered a redirect without a Location; use the final URL.")
+                        raise JobError(
+                            ErrorCode.FETCH_FAILED,
+                            f"{field} answered a redirect without a Location; use the final URL.",
+                        )
                     url = urllib.parse.urljoin(url, location)
                     continue
                 if response.status != 200:
@@ -48,7 +51,8 @@ def fetch_url(url: str, field: str, max_bytes: int, timeout_seconds: float, allo
     raise JobError(ErrorCode.FETCH_FAILED, f"{field} redirected more than {MAX_REDIRECTS} times; use the final URL.")
 
 
-def _parse(url: str, field: str) -> urllib.parse.SplitResult:
+def _parse(url: str, field: str) -> tuple[urllib.parse.SplitResult, str]:
+    """The URL split, and its host name (checked to be there)."""
     try:
         parsed = urllib.parse.urlsplit(url)
         parsed.port  # noqa: B018 - raises ValueError on a bad port
@@ -56,7 +60,7 @@ def _parse(url: str, field: str) -> urllib.parse.SplitResult:
         raise JobError(ErrorCode.INVALID_INPUT, f"{field} is not a valid URL; send an http(s) URL.") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise JobError(ErrorCode.INVALID_INPUT, f"{field} must be an http:// or https:// URL with a host.")
-    return parsed
+    return parsed, parsed.hostname
 
 
 def is_public_address(address: str) -> bool:
@@ -68,10 +72,10 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def _resolve_checked(parsed: urllib.parse.SplitResult, field: str, allow_private: bool) -> str:
+def _resolve_checked(parsed: urllib.parse.SplitResult, host: str, field: str, allow_private: bool) -> str:
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     return resolve_public(
-        parsed.hostname, port, field, allow_private, ErrorCode.FETCH_FAILED,
+        host, port, field, allow_private, ErrorCode.FETCH_FAILED,
         "which this worker does not fetch; use a public URL or send the file as base64.",
     )
 
@@ -86,7 +90,8 @@ def resolve_public(hostname: str, port: int, field: str, allow_private: bool, co
         infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise JobError(code, f"{field}: the host {hostname!r} does not resolve; check the URL.") from None
-    addresses = [info[4][0] for info in infos]
+    # AF_INET and AF_INET6 addresses (all a host name resolves to) start with the IP as a string
+    addresses = [str(info[4][0]) for info in infos]
     if not allow_private:
         blocked = [address for address in addresses if not is_public_address(address)]
         if blocked:
@@ -107,8 +112,10 @@ def _pool_for(parsed: urllib.parse.SplitResult, address: str, deadline: float) -
     return urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
 
 
-def _get(pool: urllib3.HTTPConnectionPool, parsed: urllib.parse.SplitResult, field: str) -> urllib3.BaseHTTPResponse:
-    host_header = parsed.hostname if parsed.port is None else f"{parsed.hostname}:{parsed.port}"
+def _get(
+    pool: urllib3.HTTPConnectionPool, parsed: urllib.parse.SplitResult, host: str, field: str,
+) -> urllib3.BaseHTTPResponse:
+    host_header = host if parsed.port is None else f"{host}:{parsed.port}"
     path = urllib.parse.urlunsplit(("", "", parsed.path or "/", parsed.query, ""))
     try:
         return pool.urlopen(
@@ -134,14 +141,21 @@ def _read_capped(response: urllib3.BaseHTTPResponse, field: str, max_bytes: int,
             if received > max_bytes:
                 raise _too_large(field, max_bytes)
             if time.monotonic() > deadline:
-                raise JobError(ErrorCode.FETCH_FAILED, f"{field} took too long to download; use a faster host or send the file as base64.")
+                raise JobError(
+                    ErrorCode.FETCH_FAILED,
+                    f"{field} took too long to download; use a faster host or send the file as base64.",
+                )
             chunks.append(chunk)
     except urllib3.exceptions.HTTPError as error:
-        raise JobError(ErrorCode.FETCH_FAILED, f"{field} broke off while downloading ({type(error).__name__}); try again.") from None
+        raise JobError(
+            ErrorCode.FETCH_FAILED, f"{field} broke off while downloading ({type(error).__name__}); try again."
+        ) from None
     if received == 0:
         raise JobError(ErrorCode.UNSUPPORTED_MEDIA, f"{field} returned an empty file; check the URL.")
     return b"".join(chunks)
 
 
 def _too_large(field: str, max_bytes: int) -> JobError:
-    return JobError(ErrorCode.TOO_LARGE, f"{field} is larger than {max_bytes // (1024 * 1024)} MiB; send a smaller file.")
+    return JobError(
+        ErrorCode.TOO_LARGE, f"{field} is larger than {max_bytes // (1024 * 1024)} MiB; send a smaller file."
+    )

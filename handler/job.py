@@ -12,8 +12,11 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import numpy as np
 
 from handler import delivery
 from handler.cancel import JobCancelled, JobControl
@@ -59,9 +62,17 @@ class Worker:
     host_fault: str | None = None
 
     @property
+    def loaded_backend(self) -> TalkingHeadBackend:
+        """The model a job runs on; a worker without one raises the error it started with."""
+        if self.backend is None:
+            assert self.startup_error is not None, "a worker is built without a model only with its startup error"
+            raise self.startup_error
+        return self.backend
+
+    @property
     def default_mode(self) -> str:
         """The `mode` of a job that names none: DEFAULT_MODE, else the backend's first mode."""
-        return self.settings.default_mode or self.backend.modes[0]
+        return self.settings.default_mode or self.loaded_backend.modes[0]
 
     @functools.cached_property
     def device(self) -> str:
@@ -86,6 +97,7 @@ class Worker:
             reason = stop.reason
         # Out of the except clause, the exception and the frames its traceback held are gone.
         _release_accelerator_memory()
+        assert control.requested_at is not None, "a stop sets its time along with its reason"
         log.info("job %s stopped %.2f s after the stop was asked for (%s); its files are removed",
                  job_id, time.monotonic() - control.requested_at, reason)
         message = f"the job was stopped before it finished: {reason}. Submit it again."
@@ -101,8 +113,9 @@ class Worker:
                 raise self.startup_error
             result = self._run(job, job_id, started, control, keep_video_at)
             delivered = "uploaded" if "video_url" in result else "inline" if "video_base64" in result else "kept"
-            log.info("job %s done in %.2f s: %dx%d, %d frames, %d bytes, %s", job_id, result["generation_time_seconds"],
-                     result["width"], result["height"], result["num_frames"], result["file_size_bytes"], delivered)
+            log.info("job %s done in %.2f s: %dx%d, %d frames, %d bytes, %s", job_id,
+                     result["generation_time_seconds"], result["width"], result["height"], result["num_frames"],
+                     result["file_size_bytes"], delivered)
             return result
         except JobError as error:
             log.info("job %s failed: %s", job_id, error)
@@ -117,10 +130,12 @@ class Worker:
         except Exception as error:  # noqa: BLE001 - the worker must survive anything a job does
             if _is_cuda_out_of_memory(error):
                 log.error("job %s ran out of GPU memory; asking for a fresh worker", job_id)
-                message = "the GPU ran out of memory; use a smaller resolution or shorter speech, or deploy on a larger GPU."
+                message = ("the GPU ran out of memory; use a smaller resolution or shorter speech, "
+                           "or deploy on a larger GPU.")
                 return {"error": str(JobError(ErrorCode.OUT_OF_MEMORY, message)), "refresh_worker": True}
             log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-            message = "the worker hit an unexpected error; it was logged with the job id. Retry, and report it if it persists."
+            message = ("the worker hit an unexpected error; it was logged with the job id. "
+                       "Retry, and report it if it persists.")
             output: dict[str, Any] = {"error": str(JobError(ErrorCode.INTERNAL, message))}
             if _is_unrecoverable_gpu_error(error):
                 output["refresh_worker"] = True
@@ -137,8 +152,10 @@ class Worker:
         destination = delivery.choose_destination(request.output_type, bucket)
         if keep_video_at is not None and destination == "base64" and request.output_type == "auto":
             destination = "kept"
-        if destination == "s3":
-            delivery.check_bucket_address(bucket, self.settings.allow_private_urls)
+        # choose_destination picks "s3" only with a bucket
+        upload_bucket = bucket if destination == "s3" else None
+        if upload_bucket is not None:
+            delivery.check_bucket_address(upload_bucket, self.settings.allow_private_urls)
         timings: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="talking-head-job-") as tmp:
             workdir = Path(tmp)
@@ -164,11 +181,11 @@ class Worker:
             size = video.stat().st_size
             clock = time.monotonic()
             control.check()
-            if destination == "s3":
+            if upload_bucket is not None:
                 progress.report("upload", PERCENT_AFTER_GENERATE)
                 delivered = delivery.upload_result(
-                    video, job_id, bucket, self.settings.url_expiry_seconds, self.settings.upload_timeout_seconds,
-                    self.settings.allow_private_urls,
+                    video, job_id, upload_bucket, self.settings.url_expiry_seconds,
+                    self.settings.upload_timeout_seconds, self.settings.allow_private_urls,
                 )
             elif destination == "base64":
                 delivery.check_inline_size(size, self.settings.max_inline_result_bytes)
@@ -180,6 +197,7 @@ class Worker:
             timings["upload"] = time.monotonic() - clock
 
         # One job at a time holds the device from its start to its result: that is what it costs.
+        backend = self.loaded_backend
         held_seconds = round(time.monotonic() - started, 3)
         return {
             "success": True,
@@ -187,12 +205,12 @@ class Worker:
             **delivered,
             "generation_time_seconds": held_seconds,
             "file_size_bytes": size,
-            "duration_seconds": round(num_frames / self.backend.fps, 3),
-            "fps": self.backend.fps,
+            "duration_seconds": round(num_frames / backend.fps, 3),
+            "fps": backend.fps,
             "width": portrait.width,
             "height": portrait.height,
             "num_frames": num_frames,
-            "model": self.backend.name,
+            "model": backend.name,
             "seed": request.seed,
             "mode": options.mode,
             "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
@@ -208,7 +226,7 @@ class Worker:
             sample_solver=request.sample_solver, sample_shift=request.sample_shift,
         )
         try:
-            self.backend.check_options(options)
+            self.loaded_backend.check_options(options)
         except InvalidOptionError as error:
             message = str(error)
             if error.field not in message:
@@ -232,13 +250,17 @@ class Worker:
         return decode_base64(source.value, source.field, self.settings.max_input_bytes)
 
     def _prepare(self, request: JobRequest, mode: str, image) -> PreparedPortrait:
-        max_area = request.max_area or self.backend.default_max_area(mode)
+        backend = self.loaded_backend
+        max_area = request.max_area or backend.default_max_area(mode)
         if request.image.kind == "preset":
             if self.presets is None:
-                raise JobError(ErrorCode.INVALID_INPUT, "avatar_id was given but this endpoint has no presets (PRESET_AVATARS_DIR); send image_file.")
+                raise JobError(
+                    ErrorCode.INVALID_INPUT,
+                    "avatar_id was given but this endpoint has no presets (PRESET_AVATARS_DIR); send image_file.",
+                )
             return self.presets.prepared(request.image.value, max_area)
         try:
-            return self.backend.prepare_portrait(image, max_area)
+            return backend.prepare_portrait(image, max_area)
         except NoFaceError as error:
             raise JobError(ErrorCode.NO_FACE, f"{request.image.field}: {error}") from None
 
@@ -247,12 +269,15 @@ class Worker:
         guard: _StepGuard, timings: dict[str, float],
     ) -> int:
         """Generate and encode together; returns the number of frames written."""
-        expected = num_frames_for(audio.speech.duration_seconds, self.backend.fps)
+        backend = self.loaded_backend
+        expected = num_frames_for(audio.speech.duration_seconds, backend.fps)
         encode_seconds = 0.0
         clock = time.monotonic()
-        with Mp4Writer(video, portrait.width, portrait.height, self.backend.fps, audio.mux_wav) as writer:
-            # closing(): a failure or a stop closes the generator at once, not whenever it is collected
-            generated = self.backend.generate(portrait, audio.speech, options, guard.on_progress)
+        with Mp4Writer(video, portrait.width, portrait.height, backend.fps, audio.mux_wav) as writer:
+            # closing(): a failure or a stop closes the generator at once, not whenever it is collected.
+            # The interface promises an Iterator; every backend's generate() is a generator function.
+            generated = cast(Generator[np.ndarray, None, None],
+                             backend.generate(portrait, audio.speech, options, guard.on_progress))
             with contextlib.closing(generated) as batches:
                 for frames in batches:
                     encode_started = time.monotonic()

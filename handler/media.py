@@ -38,14 +38,20 @@ def decode_base64(value: str, field: str, max_bytes: int) -> bytes:
     payload = DATA_URI_PREFIX.sub("", value, count=1)
     payload = re.sub(r"\s+", "", payload)
     if len(payload) * 3 // 4 > max_bytes:
-        raise JobError(ErrorCode.TOO_LARGE, f"{field} decodes to more than {max_bytes // (1024 * 1024)} MiB; send a smaller file or a URL.")
+        raise JobError(
+            ErrorCode.TOO_LARGE,
+            f"{field} decodes to more than {max_bytes // (1024 * 1024)} MiB; send a smaller file or a URL.",
+        )
     if "-" in payload or "_" in payload:
         payload = payload.replace("-", "+").replace("_", "/")
     payload += "=" * (-len(payload) % 4)
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise JobError(ErrorCode.INVALID_INPUT, f"{field} is not valid base64; send the file's bytes base64-encoded (plain or as a data: URI).") from None
+        raise JobError(
+            ErrorCode.INVALID_INPUT,
+            f"{field} is not valid base64; send the file's bytes base64-encoded (plain or as a data: URI).",
+        ) from None
     if not data:
         raise JobError(ErrorCode.INVALID_INPUT, f"{field} is empty; send the file's bytes base64-encoded.")
     return data
@@ -63,7 +69,10 @@ def decode_audio(data: bytes, field: str, workdir: Path, max_seconds: float) -> 
     samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0).clip(-1.0, 1.0)
     duration = samples.shape[0] / rate
     if duration < MIN_SPEECH_SECONDS:
-        raise JobError(ErrorCode.UNSUPPORTED_MEDIA, f"{field} holds only {duration:.2f} s of audio; send at least {MIN_SPEECH_SECONDS} s of speech.")
+        raise JobError(
+            ErrorCode.UNSUPPORTED_MEDIA,
+            f"{field} holds only {duration:.2f} s of audio; send at least {MIN_SPEECH_SECONDS} s of speech.",
+        )
     if samples.shape[1] > 2:
         samples = samples.mean(axis=1, keepdims=True)
     mux_wav = workdir / "speech.wav"
@@ -102,9 +111,15 @@ def _ffmpeg_to_wav(source: Path, field: str, workdir: Path, max_seconds: float) 
     try:
         result = subprocess.run(command, capture_output=True, timeout=FFMPEG_TIMEOUT_SECONDS, check=False)
     except subprocess.TimeoutExpired:
-        raise JobError(ErrorCode.UNSUPPORTED_MEDIA, f"{field} took too long to decode; send wav, mp3, flac, ogg or m4a.") from None
+        raise JobError(
+            ErrorCode.UNSUPPORTED_MEDIA,
+            f"{field} took too long to decode; send wav, mp3, flac, ogg or m4a.",
+        ) from None
     if result.returncode != 0 or not target.exists():
-        raise JobError(ErrorCode.UNSUPPORTED_MEDIA, f"{field} is not audio that can be decoded; send wav, mp3, flac, ogg/opus or m4a/aac.")
+        raise JobError(
+            ErrorCode.UNSUPPORTED_MEDIA,
+            f"{field} is not audio that can be decoded; send wav, mp3, flac, ogg/opus or m4a/aac.",
+        )
     return target
 
 
@@ -128,16 +143,31 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
-        raise JobError(ErrorCode.TOO_LARGE, f"{field} claims an enormous pixel size (a decompression bomb); send a normal photo.") from None
+        raise JobError(
+            ErrorCode.TOO_LARGE,
+            f"{field} claims an enormous pixel size (a decompression bomb); send a normal photo.",
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError):
-        raise JobError(ErrorCode.UNSUPPORTED_MEDIA, f"{field} is not an image that can be read; send a jpeg, png or webp.") from None
+        raise JobError(
+            ErrorCode.UNSUPPORTED_MEDIA,
+            f"{field} is not an image that can be read; send a jpeg, png or webp.",
+        ) from None
     if image.format not in IMAGE_FORMATS:
-        raise JobError(ErrorCode.UNSUPPORTED_MEDIA, f"{field} is a {image.format or 'unknown'} image; send a jpeg, png or webp.")
+        raise JobError(
+            ErrorCode.UNSUPPORTED_MEDIA,
+            f"{field} is a {image.format or 'unknown'} image; send a jpeg, png or webp.",
+        )
     width, height = image.size
     if width * height > max_pixels:
-        raise JobError(ErrorCode.TOO_LARGE, f"{field} is {width}x{height} pixels, over the {max_pixels:,} pixel limit; send a smaller image.")
+        raise JobError(
+            ErrorCode.TOO_LARGE,
+            f"{field} is {width}x{height} pixels, over the {max_pixels:,} pixel limit; send a smaller image.",
+        )
     if min(width, height) < MIN_IMAGE_SIDE:
-        raise JobError(ErrorCode.UNSUPPORTED_MEDIA, f"{field} is only {width}x{height} pixels; send a portrait at least {MIN_IMAGE_SIDE} pixels on each side.")
+        raise JobError(
+            ErrorCode.UNSUPPORTED_MEDIA,
+            f"{field} is only {width}x{height} pixels; send a portrait at least {MIN_IMAGE_SIDE} pixels on each side.",
+        )
     try:
         image = ImageOps.exif_transpose(image)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -146,5 +176,8 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> np.ndarray:
             image = background
         rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError):
-        raise JobError(ErrorCode.UNSUPPORTED_MEDIA, f"{field} is a damaged image that cannot be decoded; send the original file.") from None
+        raise JobError(
+            ErrorCode.UNSUPPORTED_MEDIA,
+            f"{field} is a damaged image that cannot be decoded; send the original file.",
+        ) from None
     return np.ascontiguousarray(rgb)

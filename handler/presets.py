@@ -48,14 +48,19 @@ class PresetAvatars:
         image = self._images.get(avatar_id)
         if image is None:
             known = ", ".join(self.ids) or "none are configured"
-            raise JobError(ErrorCode.INVALID_INPUT, f"avatar_id {avatar_id!r} is not a preset on this endpoint ({known}); use one of those or send image_file.")
+            raise JobError(
+                ErrorCode.INVALID_INPUT,
+                f"avatar_id {avatar_id!r} is not a preset on this endpoint ({known}); "
+                "use one of those or send image_file.",
+            )
         try:
             prepared = self._backend.prepare_portrait(image, max_area)
         except NoFaceError as error:
             raise JobError(ErrorCode.NO_FACE, f"preset avatar {avatar_id!r} has no usable face: {error}") from None
         with self._lock:
             self._prepared[key] = prepared
-        log.info("preset %s prepared for a %d pixel budget (%dx%d)", avatar_id, max_area, prepared.width, prepared.height)
+        log.info("preset %s prepared for a %d pixel budget (%dx%d)",
+                 avatar_id, max_area, prepared.width, prepared.height)
         return prepared
 
 

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import IO
+from typing import IO, cast
 
 import certifi
 import urllib3
@@ -42,7 +42,8 @@ class PutFailed(Exception):
 
 
 def put_file(
-    url: str, address: str, file: IO[bytes], size: int, headers: dict[str, str], deadline: float, connect_timeout: float,
+    url: str, address: str, file: IO[bytes], size: int, headers: dict[str, str], deadline: float,
+    connect_timeout: float,
 ) -> PutAnswer:
     """PUT `size` bytes of `file` to `url`, connecting to `address`; raises PutFailed by `deadline`."""
     remaining = deadline - time.monotonic()
@@ -62,7 +63,8 @@ def put_file(
         target = urllib.parse.urlunsplit(("", "", parsed.path or "/", parsed.query, ""))
         file.seek(0)
         connection.request(
-            "PUT", target, body=_DeadlineReader(file, deadline),
+            # urllib3 streams any body with a read() (body_to_chunks); its annotation asks for a whole IO
+            "PUT", target, body=cast(IO[bytes], _DeadlineReader(file, deadline)),
             headers={"Host": parsed.netloc, "Content-Length": str(size), **headers}, preload_content=False,
         )
         response = connection.getresponse()
@@ -77,7 +79,9 @@ def put_file(
     return answer
 
 
-def _connection(parsed: urllib.parse.SplitResult, address: str, connect_timeout: float) -> urllib3.connection.HTTPConnection:
+def _connection(
+    parsed: urllib.parse.SplitResult, address: str, connect_timeout: float,
+) -> urllib3.connection.HTTPConnection:
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     if parsed.scheme == "https":
         return urllib3.connection.HTTPSConnection(

@@ -29,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from handler.bucket import JOB_FIELDS, BucketAddressError, BucketSettings, make_bucket
 from handler.errors import ErrorCode, JobError
@@ -88,7 +89,9 @@ def parse_job(job: Mapping[str, Any], max_audio_seconds: float, default_mode: st
     """
     raw = job.get("input")
     if not isinstance(raw, dict):
-        raise invalid('"input" must be a JSON object with audio_file (or audio_url) and image_file (or image_url, avatar_id).')
+        raise invalid(
+            '"input" must be a JSON object with audio_file (or audio_url) and image_file (or image_url, avatar_id).'
+        )
     audio = _one_source(raw, "audio", {"audio_file": "base64", "audio_url": "url"})
     image = _one_source(raw, "image", {"image_file": "base64", "image_url": "url", "avatar_id": "preset"})
     if image.kind == "preset" and not AVATAR_ID_PATTERN.match(image.value):
@@ -125,7 +128,10 @@ def _one_source(raw: Mapping[str, Any], what: str, fields: Mapping[str, str]) ->
     return MediaSource(field=field, kind=fields[field], value=value.strip())
 
 
-def _text(raw: Mapping[str, Any], field: str, default: str | None) -> str | None:
+_TextDefault = TypeVar("_TextDefault", str, None)
+
+
+def _text(raw: Mapping[str, Any], field: str, default: _TextDefault) -> str | _TextDefault:
     value = raw.get(field)
     if value is None:
         return default
@@ -209,7 +215,9 @@ def _s3_override(value: Any) -> BucketSettings | None:
         return None
     keys = ("accessId", "accessSecret", "bucketName")
     if not isinstance(value, dict) or any(not isinstance(value.get(key), str) or not value.get(key) for key in keys):
-        raise invalid("s3Config must be an object with accessId, accessSecret, bucketName (and optionally endpointUrl) strings.")
+        raise invalid(
+            "s3Config must be an object with accessId, accessSecret, bucketName (and optionally endpointUrl) strings."
+        )
     endpoint = value.get("endpointUrl")
     if endpoint is not None and not isinstance(endpoint, str):
         raise invalid("s3Config.endpointUrl must be a string URL.")

@@ -97,7 +97,7 @@ def create_app(worker: Worker) -> FastAPI:
         started = time.monotonic()
         try:
             job = await asyncio.wait_for(read_job(request, job_id, max_body), BODY_READ_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             message = (f"the request body did not arrive within {BODY_READ_SECONDS:g} s; send large media as "
                        "audio_url and image_url.")
             return _failure(job_id, JobError(ErrorCode.INVALID_INPUT, message), status=408)

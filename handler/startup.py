@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from typing import Mapping
+from collections.abc import Mapping
 
 from handler.errors import ErrorCode, JobError
 from handler.job import Worker
@@ -45,7 +45,8 @@ def start_worker(env: Mapping[str, str] | None = None) -> Worker:
     if settings.default_mode is not None and settings.default_mode not in backend.modes:
         return Worker(settings=settings, backend=backend, presets=None, startup_error=_misconfigured(
             f"DEFAULT_MODE={settings.default_mode!r} is not a mode the {backend.name} backend offers "
-            f"(it offers {', '.join(backend.modes)}); set DEFAULT_MODE to {' or '.join(backend.modes)}, or leave it empty."
+            f"(it offers {', '.join(backend.modes)}); set DEFAULT_MODE to {' or '.join(backend.modes)}, "
+            "or leave it empty."
         ))
     loaded = time.monotonic()
     presets = PresetAvatars(settings.preset_avatars_dir, backend, settings.max_image_pixels)
@@ -67,4 +68,6 @@ def _unfit(settings: WorkerSettings, problem: str) -> Worker:
 def _misconfigured(problem: str) -> JobError:
     """The error every job of a worker whose environment cannot work fails with."""
     log.error("the endpoint's environment is invalid: %s", problem)
-    return JobError(ErrorCode.INTERNAL, f"the endpoint is misconfigured: {problem} Fix the endpoint's environment variables.")
+    return JobError(
+        ErrorCode.INTERNAL, f"the endpoint is misconfigured: {problem} Fix the endpoint's environment variables."
+    )

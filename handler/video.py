@@ -9,6 +9,7 @@ import contextlib
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import IO
 
 import imageio_ffmpeg
 import numpy as np
@@ -43,12 +44,16 @@ class Mp4Writer:
             str(path),
         ]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+        assert self._process.stdin is not None, "stdin=PIPE gives the process a pipe"
+        self._frames_in: IO[bytes] = self._process.stdin
 
     def write(self, frames: np.ndarray) -> None:
         if frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
-            raise ValueError(f"expected uint8 frames (n, {self.height}, {self.width}, 3), got {frames.dtype} {frames.shape}")
+            raise ValueError(
+                f"expected uint8 frames (n, {self.height}, {self.width}, 3), got {frames.dtype} {frames.shape}"
+            )
         try:
-            self._process.stdin.write(np.ascontiguousarray(frames).tobytes())
+            self._frames_in.write(np.ascontiguousarray(frames).tobytes())
         except BrokenPipeError:
             self._process.wait()
             raise VideoEncodingError(f"ffmpeg stopped while encoding: {self._log_tail()}") from None
@@ -74,13 +79,13 @@ class Mp4Writer:
     def _close_stdin(self) -> None:
         # ffmpeg may already be gone (it failed, or was killed): its pipe is then broken.
         with contextlib.suppress(BrokenPipeError):
-            self._process.stdin.close()
+            self._frames_in.close()
 
     def _log_tail(self) -> str:
         self._log.seek(0)
         return self._log.read()[-800:].decode("utf-8", "replace").strip()
 
-    def __enter__(self) -> "Mp4Writer":
+    def __enter__(self) -> Mp4Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
