@@ -220,19 +220,16 @@ class Worker:
 
     def _options(self, request: JobRequest) -> GenerationOptions:
         """The job's generation options, once the backend has accepted them (else INVALID_INPUT)."""
-        options = GenerationOptions(
-            seed=request.seed, mode=request.mode, prompt=request.prompt, negative_prompt=request.negative_prompt,
-            num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
-            sample_solver=request.sample_solver, sample_shift=request.sample_shift,
-        )
         try:
-            self.loaded_backend.check_options(options)
+            backend_options = self.loaded_backend.parse_options(request.backend_fields, request.mode)
         except InvalidOptionError as error:
             message = str(error)
             if error.field not in message:
                 message = f"{error.field}: {message}"
             raise JobError(ErrorCode.INVALID_INPUT, message) from None
-        return options
+        return GenerationOptions(
+            seed=request.seed, mode=request.mode, prompt=request.prompt, backend_options=backend_options
+        )
 
     def _load_audio(self, request: JobRequest, workdir: Path) -> DecodedAudio:
         data = self._read_source(request.audio)

@@ -6,19 +6,19 @@ Accepted input, all fields of `job["input"]`:
     image_file | image_url | avatar_id
                                     exactly one: base64 | http(s) URL | preset portrait id
     prompt                          str, default "A person speaking"
-    negative_prompt                 str, default: the model's own
-    resolution                      "W*H" pixel-area budget, default "832*480" (mode "fast": "704*384")
+    resolution                      "W*H" pixel-area budget, default: the backend's for the mode
+                                    ("832*480"; Wan2.2-S2V's mode "fast": "704*384")
     seed                            int >= 0, default random (reported back)
-    num_inference_steps             int, default: the model's own
-    guidance_scale                  float, default: the model's own
-    sample_solver                   "unipc" | "dpm++", default: the model's own (diffusion backends)
-    sample_shift                    float, noise-schedule shift, default: the model's own
     mode                            "quality" | "fast", default env DEFAULT_MODE, else the
-                                    backend's first mode ("quality"); the backend then refuses a
-                                    mode it does not offer, or a field that has no meaning in the
-                                    chosen mode (model.base.TalkingHeadBackend.check_options)
+                                    backend's first mode ("quality")
+    stream                          bool; not yet implemented, accepted and ignored
     output_type                     "auto" | "base64" | "s3", default "auto"
     max_duration_seconds            float, default env MAX_AUDIO_SECONDS (never above it)
+
+Every other field is the backend's (`backend_fields`): its options class (model/options.py; for
+Wan2.2-S2V negative_prompt, num_inference_steps, guidance_scale, sample_solver, sample_shift)
+takes them, refusing a field it does not take or that has no meaning in the job's mode, and a
+mode it does not offer (TalkingHeadBackend.parse_options), before any media work.
 
 RunPod's per-request `s3Config` sits beside `input` on the job, not inside it: accessId,
 accessSecret, bucketName and optionally endpointUrl (any form handler/bucket.py accepts).
@@ -34,17 +34,19 @@ from typing import Any, TypeVar
 
 from handler.bucket import JOB_FIELDS, BucketAddressError, BucketSettings, make_bucket
 from handler.errors import ErrorCode, JobError
+from model.options import json_type
 
 DEFAULT_PROMPT = "A person speaking"
+# The fields every backend shares; the rest of a job's fields are its backend's own.
+SHARED_FIELDS = frozenset({
+    "audio_file", "audio_url", "image_file", "image_url", "avatar_id", "prompt", "resolution", "seed", "mode",
+    "stream", "output_type", "max_duration_seconds",
+})
 OUTPUT_TYPES = ("auto", "base64", "s3")
 #: every generation mode the contract knows; which of them an endpoint offers is its backend's `modes`
 MODES = ("quality", "fast")
-SAMPLE_SOLVERS = ("unipc", "dpm++")
-MAX_SHIFT = 20.0
 MAX_SEED = 2**63 - 1
 MAX_SIDE = 4096
-MAX_STEPS = 200
-MAX_GUIDANCE = 30.0
 AVATAR_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RESOLUTION_PATTERN = re.compile(r"^\s*(\d+)\s*[*xX×]\s*(\d+)\s*$")
 
@@ -63,15 +65,12 @@ class JobRequest:
     audio: MediaSource
     image: MediaSource
     prompt: str
-    negative_prompt: str | None
     #: the pixel-area budget of `resolution`; None: the backend's default for the job's mode
     max_area: int | None
     seed: int
-    num_inference_steps: int | None
-    guidance_scale: float | None
-    sample_solver: str | None
-    sample_shift: float | None
     mode: str
+    #: every other field of the job, for the backend's own options class to take or refuse
+    backend_fields: dict[str, Any]
     output_type: str
     max_duration_seconds: float
     #: the job's own bucket (RunPod's s3Config), which overrides the endpoint's
@@ -100,14 +99,10 @@ def parse_job(job: Mapping[str, Any], max_audio_seconds: float, default_mode: st
         audio=audio,
         image=image,
         prompt=_text(raw, "prompt", DEFAULT_PROMPT),
-        negative_prompt=_text(raw, "negative_prompt", None),
         max_area=None if raw.get("resolution") is None else parse_resolution_area(raw["resolution"]),
         seed=_seed(raw.get("seed")),
-        num_inference_steps=_optional_int(raw, "num_inference_steps", 1, MAX_STEPS),
-        guidance_scale=_optional_float(raw, "guidance_scale", 0.0, MAX_GUIDANCE),
-        sample_solver=_sample_solver(raw.get("sample_solver")),
-        sample_shift=_optional_float(raw, "sample_shift", 0.1, MAX_SHIFT),
         mode=_mode(raw.get("mode"), default_mode),
+        backend_fields={name: value for name, value in raw.items() if name not in SHARED_FIELDS},
         output_type=_output_type(raw.get("output_type", "auto")),
         max_duration_seconds=_max_duration(raw.get("max_duration_seconds"), max_audio_seconds),
         s3_override=_s3_override(job.get("s3Config")),
@@ -124,7 +119,7 @@ def _one_source(raw: Mapping[str, Any], what: str, fields: Mapping[str, str]) ->
     field = present[0]
     value = raw[field]
     if not isinstance(value, str):
-        raise invalid(f"{field} must be a string, not {_json_type(value)}.")
+        raise invalid(f"{field} must be a string, not {json_type(value)}.")
     return MediaSource(field=field, kind=fields[field], value=value.strip())
 
 
@@ -136,7 +131,7 @@ def _text(raw: Mapping[str, Any], field: str, default: _TextDefault) -> str | _T
     if value is None:
         return default
     if not isinstance(value, str):
-        raise invalid(f"{field} must be a string, not {_json_type(value)}.")
+        raise invalid(f"{field} must be a string, not {json_type(value)}.")
     if len(value) > 2000:
         raise invalid(f"{field} is {len(value)} characters long; keep it under 2000.")
     return value
@@ -161,35 +156,9 @@ def _seed(value: Any) -> int:
     return value
 
 
-def _optional_int(raw: Mapping[str, Any], field: str, low: int, high: int) -> int | None:
-    value = raw.get(field)
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise invalid(f"{field} must be a whole number from {low} to {high}, not {value!r}.")
-    return value
-
-
-def _optional_float(raw: Mapping[str, Any], field: str, low: float, high: float) -> float | None:
-    value = raw.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise invalid(f"{field} must be a number from {low:g} to {high:g}, not {value!r}.")
-    return float(value)
-
-
 def _output_type(value: Any) -> str:
     if value not in OUTPUT_TYPES:
         raise invalid(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, not {value!r}.")
-    return value
-
-
-def _sample_solver(value: Any) -> str | None:
-    if value is not None and value not in SAMPLE_SOLVERS:
-        raise invalid(f"sample_solver must be one of {', '.join(SAMPLE_SOLVERS)}, not {value!r}.")
     return value
 
 
@@ -225,8 +194,3 @@ def _s3_override(value: Any) -> BucketSettings | None:
         return make_bucket(endpoint or None, value["bucketName"], value["accessId"], value["accessSecret"], JOB_FIELDS)
     except BucketAddressError as error:
         raise invalid(str(error)) from None
-
-
-def _json_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
-    return names.get(type(value), type(value).__name__)

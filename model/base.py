@@ -10,10 +10,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
+
+# part of the backend interface, so re-exported here
+from model.options import BackendOptions as BackendOptions
+from model.options import InvalidOptionError as InvalidOptionError
 
 SPEECH_SAMPLE_RATE = 16_000
 # The contract's default `resolution`, "832*480", as an area; a backend may have its own per mode.
@@ -44,17 +48,6 @@ class BackendOutOfMemoryError(Exception):
     """The accelerator ran out of memory; the message names the memory mode and the next smaller one."""
 
 
-class InvalidOptionError(Exception):
-    """A job field this backend (or the job's mode) cannot honour.
-
-    `field` is the job field; the message is one sentence that names it and says the fix.
-    """
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 @dataclasses.dataclass(frozen=True)
 class Speech:
     """The speech that drives the face: mono float32 samples in [-1, 1] at 16 kHz."""
@@ -68,18 +61,14 @@ class Speech:
 
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions:
-    """Per-job knobs. `None` means: the backend's own default."""
+    """Per-job knobs: the shared ones, and the backend's own (its `options_class`, parsed by
+    `TalkingHeadBackend.parse_options`)."""
 
     seed: int
     #: one of the backend's `modes`
     mode: str = "quality"
     prompt: str = "A person speaking"
-    negative_prompt: str | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    # diffusion backends: the sampler ("unipc" or "dpm++") and its noise-schedule shift
-    sample_solver: str | None = None
-    sample_shift: float | None = None
+    backend_options: BackendOptions = dataclasses.field(default_factory=BackendOptions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,16 +114,20 @@ class TalkingHeadBackend(abc.ABC):
         """The pixel-area budget of a job that gives no `resolution` (the contract's 832*480)."""
         return DEFAULT_MAX_AREA
 
-    def check_options(self, options: GenerationOptions) -> None:
-        """Refuse, before any work, a job whose options this backend cannot honour.
+    #: the job fields this backend takes besides the shared ones (model/options.py)
+    options_class: type[BackendOptions] = BackendOptions
 
-        Raises InvalidOptionError naming the field. Backends with mode-specific fields extend this.
+    def parse_options(self, fields: Mapping[str, Any], mode: str) -> BackendOptions:
+        """Validate, before any work, the job's mode and the fields the shared schema does not take.
+
+        Raises InvalidOptionError naming the field: a mode this backend does not offer, a field
+        it does not take, a value out of range or meaningless in that mode.
         """
-        if options.mode not in self.modes:
+        if mode not in self.modes:
             raise InvalidOptionError(
-                "mode",
-                f"mode must be one of {', '.join(self.modes)} on this endpoint ({self.name}), not {options.mode!r}.",
+                "mode", f"mode must be one of {', '.join(self.modes)} on this endpoint ({self.name}), not {mode!r}."
             )
+        return self.options_class.parse(fields, mode, self.name)
 
     @abc.abstractmethod
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:

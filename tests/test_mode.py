@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from handler.job import Worker
 from handler.sample import sample_job_input
 from handler.settings import WorkerSettings
 from model.base import (
+    BackendOptions,
     GenerationOptions,
     InvalidOptionError,
     PreparedPortrait,
@@ -20,6 +23,7 @@ from model.base import (
     TalkingHeadBackend,
     num_frames_for,
 )
+from model.options import reject_unknown
 from tests.conftest import ASSETS
 
 WAV_B64 = base64.b64encode((ASSETS / "speech.wav").read_bytes()).decode()
@@ -61,28 +65,42 @@ def test_a_good_job_reports_its_mode(plain_worker, job_mode):
 
 # --- in process, a backend that offers both modes ------------------------------------------------
 
-class TwoModeBackend(TalkingHeadBackend):
-    """Offers quality and fast; in fast mode, refuses the fields the 4-step sampler has no use for."""
+@dataclasses.dataclass(frozen=True)
+class TwoModeOptions(BackendOptions):
+    """Fields of a diffusion backend; in fast mode, those the 4-step sampler has no use for are refused."""
 
-    name = "two-mode"
-    fps = 25.0
-    modes = ("quality", "fast")
+    guidance_scale: float | None = None
+    sample_solver: str | None = None
+    sample_shift: float | None = None
+    negative_prompt: str | None = None
 
-    def __init__(self, events: list[str]) -> None:
-        self.events = events
-
-    def check_options(self, options: GenerationOptions) -> None:
-        self.events.append(f"check_options:{options.mode}")
-        super().check_options(options)
-        if options.mode != "fast":
-            return
+    @classmethod
+    def parse(cls, fields: Mapping[str, Any], mode: str, backend: str) -> TwoModeOptions:
+        reject_unknown(fields, cls, backend)
         for field in FAST_MODE_REFUSES:
-            if getattr(options, field) is not None:
+            if mode == "fast" and fields.get(field) is not None:
                 # one message names its field, the others leave that to the worker
                 message = "has no meaning in fast mode"
                 if field == "guidance_scale":
                     message = f"{field} {message}"
                 raise InvalidOptionError(field, message + '; leave it out, or send mode "quality".')
+        return cls(**fields)
+
+
+class TwoModeBackend(TalkingHeadBackend):
+    """Offers quality and fast, with TwoModeOptions."""
+
+    name = "two-mode"
+    fps = 25.0
+    modes = ("quality", "fast")
+    options_class = TwoModeOptions
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def parse_options(self, fields: Mapping[str, Any], mode: str) -> BackendOptions:
+        self.events.append(f"parse_options:{mode}")
+        return super().parse_options(fields, mode)
 
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
         self.events.append("prepare_portrait")
@@ -121,13 +139,13 @@ def _worker(backend: TalkingHeadBackend, **env: str) -> Worker:
 
 @pytest.mark.parametrize("field, value", [("guidance_scale", 3.0), ("sample_solver", "dpm++"),
                                           ("sample_shift", 5.0), ("negative_prompt", "blur")])
-def test_check_options_runs_before_media_and_its_refusal_is_invalid_input(events, field, value):
+def test_parse_options_runs_before_media_and_its_refusal_is_invalid_input(events, field, value):
     job = {"id": "fast-1",
            "input": {"mode": "fast", field: value, "audio_file": WAV_B64, "image_url": UNREACHABLE_AUDIO}}
     error = _worker(TwoModeBackend(events)).handle(job)["error"]
     assert error.startswith("INVALID_INPUT: "), error
     assert error.count(field) == 1 and "fast mode" in error, error
-    assert events == ["check_options:fast"], "nothing was fetched, decoded or prepared"
+    assert events == ["parse_options:fast"], "nothing was fetched, decoded or prepared"
 
 
 def test_default_mode_reaches_the_backend_and_the_result(events):
@@ -135,10 +153,10 @@ def test_default_mode_reaches_the_backend_and_the_result(events):
     result = worker.handle({"id": "fast-2", "input": sample_job_input()})
     assert result.get("success") is True, result
     assert result["mode"] == "fast"
-    assert events[0] == "check_options:fast"
+    assert events[0] == "parse_options:fast"
     assert events.index("decode_audio") < events.index("prepare_portrait") < events.index("generate:fast")
 
     events.clear()
     result = worker.handle({"id": "quality-1", "input": sample_job_input(mode="quality", guidance_scale=3.0)})
     assert result.get("success") is True and result["mode"] == "quality", result
-    assert events[0] == "check_options:quality" and events[-1] == "generate:quality", events
+    assert events[0] == "parse_options:quality" and events[-1] == "generate:quality", events

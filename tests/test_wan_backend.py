@@ -20,6 +20,7 @@ from model.base import (
 )
 from model.wan_s2v.backend import WanPortrait, WanS2VBackend
 from model.wan_s2v.config import FAST_MAX_AREA, NEGATIVE_PROMPT
+from model.wan_s2v.options import WanS2VOptions
 from model.wan_s2v.memory import MemoryMode
 from model.wan_s2v.pipeline import SamplingSettings
 from model.wan_s2v.sizing import output_size
@@ -60,7 +61,8 @@ def backend_for(pipeline, memory_mode=MemoryMode.FULL, lora=NO_LORA) -> WanS2VBa
 def test_unset_options_are_the_official_defaults():
     pipeline = RecordingPipeline()
     backend = backend_for(pipeline)
-    list(backend.generate(PORTRAIT, SPEECH, GenerationOptions(seed=3, negative_prompt=""), lambda *_: None))
+    options = GenerationOptions(seed=3, backend_options=backend.parse_options({"negative_prompt": ""}, "quality"))
+    list(backend.generate(PORTRAIT, SPEECH, options, lambda *_: None))
     assert pipeline.calls == [("generate", "latent", 3, "A person speaking", SamplingSettings())]
     assert SamplingSettings() == SamplingSettings(40, 4.5, 3.0, "unipc", NEGATIVE_PROMPT)
 
@@ -68,8 +70,9 @@ def test_unset_options_are_the_official_defaults():
 def test_job_options_override_every_default():
     pipeline = RecordingPipeline()
     backend = backend_for(pipeline)
-    options = GenerationOptions(seed=9, prompt="a man", negative_prompt="blur", num_inference_steps=12,
-                                guidance_scale=0.0, sample_solver="dpm++", sample_shift=5.0)
+    fields = {"negative_prompt": "blur", "num_inference_steps": 12, "guidance_scale": 0.0, "sample_solver": "dpm++",
+              "sample_shift": 5.0}
+    options = GenerationOptions(seed=9, prompt="a man", backend_options=backend.parse_options(fields, "quality"))
     list(backend.generate(PORTRAIT, SPEECH, options, lambda *_: None))
     assert pipeline.calls[0][4] == SamplingSettings(12, 0.0, 5.0, "dpm++", "blur")
 
@@ -97,24 +100,24 @@ def test_out_of_memory_fails_the_job_naming_the_mode_and_the_next_smaller_one():
 def test_fast_mode_refuses_the_fields_of_guidance_and_the_quality_sampler(field, value):
     backend = backend_for(RecordingPipeline(), lora=object())
     with pytest.raises(InvalidOptionError, match=f"{field} has no meaning in mode 'fast'") as refused:
-        backend.check_options(GenerationOptions(seed=1, mode="fast", **{field: value}))
+        backend.parse_options({field: value}, "fast")
     assert refused.value.field == field
-    backend.check_options(GenerationOptions(seed=1, mode="quality", **{field: value}))
+    assert getattr(backend.parse_options({field: value}, "quality"), field) == value
 
 
 def test_fast_mode_takes_up_to_its_distilled_steps():
     backend = backend_for(RecordingPipeline(), lora=object())
-    backend.check_options(GenerationOptions(seed=1, mode="fast", num_inference_steps=4, prompt="a man"))
+    assert backend.parse_options({"num_inference_steps": 4}, "fast") == WanS2VOptions(num_inference_steps=4)
     with pytest.raises(InvalidOptionError, match="num_inference_steps is at most 4 in mode 'fast'"):
-        backend.check_options(GenerationOptions(seed=1, mode="fast", num_inference_steps=5))
+        backend.parse_options({"num_inference_steps": 5}, "fast")
 
 
 def test_fast_mode_without_its_lora_fails_before_any_work_and_quality_goes_on():
     pipeline = RecordingPipeline()
     backend = backend_for(pipeline)
     with pytest.raises(ModelUnavailableError, match="looked at /models/Live-Avatar"):
-        backend.check_options(GenerationOptions(seed=1, mode="fast"))
-    backend.check_options(GenerationOptions(seed=1, mode="quality"))
+        backend.parse_options({}, "fast")
+    backend.parse_options({}, "quality")
     assert next(iter(backend.generate(PORTRAIT, SPEECH, GenerationOptions(seed=1), lambda *_: None))).shape[0] == 2
 
 
@@ -134,3 +137,17 @@ def test_the_real_model_on_a_machine_without_cuda_makes_the_worker_leave_the_poo
         wan_backend._execution_target(tmp_path)
     (tmp_path / "config.json").write_text('{"dim": 24, "num_layers": 2}')  # the tests' tiny checkpoints run
     assert wan_backend._execution_target(tmp_path)[0] == torch.device("cpu")
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"num_inference_steps": 0}, "num_inference_steps"),
+    ({"guidance_scale": [1]}, "guidance_scale"),
+    ({"sample_solver": "euler"}, "sample_solver"),
+    ({"sample_shift": -1}, "sample_shift"),
+    ({"negative_prompt": 3}, "negative_prompt"),
+    ({"num_inference_step": 4}, "num_inference_step"),  # a typo is refused, not ignored
+])
+def test_fields_out_of_range_or_unknown_are_refused_by_name(fields, field):
+    with pytest.raises(InvalidOptionError) as refused:
+        backend_for(RecordingPipeline()).parse_options(fields, "quality")
+    assert refused.value.field == field and field in str(refused.value)

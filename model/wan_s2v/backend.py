@@ -18,9 +18,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,7 +29,6 @@ from model.base import (
     BackendOutOfMemoryError,
     GenerationOptions,
     HostUnfitError,
-    InvalidOptionError,
     ModelUnavailableError,
     PreparedPortrait,
     ProgressCallback,
@@ -39,7 +38,6 @@ from model.base import (
 
 from .config import (
     FAST_MAX_AREA,
-    FAST_MAX_STEPS,
     FAST_SAMPLE_STEPS,
     FPS,
     GUIDANCE_SCALE,
@@ -64,6 +62,7 @@ from .memory import (
     text_encoder_compute_device,
     text_encoder_home,
 )
+from .options import FAST, QUALITY, WanS2VOptions
 from .pipeline import PortraitLatent, SamplingSettings, WanS2VPipeline
 from .sizing import video_size
 from .weights import ensure_lora, ensure_weights
@@ -71,9 +70,6 @@ from .weights import ensure_lora, ensure_weights
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = GenerationOptions(seed=0).prompt
-QUALITY, FAST = "quality", "fast"
-# Job fields that steer guidance or the quality mode's sampler: the fast mode has neither.
-_QUALITY_ONLY_FIELDS = ("guidance_scale", "negative_prompt", "sample_solver", "sample_shift")
 # a portrait's encoding for one of the modes
 _Encoding = TypeVar("_Encoding", PortraitLatent, FastPortrait)
 
@@ -93,6 +89,7 @@ class WanS2VBackend(TalkingHeadBackend):
     name = "wan2.2-s2v-14b"
     fps = FPS
     modes = (QUALITY, FAST)
+    options_class = WanS2VOptions
 
     def __init__(
         self, pipeline: WanS2VPipeline, memory_mode: MemoryMode, lora: LoraAdapter | ModelUnavailableError
@@ -141,26 +138,12 @@ class WanS2VBackend(TalkingHeadBackend):
     def default_max_area(self, mode: str) -> int:
         return FAST_MAX_AREA if mode == FAST else super().default_max_area(mode)
 
-    def check_options(self, options: GenerationOptions) -> None:
-        super().check_options(options)
-        if options.mode != FAST:
-            return
-        for field in _QUALITY_ONLY_FIELDS:
-            if getattr(options, field) is not None:
-                raise InvalidOptionError(
-                    field,
-                    f"{field} has no meaning in mode 'fast', which samples {FAST_SAMPLE_STEPS} distilled steps "
-                    "without guidance; leave it out, or use mode 'quality'.",
-                )
-        steps = options.num_inference_steps
-        if steps is not None and steps > FAST_MAX_STEPS:
-            raise InvalidOptionError(
-                "num_inference_steps",
-                f"num_inference_steps is at most {FAST_MAX_STEPS} in mode 'fast' (it was distilled for "
-                f"{FAST_SAMPLE_STEPS}, and each step keeps its own attention cache), not {steps}.",
-            )
-        if isinstance(self.lora, ModelUnavailableError):
+    def parse_options(self, fields: Mapping[str, Any], mode: str) -> WanS2VOptions:
+        options = super().parse_options(fields, mode)
+        assert isinstance(options, WanS2VOptions)
+        if mode == FAST and isinstance(self.lora, ModelUnavailableError):
             raise self.lora
+        return options
 
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
         height, width = video_size(image.shape[0], image.shape[1], max_area)
@@ -198,33 +181,38 @@ class WanS2VBackend(TalkingHeadBackend):
         options: GenerationOptions,
         on_progress: ProgressCallback,
     ) -> Iterator[np.ndarray]:
+        own = options.backend_options
+        if not isinstance(own, WanS2VOptions):  # options not made by parse_options: all defaults
+            own = WanS2VOptions()
         with _out_of_memory_as_job_error(self.memory_mode):
             if options.mode == FAST:
-                yield from self._generate_fast(portrait.features, speech, options, on_progress)
+                yield from self._generate_fast(portrait.features, speech, options, own, on_progress)
             else:
-                yield from self._generate_quality(portrait.features, speech, options, on_progress)
+                yield from self._generate_quality(portrait.features, speech, options, own, on_progress)
 
     def _generate_quality(
-        self, portrait: WanPortrait, speech: Speech, options: GenerationOptions, on_progress: ProgressCallback
+        self, portrait: WanPortrait, speech: Speech, options: GenerationOptions, own: WanS2VOptions,
+        on_progress: ProgressCallback,
     ) -> Iterator[np.ndarray]:
         settings = SamplingSettings(
-            num_steps=options.num_inference_steps or SAMPLE_STEPS,
-            guidance_scale=GUIDANCE_SCALE if options.guidance_scale is None else options.guidance_scale,
-            shift=SAMPLE_SHIFT if options.sample_shift is None else options.sample_shift,
-            solver=options.sample_solver or SAMPLE_SOLVER,
+            num_steps=own.num_inference_steps or SAMPLE_STEPS,
+            guidance_scale=GUIDANCE_SCALE if own.guidance_scale is None else own.guidance_scale,
+            shift=SAMPLE_SHIFT if own.sample_shift is None else own.sample_shift,
+            solver=own.sample_solver or SAMPLE_SOLVER,
             # the reference, too, takes an empty negative prompt to mean its default one
-            negative_prompt=options.negative_prompt or NEGATIVE_PROMPT,
+            negative_prompt=own.negative_prompt or NEGATIVE_PROMPT,
         )
         latent = self._quality_encoding(portrait)
         yield from self.pipeline.generate(latent, speech.samples, options.seed, options.prompt, settings, on_progress)
 
     def _generate_fast(
-        self, portrait: WanPortrait, speech: Speech, options: GenerationOptions, on_progress: ProgressCallback
+        self, portrait: WanPortrait, speech: Speech, options: GenerationOptions, own: WanS2VOptions,
+        on_progress: ProgressCallback,
     ) -> Iterator[np.ndarray]:
         if isinstance(self.lora, ModelUnavailableError):
             raise self.lora
         encoded = self._fast_encoding(portrait)
-        steps = options.num_inference_steps or FAST_SAMPLE_STEPS
+        steps = own.num_inference_steps or FAST_SAMPLE_STEPS
         with self.lora.active():
             yield from self.fast_sampler.generate(
                 encoded, speech.samples, options.seed, options.prompt, steps, on_progress
