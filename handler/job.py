@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import gc
 import logging
 import shutil
-import sys
 import tempfile
 import time
 import traceback
@@ -20,7 +18,6 @@ import numpy as np
 
 from handler import delivery
 from handler.cancel import JobCancelled, JobControl
-from handler.device import device_name
 from handler.errors import ErrorCode, JobError
 from handler.fetch import fetch_url
 from handler.media import DecodedAudio, decode_audio, decode_base64, decode_image
@@ -77,7 +74,7 @@ class Worker:
     @functools.cached_property
     def device(self) -> str:
         """The result's `gpu`: the device the model runs on (`cpu` for the CPU backend)."""
-        return device_name(self.backend)
+        return self.backend.device_name if self.backend is not None else "cpu"
 
     def handle(
         self, job: dict[str, Any], control: JobControl | None = None, keep_video_at: Path | None = None,
@@ -96,7 +93,8 @@ class Worker:
         except JobCancelled as stop:
             reason = stop.reason
         # Out of the except clause, the exception and the frames its traceback held are gone.
-        _release_accelerator_memory()
+        if self.backend is not None:
+            self.backend.release_memory()
         assert control.requested_at is not None, "a stop sets its time along with its reason"
         log.info("job %s stopped %.2f s after the stop was asked for (%s); its files are removed",
                  job_id, time.monotonic() - control.requested_at, reason)
@@ -128,16 +126,15 @@ class Worker:
             log.error("job %s ran out of GPU memory; asking for a fresh worker", job_id)
             return {"error": str(JobError(ErrorCode.OUT_OF_MEMORY, str(error))), "refresh_worker": True}
         except Exception as error:  # noqa: BLE001 - the worker must survive anything a job does
-            if _is_cuda_out_of_memory(error):
+            translated = self.backend.translate_error(error) if self.backend is not None else error
+            if isinstance(translated, BackendOutOfMemoryError):
                 log.error("job %s ran out of GPU memory; asking for a fresh worker", job_id)
-                message = ("the GPU ran out of memory; use a smaller resolution or shorter speech, "
-                           "or deploy on a larger GPU.")
-                return {"error": str(JobError(ErrorCode.OUT_OF_MEMORY, message)), "refresh_worker": True}
+                return {"error": str(JobError(ErrorCode.OUT_OF_MEMORY, str(translated))), "refresh_worker": True}
             log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
             message = ("the worker hit an unexpected error; it was logged with the job id. "
                        "Retry, and report it if it persists.")
             output: dict[str, Any] = {"error": str(JobError(ErrorCode.INTERNAL, message))}
-            if _is_unrecoverable_gpu_error(error):
+            if self.backend is not None and self.backend.needs_fresh_worker(error):
                 output["refresh_worker"] = True
             return output
 
@@ -318,21 +315,3 @@ class _StepGuard:
         if self._inline_limit is not None and self._video.exists():
             so_far = f" after {frames_written} of {frames_expected} frames"
             delivery.check_inline_size(self._video.stat().st_size, self._inline_limit, so_far)
-
-
-def _release_accelerator_memory() -> None:
-    """Give a stopped job's GPU memory back to the device (its tensors are unreachable by now)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        gc.collect()
-        torch.cuda.empty_cache()
-
-
-def _is_cuda_out_of_memory(error: BaseException) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(error, torch.cuda.OutOfMemoryError)
-
-
-def _is_unrecoverable_gpu_error(error: BaseException) -> bool:
-    text = str(error)
-    return isinstance(error, RuntimeError) and ("CUDA error" in text or "device-side assert" in text)

@@ -114,6 +114,24 @@ class TalkingHeadBackend(abc.ABC):
         """The pixel-area budget of a job that gives no `resolution` (the contract's 832*480)."""
         return DEFAULT_MAX_AREA
 
+    @property
+    def device_name(self) -> str:
+        """What the result's `gpu` reports: the device the model runs on (`cpu` for a CPU backend)."""
+        return "cpu"
+
+    def translate_error(self, error: Exception) -> Exception:
+        """The contract's view of an error a job raised outside the backend's own types, such as
+        the accelerator running out of memory (BackendOutOfMemoryError); by default, unchanged."""
+        return error
+
+    def needs_fresh_worker(self, error: Exception) -> bool:
+        """Whether `error` left the accelerator unusable, so RunPod should replace the worker."""
+        return False
+
+    def release_memory(self) -> None:
+        """Give back accelerator memory a stopped job left unreachable; nothing on a CPU."""
+        return None
+
     #: the job fields this backend takes besides the shared ones (model/options.py)
     options_class: type[BackendOptions] = BackendOptions
 

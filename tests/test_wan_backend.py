@@ -20,8 +20,8 @@ from model.base import (
 )
 from model.wan_s2v.backend import WanPortrait, WanS2VBackend
 from model.wan_s2v.config import FAST_MAX_AREA, NEGATIVE_PROMPT
-from model.wan_s2v.options import WanS2VOptions
 from model.wan_s2v.memory import MemoryMode
+from model.wan_s2v.options import WanS2VOptions
 from model.wan_s2v.pipeline import SamplingSettings
 from model.wan_s2v.sizing import output_size
 
@@ -30,6 +30,7 @@ class RecordingPipeline:
     """Stands in for WanS2VPipeline to see what the backend asks of it."""
 
     dtype = torch.float32
+    device = torch.device("cpu")
     vae = types.SimpleNamespace(dtype=torch.float32)
 
     def __init__(self, fail_after_first_clip: bool = False) -> None:
@@ -151,3 +152,46 @@ def test_fields_out_of_range_or_unknown_are_refused_by_name(fields, field):
     with pytest.raises(InvalidOptionError) as refused:
         backend_for(RecordingPipeline()).parse_options(fields, "quality")
     assert refused.value.field == field and field in str(refused.value)
+
+
+def test_the_result_names_the_gpu_the_model_runs_on(monkeypatch):
+    pipeline = RecordingPipeline()
+    assert backend_for(pipeline).device_name == "cpu"
+    pipeline.device = torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"NVIDIA H100 80GB HBM3 #{device.index}")
+    assert backend_for(pipeline).device_name == "NVIDIA H100 80GB HBM3 #1"
+
+
+def test_gpu_failures_become_the_contracts_errors():
+    backend = backend_for(RecordingPipeline(), MemoryMode.FP8)
+    translated = backend.translate_error(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert isinstance(translated, BackendOutOfMemoryError) and "memory mode 'fp8'" in str(translated)
+    other = ValueError("not a GPU problem")
+    assert backend.translate_error(other) is other
+    assert backend.needs_fresh_worker(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert backend.needs_fresh_worker(RuntimeError("device-side assert triggered"))
+    assert not backend.needs_fresh_worker(RuntimeError("shape mismatch"))
+
+
+class FaultingPipeline(RecordingPipeline):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def generate(self, portrait, speech, seed, prompt, settings, on_progress):
+        raise self.error
+        yield  # a generator, like the real one
+
+
+@pytest.mark.parametrize("error, code", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "OUT_OF_MEMORY"),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), "INTERNAL"),
+])
+def test_a_job_whose_gpu_fails_asks_runpod_for_a_fresh_worker(error, code):
+    from handler.job import Worker
+    from handler.sample import sample_job_input
+    from handler.settings import WorkerSettings
+
+    worker = Worker(settings=WorkerSettings.from_env({}), backend=backend_for(FaultingPipeline(error)), presets=None)
+    result = worker.handle({"id": "gpu-fault", "input": sample_job_input(resolution="64*64")})
+    assert result["error"].startswith(f"{code}: ") and result["refresh_worker"] is True, result

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -134,6 +135,28 @@ class WanS2VBackend(TalkingHeadBackend):
         """Encode the prompts most jobs use, so that their text encoding is already cached."""
         for prompt in (DEFAULT_PROMPT, NEGATIVE_PROMPT):
             self.pipeline.encode_prompt(prompt)
+
+    @property
+    def device_name(self) -> str:
+        device = self.pipeline.device
+        if device.type != "cuda":
+            return "cpu"
+        return torch.cuda.get_device_name(device)
+
+    def translate_error(self, error: Exception) -> Exception:
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            return BackendOutOfMemoryError(out_of_memory_message(self.memory_mode))
+        return error
+
+    def needs_fresh_worker(self, error: Exception) -> bool:
+        # what CUDA reports once a kernel has faulted: the context is unusable until the process ends
+        text = str(error)
+        return isinstance(error, RuntimeError) and ("CUDA error" in text or "device-side assert" in text)
+
+    def release_memory(self) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            gc.collect()
+            torch.cuda.empty_cache()
 
     def default_max_area(self, mode: str) -> int:
         return FAST_MAX_AREA if mode == FAST else super().default_max_area(mode)
