@@ -31,6 +31,8 @@ class SettingsError(ValueError):
 class WorkerSettings:
     model_backend: str | None
     model_dir: Path
+    #: WAN_MEMORY_MODE: full, fp8 or offload (checked by the Wan backend); None: from the GPU's free memory
+    wan_memory_mode: str | None
     preset_avatars_dir: Path | None
     bucket: BucketSettings | None
     url_expiry_seconds: int
@@ -60,6 +62,7 @@ class WorkerSettings:
         return cls(
             model_backend=env.get("MODEL_BACKEND") or None,
             model_dir=_model_dir(env),
+            wan_memory_mode=env.get("WAN_MEMORY_MODE", "").strip() or None,
             preset_avatars_dir=Path(env["PRESET_AVATARS_DIR"]) if env.get("PRESET_AVATARS_DIR") else None,
             bucket=_bucket(env),
             url_expiry_seconds=_int(env, "URL_EXPIRY_SECONDS", 3600, 1, MAX_URL_EXPIRY_SECONDS),

@@ -31,7 +31,7 @@ def start_worker(env: Mapping[str, str] | None = None) -> Worker:
         return Worker(settings=WorkerSettings.from_env({}), backend=None, presets=None,
                       startup_error=_misconfigured(str(error)))
     try:
-        backend = load_backend(settings.model_backend, settings.model_dir)
+        backend = load_backend(settings.model_backend, settings.model_dir, settings.wan_memory_mode)
     except HostUnfitError as error:
         return _unfit(settings, str(error))
     except ModelUnavailableError as error:

@@ -25,8 +25,11 @@ def default_backend_name(model_dir: Path) -> str:
     return "wan-s2v" if weights_present(model_dir) else "lite"
 
 
-def load_backend(name: str | None, model_dir: Path) -> TalkingHeadBackend:
-    """Load a backend once, at worker start. Raises ModelUnavailableError with where it looked."""
+def load_backend(name: str | None, model_dir: Path, memory_mode: str | None = None) -> TalkingHeadBackend:
+    """Load a backend once, at worker start. Raises ModelUnavailableError with where it looked.
+
+    `memory_mode` is WAN_MEMORY_MODE for a GPU backend (None: chosen from the free memory).
+    """
     name = name or default_backend_name(model_dir)
     if name not in BACKENDS:
         raise ModelUnavailableError(
@@ -39,4 +42,4 @@ def load_backend(name: str | None, model_dir: Path) -> TalkingHeadBackend:
         return LiteBackend()
     from model.wan_s2v.backend import WanS2VBackend
 
-    return WanS2VBackend.load(model_dir)
+    return WanS2VBackend.load(model_dir, memory_mode)

@@ -22,15 +22,15 @@ from tests.test_wan_pipeline import tiny_transformer
     "free_gib, expected", [(79, "full"), (66, "full"), (45, "fp8"), (38, "fp8"), (23, "offload"), (2, "offload")]
 )
 def test_the_largest_mode_that_fits_the_free_memory_is_chosen(free_gib, expected):
-    assert choose_memory_mode(free_gib * GIB, {}) is MemoryMode(expected)
+    assert choose_memory_mode(free_gib * GIB, None) is MemoryMode(expected)
 
 
 def test_wan_memory_mode_overrides_the_choice():
-    assert choose_memory_mode(79 * GIB, {"WAN_MEMORY_MODE": " Offload "}) is MemoryMode.OFFLOAD
-    assert choose_memory_mode(2 * GIB, {"WAN_MEMORY_MODE": "full"}) is MemoryMode.FULL
+    assert choose_memory_mode(79 * GIB, " Offload ") is MemoryMode.OFFLOAD
+    assert choose_memory_mode(2 * GIB, "full") is MemoryMode.FULL
     refusal = "WAN_MEMORY_MODE='tiny' is not a memory mode; use one of full, fp8, offload"
     with pytest.raises(MemoryModeError, match=refusal):
-        choose_memory_mode(79 * GIB, {"WAN_MEMORY_MODE": "tiny"})
+        choose_memory_mode(79 * GIB, "tiny")
 
 
 def test_out_of_memory_names_the_mode_and_the_next_smaller_one():

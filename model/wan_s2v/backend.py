@@ -17,7 +17,6 @@ import dataclasses
 import gc
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -102,12 +101,13 @@ class WanS2VBackend(TalkingHeadBackend):
         self.fast_sampler = FastSampler(pipeline)
 
     @classmethod
-    def load(cls, model_dir: Path) -> WanS2VBackend:
-        """Find (or fetch) the weights and load every model once. Raises ModelUnavailableError."""
+    def load(cls, model_dir: Path, memory_mode: str | None = None) -> WanS2VBackend:
+        """Find (or fetch) the weights and load every model once, in `memory_mode` (WAN_MEMORY_MODE;
+        None: the largest that fits the GPU). Raises ModelUnavailableError."""
         started = time.monotonic()
         weights = ensure_weights(model_dir)
         lora_file = _find_lora(model_dir)
-        device, dtype, mode = _execution_target(weights)
+        device, dtype, mode = _execution_target(weights, memory_mode)
         # Failures from here on belong to this machine (its GPU, the files on its disk): another
         # worker may well succeed, so they are HostUnfitError and the worker leaves the pool.
         try:
@@ -269,7 +269,7 @@ def _transformer_width(weights: Path) -> int:
     return 0
 
 
-def _execution_target(weights: Path) -> tuple[torch.device, torch.dtype, MemoryMode]:
+def _execution_target(weights: Path, memory_mode: str | None = None) -> tuple[torch.device, torch.dtype, MemoryMode]:
     if not torch.cuda.is_available():
         if _transformer_width(weights) > CPU_MAX_TRANSFORMER_WIDTH:
             raise HostUnfitError(
@@ -283,7 +283,7 @@ def _execution_target(weights: Path) -> tuple[torch.device, torch.dtype, MemoryM
     device = torch.device("cuda", torch.cuda.current_device())
     free = free_gpu_bytes(device)
     try:
-        mode = choose_memory_mode(free, os.environ)
+        mode = choose_memory_mode(free, memory_mode)
     except MemoryModeError as error:
         raise ModelUnavailableError(str(error)) from None
     log.info("%.1f GiB of GPU memory free: memory mode %s", free / 1024**3, mode.value)

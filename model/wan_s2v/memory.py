@@ -20,7 +20,6 @@ torchao's row-wise float8 with dynamic activation scaling was not measured again
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -68,9 +67,10 @@ class MemoryModeError(ValueError):
     """WAN_MEMORY_MODE has a value that is not a mode."""
 
 
-def choose_memory_mode(free_bytes: int, env: Mapping[str, str]) -> MemoryMode:
-    """WAN_MEMORY_MODE when set, else the largest mode that fits `free_bytes` of GPU memory."""
-    forced = env.get(ENV_VAR, "").strip().lower()
+def choose_memory_mode(free_bytes: int, forced: str | None) -> MemoryMode:
+    """`forced` (the setting WAN_MEMORY_MODE) when set, else the largest mode that fits
+    `free_bytes` of GPU memory."""
+    forced = (forced or "").strip().lower()
     if forced:
         try:
             return MemoryMode(forced)
