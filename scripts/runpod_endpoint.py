@@ -77,8 +77,15 @@ DISK_GB_OTHERWISE = 30
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser(exit_on_error: bool = True) -> argparse.ArgumentParser:
+    """This tool's options; without exit_on_error a bad value raises argparse.ArgumentError (scripts/deploy.py)."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        exit_on_error=exit_on_error,
     )
     parser.add_argument("--name", required=True, help="endpoint name; the template is NAME-template")
     parser.add_argument("--image", required=True, help="image reference with its commit tag")
@@ -122,7 +129,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="RunPod secret holding a Hugging Face token; the endpoint gets a reference to it",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the requests, send nothing")
-    return parser.parse_args(argv)
+    return parser
 
 
 def spec_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> DeploymentSpec:
@@ -402,13 +409,19 @@ def advice(spec: DeploymentSpec) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    environ = os.environ if environ is None else environ
-    args = parse_args(argv)
+    status, endpoint_id = create_or_update(parse_args(argv), os.environ if environ is None else environ)
+    if endpoint_id is not None:
+        print(endpoint_id)
+    return status
+
+
+def create_or_update(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, str | None]:
+    """The exit status, and the endpoint's id (a placeholder in a dry run) unless it failed."""
     try:
         spec = spec_from_args(args, environ)
     except ValueError as error:
         log(f"error: {error}")
-        return 2
+        return 2, None
     api_base = environ.get("RUNPOD_API_BASE") or DEFAULT_API_BASE
     log(describe(spec))
     for warning in advice(spec):
@@ -419,22 +432,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             log(f"warning: {', '.join(unknown)} is not a pool this tool knows; "
                 "a real run checks it against RunPod's catalog")
         print_plan(spec, api_base)
-        print(DRY_RUN_ENDPOINT_ID)
-        return 0
+        return 0, DRY_RUN_ENDPOINT_ID
     api_key = environ.get("RUNPOD_API_KEY")
     if not api_key:
         log("error: RUNPOD_API_KEY is not set; create a key in the RunPod console (Settings → API Keys).")
-        return 2
+        return 2, None
     try:
         endpoint = deploy(RunPodRest(api_key, api_base), spec)
     except ValueError as error:
         log(f"error: {error}")
-        return 2
+        return 2, None
     except RunPodApiError as error:
         log(f"error: {error}")
-        return 1
-    print(endpoint["id"])
-    return 0
+        return 1, None
+    return 0, str(endpoint["id"])
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.deploy import OPTIONS
+from scripts.deploy import help_text as deploy_help_text
 from scripts.endpoint_compute import DEFAULT_WAN_MEMORY_MODE, KNOWN_GPU_POOLS, compute_for
 from scripts.endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV, WORKER_INIT_TIMEOUT_SECONDS
 from scripts.runpod_endpoint import WAN_DISK_GB_WITHOUT_VOLUME
@@ -162,10 +164,7 @@ def test_everything_the_dockerfile_copies_is_in_the_build_context():
 
 def test_env_example_documents_every_setting_and_runs_a_dry_run(tmp_path):
     keys = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", ROOT.joinpath(".env.example").read_text(), re.M))
-    deploy = ROOT.joinpath("deploy_runpod.sh").read_text()
-    read_by_deploy = (
-        set(re.findall(r"\becho ([A-Z_]+) ;;", deploy)) | set(re.findall(r"add_setting --[a-z-]+ ([A-Z_]+)", deploy))
-    )
+    read_by_deploy = {option.variable for option in OPTIONS if option.variable}
     assert read_by_deploy | set(PASSED_THROUGH_ENV) | {"RUNPOD_API_KEY", "IMAGE_REPOSITORY", "HF_TOKEN"} <= keys
     result = subprocess.run([str(ROOT / "deploy_runpod.sh"), "--dry-run", "--env-file", str(ROOT / ".env.example")],
                             capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
@@ -324,5 +323,6 @@ def test_the_docs_state_the_start_timeout_and_the_locks_timings_the_code_uses():
     assert f"refreshed every {LOCK_REFRESH_SECONDS:.0f} s" in readme
     assert f"up to {LOCK_WAIT_SECONDS // 60} minutes" in readme
     assert f"once it has gone {LOCK_STALE_SECONDS / 60:.0f} minutes without a refresh" in readme
-    for other in ("MIGRATION.md", "deploy_runpod.sh", ".runpod/README.md"):
+    for other in ("MIGRATION.md", ".runpod/README.md"):
         assert f"RUNPOD_INIT_TIMEOUT={timeout}" in ROOT.joinpath(other).read_text(), other
+    assert f"RUNPOD_INIT_TIMEOUT={timeout}" in deploy_help_text()  # ./deploy_runpod.sh --help

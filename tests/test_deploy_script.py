@@ -224,3 +224,112 @@ def test_help_shows_the_three_ways_to_have_the_weights():
                 "python scripts/download_models.py --model-dir /runpod-volume/models", "3. Baked into the image",
                 "RUNPOD_INIT_TIMEOUT=3600"):
         assert way in text, way
+
+
+def test_the_help_shows_exactly_the_flags_of_the_option_list_each_with_its_own_variable():
+    from scripts.deploy import OPTIONS
+
+    result = subprocess.run([str(DEPLOY), "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    shown = re.findall(r"^  (--[a-z-]+)\b", result.stdout, re.M)
+    assert shown == [option.flag for option in OPTIONS if option.flag]
+    variables = {option.variable for option in OPTIONS if option.variable}
+    for option in OPTIONS:
+        named = {variable for variable in variables if re.search(rf"\b{variable}\b", option.help)}
+        assert named <= {option.variable}, option.flag
+
+
+def test_a_lite_deploy_leaves_out_the_memory_mode_of_the_env_file(tmp_path):
+    assert "WAN_MEMORY_MODE=fp8" in (ROOT / ".env.example").read_text()
+    result = run_deploy(tmp_path, "--dry-run", "--backend", "lite", "--env-file", str(ROOT / ".env.example"))
+    assert result.returncode == 0, result.stderr
+    assert "CPU cpu5c x4 vCPU" in result.stderr and "WAN_MEMORY_MODE" not in result.stderr
+
+
+SETTING_VALUES = {
+    "--name": "th-x", "--backend": "lite", "--default-mode": "fast", "--memory-mode": "full",
+    "--gpu-pools": "ADA_80_PRO", "--exclude-gpu": "NVIDIA L40", "--gpu-count": "2", "--data-centers": "EU-RO-1",
+    "--network-volume": "vol9", "--workers-min": "1", "--workers-max": "5", "--idle-timeout": "30",
+    "--scaler": "request-count", "--scaler-value": "2", "--flashboot": "off", "--execution-timeout": "900",
+    "--bake-weights": None,
+}
+
+
+@pytest.mark.parametrize("flag", SETTING_VALUES)
+def test_each_setting_flag_does_what_its_env_file_variable_does(tmp_path, capfd, flag):
+    from scripts.deploy import OPTIONS, main
+
+    (option,) = [option for option in OPTIONS if option.flag == flag]
+    assert option.variable
+    value = SETTING_VALUES[flag]
+    environ = {"PATH": path_without_docker(), "HOME": str(tmp_path)}
+
+    def plan(flags: list[str], line: str) -> str:
+        env_file = tmp_path / "deploy.env"
+        env_file.write_text(f"IMAGE_REPOSITORY=docker.io/acme/talking-head\n{line}\n")
+        assert main(["--dry-run", "--env-file", str(env_file), *flags], environ) == 0
+        captured = capfd.readouterr()
+        return re.sub(r"-dirty-\d{14}", "-dirty", captured.out + captured.err)
+
+    by_flag = plan([flag] if value is None else [flag, value], "")
+    assert by_flag == plan([], f"{option.variable}={value or 1}")
+    assert by_flag != plan([], "")  # the setting shows in the plan
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--bogus"], "error: unknown argument: --bogus"), (["--dry-run", "--name"], "error: --name needs a value")],
+)
+def test_a_bad_command_line_is_refused_before_anything_runs(tmp_path, args, message):
+    result = run_deploy(tmp_path, *args)
+    assert result.returncode == 1
+    assert result.stderr.rstrip().endswith(message) and "buildx" not in result.stderr
+
+
+def test_the_env_file_is_read_from_the_callers_directory_crlf_and_all(tmp_path):
+    # a relative --env-file names a file in the caller's directory; a CRLF line ends at the value;
+    # the first line of a key wins, as a shell's `source` would not (the environment still beats both)
+    (tmp_path / "relative.env").write_text(
+        "IMAGE_REPOSITORY=docker.io/acme/relative\r\nRUNPOD_WORKERS_MAX=4\r\nRUNPOD_WORKERS_MAX=5\n"
+        "  export  RUNPOD_SCALER='request-count'\nRUNPOD_SCALER_VALUE=2"
+    )
+    result = run_deploy(tmp_path, "--dry-run", "--env-file", "relative.env")
+    assert result.returncode == 0, result.stderr
+    assert re.search(image_pattern("docker.io/acme/relative") + r" --load", result.stderr)
+    assert '"max": 4' in result.stderr and '"requestCount": 2' in result.stderr
+
+
+def test_an_env_file_line_that_is_not_key_value_is_named(tmp_path):
+    (tmp_path / "bad.env").write_text("# fine\nIMAGE_REPOSITORY=docker.io/acme/th\nrm -rf /\n")
+    result = run_deploy(tmp_path, "--dry-run", "--env-file", str(tmp_path / "bad.env"))
+    assert result.returncode == 1
+    assert result.stderr == f"error: {tmp_path / 'bad.env'} line 3 is not KEY=VALUE\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "line", "message"),
+    [
+        ([], "RUNPOD_WORKERS_MAX=many", "error: RUNPOD_WORKERS_MAX (in the environment or "),
+        (["--scaler", "fastest"], "", "error: --scaler: invalid choice: 'fastest'"),
+        (["--backend", "lite"], "DEFAULT_MODE=fast", "DEFAULT_MODE='fast' is not a mode of the lite backend"),
+        # a value is the word after its flag, even one that starts with '-'
+        (["--exclude-gpu", "-L40"], "", "--exclude-gpu takes GPU type ids without the Hub's '-'"),
+    ],
+)
+def test_a_setting_that_cannot_work_stops_the_deploy_before_the_build(tmp_path, fake_docker, args, line, message):
+    path, calls = fake_docker
+    login(tmp_path, "docker.io")
+    env_file = tmp_path / "deploy.env"
+    env_file.write_text(f"IMAGE_REPOSITORY=docker.io/acme/talking-head\n{line}\n")
+    result = run_deploy(tmp_path, "--env-file", str(env_file), *args, path=path, DOCKER_CALLS=str(calls),
+                        RUNPOD_API_KEY=API_KEY, RUNPOD_API_BASE="http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "buildx build" not in calls.read_text()
+
+
+def test_a_failed_build_stops_the_deploy_with_its_status(tmp_path):
+    result = run_deploy(tmp_path, "--dry-run", IMAGE_REPOSITORY="docker.io/acme/talking-head:v1")
+    assert result.returncode == 1
+    assert "give the repository without a tag" in result.stderr
+    assert "docker push" not in result.stderr and "/v2/templates" not in result.stderr and result.stdout == ""
