@@ -225,12 +225,14 @@ def test_hub_json_presets_never_pin_what_depends_on_the_gpu():
 
 
 def test_hub_json_memory_mode_defaults_to_the_workers_own_choice():
+    from handler.settings import WorkerSettings
     from model.wan_s2v.memory import GIB, MemoryMode, choose_memory_mode
 
     (spec,) = [variable["input"] for variable in hub()["config"]["env"] if variable["key"] == "WAN_MEMORY_MODE"]
     assert {option["value"] for option in spec["options"]} == {""} | {mode.value for mode in MemoryMode}
+    setting = WorkerSettings.from_env({"WAN_MEMORY_MODE": spec["default"]}).wan_memory_mode
     for free in (20 * GIB, 45 * GIB, 78 * GIB, 139 * GIB):
-        assert choose_memory_mode(free, {"WAN_MEMORY_MODE": spec["default"]}) == choose_memory_mode(free, {})
+        assert choose_memory_mode(free, setting) == choose_memory_mode(free, None)
 
 
 def test_the_hub_finds_a_handler_py_that_runs_the_worker_and_the_package_stays_the_package(tmp_path):

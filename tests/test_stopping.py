@@ -121,7 +121,7 @@ import model.registry
 from model.base import HostUnfitError
 
 
-def load_backend(name, model_dir):
+def load_backend(name, model_dir, memory_mode=None):
     raise HostUnfitError("no CUDA device is visible on this machine (simulated by the test)")
 
 
@@ -165,7 +165,7 @@ def test_a_setting_wrong_everywhere_keeps_failing_jobs_clearly(platform, tmp_pat
 def test_an_unforeseen_fault_while_loading_is_the_machines(monkeypatch):
     import handler.startup
 
-    def load_backend(name, model_dir):
+    def load_backend(name, model_dir, memory_mode=None):
         raise RuntimeError("CUDA error: uncorrectable ECC error encountered")
 
     monkeypatch.setattr(handler.startup, "load_backend", load_backend)
