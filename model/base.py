@@ -107,7 +107,8 @@ class TalkingHeadBackend(abc.ABC):
     name: str
     #: frame rate of the produced video
     fps: float
-    #: generation modes this backend offers (docs/CONTRACT.md, `mode`); the first is its default
+    #: generation modes this backend offers (docs/CONTRACT.md, `mode`; its model/registry.py line);
+    #: the first is its default
     modes: tuple[str, ...] = ("quality",)
 
     def default_max_area(self, mode: str) -> int:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-BACKENDS = ("wan-s2v", "lite")
+from model.registry import BACKENDS as REGISTRY
+
+BACKENDS = tuple(sorted(REGISTRY, key=lambda name: not REGISTRY[name].needs_gpu))  # the GPU one first
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from model.registry import BACKENDS
 from scripts.endpoint_compute import Compute
 
 # The worker's settings (CONTRACT.md) that the deployer's environment hands on to the endpoint.
@@ -31,7 +32,7 @@ PASSED_THROUGH_ENV = (
 )
 # The modes each backend offers (its `modes`, model/base.py and model/wan_s2v/backend.py): the
 # worker refuses to start with a DEFAULT_MODE its backend lacks, so the tool refuses to deploy one.
-BACKEND_MODES = {"wan-s2v": ("quality", "fast"), "lite": ("quality",)}
+BACKEND_MODES = {name: entry.modes for name, entry in BACKENDS.items()}
 # RunPod marks a worker unhealthy when its start takes longer than 7 minutes, unless
 # RUNPOD_INIT_TIMEOUT (seconds) says otherwise, and scales down an endpoint that keeps producing
 # unhealthy workers (runpod/docs serverless/development/optimization.mdx, troubleshooting.mdx).

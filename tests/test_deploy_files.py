@@ -328,3 +328,22 @@ def test_the_docs_state_the_start_timeout_and_the_locks_timings_the_code_uses():
     for other in ("MIGRATION.md", ".runpod/README.md"):
         assert f"RUNPOD_INIT_TIMEOUT={timeout}" in ROOT.joinpath(other).read_text(), other
     assert f"RUNPOD_INIT_TIMEOUT={timeout}" in deploy_help_text()  # ./deploy_runpod.sh --help
+
+
+def test_the_registry_the_backends_the_endpoint_tool_and_the_hub_agree():
+    import importlib
+
+    from model.registry import BACKENDS
+    from scripts import endpoint_compute, endpoint_requests
+
+    for entry in BACKENDS.values():
+        backend_class = getattr(importlib.import_module(entry.module), entry.class_name)
+        assert backend_class.modes == entry.modes, entry.name
+    assert set(endpoint_compute.BACKENDS) == set(BACKENDS)
+    assert endpoint_requests.BACKEND_MODES == {name: entry.modes for name, entry in BACKENDS.items()}
+    env = {variable["key"]: variable for variable in hub()["config"]["env"]}
+    listed = env["MODEL_BACKEND"]["value"]
+    assert BACKENDS[listed].needs_gpu  # the Hub lists the GPU backend; lite goes to a CPU endpoint
+    offered = {option["value"] for option in env["DEFAULT_MODE"]["input"]["options"]}
+    assert offered == set(BACKENDS[listed].modes)
+    assert env["DEFAULT_MODE"]["input"]["default"] == BACKENDS[listed].modes[0]

@@ -4,6 +4,7 @@ spectrum, with seeded blinks and head sway. Real time on one core; no GPU, no do
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,6 +23,7 @@ from model.lite.landmarks import FaceLandmarker, FaceLandmarks
 from model.lite.motion import blink_track, head_track, seeded_generators
 from model.lite.renderer import FramePose, FrameRenderer, PortraitRig
 from model.lite.speech_features import mouth_track
+from model.registry import BACKENDS
 
 SIZE_MULTIPLE = 16
 FRAMES_PER_BATCH = 25
@@ -40,9 +42,15 @@ MIN_REFIT_FACE_PIXELS = 48.0
 class LiteBackend(TalkingHeadBackend):
     name = "lite"
     fps = 25.0
+    modes = BACKENDS["lite"].modes
 
     def __init__(self) -> None:
         self._landmarker = FaceLandmarker()
+
+    @classmethod
+    def load(cls, model_dir: Path, memory_mode: str | None = None) -> LiteBackend:
+        """Its face models ship inside a wheel: nothing to find, no GPU memory to plan."""
+        return cls()
 
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
         """The whole photo at the area budget, with the most prominent face rigged.

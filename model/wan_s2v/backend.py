@@ -35,6 +35,7 @@ from model.base import (
     Speech,
     TalkingHeadBackend,
 )
+from model.registry import BACKENDS
 
 from .config import (
     FAST_MAX_AREA,
@@ -88,7 +89,7 @@ class WanPortrait:
 class WanS2VBackend(TalkingHeadBackend):
     name = "wan2.2-s2v-14b"
     fps = FPS
-    modes = (QUALITY, FAST)
+    modes = BACKENDS["wan-s2v"].modes
     options_class = WanS2VOptions
 
     def __init__(
