@@ -59,6 +59,15 @@ requires_liveavatar = pytest.mark.skipif(
     not os.environ.get(REFERENCE_ENV),
     reason=f"set {REFERENCE_ENV} to a checkout of Live Avatar to run its parity tests",
 )
+# For a test module that runs the reference: skipped without it, and without the reference's own
+# deprecation noise (torch.cuda.amp.autocast, complex32 rope tables...).
+LIVEAVATAR_TEST_MARKS = [
+    requires_liveavatar,
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental"),
+    pytest.mark.filterwarnings("ignore:CUDA is not available"),
+    pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'"),
+]
 
 
 # --- loading the checkout --------------------------------------------------------------------

@@ -23,6 +23,7 @@ from model.wan_s2v.pipeline import WanS2VPipeline
 from model.wan_s2v.vae import WanVideoVAE
 from tests.liveavatar_reference import (
     FRAMES_PER_BLOCK,
+    LIVEAVATAR_TEST_MARKS,
     MOTION_FRAMES,
     NUM_WAV2VEC_LAYERS,
     fixed_ref_rope_offsets,
@@ -32,7 +33,6 @@ from tests.liveavatar_reference import (
     reference_generate,
     reference_prefill,
     reference_scheduler,
-    requires_liveavatar,
     sharpen_attention,
 )
 from tests.test_wan_pipeline import FAST_VAE
@@ -42,13 +42,7 @@ from tests.wan_tiny_models import (
     well_conditioned_vae,
 )
 
-pytestmark = [
-    requires_liveavatar,
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental"),
-    pytest.mark.filterwarnings("ignore:CUDA is not available"),
-    pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'"),
-]
+pytestmark = LIVEAVATAR_TEST_MARKS
 
 LATENT_SIZE = 8  # frame packing needs latent sides divisible by 8
 TOKENS_PER_FRAME = (LATENT_SIZE // 2) ** 2

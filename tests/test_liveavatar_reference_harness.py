@@ -12,6 +12,7 @@ import torch
 
 from tests.liveavatar_reference import (
     FRAMES_PER_BLOCK,
+    LIVEAVATAR_TEST_MARKS,
     MOTION_FRAMES,
     NUM_WAV2VEC_LAYERS,
     cond_cache_tokens,
@@ -23,19 +24,11 @@ from tests.liveavatar_reference import (
     reference_clip,
     reference_generate,
     reference_prefill,
-    requires_liveavatar,
     sharpen_attention,
 )
 from tests.wan_tiny_models import TINY_OFFICIAL_TRANSFORMER_CONFIG, tiny_transformer_from_official_config
 
-pytestmark = [
-    requires_liveavatar,
-    # the reference's own deprecation noise (torch.cuda.amp.autocast, complex32 rope tables...)
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental"),
-    pytest.mark.filterwarnings("ignore:CUDA is not available"),
-    pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'"),
-]
+pytestmark = LIVEAVATAR_TEST_MARKS
 
 LATENT_HEIGHT, LATENT_WIDTH = 8, 8  # frame packing needs multiples of 8
 TOKENS_PER_FRAME = LATENT_HEIGHT * LATENT_WIDTH // 4
