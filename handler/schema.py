@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 
 from handler.bucket import JOB_FIELDS, BucketAddressError, BucketSettings, make_bucket
 from handler.errors import ErrorCode, JobError
+from model.base import DEFAULT_PROMPT
 from model.options import json_type
 
-DEFAULT_PROMPT = "A person speaking"
 # The fields every backend shares; the rest of a job's fields are its backend's own.
 SHARED_FIELDS = frozenset({
     "audio_file", "audio_url", "image_file", "image_url", "avatar_id", "prompt", "resolution", "seed", "mode",

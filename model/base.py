@@ -20,6 +20,8 @@ from model.options import BackendOptions as BackendOptions
 from model.options import InvalidOptionError as InvalidOptionError
 
 SPEECH_SAMPLE_RATE = 16_000
+# The contract's default `prompt`.
+DEFAULT_PROMPT = "A person speaking"
 # The contract's default `resolution`, "832*480", as an area; a backend may have its own per mode.
 DEFAULT_MAX_AREA = 832 * 480
 
@@ -67,7 +69,7 @@ class GenerationOptions:
     seed: int
     #: one of the backend's `modes`
     mode: str = "quality"
-    prompt: str = "A person speaking"
+    prompt: str = DEFAULT_PROMPT
     backend_options: BackendOptions = dataclasses.field(default_factory=BackendOptions)
 
 

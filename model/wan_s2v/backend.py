@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from model.base import (
+    DEFAULT_PROMPT,
     BackendOutOfMemoryError,
     GenerationOptions,
     HostUnfitError,
@@ -70,7 +71,6 @@ from .weights import ensure_lora, ensure_weights
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = GenerationOptions(seed=0).prompt
 # a portrait's encoding for one of the modes
 _Encoding = TypeVar("_Encoding", PortraitLatent, FastPortrait)
 

@@ -6,6 +6,9 @@ transformer's own hyper-parameters live in its registered config.
 
 from __future__ import annotations
 
+# the rate the worker hands every backend its speech at, used with the constants below
+from model.base import SPEECH_SAMPLE_RATE as SPEECH_SAMPLE_RATE
+
 # --- video -----------------------------------------------------------------------------------
 FPS = 16
 FRAMES_PER_CLIP = 80
@@ -64,7 +67,6 @@ UMT5_XXL_ENCODER_CONFIG = {
 }
 
 # --- speech encoder --------------------------------------------------------------------------
-SPEECH_SAMPLE_RATE = 16_000
 # wav2vec2 emits 50 feature frames per second; the reference first resamples them to a fixed
 # 30 frames per second and only then picks one per video frame.
 WAV2VEC_FRAME_RATE = 50

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from model.base import SPEECH_SAMPLE_RATE, num_frames_for
+from model.base import SPEECH_SAMPLE_RATE, ProgressCallback, num_frames_for
 
 from ._transformer_causal import BlockPosition, BlockRing, StepRings
 from .config import (
@@ -46,7 +46,6 @@ from .config import (
 from .memory import GIB, fits_beside_fast_workspace
 from .pipeline import (
     LATENT_MOTION_FRAMES,
-    ProgressCallback,
     ProgressClock,
     WanS2VPipeline,
     fit_portrait,

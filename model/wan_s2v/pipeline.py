@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.base import SPEECH_SAMPLE_RATE, num_frames_for
+from model.base import SPEECH_SAMPLE_RATE, ProgressCallback, num_frames_for
 
 from .config import (
     DROP_FIRST_MOTION,
@@ -47,7 +47,6 @@ FIRST_CLIP_DROPPED_FRAMES = 3 if DROP_FIRST_MOTION else 0
 PROMPT_CACHE_SIZE = 32
 
 # fraction done (0..1), and a short human-readable detail
-ProgressCallback = Callable[[float, str], None]
 
 
 @dataclasses.dataclass(frozen=True)
