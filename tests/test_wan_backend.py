@@ -83,7 +83,7 @@ def test_the_portrait_is_encoded_at_the_reference_size():
     prepared = backend_for(pipeline).prepare_portrait(np.zeros((1000, 800, 3), np.uint8), 832 * 480)
     height, width = output_size(1000, 800, 832 * 480)
     assert (prepared.height, prepared.width, prepared.features.quality) == (height, width, "latent")
-    assert pipeline.calls == [("encode_portrait", (1000, 800, 3), height, width)]
+    assert pipeline.calls == [("encode_portrait", (height, width, 3), height, width)]  # fitted once, kept small
     assert height % 64 == 0 and width % 64 == 0 and height * width <= 832 * 480
 
 

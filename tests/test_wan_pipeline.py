@@ -282,3 +282,11 @@ def test_text_encoder_visits_the_gpu_for_a_new_prompt_and_goes_home(pipeline):
     assert pipeline.text_encoder.model.device.type == "cpu", "back home after encoding"
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_a_portrait_already_fitted_encodes_as_the_photo_it_came_from(pipeline):
+    image = np.random.default_rng(4).integers(0, 256, size=(300, 200, 3), dtype=np.uint8)
+    fitted = fit_portrait(image, HEIGHT, WIDTH)
+    assert np.array_equal(fit_portrait(fitted, HEIGHT, WIDTH), fitted)
+    assert torch.equal(pipeline.encode_portrait(fitted, HEIGHT, WIDTH).latent,
+                       pipeline.encode_portrait(image, HEIGHT, WIDTH).latent)

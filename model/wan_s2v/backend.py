@@ -65,7 +65,7 @@ from .memory import (
     text_encoder_home,
 )
 from .options import FAST, QUALITY, WanS2VOptions
-from .pipeline import PortraitLatent, SamplingSettings, WanS2VPipeline
+from .pipeline import PortraitLatent, SamplingSettings, WanS2VPipeline, fit_portrait
 from .sizing import video_size
 from .weights import ensure_lora, ensure_weights
 
@@ -77,7 +77,11 @@ _Encoding = TypeVar("_Encoding", PortraitLatent, FastPortrait)
 
 @dataclasses.dataclass
 class WanPortrait:
-    """A portrait ready for either mode: each mode's encoding is made the first time it is used."""
+    """A portrait ready for either mode: each mode's encoding is made the first time it is used.
+
+    `image` is the portrait already fitted to the video size (what both encodings start from), so
+    a preset keeps a few MB, not the photo it came from.
+    """
 
     image: np.ndarray
     height: int
@@ -171,7 +175,7 @@ class WanS2VBackend(TalkingHeadBackend):
 
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
         height, width = video_size(image.shape[0], image.shape[1], max_area)
-        portrait = WanPortrait(image, height, width)
+        portrait = WanPortrait(fit_portrait(image, height, width), height, width)
         self._quality_encoding(portrait)
         return PreparedPortrait(width=width, height=height, features=portrait)
 
