@@ -182,19 +182,15 @@ def ensure_weights(
     looked = ", ".join(str(folder) for folder in candidate_folders(model_dir, runpod_cache, image_dir))
     target = model_dir / DOWNLOAD_FOLDER_NAME
     log.info("Wan2.2-S2V weights are not in %s; fetching %s into %s", looked, REPO_ID, target)
-    try:
-        return download_weights_into(model_dir, endpoint=endpoint, wait_seconds=wait_seconds)
-    except (LockWaitTimeout, IncompleteDownloadError) as error:
-        raise ModelUnavailableError(
-            f"the Wan2.2-S2V-14B weights were not found (looked in {looked}) and {error}"
-        ) from error
-    except Exception as error:  # any failure here means the same thing to the user
-        raise ModelUnavailableError(
-            f"the Wan2.2-S2V-14B weights were not found (looked in {looked}) and downloading "
-            f"{REPO_ID} into {target} failed ({failure_reason(error)}); attach a network volume that "
+    return _fetch_or_explain(
+        lambda: download_weights_into(model_dir, endpoint=endpoint, wait_seconds=wait_seconds),
+        f"the Wan2.2-S2V-14B weights were not found (looked in {looked})",
+        lambda reason: (
+            f"downloading {REPO_ID} into {target} failed ({reason}); attach a network volume that "
             "holds them, enable RunPod's model cache for that repository, or set HF_TOKEN and check "
             "the network, free disk space and that MODEL_DIR is writable."
-        ) from error
+        ),
+    )
 
 
 def download_weights_into(model_dir: Path, endpoint: str | None = None, wait_seconds: float | None = None) -> Path:
@@ -270,19 +266,25 @@ def ensure_lora(
     looked = ", ".join(str(file) for file in lora_candidate_files(model_dir, runpod_cache, image_dir))
     target = model_dir / LORA_DOWNLOAD_FOLDER_NAME
     log.info("the Live Avatar LoRA is not at %s; fetching %s from %s into %s", looked, LORA_FILE, LORA_REPO_ID, target)
-    try:
-        return download_lora_into(model_dir, endpoint=endpoint, wait_seconds=wait_seconds) / LORA_FILE
-    except (LockWaitTimeout, IncompleteDownloadError) as error:
-        raise ModelUnavailableError(
-            f"the Live Avatar LoRA of the fast mode was not found (looked at {looked}) and {error}"
-        ) from error
-    except Exception as error:  # any failure here means the same thing to the user
-        raise ModelUnavailableError(
-            f"the Live Avatar LoRA of the fast mode was not found (looked at {looked}) and downloading "
-            f"{LORA_FILE} of {LORA_REPO_ID} into {target} failed ({failure_reason(error)}); attach a "
+    return _fetch_or_explain(
+        lambda: download_lora_into(model_dir, endpoint=endpoint, wait_seconds=wait_seconds) / LORA_FILE,
+        f"the Live Avatar LoRA of the fast mode was not found (looked at {looked})",
+        lambda reason: (
+            f"downloading {LORA_FILE} of {LORA_REPO_ID} into {target} failed ({reason}); attach a "
             "network volume that holds it, or set HF_TOKEN and check the network, free disk space and "
             "that MODEL_DIR is writable."
-        ) from error
+        ),
+    )
+
+
+def _fetch_or_explain(fetch: Callable[[], Path], not_found: str, download_failed: Callable[[str], str]) -> Path:
+    """fetch(), or ModelUnavailableError: `not_found`, and why fetching did not help."""
+    try:
+        return fetch()
+    except (LockWaitTimeout, IncompleteDownloadError) as error:
+        raise ModelUnavailableError(f"{not_found} and {error}") from error
+    except Exception as error:  # any failure here means the same thing to the user
+        raise ModelUnavailableError(f"{not_found} and {download_failed(failure_reason(error))}") from error
 
 
 def download_lora_into(model_dir: Path, endpoint: str | None = None, wait_seconds: float | None = None) -> Path:
