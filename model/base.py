@@ -113,6 +113,14 @@ class TalkingHeadBackend(abc.ABC):
     #: the first is its default
     modes: tuple[str, ...] = ("quality",)
 
+    def frame_batches(self, mode: str) -> tuple[int, int]:
+        """How many frames `generate` yields in `mode`: its first batch, and each later one.
+
+        A stream cuts its segments where batches end, so that a segment leaves as soon as the
+        batch that completes it is made, not when the next one is.
+        """
+        raise NotImplementedError
+
     def default_max_area(self, mode: str) -> int:
         """The pixel-area budget of a job that gives no `resolution` (the contract's 832*480)."""
         return DEFAULT_MAX_AREA

@@ -52,6 +52,9 @@ class LiteBackend(TalkingHeadBackend):
         """Its face models ship inside a wheel: nothing to find, no GPU memory to plan."""
         return cls()
 
+    def frame_batches(self, mode: str) -> tuple[int, int]:
+        return (FRAMES_PER_BATCH, FRAMES_PER_BATCH)
+
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
         """The whole photo at the area budget, with the most prominent face rigged.
 

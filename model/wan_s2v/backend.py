@@ -42,6 +42,7 @@ from .config import (
     FAST_MAX_AREA,
     FAST_SAMPLE_STEPS,
     FPS,
+    FRAMES_PER_CLIP,
     GUIDANCE_SCALE,
     LORA_ALPHA,
     NEGATIVE_PROMPT,
@@ -50,7 +51,8 @@ from .config import (
     SAMPLE_STEPS,
     TRANSFORMER_CONFIG_FILE,
 )
-from .fast_pipeline import FastPortrait, FastSampler
+from .fast_pipeline import FIRST_CLIP_DROPPED_FRAMES as FAST_DROPPED_FRAMES
+from .fast_pipeline import FRAMES_PER_BLOCK, FastPortrait, FastSampler
 from .loader import load_components
 from .lora import LoraAdapter
 from .memory import (
@@ -65,6 +67,7 @@ from .memory import (
     text_encoder_home,
 )
 from .options import FAST, QUALITY, WanS2VOptions
+from .pipeline import FIRST_CLIP_DROPPED_FRAMES as QUALITY_DROPPED_FRAMES
 from .pipeline import PortraitLatent, SamplingSettings, WanS2VPipeline, fit_portrait
 from .sizing import video_size
 from .weights import ensure_lora, ensure_weights
@@ -201,6 +204,12 @@ class WanS2VBackend(TalkingHeadBackend):
             time.monotonic() - started,
         )
         return encoded
+
+    def frame_batches(self, mode: str) -> tuple[int, int]:
+        # quality: a clip at a time; fast: a block at a time; the first clip drops its first frames
+        if mode == FAST:
+            return (FRAMES_PER_BLOCK - FAST_DROPPED_FRAMES, FRAMES_PER_BLOCK)
+        return (FRAMES_PER_CLIP - QUALITY_DROPPED_FRAMES, FRAMES_PER_CLIP)
 
     def generate(
         self,
