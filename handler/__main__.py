@@ -5,8 +5,10 @@ serves the local test API, `--test_input '{"input": {...}}'` runs one job, and w
 `test_input.json` in the working directory is run.
 """
 
+import functools
 import logging
 import sys
+from typing import Any
 
 from handler.settings import requested_sdk_log_level, sdk_log_level, set_sdk_log_level, takes_jobs_from_runpod
 
@@ -36,7 +38,16 @@ def main() -> None:
     worker = start_worker()
     if worker.host_fault is not None:
         runpod.serverless.register_fitness_check(_fitness_check(worker.host_fault))
-    runpod.serverless.start({"handler": RunPodHandler(worker)})
+    handler = RunPodHandler(worker)
+    if not worker.settings.stream_results:
+        runpod.serverless.start({"handler": handler})
+        return
+    # A generator handler: `stream` jobs send segments through /stream/{id}. The SDK then makes
+    # every job's final output the list of what it yielded (docs/CONTRACT.md, "Streaming").
+    config: dict[str, Any] = {"return_aggregate_stream": True}
+    config["handler"] = functools.partial(handler.stream, sdk_config=config)
+    log.info("STREAM_RESULTS=1: jobs stream through /stream/{id}; every result is a list of items")
+    runpod.serverless.start(config)
 
 
 def _fitness_check(problem: str):

@@ -104,40 +104,57 @@ def upload_result(
     video: Path, job_id: str, bucket: BucketSettings, expiry_seconds: int, timeout_seconds: float,
     allow_private: bool = False,
 ) -> dict[str, Any]:
-    """Upload with an unguessable key within `timeout_seconds`, and return the presigned URL (never logged).
+    """Upload with an unguessable key within `timeout_seconds`, and return the presigned URL (never logged)."""
+    now = datetime.datetime.now(datetime.UTC)
+    key = f"{new_key_prefix(job_id, now)}.mp4"
+    with video.open("rb") as file:
+        put_object(file, video.stat().st_size, key, CONTENT_TYPE, bucket, timeout_seconds, allow_private)
+    return {
+        "video_url": presign_url(bucket, key, expiry_seconds),
+        "video_s3_key": key,
+        "url_expires_at": expiry_time(now, expiry_seconds),
+    }
+
+
+def new_key_prefix(job_id: str, now: datetime.datetime) -> str:
+    """The start of a job's object keys: dated, with the job id and a part no one can guess."""
+    return f"{KEY_PREFIX}/{now:%Y/%m/%d}/{_safe(job_id)}-{secrets.token_urlsafe(18)}"
+
+
+def expiry_time(now: datetime.datetime, expiry_seconds: int) -> str:
+    expires_at = now + datetime.timedelta(seconds=expiry_seconds)
+    return expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def put_object(
+    file: IO[bytes], size: int, key: str, content_type: str, bucket: BucketSettings, timeout_seconds: float,
+    allow_private: bool = False,
+) -> None:
+    """PUT `size` bytes of `file` at `key` within `timeout_seconds`, retrying what may pass later.
 
     The PUT goes to an address resolved here, once: for a job's own bucket it is checked to be
     public (unless `allow_private`), and the connection cannot be redirected elsewhere after it.
     """
     started = time.monotonic()
     deadline = started + timeout_seconds
-    now = datetime.datetime.now(datetime.UTC)
-    key = f"{KEY_PREFIX}/{now:%Y/%m/%d}/{_safe(job_id)}-{secrets.token_urlsafe(18)}.mp4"
-    put_url = _presign(bucket, key, "put_object", _put_url_lifetime(timeout_seconds), ContentType=CONTENT_TYPE)
+    put_url = _presign(bucket, key, "put_object", _put_url_lifetime(timeout_seconds), ContentType=content_type)
     address = _resolve(put_url, bucket, allow_private, ErrorCode.UPLOAD_FAILED)
     attempt = 0
-    with video.open("rb") as file:
-        while True:
-            attempt += 1
-            failure = _put_once(put_url, address, file, video.stat().st_size, deadline)
-            if failure is None:
-                break
-            pause = min(FIRST_RETRY_PAUSE_SECONDS * 2 ** (attempt - 1), MAX_RETRY_PAUSE_SECONDS)
-            reason = failure.reason(bucket, timeout_seconds)
-            if not (failure.retryable and time.monotonic() + pause + MIN_ATTEMPT_SECONDS < deadline):
-                log.warning("upload to bucket %s failed after %.2f s and %d attempt(s): %s",
-                            bucket.bucket_name, time.monotonic() - started, attempt, reason)
-                raise JobError(ErrorCode.UPLOAD_FAILED, f"the video could not be uploaded: {reason}")
-            log.info("upload to bucket %s: attempt %d failed (%s); retrying", bucket.bucket_name, attempt, reason)
-            time.sleep(pause)
-    url = presign_url(bucket, key, expiry_seconds)
+    while True:
+        attempt += 1
+        file.seek(0)
+        failure = _put_once(put_url, address, file, size, content_type, deadline)
+        if failure is None:
+            break
+        pause = min(FIRST_RETRY_PAUSE_SECONDS * 2 ** (attempt - 1), MAX_RETRY_PAUSE_SECONDS)
+        reason = failure.reason(bucket, timeout_seconds)
+        if not (failure.retryable and time.monotonic() + pause + MIN_ATTEMPT_SECONDS < deadline):
+            log.warning("upload to bucket %s failed after %.2f s and %d attempt(s): %s",
+                        bucket.bucket_name, time.monotonic() - started, attempt, reason)
+            raise JobError(ErrorCode.UPLOAD_FAILED, f"the video could not be uploaded: {reason}")
+        log.info("upload to bucket %s: attempt %d failed (%s); retrying", bucket.bucket_name, attempt, reason)
+        time.sleep(pause)
     log.info("uploaded %s to bucket %s in %.2f s", key, bucket.bucket_name, time.monotonic() - started)
-    expires_at = now + datetime.timedelta(seconds=expiry_seconds)
-    return {
-        "video_url": url,
-        "video_s3_key": key,
-        "url_expires_at": expires_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
-    }
 
 
 def presign_url(bucket: BucketSettings, key: str, expiry_seconds: int) -> str:
@@ -208,9 +225,11 @@ class _Failure:
                 f"and {fields.bucket} a bucket in it.")
 
 
-def _put_once(url: str, address: str, file: IO[bytes], size: int, deadline: float) -> _Failure | None:
+def _put_once(
+    url: str, address: str, file: IO[bytes], size: int, content_type: str, deadline: float,
+) -> _Failure | None:
     try:
-        answer = put_file(url, address, file, size, {"Content-Type": CONTENT_TYPE}, deadline, MAX_CONNECT_SECONDS)
+        answer = put_file(url, address, file, size, {"Content-Type": content_type}, deadline, MAX_CONNECT_SECONDS)
     except PutFailed as failed:
         return _Failure(failed.kind)
     if 200 <= answer.status < 300:

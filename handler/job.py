@@ -10,13 +10,14 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
 from handler import delivery
+from handler.bucket import BucketSettings
 from handler.cancel import JobCancelled, JobControl
 from handler.errors import ErrorCode, JobError
 from handler.fetch import fetch_url
@@ -24,8 +25,10 @@ from handler.media import DecodedAudio, decode_audio, decode_base64, decode_imag
 from handler.presets import PresetAvatars
 from handler.progress import ProgressReporter
 from handler.schema import JobRequest, MediaSource, parse_job
+from handler.segments import SegmentPlan, SegmentWriter, remux_to_mp4
 from handler.settings import WorkerSettings
-from handler.video import Mp4Writer
+from handler.streaming import BucketPlaylist, SegmentSinks, StreamItem
+from handler.video import FfmpegEncoder, Mp4Writer
 from model.base import (
     BackendOutOfMemoryError,
     GenerationOptions,
@@ -78,18 +81,21 @@ class Worker:
 
     def handle(
         self, job: dict[str, Any], control: JobControl | None = None, keep_video_at: Path | None = None,
+        emit: Callable[[StreamItem], None] | None = None,
     ) -> dict[str, Any]:
         """Run one job. Never raises: failures become `{"error": "CODE: sentence"}`.
 
         `control` stops the job at its next step when asked to (handler/cancel.py). With
         `keep_video_at` (the always-on server, which serves the file itself) a finished MP4 is
         moved there, and `output_type` "auto" without a bucket keeps it there only, neither
-        inline nor uploaded; "base64" and "s3" deliver it as well.
+        inline nor uploaded; "base64" and "s3" deliver it as well. `emit` (a generator handler,
+        STREAM_RESULTS) takes a `stream` job's segments as stream items while it renders; the
+        video is then not also sent inline.
         """
         job_id = str(job.get("id") or "local")
         control = control or JobControl()
         try:
-            return self._outcome(job, job_id, control, keep_video_at)
+            return self._outcome(job, job_id, control, keep_video_at, emit)
         except JobCancelled as stop:
             reason = stop.reason
         # Out of the except clause, the exception and the frames its traceback held are gone.
@@ -103,14 +109,16 @@ class Worker:
 
     def _outcome(
         self, job: dict[str, Any], job_id: str, control: JobControl, keep_video_at: Path | None,
+        emit: Callable[[StreamItem], None] | None,
     ) -> dict[str, Any]:
         """The job's result, or its failure as the contract's error (JobCancelled passes through)."""
         started = time.monotonic()
         try:
             if self.startup_error is not None:
                 raise self.startup_error
-            result = self._run(job, job_id, started, control, keep_video_at)
-            delivered = "uploaded" if "video_url" in result else "inline" if "video_base64" in result else "kept"
+            result = self._run(job, job_id, started, control, keep_video_at, emit)
+            delivered = ("uploaded" if "video_url" in result else "inline" if "video_base64" in result
+                         else "streamed" if emit is not None and "segments" in result else "kept")
             log.info("job %s done in %.2f s: %dx%d, %d frames, %d bytes, %s", job_id,
                      result["generation_time_seconds"], result["width"], result["height"], result["num_frames"],
                      result["file_size_bytes"], delivered)
@@ -140,6 +148,7 @@ class Worker:
 
     def _run(
         self, job: dict[str, Any], job_id: str, started: float, control: JobControl, keep_video_at: Path | None,
+        emit: Callable[[StreamItem], None] | None,
     ) -> dict[str, Any]:
         progress = ProgressReporter(job)
         request = parse_job(job, self.settings.max_audio_seconds, self.default_mode)
@@ -147,8 +156,12 @@ class Worker:
         options = self._options(request)
         bucket = request.s3_override or self.settings.bucket
         destination = delivery.choose_destination(request.output_type, bucket)
+        streams_items = request.stream and emit is not None
+        _check_stream(request, bucket, streams_items)
         if keep_video_at is not None and destination == "base64" and request.output_type == "auto":
             destination = "kept"
+        if streams_items and destination == "base64":
+            destination = "streamed"  # the segments are the video
         # choose_destination picks "s3" only with a bucket
         upload_bucket = bucket if destination == "s3" else None
         if upload_bucket is not None:
@@ -173,9 +186,21 @@ class Worker:
             video = workdir / "video.mp4"
             inline_limit = self.settings.max_inline_result_bytes if destination == "base64" else None
             guard = _StepGuard(job_id, control, progress, video, inline_limit)
-            num_frames = self._render(options, portrait, audio, video, guard, timings)
+            with contextlib.ExitStack() as cleanup:
+                sinks = None
+                if request.stream:
+                    playlist = self._bucket_playlist(request, bucket, job_id, options.mode)
+                    if playlist is not None:
+                        cleanup.callback(playlist.close)
+                        progress.report_playlist(playlist.url)
+                    sinks = SegmentSinks(emit if streams_items else None, playlist)
+                num_frames = self._render(options, portrait, audio, video, guard, timings, sinks)
+                if sinks is not None and destination != "streamed":
+                    remux_to_mp4(workdir / "segments" / "index.m3u8", video)
+                if sinks is not None and sinks.playlist is not None:
+                    sinks.playlist.finish()
 
-            size = video.stat().st_size
+            size = video.stat().st_size if video.exists() else sinks.bytes if sinks is not None else 0
             clock = time.monotonic()
             control.check()
             if upload_bucket is not None:
@@ -196,10 +221,16 @@ class Worker:
         # One job at a time holds the device from its start to its result: that is what it costs.
         backend = self.loaded_backend
         held_seconds = round(time.monotonic() - started, 3)
+        streamed: dict[str, Any] = {}
+        if sinks is not None:
+            streamed["segments"] = sinks.segments
+            if sinks.playlist is not None:
+                streamed.update(playlist_url=sinks.playlist.url, playlist_expires_at=sinks.playlist.expires_at)
         return {
             "success": True,
             "request_id": job_id,
             **delivered,
+            **streamed,
             "generation_time_seconds": held_seconds,
             "file_size_bytes": size,
             "duration_seconds": round(num_frames / backend.fps, 3),
@@ -258,16 +289,38 @@ class Worker:
         except NoFaceError as error:
             raise JobError(ErrorCode.NO_FACE, f"{request.image.field}: {error}") from None
 
+    def _bucket_playlist(
+        self, request: JobRequest, bucket: BucketSettings | None, job_id: str, mode: str,
+    ) -> BucketPlaylist | None:
+        if bucket is None:
+            return None
+        backend = self.loaded_backend
+        return BucketPlaylist(
+            bucket, job_id, SegmentPlan.for_batches(backend.frame_batches(mode), backend.fps), backend.fps,
+            self.settings.url_expiry_seconds, self.settings.upload_timeout_seconds, self.settings.allow_private_urls,
+        )
+
     def _render(
         self, options: GenerationOptions, portrait: PreparedPortrait, audio: DecodedAudio, video: Path,
-        guard: _StepGuard, timings: dict[str, float],
+        guard: _StepGuard, timings: dict[str, float], sinks: SegmentSinks | None,
     ) -> int:
-        """Generate and encode together; returns the number of frames written."""
+        """Generate and encode together; returns the number of frames written.
+
+        With `sinks` (a stream job) the frames become segments, handed to the sinks as each is
+        complete, in `video`'s folder under segments/; else they become the MP4 `video`.
+        """
         backend = self.loaded_backend
         expected = num_frames_for(audio.speech.duration_seconds, backend.fps)
         encode_seconds = 0.0
         clock = time.monotonic()
-        with Mp4Writer(video, portrait.width, portrait.height, backend.fps, audio.mux_wav) as writer:
+        writer: FfmpegEncoder
+        if sinks is None:
+            writer = Mp4Writer(video, portrait.width, portrait.height, backend.fps, audio.mux_wav)
+        else:
+            plan = SegmentPlan.for_batches(backend.frame_batches(options.mode), backend.fps)
+            writer = SegmentWriter(video.parent / "segments", portrait.width, portrait.height, backend.fps,
+                                   audio.mux_wav, expected, plan, sinks)
+        with writer:
             # closing(): a failure or a stop closes the generator at once, not whenever it is collected.
             # The interface promises an Iterator; every backend's generate() is a generator function.
             generated = cast(Generator[np.ndarray, None, None],
@@ -285,6 +338,26 @@ class Worker:
         timings["generate"] = time.monotonic() - clock - encode_seconds
         timings["encode"] = encode_seconds
         return writer.frames_written
+
+
+def _check_stream(request: JobRequest, bucket: BucketSettings | None, streams_items: bool) -> None:
+    """A `stream` job needs somewhere to send segments: /stream/{id} or a bucket."""
+    if not request.stream:
+        return
+    if not streams_items and bucket is None:
+        raise JobError(
+            ErrorCode.INVALID_INPUT,
+            "stream is true, but this endpoint can neither send segments through /stream/{id} "
+            "(set STREAM_RESULTS=1 on the endpoint) nor put them in a bucket (set the BUCKET_* variables "
+            "or send s3Config); send the job without stream to get the whole video at the end.",
+        )
+    if streams_items and request.output_type == "base64":
+        raise JobError(
+            ErrorCode.INVALID_INPUT,
+            "output_type 'base64' with stream true would send the video twice, and the last stream item "
+            "cannot hold it (RunPod's 1 MB limit); use output_type 'auto' (segments only, or also an "
+            "uploaded MP4 when a bucket is set) or 's3'.",
+        )
 
 
 class _StepGuard:

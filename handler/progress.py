@@ -14,6 +14,8 @@ from handler.settings import runs_on_runpod
 log = logging.getLogger(__name__)
 
 MIN_INTERVAL_SECONDS = 2.0
+# The playlist is ready as generation starts (handler/job.py PERCENT_AFTER_PREPARE).
+PLAYLIST_PERCENT = 10.0
 # Only a real RunPod worker has somewhere to send progress; the local test server does not.
 ON_RUNPOD = runs_on_runpod()
 
@@ -38,3 +40,9 @@ class ProgressReporter:
         log.info("job %s progress %s", self._job.get("id"), update)
         if self._send is not None:
             self._send(self._job, update)
+
+    def report_playlist(self, url: str) -> None:
+        """Tell the client where the stream's playlist is, at once; the presigned URL is not logged."""
+        log.info("job %s: its stream's playlist is in the bucket", self._job.get("id"))
+        if self._send is not None:
+            self._send(self._job, {"stage": "stream", "percent": PLAYLIST_PERCENT, "playlist_url": url})

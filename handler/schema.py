@@ -11,7 +11,9 @@ Accepted input, all fields of `job["input"]`:
     seed                            int >= 0, default random (reported back)
     mode                            "quality" | "fast", default env DEFAULT_MODE, else the
                                     backend's first mode ("quality")
-    stream                          bool; not yet implemented, accepted and ignored
+    stream                          bool, default false: the video also leaves in segments while it
+                                    renders (handler/streaming.py), through /stream/{id} on an endpoint
+                                    with STREAM_RESULTS=1, and as a playlist in the bucket when one is set
     output_type                     "auto" | "base64" | "s3", default "auto"
     max_duration_seconds            float, default env MAX_AUDIO_SECONDS (never above it)
 
@@ -73,6 +75,8 @@ class JobRequest:
     backend_fields: dict[str, Any]
     output_type: str
     max_duration_seconds: float
+    #: send the video in segments while it renders (docs/CONTRACT.md, "Streaming")
+    stream: bool
     #: the job's own bucket (RunPod's s3Config), which overrides the endpoint's
     s3_override: BucketSettings | None
 
@@ -105,6 +109,7 @@ def parse_job(job: Mapping[str, Any], max_audio_seconds: float, default_mode: st
         backend_fields={name: value for name, value in raw.items() if name not in SHARED_FIELDS},
         output_type=_output_type(raw.get("output_type", "auto")),
         max_duration_seconds=_max_duration(raw.get("max_duration_seconds"), max_audio_seconds),
+        stream=_stream(raw.get("stream", False)),
         s3_override=_s3_override(job.get("s3Config")),
     )
 
@@ -159,6 +164,12 @@ def _seed(value: Any) -> int:
 def _output_type(value: Any) -> str:
     if value not in OUTPUT_TYPES:
         raise invalid(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, not {value!r}.")
+    return value
+
+
+def _stream(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise invalid(f"stream must be true or false, not {value!r}.")
     return value
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 from handler.cancel import JobControl, WorkerStop
@@ -45,6 +47,39 @@ class RunPodHandler:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
+            control.stop("RunPod cancelled the job (a cancel request or the endpoint's execution timeout)")
+            await self._wait_until_stopped(future, str(job.get("id")))
+            raise
+        finally:
+            self._stop.unwatch(control)
+
+    async def stream(self, job: dict[str, Any], sdk_config: MutableMapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The generator handler of an endpoint with STREAM_RESULTS=1: a `stream` job's segments
+        as they are made, then the job's result (or its error) as the last item.
+
+        The SDK fails a job whose item has "error", and refreshes a worker only through its start
+        config, so a result asking for a fresh worker sets that (`sdk_config`) instead of being
+        sent with the flag.
+        """
+        self._stop.install()
+        control = JobControl()
+        self._stop.watch(control)
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        def emit(item: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        future = loop.run_in_executor(self._executor, functools.partial(self._worker.handle, job, control, emit=emit))
+        future.add_done_callback(lambda _: items.put_nowait(None))
+        try:
+            while (item := await items.get()) is not None:
+                yield item
+            result = future.result()
+            if result.pop("refresh_worker", False):
+                sdk_config["refresh_worker"] = True
+            yield result
+        except (asyncio.CancelledError, GeneratorExit):
             control.stop("RunPod cancelled the job (a cancel request or the endpoint's execution timeout)")
             await self._wait_until_stopped(future, str(job.get("id")))
             raise

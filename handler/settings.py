@@ -55,6 +55,9 @@ class WorkerSettings:
     server_download_retention_seconds: int = 3600
     #: the always-on server: a job still running after this long is stopped at its next step
     server_job_timeout_seconds: float = 3600.0
+    #: STREAM_RESULTS: the RunPod handler is a generator, so that `stream` jobs send segments
+    #: through /stream/{id}; it turns every job's final output into the list of what it sent
+    stream_results: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -77,6 +80,7 @@ class WorkerSettings:
             server_queue_size=_int(env, "SERVER_QUEUE_SIZE", 4, 0, MAX_SERVER_QUEUE_SIZE),
             server_download_retention_seconds=_int(env, "SERVER_DOWNLOAD_RETENTION_SECONDS", 3600, 1),
             server_job_timeout_seconds=_float(env, "SERVER_JOB_TIMEOUT_SECONDS", 3600.0),
+            stream_results=_bool(env, "STREAM_RESULTS"),
         )
 
 

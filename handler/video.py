@@ -9,7 +9,7 @@ import contextlib
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 import imageio_ffmpeg
 import numpy as np
@@ -22,15 +22,16 @@ class VideoEncodingError(RuntimeError):
     """ffmpeg refused the frames or died; the message carries the end of its log."""
 
 
-class Mp4Writer:
-    """`write()` RGB uint8 batches (n, H, W, 3), then `close()`; use as a context manager."""
+class FfmpegEncoder:
+    """`write()` RGB uint8 batches (n, H, W, 3) into an ffmpeg that muxes them with the speech, then
+    `close()`; use as a context manager. Subclasses give the output's arguments."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: float, audio_wav: Path) -> None:
+    def __init__(self, width: int, height: int, fps: float, audio_wav: Path) -> None:
         if width % 2 or height % 2:
             raise ValueError(f"yuv420p needs even sides, got {width}x{height}")
-        self.path = path
         self.width = width
         self.height = height
+        self.fps = fps
         self.frames_written = 0
         self._log = tempfile.TemporaryFile()
         command = [
@@ -40,12 +41,14 @@ class Mp4Writer:
             "-map", "0:v:0", "-map", "1:a:0",
             "-c:v", "libx264", "-preset", "veryfast", "-crf", CRF, "-pix_fmt", "yuv420p",
             "-c:a", "aac", "-b:a", AUDIO_BITRATE,
-            "-movflags", "+faststart",
-            str(path),
+            *self._output_arguments(),
         ]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
         assert self._process.stdin is not None, "stdin=PIPE gives the process a pipe"
         self._frames_in: IO[bytes] = self._process.stdin
+
+    def _output_arguments(self) -> list[str]:
+        raise NotImplementedError
 
     def write(self, frames: np.ndarray) -> None:
         if frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
@@ -54,13 +57,14 @@ class Mp4Writer:
             )
         try:
             self._frames_in.write(np.ascontiguousarray(frames).tobytes())
+            self._frames_in.flush()
         except BrokenPipeError:
             self._process.wait()
             raise VideoEncodingError(f"ffmpeg stopped while encoding: {self._log_tail()}") from None
         self.frames_written += len(frames)
 
     def close(self) -> None:
-        """Finish the file; raises VideoEncodingError if ffmpeg failed."""
+        """Finish the output; raises VideoEncodingError if ffmpeg failed."""
         self._close_stdin()
         returncode = self._process.wait()
         tail = self._log_tail()
@@ -69,7 +73,7 @@ class Mp4Writer:
             raise VideoEncodingError(f"ffmpeg exited with {returncode}: {tail}")
 
     def abort(self) -> None:
-        """Stop ffmpeg without finishing the file (the job failed)."""
+        """Stop ffmpeg without finishing the output (the job failed)."""
         if self._process.poll() is None:
             self._process.kill()
         self._process.wait()
@@ -85,7 +89,7 @@ class Mp4Writer:
         self._log.seek(0)
         return self._log.read()[-800:].decode("utf-8", "replace").strip()
 
-    def __enter__(self) -> Mp4Writer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -93,3 +97,14 @@ class Mp4Writer:
             self.close()
         else:
             self.abort()
+
+
+class Mp4Writer(FfmpegEncoder):
+    """The whole video as one MP4 at `path`, its index first (+faststart) so that it plays as it downloads."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float, audio_wav: Path) -> None:
+        self.path = path
+        super().__init__(width, height, fps, audio_wav)
+
+    def _output_arguments(self) -> list[str]:
+        return ["-movflags", "+faststart", str(self.path)]
