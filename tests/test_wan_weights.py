@@ -17,8 +17,9 @@ import threading
 import time
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub.utils import filter_repo_objects, http_backoff
 
 from model.base import ModelUnavailableError
 from model.wan_s2v import weights
@@ -178,7 +179,16 @@ def test_the_base_weights_are_found_without_any_lora(tmp_path):
     assert ensure_weights(model_dir, cache, image, endpoint="http://127.0.0.1:9") == folder
 
 
-def test_an_unreachable_hub_fails_with_where_it_looked_and_never_the_token(tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def hub_gives_up_at_once(monkeypatch):
+    """huggingface_hub retries a refused connection 5 times over ~23 s before it raises; the worker's
+    answer to that error is what is tested, so the hub client gives up on the first refusal."""
+    monkeypatch.setitem(http_backoff.__kwdefaults__, "max_retries", 0)
+
+
+def test_an_unreachable_hub_fails_with_where_it_looked_and_never_the_token(
+    tmp_path, monkeypatch, caplog, hub_gives_up_at_once
+):
     token = "hf_secretTokenThatMustNotLeak"
     monkeypatch.setenv("HF_TOKEN", token)
     with socket.socket() as sock:  # a port nobody listens on: the download cannot connect
@@ -191,6 +201,31 @@ def test_an_unreachable_hub_fails_with_where_it_looked_and_never_the_token(tmp_p
     message = str(raised.value)
     assert str(model_dir) in message and str(tmp_path / "hub") in message and str(tmp_path / "image") in message
     assert "HF_TOKEN" in message
+    assert token not in message and token not in caplog.text
+
+
+@pytest.mark.parametrize("saved_by", ["HF_TOKEN", "hf auth login"])
+def test_a_failure_that_echoes_the_token_names_it_without_its_value(tmp_path, monkeypatch, caplog, saved_by):
+    token = "hf_secretTokenThatMustNotLeak"
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    token_file = tmp_path / "hf-home" / "token"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(token_file))
+    if saved_by == "HF_TOKEN":
+        monkeypatch.setenv("HF_TOKEN", token)
+    else:  # where `hf auth login` saves it; huggingface_hub sends it from there too
+        token_file.parent.mkdir()
+        token_file.write_text(token)
+
+    def echoing_download(target, endpoint=None):
+        raise RuntimeError(f"407 from the proxy for a request with 'Authorization: Bearer {token}'\nmore detail")
+
+    monkeypatch.setattr(weights, "download_weights", echoing_download)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ModelUnavailableError) as raised:
+        ensure_weights(tmp_path / "models", tmp_path / "hub", tmp_path / "image")
+    message = str(raised.value)
+    assert "RuntimeError: 407 from the proxy for a request with 'Authorization: Bearer <HF_TOKEN>'" in message
     assert token not in message and token not in caplog.text
 
 
@@ -331,7 +366,9 @@ def test_a_download_fetches_the_loaders_files_with_the_token_and_logs_progress(t
     assert locate_weights(tmp_path / "models", tmp_path / "hub", tmp_path / "image") == folder
 
 
-def test_an_unreachable_hub_fails_for_the_lora_with_where_it_looked_and_never_the_token(tmp_path, monkeypatch, caplog):
+def test_an_unreachable_hub_fails_for_the_lora_with_where_it_looked_and_never_the_token(
+    tmp_path, monkeypatch, caplog, hub_gives_up_at_once
+):
     token = "hf_secretTokenThatMustNotLeak"
     monkeypatch.setenv("HF_TOKEN", token)
     with socket.socket() as sock:

@@ -574,7 +574,11 @@ def failure_reason(error: Exception) -> str:
 
 
 def _redact_token(text: str) -> str:
-    token = os.environ.get("HF_TOKEN")
+    # huggingface_hub's own lookup: the token it sends (HF_TOKEN, or a saved `hf auth login`), which
+    # is the one an error text can echo.
+    from huggingface_hub import get_token
+
+    token = get_token()
     return text.replace(token, "<HF_TOKEN>") if token else text
 
 
