@@ -3,10 +3,11 @@
 The worker side is what runpod-python 1.12 calls when `RUNPOD_WEBHOOK_GET_JOB` is set (rp_job,
 rp_http, rp_scale, rp_fitness): `GET .../job-take/<worker>` hands out a job, `GET .../job-stop/<worker>`
 (derived by the SDK from the job-take URL) lists jobs to stop, `POST .../job-done/<worker>/<job>`
-takes progress (status IN_PROGRESS) and results, `GET /ping/<worker>` takes heartbeats and the
-fitness checks' unhealthy report. The client side is the endpoint API the client examples call:
-`/run`, `/status/<id>`, `/cancel/<id>`. Empty polls are held for a moment, as RunPod's long polls
-are, so that the SDK does not spin.
+takes progress (status IN_PROGRESS) and results, `POST .../job-stream/<worker>/<job>` takes a
+generator handler's items, `GET /ping/<worker>` takes heartbeats and the fitness checks' unhealthy
+report. The client side is the endpoint API the client examples call: `/run`, `/status/<id>`,
+`/cancel/<id>`, and `/stream/<id>`, which hands out the items that came since the last call.
+Empty polls are held for a moment, as RunPod's long polls are, so that the SDK does not spin.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class RunPodPlatform:
         self.status: dict[str, str] = {}
         self.results: dict[str, dict[str, Any]] = {}
         self.progress: dict[str, list[dict[str, Any]]] = {}
+        #: job id -> every stream item the worker sent, with time.monotonic() when it came
+        self.streamed: dict[str, list[tuple[float, Any]]] = {}
+        self._stream_read: dict[str, int] = {}
         self.pings: list[dict[str, str]] = []
         self.job_takes = 0
         self._to_stop: list[str] = []
@@ -58,6 +62,7 @@ class RunPodPlatform:
         return {
             "RUNPOD_WEBHOOK_GET_JOB": f"{self.url}/v2/job-take/$ID?gpu=cpu",
             "RUNPOD_WEBHOOK_POST_OUTPUT": f"{self.url}/v2/job-done/$RUNPOD_POD_ID/$ID?gpu=cpu",
+            "RUNPOD_WEBHOOK_POST_STREAM": f"{self.url}/v2/job-stream/$RUNPOD_POD_ID/$ID?gpu=cpu",
             "RUNPOD_WEBHOOK_PING": f"{self.url}/ping/$RUNPOD_POD_ID",
             "RUNPOD_POD_ID": WORKER_ID,
             "RUNPOD_AI_API_KEY": "fake-key-for-the-local-platform",
@@ -119,6 +124,23 @@ class RunPodPlatform:
                 self.status[job_id] = "FAILED" if body.get("error") else "COMPLETED"
             self._lock.notify_all()
 
+    def _job_stream(self, job_id: str, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.streamed.setdefault(job_id, []).append((time.monotonic(), body.get("output")))
+            self._lock.notify_all()
+
+    def _stream_of(self, job_id: str) -> dict[str, Any]:
+        """RunPod's /stream/<id>: the job's status and the items not handed out before."""
+        with self._lock:
+            items = self.streamed.get(job_id, [])
+            start = self._stream_read.get(job_id, 0)
+            self._stream_read[job_id] = len(items)
+            reply: dict[str, Any] = {"id": job_id, "status": self.status.get(job_id, "NOT_FOUND"),
+                                     "stream": [{"output": output} for _, output in items[start:]]}
+            if "error" in self.results.get(job_id, {}):
+                reply["error"] = self.results[job_id]["error"]
+            return reply
+
     def _cancel(self, job_id: str) -> dict[str, Any]:
         with self._lock:
             if job_id in self.status and self.status[job_id] in ("IN_QUEUE", "IN_PROGRESS"):
@@ -156,6 +178,8 @@ class RunPodPlatform:
                     self._reply(200, {})
                 elif path.startswith(f"/v2/{ENDPOINT_ID}/status/"):
                     self._reply(200, platform._status_of(path.rsplit("/", 1)[1]))
+                elif path.startswith(f"/v2/{ENDPOINT_ID}/stream/"):
+                    self._reply(200, platform._stream_of(path.rsplit("/", 1)[1]))
                 else:
                     self._reply(404, {"error": "not found"})
 
@@ -164,6 +188,9 @@ class RunPodPlatform:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if path.startswith("/v2/job-done/"):
                     platform._job_done(path.rsplit("/", 1)[1], json.loads(body))
+                    self._reply(200, {})
+                elif path.startswith("/v2/job-stream/"):
+                    platform._job_stream(path.rsplit("/", 1)[1], json.loads(body))
                     self._reply(200, {})
                 elif path == f"/v2/{ENDPOINT_ID}/run":
                     request = json.loads(body)
