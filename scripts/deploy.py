@@ -53,6 +53,9 @@ OPTIONS = (
     # The endpoint tool hands DEFAULT_MODE on to the worker's environment itself.
     Option("--default-mode", "M", "quality or fast (DEFAULT_MODE): the `mode` of a job that names none;\n"
            "fast needs ~80 GB GPUs (an estimate), so pair it with --gpu-pools", "DEFAULT_MODE"),
+    Option("--stream-results", None, "STREAM_RESULTS=1: jobs with \"stream\": true send segments through\n"
+           "/stream/{id}; every job's /runsync and /status output becomes a list (docs/CONTRACT.md)",
+           "STREAM_RESULTS"),
     Option("--memory-mode", "M", "full, fp8 or offload (WAN_MEMORY_MODE, default fp8); picks the GPUs",
            "WAN_MEMORY_MODE", "--memory-mode"),
     Option("--gpu-pools", "P1,P2", "GPU pools in priority order, instead of the ones the memory mode picks",

@@ -29,6 +29,7 @@ PASSED_THROUGH_ENV = (
     "MAX_INPUT_BYTES",
     "PRESET_AVATARS_DIR",
     "DEFAULT_MODE",
+    "STREAM_RESULTS",
 )
 # The modes each backend offers (its `modes`, model/base.py and model/wan_s2v/backend.py): the
 # worker refuses to start with a DEFAULT_MODE its backend lacks, so the tool refuses to deploy one.
