@@ -76,11 +76,11 @@ def _check_video(path: Path, num_frames: int, speech_seconds: float) -> None:
 
 def test_segment_plan_cuts_on_the_last_frame_of_batches():
     fast = SegmentPlan.for_batches((9, 12), 25.0)
-    # the first segment is the first batch less its last frame; later ones 3 blocks (1.44 s)
-    assert fast.starts(100) == [0, 8, 44, 80]
-    assert SegmentPlan.for_batches((25, 25), 25.0).starts(75) == [0, 24, 49, 74]
+    # the first segment is the first batch less its last frame; later ones 5 blocks (2.4 s)
+    assert fast.starts(150) == [0, 8, 68, 128]
+    assert SegmentPlan.for_batches((25, 25), 25.0).starts(75) == [0, 24, 74]
     assert SegmentPlan.for_batches((77, 80), 16.0).starts(300) == [0, 76, 156, 236]
-    assert SegmentPlan.for_batches((1, 25), 25.0).starts(60) == [0, 25, 50]
+    assert SegmentPlan.for_batches((1, 25), 25.0).starts(60) == [0, 50]
 
 
 def test_each_segment_leaves_with_its_batch_and_plays_alone(tmp_path):
@@ -97,9 +97,9 @@ def test_each_segment_leaves_with_its_batch_and_plays_alone(tmp_path):
         batch_ends = [9, *range(21, num_frames, 12), num_frames]
         for start, end in zip([0, *batch_ends], batch_ends, strict=False):
             writer.write(rng.integers(0, 255, (end - start, 48, 64, 3), dtype=np.uint8))
-    # batches end at 9, 21, 33, 45, ..., 81, 93, 105, 108; the last segment leaves at close()
-    assert [(s.start_frame, s.end_frame) for s, _ in handed] == [(0, 8), (8, 44), (44, 80), (80, 108)]
-    assert [at for _, at in handed] == [9, 45, 81, 108], "each segment left with the batch that completed it"
+    # batches end at 9, 21, 33, 45, 57, 69, ..., 105, 108; the last segment leaves at close()
+    assert [(s.start_frame, s.end_frame) for s, _ in handed] == [(0, 8), (8, 68), (68, 108)]
+    assert [at for _, at in handed] == [9, 69, 108], "each segment left with the batch that completed it"
     for segment, _ in handed:
         assert mp4_facts(segment.path).num_frames == segment.end_frame - segment.start_frame
         assert mp4_facts(segment.path).audio_codec == "aac"
