@@ -2,8 +2,8 @@
 
 The checkout of https://github.com/Alibaba-Quark/LiveAvatar is found through the environment
 variable LIVEAVATAR_REFERENCE_REPO; without it (or when it is not a checkout) the tests that need
-it skip. Nothing is copied from it: its files are executed from the checkout, as
-`wan_reference.py` does for the official Wan2.2 repository, and adapted at load time only:
+it skip. Nothing is copied from it: its files are executed from the checkout (loaded as
+`reference_checkout.py` loads the official Wan2.2 repository too), and adapted at load time only:
 
 - its package `__init__` files import every pipeline, trainer and detector (decord, torchvision,
   librosa, flash_attn, SAM2...), so the packages are registered bare and only the requested files
@@ -33,8 +33,6 @@ The tiny model has the same weights as our `WanS2VTransformer3DModel` (renamed w
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import os
 import random
 import sys
@@ -47,6 +45,7 @@ import pytest
 import torch
 
 from tests import wan_reference
+from tests.reference_checkout import EasyDict, ReferenceCheckout, plain_module
 from tests.wan_tiny_models import official_transformer_state_dict
 
 REFERENCE_ENV = "LIVEAVATAR_REFERENCE_REPO"
@@ -55,52 +54,22 @@ FRAMES_PER_BLOCK = 3  # latent frames denoised together (`num_frames_per_block` 
 NUM_WAV2VEC_LAYERS = 25  # CausalAudioEncoder's layer mix is fixed at 25 hidden states
 REF_ROPE_OFFSET_RANGE = (4, 30)  # `random.randint(4, 30)` in `_forward_inference`
 
-requires_liveavatar = pytest.mark.skipif(
-    not os.environ.get(REFERENCE_ENV),
-    reason=f"set {REFERENCE_ENV} to a checkout of Live Avatar to run its parity tests",
-)
-# For a test module that runs the reference: skipped without it, and without the reference's own
-# deprecation noise (torch.cuda.amp.autocast, complex32 rope tables...).
-LIVEAVATAR_TEST_MARKS = [
-    requires_liveavatar,
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental"),
-    pytest.mark.filterwarnings("ignore:CUDA is not available"),
-    pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'"),
-]
-
 
 # --- loading the checkout --------------------------------------------------------------------
 
 
 def liveavatar_root() -> Path:
     """The checkout's root; skips the calling test when it is not configured or not Live Avatar."""
-    root = os.environ.get(REFERENCE_ENV)
-    if not root:
-        pytest.skip(f"{REFERENCE_ENV} is not set")
-    path = Path(root)
-    if not (path / "liveavatar" / "models" / "wan" / "causal_model_s2v.py").is_file():
-        pytest.skip(f"{REFERENCE_ENV}={root} is not a checkout of Live Avatar")
-    return path
+    return _CHECKOUT.root()
 
 
 def liveavatar_module(name: str) -> types.ModuleType:
     """Import `liveavatar.<name>` (e.g. "models.wan.causal_model_s2v") from the checkout."""
-    if importlib.util.find_spec("einops") is None:
-        pytest.skip("Live Avatar's code needs einops (in the project's test dependencies)")
-    return _import(str(liveavatar_root()), name)
+    return _CHECKOUT.module(name)
 
 
-# Every Live Avatar module loaded so far, shared by later imports (one class per name).
-_loaded: dict[str, types.ModuleType] = {}
-
-
-def _import(root: str, name: str) -> types.ModuleType:
-    full_name = f"liveavatar.{name}"
-    if full_name in _loaded:
-        return _loaded[full_name]
-    added = [key for key in _loaded if key not in sys.modules]
-    sys.modules.update({key: _loaded[key] for key in added})
+@contextlib.contextmanager
+def _importing_without_compile_or_cuda() -> Iterator[None]:
     saved_env = os.environ.get("ENABLE_COMPILE")
     saved_cache_limit = torch._dynamo.config.cache_size_limit
     saved_current_device = torch.cuda.current_device
@@ -108,19 +77,8 @@ def _import(root: str, name: str) -> types.ModuleType:
     # t5.py evaluates torch.cuda.current_device() as a default argument when it is imported.
     torch.cuda.current_device = lambda: "cpu"
     try:
-        added += _register_bare_packages(Path(root))
-        added += _register_stand_ins()
         with contextlib.redirect_stdout(None):  # inference_utils prints "COMPILE: False"
-            importlib.import_module(full_name)
-        for key in [key for key in sys.modules if key == "liveavatar" or key.startswith("liveavatar.")]:
-            if key not in _loaded:
-                _loaded[key] = sys.modules[key]
-                added.append(key)
-        compile_switch = _loaded.get("liveavatar.models.wan.inference_utils")
-        if compile_switch is not None and compile_switch.COMPILE:
-            raise RuntimeError("Live Avatar's inference_utils was imported with ENABLE_COMPILE on")
-        _route_attention()
-        return _loaded[full_name]
+            yield
     finally:
         if saved_env is None:
             os.environ.pop("ENABLE_COMPILE", None)
@@ -128,30 +86,20 @@ def _import(root: str, name: str) -> types.ModuleType:
             os.environ["ENABLE_COMPILE"] = saved_env
         torch._dynamo.config.cache_size_limit = saved_cache_limit  # inference_utils raises it
         torch.cuda.current_device = saved_current_device
-        # The loaded modules keep working through their own globals; leaving them registered
-        # would make a later `import liveavatar` in the same process see a half-built package.
-        for key in added:
-            sys.modules.pop(key, None)
 
 
-def _register_bare_packages(root: Path) -> list[str]:
+def _after_import(loaded: dict[str, types.ModuleType]) -> None:
+    compile_switch = loaded.get("liveavatar.models.wan.inference_utils")
+    if compile_switch is not None and compile_switch.COMPILE:
+        raise RuntimeError("Live Avatar's inference_utils was imported with ENABLE_COMPILE on")
+    _route_attention(loaded)
+
+
+def _package_dirs(root: Path) -> list[Path]:
     # Every folder: `liveavatar/` and `liveavatar/utils/` have no __init__.py (namespace packages).
-    package_dirs = [root / "liveavatar"] + sorted(
+    return [root / "liveavatar"] + sorted(
         path for path in (root / "liveavatar").rglob("*") if path.is_dir() and path.name != "__pycache__"
     )
-    names = []
-    for package_dir in package_dirs:
-        name = ".".join(package_dir.relative_to(root).parts)
-        if not all(part.isidentifier() for part in name.split(".")):
-            continue
-        if name in sys.modules:
-            continue
-        package = types.ModuleType(name)
-        package.__path__ = [str(package_dir)]
-        package.__package__ = name
-        sys.modules[name] = package
-        names.append(name)
-    return names
 
 
 class _Unavailable:
@@ -204,8 +152,7 @@ class _ToTensor:
 
 
 def _stand_in_module(name: str, attributes: dict[str, Any]) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attributes)
+    module = plain_module(name, attributes)
 
     def missing(key: str):
         if key.startswith("__"):
@@ -220,7 +167,7 @@ def _stand_in_module(name: str, attributes: dict[str, Any]) -> types.ModuleType:
 # the pipeline file (`reference_generate`) needs more than easydict; nothing here is on the
 # numerical path of the transformer.
 _STAND_INS: dict[str, dict[str, Any]] = {
-    "easydict": {"EasyDict": wan_reference._EasyDict},
+    "easydict": {"EasyDict": EasyDict},
     "decord": {"VideoReader": _Unavailable("decord.VideoReader")},
     "librosa": {},
     "imageio": {},
@@ -230,55 +177,21 @@ _STAND_INS: dict[str, dict[str, Any]] = {
 }
 
 
-def _register_stand_ins() -> list[str]:
-    names = []
-    for name, attributes in _STAND_INS.items():
-        if name in sys.modules:
-            continue
-        top = name.split(".")[0]
-        if top not in names and importlib.util.find_spec(top) is not None:
-            continue
-        module = _stand_in_module(name, attributes)
-        sys.modules[name] = module
-        names.append(name)
-        parent, _, child = name.rpartition(".")
-        if parent in sys.modules:
-            setattr(sys.modules[parent], child, module)
-    return names
+def _sdpa_attention(*args, fa_version: int | None = None, **kwargs) -> torch.Tensor:
+    """Live Avatar's `attention`: the official `flash_attention`'s arguments, `version` spelt `fa_version`."""
+    return wan_reference.sdpa_flash_attention(*args, **kwargs)
 
 
-def _sdpa_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_lens: torch.Tensor | None = None,
-    k_lens: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    softmax_scale: float | None = None,
-    q_scale: float | None = None,
-    causal: bool = False,
-    window_size: tuple[int, int] = (-1, -1),
-    deterministic: bool = False,
-    dtype: torch.dtype = torch.bfloat16,
-    fa_version: int | None = None,
-) -> torch.Tensor:
-    """Live Avatar's `attention` (its `fa_version` spelling) through `sdpa_flash_attention`."""
-    return wan_reference.sdpa_flash_attention(
-        q, k, v, q_lens=q_lens, k_lens=k_lens, dropout_p=dropout_p, softmax_scale=softmax_scale,
-        q_scale=q_scale, causal=causal, window_size=window_size, deterministic=deterministic, dtype=dtype,
-    )
-
-
-def _route_attention() -> None:
+def _route_attention(loaded: dict[str, types.ModuleType]) -> None:
     """Every loaded module's `flash_attention`/`attention` (imported from attention.py) -> SDPA."""
-    kernels = _loaded.get("liveavatar.models.wan.wan_2_2.modules.attention")
+    kernels = loaded.get("liveavatar.models.wan.wan_2_2.modules.attention")
     if kernels is None:
         return
     replacements = {"flash_attention": wan_reference.sdpa_flash_attention, "attention": _sdpa_attention}
     originals = kernels.__dict__.setdefault(
         "_harness_originals", {name: kernels.__dict__[name] for name in replacements}
     )
-    for module in _loaded.values():
+    for module in loaded.values():
         for name, replacement in replacements.items():
             if module.__dict__.get(name) is originals[name]:
                 setattr(module, name, replacement)
@@ -318,6 +231,29 @@ def _cuda_is_cpu(cls: type = torch.Tensor) -> Iterator[None]:
             cls.to = original
         else:  # torch.Tensor inherits `to` from torch._C.TensorBase
             del cls.to
+
+
+_CHECKOUT = ReferenceCheckout(
+    env=REFERENCE_ENV,
+    what="Live Avatar",
+    package="liveavatar",
+    marker="liveavatar/models/wan/causal_model_s2v.py",
+    package_dirs=_package_dirs,
+    stand_ins=_STAND_INS,
+    stand_in_module=_stand_in_module,
+    while_importing=_importing_without_compile_or_cuda,
+    after_import=_after_import,
+)
+requires_liveavatar = _CHECKOUT.requires
+# For a test module that runs the reference: skipped without it, and without the reference's own
+# deprecation noise (torch.cuda.amp.autocast, complex32 rope tables...).
+LIVEAVATAR_TEST_MARKS = [
+    requires_liveavatar,
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental"),
+    pytest.mark.filterwarnings("ignore:CUDA is not available"),
+    pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'"),
+]
 
 
 # --- the rope offset drawn per call ----------------------------------------------------------

@@ -1,11 +1,9 @@
 """Load modules of the official Wan2.2 repository for parity tests.
 
 The checkout is found through the environment variable WAN_REFERENCE_REPO; without it the tests
-that need it skip. The official package's `__init__` files import every pipeline (and with them
-decord, librosa, the TTS stack...), so the packages are registered bare and only the requested
-files are executed. Optional imports this environment lacks are replaced by stand-ins, and the
-official flash-attention calls are routed to PyTorch's scaled-dot-product attention, so the
-reference runs on CPU in float32.
+that need it skip. Its files are loaded as `reference_checkout.py` describes (bare packages,
+stand-ins for optional imports this environment lacks), and the official flash-attention calls
+are routed to PyTorch's scaled-dot-product attention, so the reference runs on CPU in float32.
 
     from tests.wan_reference import reference_module, requires_reference
 
@@ -16,110 +14,42 @@ reference runs on CPU in float32.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import sys
 import types
 from pathlib import Path
 
-import pytest
 import torch
+
+from tests.reference_checkout import EasyDict, ReferenceCheckout
 
 REFERENCE_ENV = "WAN_REFERENCE_REPO"
 
-requires_reference = pytest.mark.skipif(
-    not os.environ.get(REFERENCE_ENV),
-    reason=f"set {REFERENCE_ENV} to a checkout of the official Wan2.2 repository to run parity tests",
+
+def _route_flash_attention(loaded: dict[str, types.ModuleType]) -> None:
+    for module in loaded.values():
+        if hasattr(module, "flash_attention"):
+            vars(module)["flash_attention"] = sdpa_flash_attention
+
+
+_CHECKOUT = ReferenceCheckout(
+    env=REFERENCE_ENV,
+    what="the official Wan2.2 repository",
+    package="wan",
+    marker="wan/modules/model.py",
+    package_dirs=lambda root: [init.parent for init in sorted((root / "wan").rglob("__init__.py"))],
+    stand_ins={"easydict": {"EasyDict": EasyDict}},
+    after_import=_route_flash_attention,
 )
+requires_reference = _CHECKOUT.requires
 
 
 def reference_root() -> Path:
     """The checkout's root; skips the calling test when it is not configured or not a Wan2.2 tree."""
-    root = os.environ.get(REFERENCE_ENV)
-    if not root:
-        pytest.skip(f"{REFERENCE_ENV} is not set")
-    path = Path(root)
-    if not (path / "wan" / "modules" / "model.py").is_file():
-        pytest.skip(f"{REFERENCE_ENV}={root} is not a checkout of the official Wan2.2 repository")
-    return path
+    return _CHECKOUT.root()
 
 
 def reference_module(name: str) -> types.ModuleType:
     """Import `wan.<name>` (e.g. "modules.s2v.model_s2v") from the reference checkout."""
-    if importlib.util.find_spec("einops") is None:
-        pytest.skip("the official Wan2.2 code needs einops (in the project's test dependencies)")
-    return _import_reference(str(reference_root()), name)
-
-
-# Every reference module loaded so far, so that later imports share them (one `WanAttentionBlock`
-# class, not one per call).
-_loaded: dict[str, types.ModuleType] = {}
-
-
-def _import_reference(root: str, name: str) -> types.ModuleType:
-    full_name = f"wan.{name}"
-    if full_name in _loaded:
-        return _loaded[full_name]
-    added = [key for key in _loaded if key not in sys.modules]
-    sys.modules.update({key: _loaded[key] for key in added})
-    try:
-        added += _register_bare_packages(Path(root))
-        added += _register_stand_ins()
-        importlib.import_module(full_name)
-        for key in [key for key in sys.modules if key == "wan" or key.startswith("wan.")]:
-            if key not in _loaded:
-                _loaded[key] = sys.modules[key]
-                added.append(key)
-            if hasattr(_loaded[key], "flash_attention"):
-                vars(_loaded[key])["flash_attention"] = sdpa_flash_attention
-        return _loaded[full_name]
-    finally:
-        # The loaded modules keep working through their own globals; leaving them registered
-        # would make a later `import wan` in the same process see a half-built package.
-        for key in added:
-            sys.modules.pop(key, None)
-
-
-def _register_bare_packages(root: Path) -> list[str]:
-    names = []
-    for init in sorted((root / "wan").rglob("__init__.py")):
-        package_dir = init.parent
-        name = ".".join(package_dir.relative_to(root).parts)
-        if name in sys.modules:
-            continue
-        package = types.ModuleType(name)
-        package.__path__ = [str(package_dir)]
-        package.__package__ = name
-        sys.modules[name] = package
-        names.append(name)
-    return names
-
-
-class _EasyDict(dict):
-    """The part of easydict.EasyDict that the official config files use."""
-
-    def __getattr__(self, key: str):
-        try:
-            return self[key]
-        except KeyError as error:
-            raise AttributeError(key) from error
-
-    def __setattr__(self, key: str, value) -> None:
-        self[key] = value
-
-
-def _register_stand_ins() -> list[str]:
-    stand_ins = {"easydict": {"EasyDict": _EasyDict}}
-    names = []
-    for name, attributes in stand_ins.items():
-        if name in sys.modules or importlib.util.find_spec(name) is not None:
-            continue
-        module = types.ModuleType(name)
-        module.__dict__.update(attributes)
-        sys.modules[name] = module
-        names.append(name)
-    return names
+    return _CHECKOUT.module(name)
 
 
 def sdpa_flash_attention(

@@ -1,0 +1,150 @@
+"""Load a reference implementation's modules from its checkout, for parity tests.
+
+`wan_reference.py` (the official Wan2.2 repository) and `liveavatar_reference.py` (Live Avatar)
+both run files of a checkout found through an environment variable, and skip without it. Their
+package `__init__` files import every pipeline (and with them decord, librosa, the TTS stack...),
+so the packages are registered bare and only the requested files are executed; optional imports
+this environment lacks are replaced by stand-ins. Nothing stays registered in `sys.modules` after
+an import: the loaded modules keep working through their own globals, and are kept here so that
+later imports share them (one class per name, not one per call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+class EasyDict(dict):
+    """The part of easydict.EasyDict that the reference config files use."""
+
+    def __getattr__(self, key: str):
+        try:
+            return self[key]
+        except KeyError as error:
+            raise AttributeError(key) from error
+
+    def __setattr__(self, key: str, value) -> None:
+        self[key] = value
+
+
+def plain_module(name: str, attributes: dict[str, Any]) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(attributes)
+    return module
+
+
+class ReferenceCheckout:
+    """One reference repository: where its checkout is, and its modules once loaded.
+
+    env: the variable naming the checkout; what: its name in skip messages; package: the top
+    package (`wan`); marker: a file (relative to the root) that only such a checkout has;
+    package_dirs(root): the folders registered as bare packages; stand_ins: module name ->
+    attributes, registered (by `stand_in_module`) only where the real package is not installed;
+    while_importing: a context around each fresh import; after_import(loaded): called after it,
+    while the modules are still registered.
+    """
+
+    def __init__(
+        self,
+        *,
+        env: str,
+        what: str,
+        package: str,
+        marker: str,
+        package_dirs: Callable[[Path], Iterable[Path]],
+        stand_ins: Mapping[str, dict[str, Any]],
+        stand_in_module: Callable[[str, dict[str, Any]], types.ModuleType] = plain_module,
+        while_importing: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+        after_import: Callable[[dict[str, types.ModuleType]], None] | None = None,
+    ):
+        self.env, self.what, self.package, self.marker = env, what, package, marker
+        self._package_dirs = package_dirs
+        self._stand_ins = stand_ins
+        self._stand_in_module = stand_in_module
+        self._while_importing = while_importing
+        self._after_import = after_import
+        #: every module of the checkout loaded so far, by its full name
+        self.loaded: dict[str, types.ModuleType] = {}
+        self.requires = pytest.mark.skipif(
+            not os.environ.get(env), reason=f"set {env} to a checkout of {what} to run its parity tests"
+        )
+
+    def root(self) -> Path:
+        """The checkout's root; skips the calling test when it is not configured or not such a checkout."""
+        root = os.environ.get(self.env)
+        if not root:
+            pytest.skip(f"{self.env} is not set")
+        path = Path(root)
+        if not (path / self.marker).is_file():
+            pytest.skip(f"{self.env}={root} is not a checkout of {self.what}")
+        return path
+
+    def module(self, name: str) -> types.ModuleType:
+        """Import `<package>.<name>` from the checkout (skips as `root` does, or without einops)."""
+        if importlib.util.find_spec("einops") is None:
+            pytest.skip(f"the code of {self.what} needs einops (in the project's test dependencies)")
+        return self._import(self.root(), f"{self.package}.{name}")
+
+    def _import(self, root: Path, full_name: str) -> types.ModuleType:
+        if full_name in self.loaded:
+            return self.loaded[full_name]
+        added = [key for key in self.loaded if key not in sys.modules]
+        sys.modules.update({key: self.loaded[key] for key in added})
+        try:
+            with self._while_importing():
+                added += self._register_bare_packages(root)
+                added += self._register_stand_ins()
+                importlib.import_module(full_name)
+            for key in [key for key in sys.modules if key == self.package or key.startswith(f"{self.package}.")]:
+                if key not in self.loaded:
+                    self.loaded[key] = sys.modules[key]
+                    added.append(key)
+            if self._after_import is not None:
+                self._after_import(self.loaded)
+            return self.loaded[full_name]
+        finally:
+            # Left registered, they would make a later `import <package>` in the same process see
+            # a half-built package.
+            for key in added:
+                sys.modules.pop(key, None)
+
+    def _register_bare_packages(self, root: Path) -> list[str]:
+        names = []
+        for package_dir in self._package_dirs(root):
+            name = ".".join(package_dir.relative_to(root).parts)
+            if not all(part.isidentifier() for part in name.split(".")) or name in sys.modules:
+                continue
+            package = types.ModuleType(name)
+            package.__path__ = [str(package_dir)]
+            package.__package__ = name
+            sys.modules[name] = package
+            names.append(name)
+        return names
+
+    def _register_stand_ins(self) -> list[str]:
+        names: list[str] = []
+        for name, attributes in self._stand_ins.items():
+            if name in sys.modules:
+                continue
+            # find_spec of a stand-in registered just before would raise: its submodules go in too
+            top = name.split(".")[0]
+            if top not in names and importlib.util.find_spec(top) is not None:
+                continue
+            module = self._stand_in_module(name, attributes)
+            sys.modules[name] = module
+            names.append(name)
+            parent, _, child = name.rpartition(".")
+            if parent in sys.modules:
+                setattr(sys.modules[parent], child, module)
+        return names
