@@ -177,12 +177,13 @@ def test_base64_output_with_stream_items_is_refused(streaming_worker):
     assert result["error"].startswith("INVALID_INPUT: output_type 'base64' with stream true")
 
 
-def test_segments_reach_a_client_polling_runpod_while_the_job_runs(tmp_path, long_speech):
+def test_segments_reach_a_client_polling_runpod_while_the_job_runs(tmp_path, long_speech, s3_server):
     """RunPod's own job loop (the SDK) with STREAM_RESULTS=1 posts each item to the platform as
     it is made; the example client polling /stream/<id> gets segments while the job runs, in a
-    file that grows."""
+    file that grows; the bucket's playlist URL comes first, in a progress update and the first item."""
     platform = RunPodPlatform()
-    worker = QueueWorker(platform, {"MODEL_BACKEND": "lite", "STREAM_RESULTS": "1"}, tmp_path)
+    worker = QueueWorker(platform, {"MODEL_BACKEND": "lite", "STREAM_RESULTS": "1", **_bucket_env(s3_server)},
+                         tmp_path)
     try:
         worker.wait_for_log("worker ready", 60)
         status_at_segment: list[str] = []
@@ -200,6 +201,9 @@ def test_segments_reach_a_client_polling_runpod_while_the_job_runs(tmp_path, lon
         assert streamed.first_segment_seconds < streamed.total_seconds / 2
         assert streamed.output["success"] is True and streamed.output["segments"] == len(streamed.segments)
         _check_video(streamed.path, 500, 20.0)
+        playlist_url = streamed.output["playlist_url"]
+        assert streamed.segments[0].playlist_url == playlist_url
+        assert {"stage": "stream", "percent": 10.0, "playlist_url": playlist_url} in platform.progress[job_id]
         received = [output for _, output in platform.streamed[job_id]]
         assert all(len(json.dumps({"output": item})) < RUNPOD_STREAM_ITEM_LIMIT for item in received)
         # the SDK makes the job's final output the list of every item (return_aggregate_stream)
@@ -208,11 +212,12 @@ def test_segments_reach_a_client_polling_runpod_while_the_job_runs(tmp_path, lon
         plain = platform.submit(sample_job_input(resolution="128*128"))
         platform.wait_for(lambda: plain in platform.results, 60, "the job without stream")
         [result] = platform.results[plain]["output"]
-        assert result["success"] is True and result["video_base64"]
+        assert result["success"] is True and result["video_base64"] and "segments" not in result
     finally:
         worker.stop()
         platform.close()
     assert not worker.leftovers(), "a streamed job leaves nothing on disk"
+    assert "X-Amz-Signature" not in worker.log(), "a presigned URL reached the log"
 
 
 def test_local_api_streams_every_segment_and_runsync_stays_a_dict(tmp_path, plain_worker):
@@ -239,11 +244,13 @@ def _s3(endpoint: str):
                         aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1")
 
 
+def _bucket_env(s3_server: str) -> dict[str, str]:
+    return {"BUCKET_ENDPOINT_URL": s3_server, "BUCKET_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "BUCKET_SECRET_ACCESS_KEY": S3_SECRET_KEY, "BUCKET_NAME": TEST_BUCKET}
+
+
 def test_bucket_gets_segments_while_the_job_runs_and_its_playlist_plays(s3_server, long_speech, tmp_path):
-    worker = start_worker({
-        "MODEL_BACKEND": "lite", "BUCKET_ENDPOINT_URL": s3_server, "BUCKET_ACCESS_KEY_ID": S3_ACCESS_KEY,
-        "BUCKET_SECRET_ACCESS_KEY": S3_SECRET_KEY, "BUCKET_NAME": TEST_BUCKET,
-    })
+    worker = start_worker({"MODEL_BACKEND": "lite", **_bucket_env(s3_server)})
     s3 = _s3(s3_server)
     before = {entry["Key"] for entry in s3.list_objects_v2(Bucket=TEST_BUCKET).get("Contents", [])}
     outcome: dict[str, Any] = {}
