@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -278,3 +279,26 @@ def test_bucket_gets_segments_while_the_job_runs_and_its_playlist_plays(s3_serve
     video = tmp_path / "video.mp4"
     video.write_bytes(requests.get(outcome["video_url"], timeout=30).content)
     assert mp4_facts(video).num_frames == 500 and mp4_facts(video).moov_before_mdat
+
+
+def test_a_stream_stopped_by_its_consumer_stops_the_job_and_leaves_nothing(streaming_worker, long_speech,
+                                                                           tmp_path, monkeypatch, caplog):
+    """RunPod cancelling a generator job closes the generator: the job stops at its next batch."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    handler = RunPodHandler(streaming_worker)
+
+    async def first_item_then_close() -> tuple[dict[str, Any], float]:
+        items = handler.stream({"id": "closed", "input": _long_job(long_speech)}, {})
+        first = await anext(items)
+        started = time.monotonic()
+        await items.aclose()
+        return first, time.monotonic() - started
+
+    first, closing_seconds = asyncio.run(first_item_then_close())
+    assert "segment" in first
+    assert closing_seconds < 5, "closing the stream waits for the job to stop, at its next batch"
+    assert "job closed stopped" in caplog.text and "job closed done" not in caplog.text
+    assert not list(tmp_path.iterdir()), "the stopped job's segments were left on disk"
+    # the worker goes on with the next job
+    timed, _ = _run_generator(streaming_worker, {"id": "after", "input": sample_job_input(resolution="128*128")})
+    assert timed[-1][1]["success"] is True
