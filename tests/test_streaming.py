@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import subprocess
 import tempfile
 import threading
@@ -285,6 +286,7 @@ def test_a_stream_stopped_by_its_consumer_stops_the_job_and_leaves_nothing(strea
                                                                            tmp_path, monkeypatch, caplog):
     """RunPod cancelling a generator job closes the generator: the job stops at its next batch."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    caplog.set_level(logging.INFO, logger="handler.job")
     handler = RunPodHandler(streaming_worker)
 
     async def first_item_then_close() -> tuple[dict[str, Any], float]:
