@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -23,9 +24,8 @@ from handler.delivery import base64_size
 from handler.errors import ErrorCode, JobError
 
 FILE_FIELDS = ("audio_file", "image_file")
-INT_FIELDS = ("seed", "num_inference_steps")
-FLOAT_FIELDS = ("guidance_scale", "sample_shift", "max_duration_seconds")
-BOOL_FIELDS = ("stream",)
+# The shared fields that are not text; a backend's own fields say their types (BackendOptions.field_types).
+SHARED_FIELD_TYPES: dict[str, type] = {"seed": int, "max_duration_seconds": float, "stream": bool}
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -46,8 +46,14 @@ def body_limit(max_input_bytes: int) -> int:
     return 2 * base64_size(max_input_bytes) + ENVELOPE_BYTES
 
 
-async def read_job(request: Request, job_id: str, max_body_bytes: int) -> dict[str, Any]:
-    """The job a request carries, or JobError naming what is wrong with the request."""
+async def read_job(
+    request: Request, job_id: str, max_body_bytes: int, backend_field_types: Mapping[str, type],
+) -> dict[str, Any]:
+    """The job a request carries, or JobError naming what is wrong with the request.
+
+    A form's values are text: those of a field that takes a number or a boolean (a shared one, or
+    one in `backend_field_types`) become one.
+    """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_body_bytes:
         raise _too_large(max_body_bytes)
@@ -59,7 +65,8 @@ async def read_job(request: Request, job_id: str, max_body_bytes: int) -> dict[s
         if media_type in FORM_TYPES:
             form = await limited.form(max_part_size=max_body_bytes)
             try:
-                return {"id": job_id, "input": await _form_input(form.multi_items())}
+                field_types = {**backend_field_types, **SHARED_FIELD_TYPES}
+                return {"id": job_id, "input": await _form_input(form.multi_items(), field_types)}
             finally:
                 await form.close()
     except _BodyTooLarge:
@@ -94,7 +101,7 @@ def _json_job(body: bytes, job_id: str) -> dict[str, Any]:
     return job
 
 
-async def _form_input(items: list[tuple[str, Any]]) -> dict[str, Any]:
+async def _form_input(items: list[tuple[str, Any]], field_types: Mapping[str, type]) -> dict[str, Any]:
     job_input: dict[str, Any] = {}
     for name, value in items:
         if name in job_input:
@@ -105,21 +112,21 @@ async def _form_input(items: list[tuple[str, Any]]) -> dict[str, Any]:
                                                         f"{' and '.join(FILE_FIELDS)} take files; send {name} as text.")
             job_input[name] = base64.b64encode(await value.read()).decode("ascii")
         elif value != "":
-            job_input[name] = _typed(name, value)
+            job_input[name] = _typed(value, field_types.get(name, str))
     return job_input
 
 
-def _typed(name: str, value: str) -> Any:
-    """A form value as the JSON value the contract's field takes; as sent when it is not one."""
-    try:
-        if name in INT_FIELDS:
-            return int(value)
-        if name in FLOAT_FIELDS:
-            return float(value)
-    except ValueError:
-        return value
-    if name in BOOL_FIELDS and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
-        return value.strip().lower() in TRUE_WORDS
+def _typed(value: str, kind: type) -> Any:
+    """A form value as the JSON value its field takes; as sent when it is not one (the job's
+    validation then names the field)."""
+    if kind is bool:
+        word = value.strip().lower()
+        return word in TRUE_WORDS if word in TRUE_WORDS + FALSE_WORDS else value
+    if kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            return value
     return value
 
 

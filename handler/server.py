@@ -69,6 +69,7 @@ BODY_READ_SECONDS = 600.0
 
 def create_app(worker: Worker) -> FastAPI:
     settings = worker.settings
+    backend_field_types = worker.backend.options_class.field_types() if worker.backend is not None else {}
     queue = JobQueue(worker, settings.server_queue_size)
     store = DownloadStore(settings.server_download_retention_seconds)
     stop = WorkerStop()
@@ -96,7 +97,7 @@ def create_app(worker: Worker) -> FastAPI:
         job_id = f"srv-{uuid.uuid4().hex[:16]}"
         started = time.monotonic()
         try:
-            job = await asyncio.wait_for(read_job(request, job_id, max_body), BODY_READ_SECONDS)
+            job = await asyncio.wait_for(read_job(request, job_id, max_body, backend_field_types), BODY_READ_SECONDS)
         except TimeoutError:
             message = (f"the request body did not arrive within {BODY_READ_SECONDS:g} s; send large media as "
                        "audio_url and image_url.")

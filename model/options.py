@@ -10,6 +10,8 @@ that names it and says the fix (the contract's INVALID_INPUT).
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any, Self
 
@@ -40,6 +42,15 @@ class BackendOptions:
         """
         reject_unknown(fields, cls, backend)
         return cls()
+
+    @classmethod
+    def field_types(cls) -> dict[str, type]:
+        """Each field's value type (`int` for `int | None`): how a form's text becomes the JSON value."""
+        kinds = {}
+        for name, hint in typing.get_type_hints(cls).items():
+            members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+            kinds[name] = next(member for member in members if member is not type(None))
+        return kinds
 
 
 def reject_unknown(fields: Mapping[str, Any], options: type[BackendOptions], backend: str) -> None:

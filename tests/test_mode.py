@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 from collections.abc import Iterator, Mapping
@@ -160,3 +161,18 @@ def test_default_mode_reaches_the_backend_and_the_result(events):
     result = worker.handle({"id": "quality-1", "input": sample_job_input(mode="quality", guidance_scale=3.0)})
     assert result.get("success") is True and result["mode"] == "quality", result
     assert events[0] == "parse_options:quality" and events[-1] == "generate:quality", events
+
+
+def test_a_backend_declares_its_field_types_and_the_server_reads_forms_by_them():
+    """The always-on server's form values are text: a backend's own numeric fields come from its
+    options class, not from a list of Wan's field names in the server."""
+    from handler.http_input import SHARED_FIELD_TYPES, _form_input
+    from model.wan_s2v.options import WanS2VOptions
+
+    assert WanS2VOptions.field_types() == {"negative_prompt": str, "num_inference_steps": int,
+                                           "guidance_scale": float, "sample_solver": str, "sample_shift": float}
+    form = [("num_inference_steps", "4"), ("guidance_scale", "3.5"), ("seed", "7"), ("stream", "yes"),
+            ("prompt", "12"), ("sample_shift", "three")]
+    job = asyncio.run(_form_input(form, {**WanS2VOptions.field_types(), **SHARED_FIELD_TYPES}))
+    assert job == {"num_inference_steps": 4, "guidance_scale": 3.5, "seed": 7, "stream": True, "prompt": "12",
+                   "sample_shift": "three"}, "a value that is not a number is left for the options to refuse"
