@@ -25,7 +25,7 @@ from handler.media import DecodedAudio, decode_audio, decode_base64, decode_imag
 from handler.presets import PresetAvatars
 from handler.progress import ProgressReporter
 from handler.schema import JobRequest, MediaSource, parse_job
-from handler.segments import SegmentPlan, SegmentWriter, remux_to_mp4
+from handler.segments import SegmentPlan, SegmentWriter
 from handler.settings import WorkerSettings
 from handler.streaming import BucketPlaylist, SegmentSinks, StreamItem
 from handler.video import FfmpegEncoder, Mp4Writer
@@ -164,8 +164,8 @@ class Worker:
             destination = "streamed"  # the segments are the video
         # choose_destination picks "s3" only with a bucket
         upload_bucket = bucket if destination == "s3" else None
-        if upload_bucket is not None:
-            delivery.check_bucket_address(upload_bucket, self.settings.allow_private_urls)
+        if bucket is not None and (upload_bucket is not None or request.stream):
+            delivery.check_bucket_address(bucket, self.settings.allow_private_urls)
         timings: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="talking-head-job-") as tmp:
             workdir = Path(tmp)
@@ -189,16 +189,14 @@ class Worker:
             with contextlib.ExitStack() as cleanup:
                 sinks = None
                 if request.stream:
-                    playlist = self._bucket_playlist(request, bucket, job_id, options.mode)
+                    playlist = self._bucket_playlist(bucket, job_id, options.mode)
                     if playlist is not None:
                         cleanup.callback(playlist.close)
                         progress.report_playlist(playlist.url)
-                    sinks = SegmentSinks(emit if streams_items else None, playlist)
+                    sinks = SegmentSinks(workdir / "segments", emit if streams_items else None, playlist)
                 num_frames = self._render(options, portrait, audio, video, guard, timings, sinks)
-                if sinks is not None and destination != "streamed":
-                    remux_to_mp4(workdir / "segments" / "index.m3u8", video)
-                if sinks is not None and sinks.playlist is not None:
-                    sinks.playlist.finish()
+                if sinks is not None:
+                    sinks.finish(video if destination != "streamed" else None)
 
             size = video.stat().st_size if video.exists() else sinks.bytes if sinks is not None else 0
             clock = time.monotonic()
@@ -289,9 +287,7 @@ class Worker:
         except NoFaceError as error:
             raise JobError(ErrorCode.NO_FACE, f"{request.image.field}: {error}") from None
 
-    def _bucket_playlist(
-        self, request: JobRequest, bucket: BucketSettings | None, job_id: str, mode: str,
-    ) -> BucketPlaylist | None:
+    def _bucket_playlist(self, bucket: BucketSettings | None, job_id: str, mode: str) -> BucketPlaylist | None:
         if bucket is None:
             return None
         backend = self.loaded_backend
@@ -307,7 +303,7 @@ class Worker:
         """Generate and encode together; returns the number of frames written.
 
         With `sinks` (a stream job) the frames become segments, handed to the sinks as each is
-        complete, in `video`'s folder under segments/; else they become the MP4 `video`.
+        complete, in the sinks' folder; else they become the MP4 `video`.
         """
         backend = self.loaded_backend
         expected = num_frames_for(audio.speech.duration_seconds, backend.fps)
@@ -318,7 +314,7 @@ class Worker:
             writer = Mp4Writer(video, portrait.width, portrait.height, backend.fps, audio.mux_wav)
         else:
             plan = SegmentPlan.for_batches(backend.frame_batches(options.mode), backend.fps)
-            writer = SegmentWriter(video.parent / "segments", portrait.width, portrait.height, backend.fps,
+            writer = SegmentWriter(sinks.directory, portrait.width, portrait.height, backend.fps,
                                    audio.mux_wav, expected, plan, sinks)
         with writer:
             # closing(): a failure or a stop closes the generator at once, not whenever it is collected.

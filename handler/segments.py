@@ -33,6 +33,7 @@ from handler.video import FfmpegEncoder, VideoEncodingError
 # the first frame; later ones need only keep ahead of playback.
 MIN_SEGMENT_SECONDS = 2.0
 CONTENT_TYPE = "video/mp2t"
+PLAYLIST_NAME = "index.m3u8"
 # ffmpeg numbers the files from 0, as the segments are indexed
 SEGMENT_FILE_PATTERN = "segment-%05d.ts"
 # ffmpeg has the frames; muxing one keyframe takes milliseconds. Past this it is stuck.
@@ -99,7 +100,7 @@ class SegmentWriter(FfmpegEncoder):
         plan: SegmentPlan, on_segment: Callable[[Segment], None],
     ) -> None:
         self.directory = directory
-        self.playlist = directory / "index.m3u8"
+        self.playlist = directory / PLAYLIST_NAME
         self._plan = plan
         self._starts = plan.starts(num_frames)
         self._ends = [*self._starts[1:], num_frames]

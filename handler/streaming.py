@@ -15,12 +15,13 @@ import io
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from handler import delivery
 from handler.bucket import BucketSettings
 from handler.errors import ErrorCode, JobError
-from handler.segments import CONTENT_TYPE, Segment, SegmentPlan
+from handler.segments import CONTENT_TYPE, PLAYLIST_NAME, Segment, SegmentPlan, remux_to_mp4
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,12 @@ class BucketPlaylist:
 
 
 class SegmentSinks:
-    """Hands each finished segment to the job's ways out, and counts what left."""
+    """Hands each finished segment (made in `directory`) to the job's ways out, and counts what left."""
 
-    def __init__(self, emit: Callable[[StreamItem], None] | None, playlist: BucketPlaylist | None) -> None:
+    def __init__(
+        self, directory: Path, emit: Callable[[StreamItem], None] | None, playlist: BucketPlaylist | None,
+    ) -> None:
+        self.directory = directory
         self._emit = emit
         self.playlist = playlist
         self.segments = 0
@@ -150,3 +154,11 @@ class SegmentSinks:
                 self._emit(item)
         self.segments += 1
         self.bytes += len(data)
+
+    def finish(self, mp4: Path | None) -> None:
+        """Once every segment is out: the whole video as the MP4 `mp4` too (when it is delivered as
+        one), and the bucket's playlist closed."""
+        if mp4 is not None:
+            remux_to_mp4(self.directory / PLAYLIST_NAME, mp4)
+        if self.playlist is not None:
+            self.playlist.finish()
