@@ -304,3 +304,12 @@ def test_a_stream_stopped_by_its_consumer_stops_the_job_and_leaves_nothing(strea
     # the worker goes on with the next job
     timed, _ = _run_generator(streaming_worker, {"id": "after", "input": sample_job_input(resolution="128*128")})
     assert timed[-1][1]["success"] is True
+
+
+def test_a_stream_to_a_jobs_own_private_bucket_is_refused_before_any_media_work():
+    worker = start_worker({"MODEL_BACKEND": "lite"})
+    s3_config = {"accessId": S3_ACCESS_KEY, "accessSecret": S3_SECRET_KEY, "bucketName": "b",
+                 "endpointUrl": "http://127.0.0.1:9"}
+    result = worker.handle({"id": "p", "s3Config": s3_config,
+                            "input": sample_job_input(audio_file="%%%", stream=True, output_type="base64")})
+    assert result["error"].startswith("INVALID_INPUT: ") and "s3Config.endpointUrl" in result["error"]
