@@ -5,8 +5,9 @@ transformer's safetensors shards through its index, `Wan2.1_VAE.pth`, the umt5 `
 tokenizer and wav2vec2 folders. Tensors are renamed on the fly and streamed one by one to the
 target device and dtype, so host memory stays near one tensor above what the target device holds.
 
-`save_diffusers_layout` writes the same components as per-component folders (a diffusers-style
-`model_index.json` marks them); `load_components` reads either layout.
+`save_diffusers_layout` writes the same components as a diffusers pipeline folder (model_index.json
+and a folder per component, which `DiffusionPipeline.from_pretrained` loads as a WanS2VPipeline);
+`load_components` reads either layout.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from .config import (
     WAV2VEC_DIR,
 )
 from .convert_transformer import convert_transformer_config, convert_transformer_key
+from .pipeline import WanS2VPipeline
+from .scheduler import make_scheduler
 from .speech import SpeechEncoder
 from .text import TextEncoder
 from .transformer import WanS2VTransformer3DModel
@@ -71,24 +74,17 @@ def load_components(
 
 
 def save_diffusers_layout(components: WanS2VComponents, folder: Path) -> None:
-    """Write `components` as one folder each, loadable again with `load_components(folder, ...)`."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    components.transformer.save_pretrained(folder / _SUBFOLDERS["transformer"])
-    components.vae.save_pretrained(folder / _SUBFOLDERS["vae"])
-    components.text_encoder.save_pretrained(
-        folder / _SUBFOLDERS["text_encoder"], folder / _SUBFOLDERS["tokenizer"]
+    """Write `components` as a WanS2VPipeline folder, loadable again with `load_components(folder, ...)`
+    or `WanS2VPipeline.from_pretrained(folder)`."""
+    pipeline = WanS2VPipeline(
+        transformer=components.transformer,
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.text_encoder.tokenizer,
+        speech_encoder=components.speech_encoder,
+        scheduler=make_scheduler()[0],
     )
-    components.speech_encoder.save_pretrained(folder / _SUBFOLDERS["speech_encoder"])
-    index = {
-        "_class_name": "WanS2VComponents",
-        "transformer": ["model.wan_s2v.transformer", "WanS2VTransformer3DModel"],
-        "vae": ["diffusers", "AutoencoderKLWan"],
-        "text_encoder": ["transformers", "UMT5EncoderModel"],
-        "tokenizer": ["transformers", type(components.text_encoder.tokenizer).__name__],
-        "speech_encoder": ["transformers", "Wav2Vec2Model"],
-    }
-    (folder / MODEL_INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    pipeline.save_pretrained(folder)
 
 
 def _load_official_layout(

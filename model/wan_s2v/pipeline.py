@@ -7,20 +7,48 @@ guidance (negative prompt and silenced speech as the unconditional pass), decode
 73 frames become the next clip's motion context. That context stays in float32 pixels between
 clips, as in the reference: rounding it to 8-bit video would make every clip start from a
 slightly wrong past, and long videos drift.
+
+`WanS2VPipeline` is a diffusers `DiffusionPipeline`: the worker builds it from its loader's
+components and calls `generate`, and a diffusers user loads a saved folder and calls it. Its
+components are `transformer`, `vae`, `text_encoder`, `tokenizer`, `speech_encoder` (wav2vec2 and
+its feature extractor) and `scheduler` (UniPC or DPM-Solver++ with flow sigmas: its class picks
+the solver and its `flow_shift` the shift; each clip samples on a fresh copy of the reference's
+grid). `save_pretrained` writes diffusers' layout (model_index.json, a folder per component) plus
+a one-line loader file that imports this class, so that, with this repository on PYTHONPATH:
+
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    # or, without running the folder's loader file:
+    from model.wan_s2v.pipeline import WanS2VPipeline
+    pipe = WanS2VPipeline.from_pretrained(folder)
+
+    pipe.to("cuda")
+    video = pipe(image=portrait, audio=speech_16khz, prompt="a person speaking", seed=0).frames[0]
+
+The reference runs the transformer and text encoder in bfloat16 and the VAE and wav2vec2 in
+float32: `torch_dtype={"default": torch.bfloat16, "vae": torch.float32, "speech_encoder":
+torch.float32}`. `loader.save_diffusers_layout` writes such a folder from the official checkpoint.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
 from PIL import Image
+from transformers import PreTrainedTokenizerBase
 
-from model.base import SPEECH_SAMPLE_RATE, ProgressCallback, num_frames_for
+from model.base import DEFAULT_MAX_AREA, DEFAULT_PROMPT, SPEECH_SAMPLE_RATE, ProgressCallback, num_frames_for
 
 from .config import (
     DROP_FIRST_MOTION,
@@ -32,10 +60,15 @@ from .config import (
     SAMPLE_SHIFT,
     SAMPLE_SOLVER,
     SAMPLE_STEPS,
+    SIZE_DIVISOR,
     VAE_STRIDE,
 )
 from .scheduler import make_scheduler
-from .speech import bucket_clip_features
+from .sizing import video_size
+from .speech import SpeechEncoder, bucket_clip_features
+from .text import TextEncoder
+from .transformer import WanS2VTransformer3DModel
+from .vae import WanVideoVAE
 
 # Latent frames of the motion context: the VAE keeps the first frame and packs 4 per latent after.
 LATENT_MOTION_FRAMES = (MOTION_FRAMES + VAE_STRIDE[0] - 1) // VAE_STRIDE[0]
@@ -46,7 +79,22 @@ LATENT_CLIP_FRAMES = (FRAMES_PER_CLIP + VAE_STRIDE[0] - 1 + MOTION_FRAMES) // VA
 FIRST_CLIP_DROPPED_FRAMES = 3 if DROP_FIRST_MOTION else 0
 PROMPT_CACHE_SIZE = 32
 
-# fraction done (0..1), and a short human-readable detail
+COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "speech_encoder", "scheduler")
+# The scheduler classes the sampler has a reference grid for, and the solver each one is.
+SOLVER_OF_SCHEDULER = {UniPCMultistepScheduler: "unipc", DPMSolverMultistepScheduler: "dpm++"}
+OUTPUT_TYPES = ("np", "pil", "pt")
+# The file `save_pretrained` writes beside model_index.json for DiffusionPipeline.from_pretrained.
+LOADER_MODULE = "pipeline_wan_s2v"
+_LOADER_SOURCE = '''"""Gives DiffusionPipeline.from_pretrained(folder, trust_remote_code=True) WanS2VPipeline.
+
+The pipeline's code is not in this folder: it is the talking-head worker's `model.wan_s2v`
+package, which must be importable (its repository on PYTHONPATH).
+"""
+
+from model.wan_s2v.pipeline import WanS2VPipeline
+
+__all__ = ["WanS2VPipeline"]
+'''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,24 +167,222 @@ def clips_for(num_frames: int, reference_clips: int) -> int:
     return reference_clips
 
 
-class WanS2VPipeline:
+@dataclasses.dataclass
+class WanS2VPipelineOutput(BaseOutput):
+    """`frames[0]` is the video: (n, H, W, 3) floats in [0, 1] for "np", n PIL images for "pil",
+    (n, 3, H, W) floats in [0, 1] for "pt"."""
+
+    frames: Any
+
+
+class WanS2VPipeline(DiffusionPipeline):
     """The loaded models, placed on their devices, and the generation loop over them."""
 
+    # Every component may be left out of __init__'s signature for the worker's form below; the
+    # pipeline itself refuses to be built without one.
+    _optional_components = list(COMPONENTS)
+
     def __init__(
-        self, components, device: torch.device, dtype: torch.dtype, text_device: torch.device | None = None
+        self,
+        components: Any = None,
+        execution_device: torch.device | str | None = None,
+        compute_dtype: torch.dtype | None = None,
+        text_device: torch.device | None = None,
+        *,
+        transformer: WanS2VTransformer3DModel | None = None,
+        vae: WanVideoVAE | None = None,
+        text_encoder: TextEncoder | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        speech_encoder: SpeechEncoder | None = None,
+        scheduler: SchedulerMixin | None = None,
     ) -> None:
-        """`components` is a loader.WanS2VComponents; `device`/`dtype` are the transformer's
-        execution device and compute dtype; `text_device` is where new prompts are encoded, the
-        text encoder visiting it from wherever it is kept (default: it runs where it is)."""
-        self.transformer = components.transformer
-        self.vae = components.vae
-        self.text_encoder = components.text_encoder
-        self.speech_encoder = components.speech_encoder
+        """Two forms. The worker's: `components` (a loader.WanS2VComponents), the transformer's
+        execution device and compute dtype (where the memory modes keep its weights elsewhere),
+        and `text_device`, where new prompts are encoded, the text encoder visiting it from
+        wherever it is kept (default: it runs where it is). Diffusers': the components by name
+        (what `from_pretrained` does); the pipeline then runs where the transformer is, in its
+        dtype, and the text encoder uses the pipeline's tokenizer and the transformer's text length.
+        """
+        super().__init__()
+        if components is not None:
+            transformer, vae = components.transformer, components.vae
+            text_encoder, speech_encoder = components.text_encoder, components.speech_encoder
+            tokenizer = getattr(text_encoder, "tokenizer", None)
+            scheduler = make_scheduler()[0]
+        else:
+            given = dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                         speech_encoder=speech_encoder, scheduler=scheduler)
+            missing = [name for name, component in given.items() if component is None]
+            if missing:
+                raise ValueError(
+                    f"WanS2VPipeline needs every one of its components {', '.join(COMPONENTS)}; missing: "
+                    f"{', '.join(missing)}. Load a complete folder (loader.save_diffusers_layout writes one) or "
+                    "pass the missing components to from_pretrained by name."
+                )
+            assert text_encoder is not None and transformer is not None
+            text_encoder.tokenizer = tokenizer
+            text_encoder.text_len = transformer.config.text_len
+        self.register_modules(
+            transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+            speech_encoder=speech_encoder, scheduler=scheduler,
+        )
+        self._placement_device = None if execution_device is None else torch.device(execution_device)
+        self._placement_dtype = compute_dtype
         self.text_device = text_device
-        self.device = device
-        self.dtype = dtype
         self._prompts: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         self._empty_motion: dict[tuple[int, int], torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Where the transformer runs: the worker's execution device, else where its weights are."""
+        return self._placement_device or self.transformer.device
+
+    @device.setter
+    def device(self, device: torch.device) -> None:
+        self._placement_device = device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The transformer's compute dtype: the worker's, else its weights'."""
+        return self._placement_dtype or self.transformer.dtype
+
+    # --- saving and loading, in diffusers' layout ---------------------------------------------
+
+    def save_pretrained(self, save_directory: str | Path, **options: Any) -> None:
+        """Diffusers' layout, plus the loader file that DiffusionPipeline.from_pretrained needs to
+        find this class, which diffusers does not have (`options` are DiffusionPipeline's)."""
+        super().save_pretrained(save_directory, **options)
+        folder = Path(save_directory)
+        index_file = folder / self.config_name
+        index = json.loads(index_file.read_text())
+        index["_class_name"] = [LOADER_MODULE, type(self).__name__]
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        (folder / f"{LOADER_MODULE}.py").write_text(_LOADER_SOURCE)
+
+    @classmethod
+    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
+        # `_class_name` names the folder's loader file, for DiffusionPipeline; loaded through this
+        # class, that file is not needed and its code is not run.
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(config.get("_class_name"), list):
+            config["_class_name"] = cls.__name__
+        return loaded
+
+    # --- diffusers' entry point ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Image.Image | np.ndarray,
+        audio: np.ndarray,
+        prompt: str = DEFAULT_PROMPT,
+        negative_prompt: str = NEGATIVE_PROMPT,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = SAMPLE_STEPS,
+        guidance_scale: float = GUIDANCE_SCALE,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        on_progress: ProgressCallback | None = None,
+    ) -> WanS2VPipelineOutput | tuple[Any]:
+        """A talking-head video of `image` (RGB) speaking `audio` (mono float samples at 16 kHz),
+        exactly as long as the audio, at 16 fps.
+
+        `height`/`width` default to the reference's size for the portrait within 832x480 pixels
+        (never larger than the portrait); both must be multiples of 64. Clip i's noise is drawn
+        from `seed + i`; `generator` stands for its seed (`initial_seed()`); neither draws one.
+        `on_progress(fraction, detail)` is called after every step and decode.
+        """
+        portrait_pixels = self.check_inputs(
+            image, audio, prompt, negative_prompt, height, width, num_inference_steps, guidance_scale, output_type
+        )
+        if height is None or width is None:
+            height, width = video_size(portrait_pixels.shape[0], portrait_pixels.shape[1], DEFAULT_MAX_AREA)
+        solver = self.solver
+        settings = SamplingSettings(
+            num_steps=num_inference_steps, guidance_scale=guidance_scale,
+            shift=float(self.scheduler.config.flow_shift), solver=solver, negative_prompt=negative_prompt,
+        )
+        if seed is None:
+            seed = generator.initial_seed() if generator is not None else int(torch.randint(2**31 - 1, ()).item())
+
+        # The prompts are encoded (and cached) here and the portrait's latent made once; then each
+        # clip is denoised from its own noise and decoded behind its motion context.
+        self.encode_prompt(prompt)
+        if guidance_scale > 1:
+            self.encode_prompt(negative_prompt)
+        portrait = self.encode_portrait(portrait_pixels, height, width)
+        clips = self.generate_pixels(
+            portrait, np.asarray(audio, dtype=np.float32), seed, prompt, settings, on_progress or _ignore_progress
+        )
+        video = torch.cat(list(clips), dim=2)
+
+        frames = self._postprocess(video, output_type)
+        return WanS2VPipelineOutput(frames=frames) if return_dict else (frames,)
+
+    def check_inputs(
+        self,
+        image: Image.Image | np.ndarray,
+        audio: np.ndarray,
+        prompt: str,
+        negative_prompt: str,
+        height: int | None,
+        width: int | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        output_type: str,
+    ) -> np.ndarray:
+        """Refuse what the pipeline cannot run, naming the argument; the portrait as RGB uint8."""
+        pixels = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image)
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise ValueError(
+                f"image must be a PIL image or an RGB uint8 array (H, W, 3), got {pixels.dtype} {pixels.shape}"
+            )
+        samples = np.asarray(audio)
+        if samples.ndim != 1 or samples.size == 0 or not np.issubdtype(samples.dtype, np.floating):
+            raise ValueError(
+                f"audio must be mono float samples at {SPEECH_SAMPLE_RATE} Hz (a non-empty 1-D array), "
+                f"got {samples.dtype} {samples.shape}"
+            )
+        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+            raise ValueError("prompt and negative_prompt must be strings")
+        if (height is None) != (width is None):
+            raise ValueError("give both height and width, or neither")
+        for name, side in (("height", height), ("width", width)):
+            if side is not None and (side <= 0 or side % SIZE_DIVISOR):
+                raise ValueError(f"{name} must be a positive multiple of {SIZE_DIVISOR}, got {side}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        return pixels
+
+    @property
+    def solver(self) -> str:
+        """The sampler's solver, picked by the scheduler component's class."""
+        for scheduler_class, solver in SOLVER_OF_SCHEDULER.items():
+            if isinstance(self.scheduler, scheduler_class):
+                return solver
+        names = ", ".join(cls.__name__ for cls in SOLVER_OF_SCHEDULER)
+        raise ValueError(
+            f"WanS2VPipeline samples with {names} (flow sigmas), not {type(self.scheduler).__name__}: "
+            "set pipe.scheduler to one of them, e.g. DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)"
+        )
+
+    @staticmethod
+    def _postprocess(video: torch.Tensor, output_type: str) -> Any:
+        """[1, 3, n, H, W] in [-1, 1] -> a batch of one video in `output_type`."""
+        if output_type == "pil":
+            return [[Image.fromarray(frame) for frame in to_uint8_frames(video)]]
+        unit = ((video.clamp(-1, 1) + 1) / 2).permute(0, 2, 1, 3, 4)  # [1, n, 3, H, W] in [0, 1]
+        if output_type == "pt":
+            return unit
+        return unit.permute(0, 1, 3, 4, 2).float().cpu().numpy()
 
     # --- conditioning, each computed once -----------------------------------------------------
 
@@ -150,7 +396,7 @@ class WanS2VPipeline:
                 self._prompts.popitem(last=False)
         else:
             self._prompts.move_to_end(prompt)
-        return cached
+        return cached.to(self.device, self.dtype)
 
     def _encode_text(self, prompt: str) -> torch.Tensor:
         model = self.text_encoder.model
@@ -293,6 +539,10 @@ class WanS2VPipeline:
         """Float pixels [1, 3, 80, H, W] of a clip, decoded behind its context like the reference."""
         decoded = self.vae.decode(torch.cat([context_latents.to(latents.device), latents], dim=2))
         return decoded[:, :, -FRAMES_PER_CLIP:]
+
+
+def _ignore_progress(fraction: float, detail: str) -> None:
+    pass
 
 
 def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:

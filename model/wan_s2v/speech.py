@@ -6,6 +6,10 @@ then picks, for video frame i, the 30 fps column nearest to i / fps (numpy's rou
 Frames past the end of the speech get zero features. `SpeechEncoder.encode` returns the picked
 columns for every frame that has speech; `bucket_clip_features` cuts one clip out of them, padding
 with zeros, which is exactly the reference's `get_audio_embed_bucket_fps` followed by its slice.
+
+`SpeechEncoder` is a diffusers model component (a ModelMixin holding the Wav2Vec2Model), so that
+WanS2VPipeline can save and load it; its folder is a transformers wav2vec2 folder with the
+feature extractor's settings beside the weights, as the official checkpoint ships it.
 """
 
 from __future__ import annotations
@@ -16,15 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.models.modeling_utils import ModelMixin
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from .config import FPS, FRAMES_PER_CLIP, SPEECH_FEATURE_RATE, SPEECH_SAMPLE_RATE, WAV2VEC_FRAME_RATE
 
 
-class SpeechEncoder:
+class SpeechEncoder(ModelMixin):
     """wav2vec2 (the checkpoint's CTC head is not needed) with the reference's resampling."""
 
     def __init__(self, model: Wav2Vec2Model, feature_extractor: Wav2Vec2FeatureExtractor) -> None:
+        super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.feature_extractor = feature_extractor
 
@@ -33,15 +39,23 @@ class SpeechEncoder:
         cls,
         folder: str | Path,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
+        *,
+        torch_dtype: torch.dtype | None = None,
+        **loading_options,
     ) -> SpeechEncoder:
-        """Load a transformers wav2vec2 folder such as `wav2vec2-large-xlsr-53-english/`."""
+        """Load a transformers wav2vec2 folder such as `wav2vec2-large-xlsr-53-english/`.
+
+        `torch_dtype` is how DiffusionPipeline.from_pretrained names `dtype` (default float32); its
+        other `loading_options` are for diffusers' own loader and are not needed here.
+        """
         # ~0.3B parameters: read on the host, then moved; the CTC head in the folder is skipped.
-        model = Wav2Vec2Model.from_pretrained(folder, dtype=dtype).to(device)
+        model = Wav2Vec2Model.from_pretrained(folder, dtype=dtype or torch_dtype or torch.float32).to(device)
         return cls(model, Wav2Vec2FeatureExtractor.from_pretrained(folder))
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        self.model.save_pretrained(folder)
+    def save_pretrained(self, folder: str | Path, **saving_options) -> None:
+        """The wav2vec2 folder (`saving_options` are Wav2Vec2Model's `save_pretrained`'s)."""
+        self.model.save_pretrained(folder, **saving_options)
         self.feature_extractor.save_pretrained(folder)
 
     @property

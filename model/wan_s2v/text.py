@@ -3,6 +3,10 @@
 The reference cleans each prompt (ftfy, HTML entities, whitespace), tokenizes it padded to 512
 tokens, runs the encoder with the padding masked, and keeps only each prompt's real tokens; the
 transformer then pads them back to 512 with zeros. `TextEncoder.encode` returns that padded form.
+
+`TextEncoder` is a diffusers model component (a ModelMixin holding the UMT5EncoderModel), so that
+WanS2VPipeline can save and load it; its folder is UMT5EncoderModel's own, and the tokenizer is
+the pipeline's `tokenizer` component, saved in a folder of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 import ftfy
 import regex
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
 from transformers.utils import SAFE_WEIGHTS_NAME
 
@@ -21,12 +26,16 @@ from ._convert_t5 import convert_t5_key
 from .config import TEXT_LEN, UMT5_XXL_ENCODER_CONFIG
 
 
-class TextEncoder:
-    """Tokenizer + UMT5 encoder; `encode` turns prompts into [B, text_len, d_model] embeddings."""
+class TextEncoder(ModelMixin):
+    """Tokenizer + UMT5 encoder; `encode` turns prompts into [B, text_len, d_model] embeddings.
+
+    `tokenizer` may be None until it is given (DiffusionPipeline loads it as its own component).
+    """
 
     def __init__(
-        self, model: UMT5EncoderModel, tokenizer: PreTrainedTokenizerBase, text_len: int = TEXT_LEN
+        self, model: UMT5EncoderModel, tokenizer: PreTrainedTokenizerBase | None, text_len: int = TEXT_LEN
     ) -> None:
+        super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.text_len = text_len
@@ -54,24 +63,46 @@ class TextEncoder:
     def from_pretrained(
         cls,
         model_dir: Path,
-        tokenizer_dir: Path,
+        tokenizer_dir: Path | None = None,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.bfloat16,
+        dtype: torch.dtype | None = None,
+        *,
+        torch_dtype: torch.dtype | None = None,
+        **loading_options,
     ) -> TextEncoder:
-        """Load folders written by `save_pretrained` (weights streamed like the official file)."""
+        """Load folders written by `save_pretrained` (weights streamed like the official file).
+
+        Without `tokenizer_dir` the encoder has no tokenizer until one is given. `torch_dtype` is
+        how DiffusionPipeline.from_pretrained names `dtype` (default float32, as diffusers loads
+        models; the reference runs this one in bfloat16); its other `loading_options` are for
+        diffusers' own loader and are not needed here.
+        """
         with parameters_on_meta():
             model = UMT5EncoderModel(UMT5Config.from_pretrained(model_dir))
+        dtype = dtype or torch_dtype or torch.float32
         load_streamed(model, read_safetensors(Path(model_dir), SAFE_WEIGHTS_NAME), str, device, dtype)
-        return cls(model, AutoTokenizer.from_pretrained(tokenizer_dir))
+        tokenizer = None if tokenizer_dir is None else AutoTokenizer.from_pretrained(tokenizer_dir)
+        return cls(model, tokenizer)
 
-    def save_pretrained(self, model_dir: Path, tokenizer_dir: Path) -> None:
-        self.model.save_pretrained(model_dir)
-        self.tokenizer.save_pretrained(tokenizer_dir)
+    def save_pretrained(self, model_dir: Path, tokenizer_dir: Path | None = None, **saving_options) -> None:
+        """UMT5EncoderModel's folder (`saving_options` are its `save_pretrained`'s), and the
+        tokenizer's if `tokenizer_dir` is given."""
+        self.model.save_pretrained(model_dir, **saving_options)
+        if tokenizer_dir is not None:
+            self._require_tokenizer().save_pretrained(tokenizer_dir)
+
+    def _require_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None:
+            raise ValueError(
+                "this TextEncoder has no tokenizer: pass one to TextEncoder(...), or load it through "
+                "WanS2VPipeline, which gives it the pipeline's `tokenizer` component"
+            )
+        return self.tokenizer
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """[len(prompts), text_len, d_model] in the model's dtype, zero after each prompt's tokens."""
-        tokens = self.tokenizer(
+        tokens = self._require_tokenizer()(
             [clean_prompt(prompt) for prompt in prompts],
             padding="max_length",
             truncation=True,

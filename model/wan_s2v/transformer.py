@@ -56,6 +56,19 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
     """Wan2.2-S2V transformer. Defaults are the official 14B configuration."""
 
     _no_split_modules = ["WanS2VTransformerBlock"]
+    # Layers whose weights are read outside their own forward (their dtype taken as the compute
+    # dtype, or their weights used in float32 arithmetic), plus the small conditioning layers that
+    # diffusers' Wan keeps out of low-precision storage too. The blocks and audio injectors take
+    # their compute dtype from their attention weights', so storing those in another dtype than
+    # they compute in (enable_layerwise_casting without skipping them) does not run yet.
+    _skip_layerwise_casting_patterns = [
+        "patch_embedding", "pose_embedding", "motion_embedding", "token_type_embedding", "text_embedder",
+        "time_embedder", "time_proj", "audio_encoder", "norm", "^proj_out$",
+    ]
+    # None: the reference loads every weight in its param dtype (bf16) and computes the timestep
+    # embedding, modulation and head in float32 from those bf16 weights under autocast, which
+    # linear_float32 reproduces; fp32 copies of them would change its numbers.
+    _keep_in_fp32_modules = None
 
     @register_to_config
     def __init__(

@@ -3,6 +3,9 @@
 Latents are normalised per channel as in the reference's `Wan2_1_VAE`: the posterior mean, minus
 `latents_mean`, times 1 / `latents_std` (the reference multiplies by the reciprocal; kept so the
 numbers match to the last bit). The reference runs the VAE in float32.
+
+`WanVideoVAE` is a diffusers model component (a ModelMixin holding the AutoencoderKLWan), so that
+WanS2VPipeline can save and load it; its folder is AutoencoderKLWan's own, loadable without us.
 """
 
 from __future__ import annotations
@@ -12,16 +15,18 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 
 from ._convert_checkpoint import load_streamed, parameters_on_meta, read_pth, read_safetensors
 from ._convert_vae import convert_vae_key
 
 
-class WanVideoVAE:
+class WanVideoVAE(ModelMixin):
     """Pixels in [-1, 1] shaped [B, 3, T, H, W] <-> normalised latents [B, 16, 1 + (T-1)/4, H/8, W/8]."""
 
     def __init__(self, model: AutoencoderKLWan) -> None:
+        super().__init__()
         self.model = model.eval().requires_grad_(False)
 
     @classmethod
@@ -48,16 +53,28 @@ class WanVideoVAE:
 
     @classmethod
     def from_pretrained(
-        cls, folder: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        folder: Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        *,
+        torch_dtype: torch.dtype | None = None,
+        **loading_options,
     ) -> WanVideoVAE:
-        """Load a folder written by `save_pretrained` (weights streamed like the official file)."""
+        """Load a folder written by `save_pretrained` (weights streamed like the official file).
+
+        `torch_dtype` is how DiffusionPipeline.from_pretrained names `dtype` (default float32); its
+        other `loading_options` are for diffusers' own loader and are not needed here.
+        """
         with parameters_on_meta():
             model = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(folder))
+        dtype = dtype or torch_dtype or torch.float32
         load_streamed(model, read_safetensors(Path(folder), SAFETENSORS_WEIGHTS_NAME), str, device, dtype)
         return cls(model)
 
-    def save_pretrained(self, folder: Path) -> None:
-        self.model.save_pretrained(folder)
+    def save_pretrained(self, folder: Path, **saving_options) -> None:
+        """AutoencoderKLWan's folder; `saving_options` are its `save_pretrained`'s."""
+        self.model.save_pretrained(folder, **saving_options)
 
     @property
     def device(self) -> torch.device:
