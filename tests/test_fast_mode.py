@@ -4,6 +4,7 @@ test_fast_mode_reference.py.)"""
 
 from __future__ import annotations
 
+import subprocess
 import types
 
 import numpy as np
@@ -105,3 +106,29 @@ def test_the_fast_mode_runs_its_vae_in_the_compute_dtype_like_live_avatar(sample
     assert sampler.vae is sampler.pipeline.vae  # float32 here: the same VAE
     bf16 = FastSampler(types.SimpleNamespace(vae=sampler.pipeline.vae, dtype=torch.bfloat16))
     assert bf16.vae.dtype == torch.bfloat16 and sampler.pipeline.vae.dtype == torch.float32
+
+
+def test_a_stream_sends_the_first_block_as_its_first_segment(video_of, tmp_path):
+    """Streamed (handler/segments.py), the fast mode's first segment leaves with its first block
+    of 9 frames, and each later one with the block that completes it."""
+    from handler.segments import SegmentPlan, SegmentWriter
+    from model.wan_s2v.backend import WanS2VBackend
+    from tests.mp4_facts import FFMPEG, mp4_facts
+
+    speech = tmp_path / "speech.wav"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "sine=d=3.1", str(speech)], check=True)
+    blocks = video_of(3.1)
+    num_frames = sum(len(block) for block in blocks)
+    # the backend's declaration, asked without loading any weights
+    batches = WanS2VBackend.__new__(WanS2VBackend).frame_batches("fast")
+    handed_at = []
+    with SegmentWriter(tmp_path / "segments", SIDE, SIDE, 16.0, speech, num_frames,
+                       SegmentPlan.for_batches(batches, 16.0),
+                       lambda segment: handed_at.append(writer.frames_written)) as writer:
+        for block in blocks:
+            writer.write(block)
+    assert handed_at[0] == len(blocks[0]) == 9, "the first segment left with the first block"
+    assert set(handed_at) <= set(np.cumsum([len(block) for block in blocks])), "each with the block ending it"
+    joined = tmp_path / "all.ts"
+    joined.write_bytes(b"".join(path.read_bytes() for path in sorted((tmp_path / "segments").glob("*.ts"))))
+    assert mp4_facts(joined).num_frames == num_frames
