@@ -261,24 +261,32 @@ def _bucket_env(s3_server: str) -> dict[str, str]:
             "BUCKET_SECRET_ACCESS_KEY": S3_SECRET_KEY, "BUCKET_NAME": TEST_BUCKET}
 
 
-def test_bucket_gets_segments_while_the_job_runs_and_its_playlist_plays(s3_server, long_speech, tmp_path):
+def test_bucket_gets_segments_while_the_job_runs_and_its_playlist_plays(s3_server, long_speech, tmp_path,
+                                                                        monkeypatch):
     worker = start_worker({"MODEL_BACKEND": "lite", **_bucket_env(s3_server)})
+    generate = worker.loaded_backend.generate
+
+    def slow_generate(*args, **kwargs):  # batches that take a GPU-like 0.1 s each
+        for batch in generate(*args, **kwargs):
+            time.sleep(0.1)
+            yield batch
+
+    monkeypatch.setattr(worker.loaded_backend, "generate", slow_generate)
     s3 = _s3(s3_server)
-    before = {entry["Key"] for entry in s3.list_objects_v2(Bucket=TEST_BUCKET).get("Contents", [])}
     outcome: dict[str, Any] = {}
     job = threading.Thread(target=lambda: outcome.update(worker.handle({"id": "bucket-stream",
                                                                         "input": _long_job(long_speech)})))
     job.start()
-    segments_while_running: set[str] = set()
+    segments_seen: list[int] = []
     while job.is_alive():
-        keys = {entry["Key"] for entry in s3.list_objects_v2(Bucket=TEST_BUCKET).get("Contents", [])} - before
-        if job.is_alive():
-            segments_while_running |= {key for key in keys if key.endswith(".ts")}
+        keys = [entry["Key"] for entry in s3.list_objects_v2(Bucket=TEST_BUCKET).get("Contents", [])]
+        segments_seen.append(sum(1 for key in keys if "/bucket-stream-" in key and key.endswith(".ts")))
         time.sleep(0.1)
     job.join()
     assert outcome["success"] is True, outcome
-    assert segments_while_running, "no segment was in the bucket before the job ended"
-    assert outcome["segments"] > len(segments_while_running) > 0
+    assert any(0 < seen < outcome["segments"] for seen in segments_seen), (
+        f"segments in the bucket while the job ran: {segments_seen}; the first ones should be there before the last"
+    )
     playlist = requests.get(outcome["playlist_url"], timeout=30)
     assert playlist.headers["Content-Type"] == "application/vnd.apple.mpegurl"
     assert playlist.text.rstrip().endswith("#EXT-X-ENDLIST")
