@@ -11,9 +11,10 @@ TORCH_INDEX_URL ?=
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-# the lint gate first: a change that does not pass it does not land
+# the lint gate first: a change that does not pass it does not land. Test files run in parallel,
+# one process per core, each file whole in one process (its module fixtures are made once).
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # ruff and mypy as configured in pyproject.toml (mypy checks handler/, model/ and scripts/)
 lint: $(STAMP)
