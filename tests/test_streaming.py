@@ -128,6 +128,19 @@ def streaming_worker():
     return start_worker({"MODEL_BACKEND": "lite", "STREAM_RESULTS": "1"})
 
 
+def _slow_batches(worker, monkeypatch) -> None:
+    """Each batch takes at least 0.1 s, as a GPU's takes seconds: the machine's load then cannot
+    make a whole job as quick as its start."""
+    generate = worker.loaded_backend.generate
+
+    def slow_generate(*args, **kwargs):
+        for batch in generate(*args, **kwargs):
+            time.sleep(0.1)
+            yield batch
+
+    monkeypatch.setattr(worker.loaded_backend, "generate", slow_generate)
+
+
 def _run_generator(worker, job: dict[str, Any]) -> tuple[list[tuple[float, dict[str, Any]]], float]:
     """The handler's generator, as RunPod's SDK drives it; items with their arrival times."""
     async def consume() -> list[tuple[float, dict[str, Any]]]:
@@ -141,16 +154,7 @@ def _run_generator(worker, job: dict[str, Any]) -> tuple[list[tuple[float, dict[
 
 def test_a_long_job_streams_its_first_segment_long_before_it_ends(streaming_worker, long_speech, tmp_path,
                                                                  monkeypatch):
-    # Each batch takes at least 0.1 s, as a GPU's would take seconds: a machine's load then cannot
-    # make the whole job as quick as its start.
-    generate = streaming_worker.backend.generate
-
-    def slow_generate(*args, **kwargs):
-        for batch in generate(*args, **kwargs):
-            time.sleep(0.1)
-            yield batch
-
-    monkeypatch.setattr(streaming_worker.backend, "generate", slow_generate)
+    _slow_batches(streaming_worker, monkeypatch)
     timed, total = _run_generator(streaming_worker, {"id": "stream-1", "input": _long_job(long_speech)})
     items = [item for _, item in timed]
     first_at = timed[0][0]
@@ -264,14 +268,7 @@ def _bucket_env(s3_server: str) -> dict[str, str]:
 def test_bucket_gets_segments_while_the_job_runs_and_its_playlist_plays(s3_server, long_speech, tmp_path,
                                                                         monkeypatch):
     worker = start_worker({"MODEL_BACKEND": "lite", **_bucket_env(s3_server)})
-    generate = worker.loaded_backend.generate
-
-    def slow_generate(*args, **kwargs):  # batches that take a GPU-like 0.1 s each
-        for batch in generate(*args, **kwargs):
-            time.sleep(0.1)
-            yield batch
-
-    monkeypatch.setattr(worker.loaded_backend, "generate", slow_generate)
+    _slow_batches(worker, monkeypatch)
     s3 = _s3(s3_server)
     outcome: dict[str, Any] = {}
     job = threading.Thread(target=lambda: outcome.update(worker.handle({"id": "bucket-stream",
