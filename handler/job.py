@@ -189,11 +189,13 @@ class Worker:
             with contextlib.ExitStack() as cleanup:
                 sinks = None
                 if request.stream:
-                    playlist = self._bucket_playlist(bucket, job_id, options.mode)
+                    backend = self.loaded_backend
+                    plan = SegmentPlan.for_batches(backend.frame_batches(options.mode), backend.fps)
+                    playlist = self._bucket_playlist(bucket, job_id, plan)
                     if playlist is not None:
                         cleanup.callback(playlist.close)
                         progress.report_playlist(playlist.url)
-                    sinks = SegmentSinks(workdir / "segments", emit if streams_items else None, playlist)
+                    sinks = SegmentSinks(workdir / "segments", plan, emit if streams_items else None, playlist)
                 num_frames = self._render(options, portrait, audio, video, guard, timings, sinks)
                 if sinks is not None:
                     sinks.finish(video if destination != "streamed" else None)
@@ -287,12 +289,11 @@ class Worker:
         except NoFaceError as error:
             raise JobError(ErrorCode.NO_FACE, f"{request.image.field}: {error}") from None
 
-    def _bucket_playlist(self, bucket: BucketSettings | None, job_id: str, mode: str) -> BucketPlaylist | None:
+    def _bucket_playlist(self, bucket: BucketSettings | None, job_id: str, plan: SegmentPlan) -> BucketPlaylist | None:
         if bucket is None:
             return None
-        backend = self.loaded_backend
         return BucketPlaylist(
-            bucket, job_id, SegmentPlan.for_batches(backend.frame_batches(mode), backend.fps), backend.fps,
+            bucket, job_id, plan, self.loaded_backend.fps,
             self.settings.url_expiry_seconds, self.settings.upload_timeout_seconds, self.settings.allow_private_urls,
         )
 
@@ -313,9 +314,8 @@ class Worker:
         if sinks is None:
             writer = Mp4Writer(video, portrait.width, portrait.height, backend.fps, audio.mux_wav)
         else:
-            plan = SegmentPlan.for_batches(backend.frame_batches(options.mode), backend.fps)
             writer = SegmentWriter(sinks.directory, portrait.width, portrait.height, backend.fps,
-                                   audio.mux_wav, expected, plan, sinks)
+                                   audio.mux_wav, expected, sinks.plan, sinks)
         with writer:
             # closing(): a failure or a stop closes the generator at once, not whenever it is collected.
             # The interface promises an Iterator; every backend's generate() is a generator function.

@@ -13,7 +13,7 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
 
 from handler.cancel import JobControl, WorkerStop
@@ -38,17 +38,11 @@ class RunPodHandler:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
 
     async def __call__(self, job: dict[str, Any]) -> dict[str, Any]:
-        # Installed here, on the event loop's (main) thread, after the SDK has set up its own
-        # signal handlers, so that a worker stop also stops the running job.
-        self._stop.install()
-        control = JobControl()
-        self._stop.watch(control)
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._worker.handle, job, control)
+        control, future = self._start(job)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            control.stop("RunPod cancelled the job (a cancel request or the endpoint's execution timeout)")
-            await self._wait_until_stopped(future, str(job.get("id")))
+            await self._stop_job(control, future, job)
             raise
         finally:
             self._stop.unwatch(control)
@@ -61,16 +55,13 @@ class RunPodHandler:
         config, so a result asking for a fresh worker sets that (`sdk_config`) instead of being
         sent with the flag.
         """
-        self._stop.install()
-        control = JobControl()
-        self._stop.watch(control)
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
         def emit(item: dict[str, Any]) -> None:
             loop.call_soon_threadsafe(items.put_nowait, item)
 
-        future = loop.run_in_executor(self._executor, functools.partial(self._worker.handle, job, control, emit=emit))
+        control, future = self._start(job, emit)
         future.add_done_callback(lambda _: items.put_nowait(None))
         try:
             while (item := await items.get()) is not None:
@@ -79,15 +70,28 @@ class RunPodHandler:
             if result.pop("refresh_worker", False):
                 sdk_config["refresh_worker"] = True
             yield result
-        except (asyncio.CancelledError, GeneratorExit):
-            control.stop("RunPod cancelled the job (a cancel request or the endpoint's execution timeout)")
-            await self._wait_until_stopped(future, str(job.get("id")))
+        except (asyncio.CancelledError, GeneratorExit):  # a cancel reaches a generator as either
+            await self._stop_job(control, future, job)
             raise
         finally:
             self._stop.unwatch(control)
 
+    def _start(
+        self, job: dict[str, Any], emit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> tuple[JobControl, asyncio.Future[dict[str, Any]]]:
+        """The job running in the job thread, and the control that stops it (watched by the worker stop)."""
+        # Installed here, on the event loop's (main) thread, after the SDK has set up its own
+        # signal handlers, so that a worker stop also stops the running job.
+        self._stop.install()
+        control = JobControl()
+        self._stop.watch(control)
+        run = functools.partial(self._worker.handle, job, control, emit=emit)
+        return control, asyncio.get_running_loop().run_in_executor(self._executor, run)
+
     @staticmethod
-    async def _wait_until_stopped(future: asyncio.Future, job_id: str) -> None:
+    async def _stop_job(control: JobControl, future: asyncio.Future, job: dict[str, Any]) -> None:
+        """Ask the cancelled job to stop, and wait (bounded) until it has, its files removed."""
+        control.stop("RunPod cancelled the job (a cancel request or the endpoint's execution timeout)")
         done, _ = await asyncio.wait({future}, timeout=STOP_WAIT_SECONDS)
         if not done:
-            log.warning("job %s was cancelled but is still running after %.0f s", job_id, STOP_WAIT_SECONDS)
+            log.warning("job %s was cancelled but is still running after %.0f s", job.get("id"), STOP_WAIT_SECONDS)

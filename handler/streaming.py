@@ -131,12 +131,15 @@ class BucketPlaylist:
 
 
 class SegmentSinks:
-    """Hands each finished segment (made in `directory`) to the job's ways out, and counts what left."""
+    """Hands each finished segment (made in `directory`, cut by `plan`) to the job's ways out, and counts what left."""
 
     def __init__(
-        self, directory: Path, emit: Callable[[StreamItem], None] | None, playlist: BucketPlaylist | None,
+        self, directory: Path, plan: SegmentPlan, emit: Callable[[StreamItem], None] | None,
+        playlist: BucketPlaylist | None,
     ) -> None:
         self.directory = directory
+        #: where the segments are cut
+        self.plan = plan
         self._emit = emit
         self.playlist = playlist
         self.segments = 0
