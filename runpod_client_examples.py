@@ -224,11 +224,22 @@ class TalkingHeadClient:
         return reply.json()
 
 
-def save_video(status: dict[str, Any], folder: Path) -> Path:
-    """Write a finished job's MP4 (inline or from its presigned URL); raises with the job's error."""
+def result_of(status: dict[str, Any]) -> dict[str, Any]:
+    """A finished job's result: its output, or, on an endpoint with STREAM_RESULTS=1 (where every
+    output is a list of what the job sent), the list's last item. Raises with the job's error."""
     if status.get("status") != "COMPLETED":
         raise RuntimeError(f"job {status.get('id')} {status.get('status')}: {status.get('error')}")
-    output = status["output"]
+    output = status.get("output")
+    if isinstance(output, list):
+        output = output[-1] if output else None
+    if not isinstance(output, dict):
+        raise RuntimeError(f"job {status.get('id')} COMPLETED without a result: its output is {output!r}")
+    return output
+
+
+def save_video(status: dict[str, Any], folder: Path) -> Path:
+    """Write a finished job's MP4 (inline or from its presigned URL); raises with the job's error."""
+    output = result_of(status)
     target = folder / f"{status['id']}.mp4"
     if "video_base64" in output:
         target.write_bytes(base64.b64decode(output["video_base64"]))
@@ -412,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     for status in results:
         try:
             path = save_video(status, args.out)
-            print(f"{status['id']}: {path} ({status['output']['duration_seconds']:.1f} s of video)")
+            print(f"{status['id']}: {path} ({result_of(status)['duration_seconds']:.1f} s of video)")
         except RuntimeError as error:
             failed += 1
             print(error, file=sys.stderr)

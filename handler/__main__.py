@@ -22,7 +22,7 @@ set_sdk_log_level(SDK_LOG_LEVEL)
 
 import runpod  # noqa: E402
 
-from handler.serve import RunPodHandler  # noqa: E402
+from handler.runpod_handler import AGGREGATE_FLAG, RunPodHandler  # noqa: E402
 from handler.startup import start_worker  # noqa: E402
 
 log = logging.getLogger("handler")
@@ -42,9 +42,9 @@ def main() -> None:
     if not worker.settings.stream_results:
         runpod.serverless.start({"handler": handler})
         return
-    # A generator handler: `stream` jobs send segments through /stream/{id}. The SDK then makes
-    # every job's final output the list of what it yielded (docs/CONTRACT.md, "Streaming").
-    config: dict[str, Any] = {"return_aggregate_stream": True}
+    # A generator handler: `stream` jobs send segments through /stream/{id}. Every job's final
+    # output is then a list, holding its result alone (docs/CONTRACT.md, "Streaming").
+    config: dict[str, Any] = {AGGREGATE_FLAG: True}
     config["handler"] = functools.partial(handler.stream, sdk_config=config)
     log.info("STREAM_RESULTS=1: jobs stream through /stream/{id}; every result is a list of items")
     runpod.serverless.start(config)

@@ -1,6 +1,6 @@
 """Stopping a job that is running: RunPod's cancel, and the worker's own stop (SIGTERM, SIGINT).
 
-A job runs in a thread of its own (handler/serve.py). The backends call the job's progress
+A job runs in a thread of its own (handler/runpod_handler.py). The backends call the job's progress
 callback once per diffusion step (Wan2.2-S2V, both modes) or frame batch (lite); the worker's
 callback asks the job's JobControl first, which raises JobCancelled once a stop was asked for. So
 generation ends at the next step without model code knowing about cancellation: the exception
@@ -21,6 +21,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A job stops at its next diffusion step or frame batch: a lite batch takes a fraction of a second
+# on CPU, a Wan step seconds on a GPU (scripts/benchmark_gpu.py prints s/step; no step was timed
+# here). The bound only keeps a stuck step from holding a front door forever: past it the door
+# moves on, and the job still stops, and cleans up, when that step ends.
+STOP_WAIT_SECONDS = 120.0
 
 
 class JobCancelled(BaseException):

@@ -27,11 +27,10 @@ from handler.errors import ErrorCode, JobError
 from handler.fetch import resolve_public
 from handler.s3_put import PutFailed, put_file
 from handler.settings import MAX_URL_EXPIRY_SECONDS
+from model.utc import utc_now, utc_text
 
 log = logging.getLogger(__name__)
 
-# Room for the other result fields around the base64 string.
-RESULT_OVERHEAD_BYTES = 4096
 KEY_PREFIX = "talking-head"
 CONTENT_TYPE = "video/mp4"
 S3_ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
@@ -58,38 +57,6 @@ def base64_size(num_bytes: int) -> int:
     return 4 * ((num_bytes + 2) // 3)
 
 
-def fits_inline(video_bytes: int, max_result_bytes: int) -> bool:
-    return base64_size(video_bytes) + RESULT_OVERHEAD_BYTES <= max_result_bytes
-
-
-def choose_destination(output_type: str, bucket: BucketSettings | None) -> str:
-    """"base64" or "s3", known before anything is rendered; INVALID_INPUT for "s3" without a bucket."""
-    if output_type == "s3" or (output_type == "auto" and bucket is not None):
-        if bucket is None:
-            raise JobError(
-                ErrorCode.INVALID_INPUT,
-                "output_type is 's3' but no bucket is configured; "
-                "set the BUCKET_* variables on the endpoint or send s3Config.",
-            )
-        return "s3"
-    return "base64"
-
-
-def check_inline_size(video_bytes: int, max_result_bytes: int, so_far: str = "") -> None:
-    """OUTPUT_TOO_LARGE when a video of this many bytes (or more) cannot go back inline.
-
-    `so_far` (" after 75 of 1500 frames") says the video was stopped while it was still growing.
-    """
-    if not fits_inline(video_bytes, max_result_bytes):
-        size = f"reached {video_bytes / 1e6:.2f} MB{so_far}" if so_far else f"is {video_bytes / 1e6:.2f} MB"
-        raise JobError(
-            ErrorCode.OUTPUT_TOO_LARGE,
-            f"the video {size}, too large to return inline (limit about "
-            f"{(max_result_bytes - RESULT_OVERHEAD_BYTES) * 3 / 4 / 1e6:.2f} MB); configure a bucket "
-            "(BUCKET_* variables or s3Config) and use output_type 's3' or 'auto'.",
-        )
-
-
 def check_bucket_address(bucket: BucketSettings, allow_private: bool) -> None:
     """Before rendering: a job's own bucket (s3Config) must be on a public address, like any URL a job names."""
     if bucket.from_job and bucket.endpoint_url is not None:
@@ -105,7 +72,7 @@ def upload_result(
     allow_private: bool = False,
 ) -> dict[str, Any]:
     """Upload with an unguessable key within `timeout_seconds`, and return the presigned URL (never logged)."""
-    now = datetime.datetime.now(datetime.UTC)
+    now = utc_now()
     key = f"{new_key_prefix(job_id, now)}.mp4"
     with video.open("rb") as file:
         put_object(file, video.stat().st_size, key, CONTENT_TYPE, bucket, timeout_seconds, allow_private)
@@ -122,8 +89,7 @@ def new_key_prefix(job_id: str, now: datetime.datetime) -> str:
 
 
 def expiry_time(now: datetime.datetime, expiry_seconds: int) -> str:
-    expires_at = now + datetime.timedelta(seconds=expiry_seconds)
-    return expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_text(now + datetime.timedelta(seconds=expiry_seconds))
 
 
 def put_object(

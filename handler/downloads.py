@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from model.utc import utc_now, utc_text
+
 log = logging.getLogger(__name__)
 
 
@@ -46,8 +48,7 @@ class DownloadStore:
         """The video for `download_id` is complete: serve it from now on; returns when it expires (UTC, ISO 8601)."""
         with self._lock:
             self._entries[download_id] = _Entry(self.path_for(download_id), time.monotonic() + self.retention_seconds)
-        expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.retention_seconds)
-        return expires.isoformat(timespec="seconds").replace("+00:00", "Z")
+        return utc_text(utc_now() + datetime.timedelta(seconds=self.retention_seconds))
 
     def discard(self, download_id: str) -> None:
         """A job that failed may have left part of a file."""

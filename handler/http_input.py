@@ -22,12 +22,16 @@ from starlette.types import Message, Receive
 
 from handler.delivery import base64_size
 from handler.errors import ErrorCode, JobError
+from handler.schema import SHARED_OPTIONS
+from model.declaration import TRUE_WORDS
 
 FILE_FIELDS = ("audio_file", "image_file")
-# The shared fields that are not text; a backend's own fields say their types (BackendOptions.field_types).
-SHARED_FIELD_TYPES: dict[str, type] = {"seed": int, "max_duration_seconds": float, "stream": bool}
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
+# Each shared field's value type, from its declaration; a backend's own fields say theirs
+# (BackendOptions.field_types).
+SHARED_FIELD_TYPES: dict[str, type] = {name: declared.kind for name, declared in SHARED_OPTIONS.items()}
+# A form's boolean is one of TRUE_WORDS (as the settings read them) or one of these; any other
+# text is handed on as sent, for the job's validation to refuse.
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # Room beside the two media files for the other fields and the multipart framing.
 ENVELOPE_BYTES = 1024 * 1024
@@ -121,7 +125,7 @@ def _typed(value: str, kind: type) -> Any:
     validation then names the field)."""
     if kind is bool:
         word = value.strip().lower()
-        return word in TRUE_WORDS if word in TRUE_WORDS + FALSE_WORDS else value
+        return word in TRUE_WORDS if word in TRUE_WORDS | FALSE_WORDS else value
     if kind in (int, float):
         try:
             return kind(value)

@@ -10,42 +10,28 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from handler import delivery
-from handler.bucket import BucketSettings
 from handler.cancel import JobCancelled, JobControl
-from handler.errors import ErrorCode, JobError
+from handler.delivery_plan import DeliveryPlan, Destination, plan_delivery
+from handler.errors import FRESH_WORKER_CODES, ErrorCode, JobError, contract_error, from_model_error
 from handler.fetch import fetch_url
 from handler.media import DecodedAudio, decode_audio, decode_base64, decode_image
 from handler.presets import PresetAvatars
-from handler.progress import ProgressReporter
+from handler.progress import PERCENT_AFTER_GENERATE, PERCENT_AFTER_INPUTS, ProgressReporter
+from handler.render import StepGuard, render
 from handler.schema import JobRequest, MediaSource, parse_job
-from handler.segments import SegmentPlan, SegmentWriter
+from handler.segments import SegmentPlan
 from handler.settings import WorkerSettings
 from handler.streaming import BucketPlaylist, SegmentSinks, StreamItem
-from handler.video import FfmpegEncoder, Mp4Writer
-from model.base import (
-    BackendOutOfMemoryError,
-    GenerationOptions,
-    InvalidOptionError,
-    ModelUnavailableError,
-    NoFaceError,
-    PreparedPortrait,
-    TalkingHeadBackend,
-    num_frames_for,
-)
+from model.base import GenerationOptions, NoFaceError, PreparedPortrait, TalkingHeadBackend
 
 log = logging.getLogger(__name__)
-
-# Share of the progress bar each stage takes.
-PERCENT_AFTER_INPUTS = 5.0
-PERCENT_AFTER_PREPARE = 10.0
-PERCENT_AFTER_GENERATE = 95.0
 
 
 @dataclasses.dataclass
@@ -116,154 +102,79 @@ class Worker:
         try:
             if self.startup_error is not None:
                 raise self.startup_error
-            result = self._run(job, job_id, started, control, keep_video_at, emit)
-            delivered = ("uploaded" if "video_url" in result else "inline" if "video_base64" in result
-                         else "streamed" if emit is not None and "segments" in result else "kept")
-            log.info("job %s done in %.2f s: %dx%d, %d frames, %d bytes, %s", job_id,
-                     result["generation_time_seconds"], result["width"], result["height"], result["num_frames"],
-                     result["file_size_bytes"], delivered)
-            return result
-        except JobError as error:
-            log.info("job %s failed: %s", job_id, error)
-            return {"error": str(error)}
-        except NoFaceError as error:
-            return {"error": str(JobError(ErrorCode.NO_FACE, str(error)))}
-        except ModelUnavailableError as error:
-            return {"error": str(JobError(ErrorCode.MODEL_UNAVAILABLE, str(error)))}
-        except BackendOutOfMemoryError as error:
-            log.error("job %s ran out of GPU memory; asking for a fresh worker", job_id)
-            return {"error": str(JobError(ErrorCode.OUT_OF_MEMORY, str(error))), "refresh_worker": True}
+            result, destination = self._run(job, job_id, started, control, keep_video_at, emit)
         except Exception as error:  # noqa: BLE001 - the worker must survive anything a job does
-            translated = self.backend.translate_error(error) if self.backend is not None else error
-            if isinstance(translated, BackendOutOfMemoryError):
-                log.error("job %s ran out of GPU memory; asking for a fresh worker", job_id)
-                return {"error": str(JobError(ErrorCode.OUT_OF_MEMORY, str(translated))), "refresh_worker": True}
-            log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-            message = ("the worker hit an unexpected error; it was logged with the job id. "
-                       "Retry, and report it if it persists.")
-            output: dict[str, Any] = {"error": str(JobError(ErrorCode.INTERNAL, message))}
-            if self.backend is not None and self.backend.needs_fresh_worker(error):
-                output["refresh_worker"] = True
-            return output
+            return self._failure(job_id, error)
+        log.info("job %s done in %.2f s: %dx%d, %d frames, %d bytes, %s", job_id,
+                 result["generation_time_seconds"], result["width"], result["height"], result["num_frames"],
+                 result["file_size_bytes"], destination)
+        return result
+
+    def _failure(self, job_id: str, error: Exception) -> dict[str, Any]:
+        """What a job raised, as the contract's error; called while it is being handled."""
+        translated = self.backend.translate_error(error) if self.backend is not None else error
+        failure = contract_error(translated)
+        if failure is not None:
+            log.info("job %s failed: %s", job_id, failure)
+            if failure.code not in FRESH_WORKER_CODES:
+                return {"error": str(failure)}
+            log.error("job %s failed %s; asking for a fresh worker", job_id, failure.code.value)
+            return {"error": str(failure), "refresh_worker": True}
+        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+        message = ("the worker hit an unexpected error; it was logged with the job id. "
+                   "Retry, and report it if it persists.")
+        output: dict[str, Any] = {"error": str(JobError(ErrorCode.INTERNAL, message))}
+        if self.backend is not None and self.backend.needs_fresh_worker(error):
+            output["refresh_worker"] = True
+        return output
 
     def _run(
         self, job: dict[str, Any], job_id: str, started: float, control: JobControl, keep_video_at: Path | None,
         emit: Callable[[StreamItem], None] | None,
-    ) -> dict[str, Any]:
-        progress = ProgressReporter(job)
+    ) -> tuple[dict[str, Any], Destination]:
         request = parse_job(job, self.settings.max_audio_seconds, self.default_mode)
         # Before any media is fetched or decoded: a job that cannot succeed costs nothing.
         options = self._options(request)
-        bucket = request.s3_override or self.settings.bucket
-        destination = delivery.choose_destination(request.output_type, bucket)
-        streams_items = request.stream and emit is not None
-        _check_stream(request, bucket, streams_items)
-        if keep_video_at is not None and destination == "base64" and request.output_type == "auto":
-            destination = "kept"
-        if streams_items and destination == "base64":
-            destination = "streamed"  # the segments are the video
-        # choose_destination picks "s3" only with a bucket
-        upload_bucket = bucket if destination == "s3" else None
-        if bucket is not None and (upload_bucket is not None or request.stream):
-            delivery.check_bucket_address(bucket, self.settings.allow_private_urls)
-        timings: dict[str, float] = {}
-        with tempfile.TemporaryDirectory(prefix="talking-head-job-") as tmp:
-            workdir = Path(tmp)
-            clock = time.monotonic()
-            control.check()
-            progress.report("decode", 0.0)
-            audio = self._load_audio(request, workdir)
-            image = None if request.image.kind == "preset" else self._load_image(request.image)
-            timings["decode"] = time.monotonic() - clock
-
-            clock = time.monotonic()
-            control.check()
-            progress.report("prepare", PERCENT_AFTER_INPUTS)
-            portrait = self._prepare(request, options.mode, image)
-            timings["prepare"] = time.monotonic() - clock
-            log.info("job %s: portrait ready (%s) in %.2f s", job_id, request.image.field, timings["prepare"])
-
-            video = workdir / "video.mp4"
-            inline_limit = self.settings.max_inline_result_bytes if destination == "base64" else None
-            guard = _StepGuard(job_id, control, progress, video, inline_limit)
-            with contextlib.ExitStack() as cleanup:
-                sinks = None
-                if request.stream:
-                    backend = self.loaded_backend
-                    plan = SegmentPlan.for_batches(backend.frame_batches(options.mode), backend.fps)
-                    playlist = self._bucket_playlist(bucket, job_id, plan)
-                    if playlist is not None:
-                        cleanup.callback(playlist.close)
-                        progress.report_playlist(playlist.url)
-                    sinks = SegmentSinks(workdir / "segments", plan, emit if streams_items else None, playlist)
-                num_frames = self._render(options, portrait, audio, video, guard, timings, sinks)
-                if sinks is not None:
-                    sinks.finish(video if destination != "streamed" else None)
-
-            size = video.stat().st_size if video.exists() else sinks.bytes if sinks is not None else 0
-            clock = time.monotonic()
-            control.check()
-            if upload_bucket is not None:
-                progress.report("upload", PERCENT_AFTER_GENERATE)
-                delivered = delivery.upload_result(
-                    video, job_id, upload_bucket, self.settings.url_expiry_seconds,
-                    self.settings.upload_timeout_seconds, self.settings.allow_private_urls,
-                )
-            elif destination == "base64":
-                delivery.check_inline_size(size, self.settings.max_inline_result_bytes)
-                delivered = delivery.inline_result(video)
-            else:
-                delivered = {}
-            if keep_video_at is not None:
-                shutil.move(video, keep_video_at)
-            timings["upload"] = time.monotonic() - clock
-
+        plan = self._plan(request, sends_stream_items=emit is not None, kept_by_server=keep_video_at is not None)
+        stages = _Stages(job_id, control, ProgressReporter(job))
+        with tempfile.TemporaryDirectory(prefix="talking-head-job-") as workdir:
+            with stages.run("decode", percent=0.0):
+                audio = self._load_audio(request, Path(workdir))
+                image = None if request.image.kind == "preset" else self._load_image(request.image)
+            with stages.run("prepare", percent=PERCENT_AFTER_INPUTS):
+                portrait = self._prepare(request, options.mode, image)
+            log.info("job %s: portrait ready (%s) in %.2f s", job_id, request.image.field, stages.timings["prepare"])
+            video = self._render(plan, options, portrait, audio, Path(workdir) / "video.mp4", stages, emit)
+            with stages.run("upload"):
+                delivered = self._deliver(plan, video, stages)
+                if keep_video_at is not None:
+                    shutil.move(video.path, keep_video_at)
         # One job at a time holds the device from its start to its result: that is what it costs.
-        backend = self.loaded_backend
         held_seconds = round(time.monotonic() - started, 3)
-        streamed: dict[str, Any] = {}
-        if sinks is not None:
-            streamed["segments"] = sinks.segments
-            if sinks.playlist is not None:
-                streamed.update(playlist_url=sinks.playlist.url, playlist_expires_at=sinks.playlist.expires_at)
-        return {
-            "success": True,
-            "request_id": job_id,
-            **delivered,
-            **streamed,
-            "generation_time_seconds": held_seconds,
-            "file_size_bytes": size,
-            "duration_seconds": round(num_frames / backend.fps, 3),
-            "fps": backend.fps,
-            "width": portrait.width,
-            "height": portrait.height,
-            "num_frames": num_frames,
-            "model": backend.name,
-            "seed": request.seed,
-            "mode": options.mode,
-            "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
-            "gpu": self.device,
-            "gpu_seconds": held_seconds,
-        }
+        return self._result(job_id, request, options, video, delivered, stages.timings, held_seconds), plan.destination
 
     def _options(self, request: JobRequest) -> GenerationOptions:
-        """The job's generation options, once the backend has accepted them (else INVALID_INPUT)."""
-        try:
-            backend_options = self.loaded_backend.parse_options(request.backend_fields, request.mode)
-        except InvalidOptionError as error:
-            message = str(error)
-            if error.field not in message:
-                message = f"{error.field}: {message}"
-            raise JobError(ErrorCode.INVALID_INPUT, message) from None
+        """The job's generation options, once the backend has accepted them (else InvalidOptionError)."""
+        backend_options = self.loaded_backend.parse_options(request.backend_fields, request.mode)
         return GenerationOptions(
             seed=request.seed, mode=request.mode, prompt=request.prompt, backend_options=backend_options
         )
+
+    def _plan(self, request: JobRequest, sends_stream_items: bool, kept_by_server: bool) -> DeliveryPlan:
+        plan = plan_delivery(
+            request.output_type, request.stream, request.s3_override, self.settings.bucket,
+            sends_stream_items=sends_stream_items, kept_by_server=kept_by_server,
+            max_inline_result_bytes=self.settings.max_inline_result_bytes,
+        )
+        if plan.bucket is not None:
+            delivery.check_bucket_address(plan.bucket, self.settings.allow_private_urls)
+        return plan
 
     def _load_audio(self, request: JobRequest, workdir: Path) -> DecodedAudio:
         data = self._read_source(request.audio)
         return decode_audio(data, request.audio.field, workdir, request.max_duration_seconds)
 
-    def _load_image(self, source: MediaSource):
+    def _load_image(self, source: MediaSource) -> np.ndarray:
         return decode_image(self._read_source(source), source.field, self.settings.max_image_pixels)
 
     def _read_source(self, source: MediaSource) -> bytes:
@@ -274,7 +185,7 @@ class Worker:
             )
         return decode_base64(source.value, source.field, self.settings.max_input_bytes)
 
-    def _prepare(self, request: JobRequest, mode: str, image) -> PreparedPortrait:
+    def _prepare(self, request: JobRequest, mode: str, image: np.ndarray | None) -> PreparedPortrait:
         backend = self.loaded_backend
         max_area = request.max_area or backend.default_max_area(mode)
         if request.image.kind == "preset":
@@ -284,103 +195,121 @@ class Worker:
                     "avatar_id was given but this endpoint has no presets (PRESET_AVATARS_DIR); send image_file.",
                 )
             return self.presets.prepared(request.image.value, max_area)
+        assert image is not None, "a job's own portrait is decoded before it is prepared"
         try:
             return backend.prepare_portrait(image, max_area)
         except NoFaceError as error:
-            raise JobError(ErrorCode.NO_FACE, f"{request.image.field}: {error}") from None
-
-    def _bucket_playlist(self, bucket: BucketSettings | None, job_id: str, plan: SegmentPlan) -> BucketPlaylist | None:
-        if bucket is None:
-            return None
-        return BucketPlaylist(
-            bucket, job_id, plan, self.loaded_backend.fps,
-            self.settings.url_expiry_seconds, self.settings.upload_timeout_seconds, self.settings.allow_private_urls,
-        )
+            raise from_model_error(error, request.image.field) from None
 
     def _render(
-        self, options: GenerationOptions, portrait: PreparedPortrait, audio: DecodedAudio, video: Path,
-        guard: _StepGuard, timings: dict[str, float], sinks: SegmentSinks | None,
-    ) -> int:
-        """Generate and encode together; returns the number of frames written.
+        self, plan: DeliveryPlan, options: GenerationOptions, portrait: PreparedPortrait, audio: DecodedAudio,
+        path: Path, stages: _Stages, emit: Callable[[StreamItem], None] | None,
+    ) -> _Video:
+        """Generate and encode: the MP4 at `path`, and a stream job's segments, out as each is made."""
+        guard = StepGuard(stages.job_id, stages.control, stages.progress, path, plan.inline_limit)
+        with contextlib.ExitStack() as cleanup:
+            sinks = self._segment_sinks(plan, options.mode, path.parent / "segments", stages, emit, cleanup)
+            rendered = render(self.loaded_backend, portrait, audio, options, path, sinks, guard)
+            if sinks is not None:
+                sinks.finish(path if plan.makes_mp4 else None)
+        stages.timings.update(generate=rendered.generate_seconds, encode=rendered.encode_seconds)
+        streamed: dict[str, Any] = {}
+        if sinks is not None:
+            streamed["segments"] = sinks.segments
+            if sinks.playlist is not None:
+                streamed.update(playlist_url=sinks.playlist.url, playlist_expires_at=sinks.playlist.expires_at)
+        size = path.stat().st_size if path.exists() else sinks.bytes if sinks is not None else 0
+        return _Video(path, rendered.num_frames, portrait.width, portrait.height, size, streamed)
 
-        With `sinks` (a stream job) the frames become segments, handed to the sinks as each is
-        complete, in the sinks' folder; else they become the MP4 `video`.
-        """
+    def _segment_sinks(
+        self, plan: DeliveryPlan, mode: str, directory: Path, stages: _Stages,
+        emit: Callable[[StreamItem], None] | None, cleanup: contextlib.ExitStack,
+    ) -> SegmentSinks | None:
+        """Where a stream job's segments go: /stream items, the bucket's playlist (closed by
+        `cleanup`), or both."""
+        if not plan.streams:
+            return None
         backend = self.loaded_backend
-        expected = num_frames_for(audio.speech.duration_seconds, backend.fps)
-        encode_seconds = 0.0
+        segment_plan = SegmentPlan.for_batches(backend.frame_batches(mode), backend.fps)
+        playlist = None
+        if plan.playlist_bucket is not None:
+            playlist = BucketPlaylist(
+                plan.playlist_bucket, stages.job_id, segment_plan, backend.fps, self.settings.url_expiry_seconds,
+                self.settings.upload_timeout_seconds, self.settings.allow_private_urls,
+            )
+            cleanup.callback(playlist.close)
+            stages.progress.report_playlist(playlist.url)
+        return SegmentSinks(directory, segment_plan, emit if plan.segment_items else None, playlist)
+
+    def _deliver(self, plan: DeliveryPlan, video: _Video, stages: _Stages) -> dict[str, Any]:
+        """The result's fields that carry the video: its URL, its base64, or none (streamed, kept)."""
+        if plan.upload_bucket is not None:
+            stages.progress.report("upload", PERCENT_AFTER_GENERATE)
+            return delivery.upload_result(
+                video.path, stages.job_id, plan.upload_bucket, self.settings.url_expiry_seconds,
+                self.settings.upload_timeout_seconds, self.settings.allow_private_urls,
+            )
+        if plan.inline_limit is not None:
+            plan.inline_limit.check(video.file_size_bytes)
+            return delivery.inline_result(video.path)
+        return {}
+
+    def _result(
+        self, job_id: str, request: JobRequest, options: GenerationOptions, video: _Video,
+        delivered: dict[str, Any], timings: dict[str, float], held_seconds: float,
+    ) -> dict[str, Any]:
+        backend = self.loaded_backend
+        return {
+            "success": True,
+            "request_id": job_id,
+            **delivered,
+            **video.stream_fields,
+            "generation_time_seconds": held_seconds,
+            "file_size_bytes": video.file_size_bytes,
+            "duration_seconds": round(video.num_frames / backend.fps, 3),
+            "fps": backend.fps,
+            "width": video.width,
+            "height": video.height,
+            "num_frames": video.num_frames,
+            "model": backend.name,
+            "seed": request.seed,
+            "mode": options.mode,
+            "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
+            "gpu": self.device,
+            "gpu_seconds": held_seconds,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Video:
+    """What the render stage made."""
+
+    #: the MP4 (absent when the /stream items are the whole delivery)
+    path: Path
+    num_frames: int
+    width: int
+    height: int
+    #: the MP4's size, or the segments' total when no MP4 is made
+    file_size_bytes: int
+    #: the result's `segments`, `playlist_url`, `playlist_expires_at` of a stream job
+    stream_fields: dict[str, Any]
+
+
+class _Stages:
+    """A job's stages: each starts with the stop check (and its progress update) and is timed."""
+
+    def __init__(self, job_id: str, control: JobControl, progress: ProgressReporter) -> None:
+        self.job_id = job_id
+        self.control = control
+        self.progress = progress
+        #: seconds per stage, in the order they ran (the result's `timings`)
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def run(self, stage: str, percent: float | None = None) -> Iterator[None]:
         clock = time.monotonic()
-        writer: FfmpegEncoder
-        if sinks is None:
-            writer = Mp4Writer(video, portrait.width, portrait.height, backend.fps, audio.mux_wav)
-        else:
-            writer = SegmentWriter(sinks.directory, portrait.width, portrait.height, backend.fps,
-                                   audio.mux_wav, expected, sinks.plan, sinks)
-        with writer:
-            # closing(): a failure or a stop closes the generator at once, not whenever it is collected.
-            # The interface promises an Iterator; every backend's generate() is a generator function.
-            generated = cast(Generator[np.ndarray, None, None],
-                             backend.generate(portrait, audio.speech, options, guard.on_progress))
-            with contextlib.closing(generated) as batches:
-                for frames in batches:
-                    encode_started = time.monotonic()
-                    writer.write(frames)
-                    guard.check_size(writer.frames_written, expected)
-                    encode_seconds += time.monotonic() - encode_started
-            if writer.frames_written != expected:
-                raise RuntimeError(f"backend produced {writer.frames_written} frames, expected {expected}")
-            finish_started = time.monotonic()
-        encode_seconds += time.monotonic() - finish_started
-        timings["generate"] = time.monotonic() - clock - encode_seconds
-        timings["encode"] = encode_seconds
-        return writer.frames_written
-
-
-def _check_stream(request: JobRequest, bucket: BucketSettings | None, streams_items: bool) -> None:
-    """A `stream` job needs somewhere to send segments: /stream/{id} or a bucket."""
-    if not request.stream:
-        return
-    if not streams_items and bucket is None:
-        raise JobError(
-            ErrorCode.INVALID_INPUT,
-            "stream is true, but this endpoint can neither send segments through /stream/{id} "
-            "(set STREAM_RESULTS=1 on the endpoint) nor put them in a bucket (set the BUCKET_* variables "
-            "or send s3Config); send the job without stream to get the whole video at the end.",
-        )
-    if streams_items and request.output_type == "base64":
-        raise JobError(
-            ErrorCode.INVALID_INPUT,
-            "output_type 'base64' with stream true would send the video twice, and the last stream item "
-            "cannot hold it (RunPod's 1 MB limit); use output_type 'auto' (segments only, or also an "
-            "uploaded MP4 when a bucket is set) or 's3'.",
-        )
-
-
-class _StepGuard:
-    """What runs between two steps of generation: the stop check, progress, the inline size check.
-
-    The backends call `on_progress` once per diffusion step or frame batch, so a stop asked for
-    (JobCancelled) ends generation at the next step; the size check stops a video bound for the
-    inline result as soon as it is certain not to fit (the MP4 only grows as it is written).
-    """
-
-    def __init__(
-        self, job_id: str, control: JobControl, progress: ProgressReporter, video: Path, inline_limit: int | None,
-    ) -> None:
-        self._job_id = job_id
-        self._control = control
-        self._progress = progress
-        self._video = video
-        self._inline_limit = inline_limit
-
-    def on_progress(self, fraction: float, detail: str) -> None:
-        if self._control.stopped:
-            log.info("job %s: generation stops at %s (%.0f%%)", self._job_id, detail, 100 * fraction)
-            self._control.check()
-        span = PERCENT_AFTER_GENERATE - PERCENT_AFTER_PREPARE
-        self._progress.report("generate", PERCENT_AFTER_PREPARE + span * fraction, detail)
-
-    def check_size(self, frames_written: int, frames_expected: int) -> None:
-        if self._inline_limit is not None and self._video.exists():
-            so_far = f" after {frames_written} of {frames_expected} frames"
-            delivery.check_inline_size(self._video.stat().st_size, self._inline_limit, so_far)
+        self.control.check()
+        if percent is not None:
+            self.progress.report(stage, percent)
+        yield
+        self.timings[stage] = time.monotonic() - clock

@@ -6,7 +6,7 @@ import logging
 import threading
 from pathlib import Path
 
-from handler.errors import ErrorCode, JobError
+from handler.errors import ErrorCode, JobError, from_model_error
 from handler.media import decode_image
 from model.base import NoFaceError, PreparedPortrait, TalkingHeadBackend
 
@@ -56,7 +56,7 @@ class PresetAvatars:
         try:
             prepared = self._backend.prepare_portrait(image, max_area)
         except NoFaceError as error:
-            raise JobError(ErrorCode.NO_FACE, f"preset avatar {avatar_id!r} has no usable face: {error}") from None
+            raise from_model_error(error, f"preset avatar {avatar_id!r} has no usable face") from None
         with self._lock:
             self._prepared[key] = prepared
         log.info("preset %s prepared for a %d pixel budget (%dx%d)",

@@ -14,8 +14,12 @@ from handler.settings import runs_on_runpod
 log = logging.getLogger(__name__)
 
 MIN_INTERVAL_SECONDS = 2.0
-# The playlist is ready as generation starts (handler/job.py PERCENT_AFTER_PREPARE).
-PLAYLIST_PERCENT = 10.0
+# Share of the progress bar each stage takes.
+PERCENT_AFTER_INPUTS = 5.0
+PERCENT_AFTER_PREPARE = 10.0
+PERCENT_AFTER_GENERATE = 95.0
+# The playlist is ready as generation starts.
+PLAYLIST_PERCENT = PERCENT_AFTER_PREPARE
 # Only a real RunPod worker has somewhere to send progress; the local test server does not.
 ON_RUNPOD = runs_on_runpod()
 

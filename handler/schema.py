@@ -1,24 +1,13 @@
-"""Validate and normalise a job's input (docs/CONTRACT.md, "Job input"); the contract's defaults live here.
+"""Validate and normalise a job's input (docs/CONTRACT.md, "Job input"): the shared fields, declared here.
 
-Accepted input, all fields of `job["input"]`:
+`SHARED_OPTIONS` declares the fields every backend shares (model/options.py's Option: type, bounds,
+choices, default, description); the simple ones are validated from their declarations, the
+structured ones (exactly one audio and one image source, `resolution`'s "W*H", the worker's cap on
+`max_duration_seconds`) by the rules below. A default the declaration leaves as None is decided
+here or by the worker: a random seed, the endpoint's DEFAULT_MODE, the backend's resolution for the
+mode, the endpoint's MAX_AUDIO_SECONDS.
 
-    audio_file | audio_url          exactly one: base64 (plain or data URI) | http(s) URL
-    image_file | image_url | avatar_id
-                                    exactly one: base64 | http(s) URL | preset portrait id
-    prompt                          str, default "A person speaking"
-    resolution                      "W*H" pixel-area budget, default: the backend's for the mode
-                                    ("832*480"; Wan2.2-S2V's mode "fast": "704*384")
-    seed                            int >= 0, default random (reported back)
-    mode                            "quality" | "fast", default env DEFAULT_MODE, else the
-                                    backend's first mode ("quality")
-    stream                          bool, default false: the video also leaves in segments while it
-                                    renders (handler/streaming.py), through /stream/{id} on an endpoint
-                                    with STREAM_RESULTS=1, and as a playlist in the bucket when one is set
-    output_type                     "auto" | "base64" | "s3", default "auto"
-    max_duration_seconds            float, default env MAX_AUDIO_SECONDS (never above it)
-
-Every other field is the backend's (`backend_fields`): its options class (model/options.py; for
-Wan2.2-S2V negative_prompt, num_inference_steps, guidance_scale, sample_solver, sample_shift)
+Every other field is the backend's (`backend_fields`): its options class (model/options.py)
 takes them, refusing a field it does not take or that has no meaning in the job's mode, and a
 mode it does not offer (TalkingHeadBackend.parse_options), before any media work.
 
@@ -32,23 +21,38 @@ import dataclasses
 import re
 import secrets
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from handler.bucket import JOB_FIELDS, BucketAddressError, BucketSettings, make_bucket
 from handler.errors import ErrorCode, JobError
 from model.base import DEFAULT_PROMPT
-from model.options import json_type
+from model.options import MAX_TEXT_LENGTH, InvalidOptionError, Option
+from model.registry import ALL_MODES
 
-# The fields every backend shares; the rest of a job's fields are its backend's own.
-SHARED_FIELDS = frozenset({
-    "audio_file", "audio_url", "image_file", "image_url", "avatar_id", "prompt", "resolution", "seed", "mode",
-    "stream", "output_type", "max_duration_seconds",
-})
 OUTPUT_TYPES = ("auto", "base64", "s3")
 #: every generation mode the contract knows; which of them an endpoint offers is its backend's `modes`
-MODES = ("quality", "fast")
+MODES = ALL_MODES
 MAX_SEED = 2**63 - 1
-MAX_SIDE = 4096
+# a job without a seed gets a random one below this (docs/CONTRACT.md, `seed`)
+RANDOM_SEED_LIMIT = 2**31
+MIN_SIDE, MAX_SIDE = 64, 4096
+
+# The fields every backend shares; the rest of a job's fields are its backend's own.
+SHARED_OPTIONS: dict[str, Option] = {
+    "audio_file": Option(str, "the speech, base64"),
+    "audio_url": Option(str, "http(s) URL of the speech"),
+    "image_file": Option(str, "the portrait, base64"),
+    "image_url": Option(str, "http(s) URL of the portrait"),
+    "avatar_id": Option(str, "a preset portrait from PRESET_AVATARS_DIR/<avatar_id>/"),
+    "prompt": Option(str, "text guidance (diffusion backends)", default=DEFAULT_PROMPT, max_length=MAX_TEXT_LENGTH),
+    "resolution": Option(str, "a pixel area budget"),
+    "seed": Option(int, "the random seed, reported back so a result can be reproduced", low=0, high=MAX_SEED),
+    "mode": Option(str, "the generation mode", choices=MODES),
+    "stream": Option(bool, "also send the video in playable segments while it renders", default=False),
+    "output_type": Option(str, "where the video goes", default="auto", choices=OUTPUT_TYPES),
+    "max_duration_seconds": Option(float, "refuse longer audio instead of running for an hour"),
+}
+SHARED_FIELDS = frozenset(SHARED_OPTIONS)
 AVATAR_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RESOLUTION_PATTERN = re.compile(r"^\s*(\d+)\s*[*xX×]\s*(\d+)\s*$")
 
@@ -102,14 +106,14 @@ def parse_job(job: Mapping[str, Any], max_audio_seconds: float, default_mode: st
     return JobRequest(
         audio=audio,
         image=image,
-        prompt=_text(raw, "prompt", DEFAULT_PROMPT),
+        prompt=_declared(raw, "prompt"),
         max_area=None if raw.get("resolution") is None else parse_resolution_area(raw["resolution"]),
-        seed=_seed(raw.get("seed")),
-        mode=_mode(raw.get("mode"), default_mode),
+        seed=_seed(raw),
+        mode=_declared(raw, "mode") or default_mode,
         backend_fields={name: value for name, value in raw.items() if name not in SHARED_FIELDS},
-        output_type=_output_type(raw.get("output_type", "auto")),
+        output_type=_declared(raw, "output_type"),
         max_duration_seconds=_max_duration(raw.get("max_duration_seconds"), max_audio_seconds),
-        stream=_stream(raw.get("stream", False)),
+        stream=_declared(raw, "stream"),
         s3_override=_s3_override(job.get("s3Config")),
     )
 
@@ -122,24 +126,16 @@ def _one_source(raw: Mapping[str, Any], what: str, fields: Mapping[str, str]) ->
     if len(present) > 1:
         raise invalid(f"{' and '.join(present)} were both given: send exactly one of {names}.")
     field = present[0]
-    value = raw[field]
-    if not isinstance(value, str):
-        raise invalid(f"{field} must be a string, not {json_type(value)}.")
+    value: str = _declared(raw, field)
     return MediaSource(field=field, kind=fields[field], value=value.strip())
 
 
-_TextDefault = TypeVar("_TextDefault", str, None)
-
-
-def _text(raw: Mapping[str, Any], field: str, default: _TextDefault) -> str | _TextDefault:
-    value = raw.get(field)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise invalid(f"{field} must be a string, not {json_type(value)}.")
-    if len(value) > 2000:
-        raise invalid(f"{field} is {len(value)} characters long; keep it under 2000.")
-    return value
+def _declared(raw: Mapping[str, Any], field: str) -> Any:
+    """`raw[field]` checked against its declaration in SHARED_OPTIONS; its default when absent."""
+    try:
+        return SHARED_OPTIONS[field].take(raw, field)
+    except InvalidOptionError as error:
+        raise invalid(str(error)) from None
 
 
 def parse_resolution_area(value: Any) -> int:
@@ -148,37 +144,14 @@ def parse_resolution_area(value: Any) -> int:
     if not match:
         raise invalid(f'resolution must be a string like "832*480" (width*height), not {value!r}.')
     width, height = int(match.group(1)), int(match.group(2))
-    if not (64 <= width <= MAX_SIDE and 64 <= height <= MAX_SIDE):
-        raise invalid(f"resolution {value!r} is out of range: each side must be between 64 and {MAX_SIDE}.")
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise invalid(f"resolution {value!r} is out of range: each side must be between {MIN_SIDE} and {MAX_SIDE}.")
     return width * height
 
 
-def _seed(value: Any) -> int:
-    if value is None:
-        return secrets.randbelow(2**31)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise invalid(f"seed must be a whole number from 0 to {MAX_SEED}, not {value!r}.")
-    return value
-
-
-def _output_type(value: Any) -> str:
-    if value not in OUTPUT_TYPES:
-        raise invalid(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, not {value!r}.")
-    return value
-
-
-def _stream(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise invalid(f"stream must be true or false, not {value!r}.")
-    return value
-
-
-def _mode(value: Any, default: str) -> str:
-    if value is None:
-        return default
-    if value not in MODES:
-        raise invalid(f"mode must be one of {', '.join(MODES)}, not {value!r}.")
-    return value
+def _seed(raw: Mapping[str, Any]) -> int:
+    seed: int | None = _declared(raw, "seed")
+    return secrets.randbelow(RANDOM_SEED_LIMIT) if seed is None else seed
 
 
 def _max_duration(value: Any, worker_limit: float) -> float:

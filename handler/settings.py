@@ -1,15 +1,21 @@
-"""The worker's configuration, read from the environment in one place (docs/CONTRACT.md, "Environment")."""
+"""The worker's configuration, read from the environment in one place (docs/CONTRACT.md, "Environment").
+
+The worker's own variables are declared once in WORKER_SETTINGS, each backend's in its declaration
+(model/declaration.py); all are read and checked when the worker starts, so a bad value fails the
+start with a sentence naming it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from handler.bucket import ENV_FIELDS, BucketAddressError, BucketSettings, make_bucket
-from handler.schema import MODES
+from model.declaration import Setting, SettingValueError
+from model.registry import ALL_MODES, BACKENDS
 
 RUNPOD_VOLUME = Path("/runpod-volume")
 # SigV4 presigned URLs cannot outlive seven days.
@@ -27,12 +33,53 @@ class SettingsError(ValueError):
     """An environment variable has a value the worker cannot use."""
 
 
+# The worker's own settings besides the model's and the bucket's: each variable once, with its
+# type, bounds and default; WorkerSettings has a field of the same name in lower case.
+WORKER_SETTINGS = (
+    Setting("URL_EXPIRY_SECONDS", int, 3600, "how long a presigned result URL stays valid",
+            low=1, high=MAX_URL_EXPIRY_SECONDS),
+    Setting("MAX_AUDIO_SECONDS", float, 300.0, "the longest speech a job may send"),
+    Setting("MAX_INPUT_BYTES", int, 50 * 1024 * 1024, "the largest input a job may send or link to", low=1024),
+    Setting("MAX_IMAGE_PIXELS", int, 50_000_000, "the largest portrait (width x height) a job may send", low=1),
+    Setting("MAX_INLINE_RESULT_BYTES", int, 10_000_000, "the largest MP4 returned inline as base64", low=1024),
+    Setting("ALLOW_PRIVATE_URLS", bool, False, "let jobs fetch URLs on private addresses"),
+    Setting("FETCH_TIMEOUT_SECONDS", float, 30.0, "the deadline of one URL download"),
+    Setting("UPLOAD_TIMEOUT_SECONDS", float, 120.0, "one deadline for a whole S3 upload, its retries included"),
+    Setting("DEFAULT_MODE", str, None, "the mode of a job that names none (empty: the backend's first)",
+            choices=ALL_MODES),
+    Setting("SERVER_QUEUE_SIZE", int, 4, "always-on server: jobs that may wait behind the running one",
+            low=0, high=MAX_SERVER_QUEUE_SIZE),
+    Setting("SERVER_DOWNLOAD_RETENTION_SECONDS", int, 3600,
+            "always-on server: how long a finished video stays at its download_url", low=1),
+    Setting("SERVER_JOB_TIMEOUT_SECONDS", float, 3600.0,
+            "always-on server: a job still running after this long is stopped at its next step"),
+    Setting("STREAM_RESULTS", bool, False, "the RunPod handler streams segments through /stream/{id}"),
+)
+# Read outside WORKER_SETTINGS: which model and where its weights are, the presets, the SDK's log level.
+OTHER_ENV_NAMES = ("MODEL_BACKEND", "MODEL_DIR", "PRESET_AVATARS_DIR", "RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL")
+# Set by RunPod on its workers: whether this is one, and whether the SDK takes jobs from its queue.
+RESULTS_URL_ENV = "RUNPOD_WEBHOOK_POST_OUTPUT"
+JOBS_URL_ENV = "RUNPOD_WEBHOOK_GET_JOB"
+RUNPOD_ENV_NAMES = (RESULTS_URL_ENV, JOBS_URL_ENV)
+BUCKET_ENV_NAMES = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
+
+
+def environment_names() -> tuple[str, ...]:
+    """Every environment variable the worker reads: its own, the bucket's and each backend's."""
+    backend_names = (setting.env for entry in BACKENDS.values() for setting in entry.settings)
+    worker_names = (setting.env for setting in WORKER_SETTINGS)
+    return tuple(dict.fromkeys((*OTHER_ENV_NAMES, *worker_names, *BUCKET_ENV_NAMES, *backend_names,
+                                *RUNPOD_ENV_NAMES)))
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings:
+    #: MODEL_BACKEND, a name in model/registry.py; None: chosen at start from the machine
     model_backend: str | None
     model_dir: Path
-    #: WAN_MEMORY_MODE: full, fp8 or offload (checked by the Wan backend); None: from the GPU's free memory
-    wan_memory_mode: str | None
+    #: each backend's declared settings (its declaration's `settings`) by backend name, then by
+    #: variable name; with MODEL_BACKEND set, only that backend's are read
+    backend_settings: Mapping[str, Mapping[str, Any]]
     preset_avatars_dir: Path | None
     bucket: BucketSettings | None
     url_expiry_seconds: int
@@ -49,7 +96,7 @@ class WorkerSettings:
     #: the `mode` of a job that names none; None: the backend's own first mode. Whether the
     #: loaded backend offers it is checked at worker start (handler/startup.py).
     default_mode: str | None = None
-    #: the always-on server (handler/server.py): jobs that may wait behind the running one
+    #: the always-on server: jobs that may wait behind the running one
     server_queue_size: int = 4
     #: the always-on server: how long a finished video stays at its download_url
     server_download_retention_seconds: int = 3600
@@ -62,29 +109,26 @@ class WorkerSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
         env = os.environ if env is None else env
+        try:
+            values = {setting.env.lower(): setting.read(env) for setting in WORKER_SETTINGS}
+            backend = env.get("MODEL_BACKEND", "").strip() or None
+            # an unknown MODEL_BACKEND is the model's fault (MODEL_UNAVAILABLE), reported when loading it
+            backends = [BACKENDS[backend]] if backend in BACKENDS else [] if backend else list(BACKENDS.values())
+            backend_settings = {entry.name: entry.read_settings(env) for entry in backends}
+        except SettingValueError as error:
+            raise SettingsError(str(error)) from None
         return cls(
-            model_backend=env.get("MODEL_BACKEND") or None,
+            model_backend=backend,
             model_dir=_model_dir(env),
-            wan_memory_mode=env.get("WAN_MEMORY_MODE", "").strip() or None,
+            backend_settings=backend_settings,
             preset_avatars_dir=Path(env["PRESET_AVATARS_DIR"]) if env.get("PRESET_AVATARS_DIR") else None,
             bucket=_bucket(env),
-            url_expiry_seconds=_int(env, "URL_EXPIRY_SECONDS", 3600, 1, MAX_URL_EXPIRY_SECONDS),
-            max_audio_seconds=_float(env, "MAX_AUDIO_SECONDS", 300.0),
-            max_input_bytes=_int(env, "MAX_INPUT_BYTES", 50 * 1024 * 1024, 1024),
-            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000, 1),
-            max_inline_result_bytes=_int(env, "MAX_INLINE_RESULT_BYTES", 10_000_000, 1024),
-            allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS"),
-            fetch_timeout_seconds=_float(env, "FETCH_TIMEOUT_SECONDS", 30.0),
-            upload_timeout_seconds=_float(env, "UPLOAD_TIMEOUT_SECONDS", 120.0),
-            default_mode=_choice(env, "DEFAULT_MODE", MODES),
-            server_queue_size=_int(env, "SERVER_QUEUE_SIZE", 4, 0, MAX_SERVER_QUEUE_SIZE),
-            server_download_retention_seconds=_int(env, "SERVER_DOWNLOAD_RETENTION_SECONDS", 3600, 1),
-            server_job_timeout_seconds=_float(env, "SERVER_JOB_TIMEOUT_SECONDS", 3600.0),
-            stream_results=_bool(env, "STREAM_RESULTS"),
+            **values,
         )
 
 
 def _model_dir(env: Mapping[str, str]) -> Path:
+    """MODEL_DIR; else the models folder of the network volume RunPod mounted; else the user's cache."""
     if env.get("MODEL_DIR"):
         return Path(env["MODEL_DIR"])
     if RUNPOD_VOLUME.is_dir():
@@ -94,8 +138,7 @@ def _model_dir(env: Mapping[str, str]) -> Path:
 
 def _bucket(env: Mapping[str, str]) -> BucketSettings | None:
     """The bucket of BUCKET_*: the two keys, and the bucket named by BUCKET_NAME or in the endpoint URL."""
-    names = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
-    if not any(env.get(name, "").strip() for name in names):
+    if not any(env.get(name, "").strip() for name in BUCKET_ENV_NAMES):
         return None
     missing = [name for name in ("BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY") if not env.get(name)]
     if missing:
@@ -109,56 +152,16 @@ def _bucket(env: Mapping[str, str]) -> BucketSettings | None:
         raise SettingsError(str(error)) from None
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number.") from None
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise SettingsError(f"{name}={raw!r} must be {bounds}.")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number.") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise SettingsError(f"{name}={raw!r} must be a positive, finite number.")
-    return value
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    if raw not in choices:
-        raise SettingsError(f"{name}={raw!r} is not one of {', '.join(choices)}.")
-    return raw
-
-
-def _bool(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def runs_on_runpod(env: Mapping[str, str] | None = None) -> bool:
     """A real RunPod worker: the platform gave it somewhere to send results (and progress)."""
     env = os.environ if env is None else env
-    return bool(env.get("RUNPOD_WEBHOOK_POST_OUTPUT"))
+    return bool(env.get(RESULTS_URL_ENV))
 
 
 def takes_jobs_from_runpod(env: Mapping[str, str] | None = None) -> bool:
     """The SDK runs its job loop (RunPod's queue) rather than one local test job or the local API."""
     env = os.environ if env is None else env
-    return bool(env.get("RUNPOD_WEBHOOK_GET_JOB"))
+    return bool(env.get(JOBS_URL_ENV))
 
 
 def sdk_log_level(requested: str | None, runs_one_local_job: bool) -> str:

@@ -7,7 +7,7 @@ import time
 import traceback
 from collections.abc import Mapping
 
-from handler.errors import ErrorCode, JobError
+from handler.errors import ErrorCode, JobError, from_model_error
 from handler.job import Worker
 from handler.presets import PresetAvatars
 from handler.settings import SettingsError, WorkerSettings
@@ -31,13 +31,12 @@ def start_worker(env: Mapping[str, str] | None = None) -> Worker:
         return Worker(settings=WorkerSettings.from_env({}), backend=None, presets=None,
                       startup_error=_misconfigured(str(error)))
     try:
-        backend = load_backend(settings.model_backend, settings.model_dir, settings.wan_memory_mode)
+        backend = load_backend(settings.model_backend, settings.model_dir, settings.backend_settings)
     except HostUnfitError as error:
         return _unfit(settings, str(error))
     except ModelUnavailableError as error:
         log.error("model unavailable: %s", error)
-        return Worker(settings=settings, backend=None, presets=None,
-                      startup_error=JobError(ErrorCode.MODEL_UNAVAILABLE, str(error)))
+        return Worker(settings=settings, backend=None, presets=None, startup_error=from_model_error(error))
     except Exception as error:  # noqa: BLE001 - a CUDA or I/O fault the backend did not foresee
         log.error("loading the model failed:\n%s", traceback.format_exc())
         return _unfit(settings, f"the model could not be loaded on this machine ({type(error).__name__}; "

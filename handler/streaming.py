@@ -1,7 +1,7 @@
 """Where a `stream` job's segments go while it renders (docs/CONTRACT.md, "Streaming").
 
 Two ways out, either or both: items for RunPod's `/stream/{id}` (an endpoint with
-STREAM_RESULTS=1, handler/serve.py), and the bucket, where the segments and an HLS playlist that
+STREAM_RESULTS=1, handler/runpod_handler.py), and the bucket, where the segments and an HLS playlist that
 lists their presigned URLs are uploaded as they are made, so that any HLS player plays the video
 while the job still runs.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import datetime
 import io
 import logging
 import math
@@ -22,6 +21,7 @@ from handler import delivery
 from handler.bucket import BucketSettings
 from handler.errors import ErrorCode, JobError
 from handler.segments import CONTENT_TYPE, PLAYLIST_NAME, Segment, SegmentPlan, remux_to_mp4
+from model.utc import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class BucketPlaylist:
         self, bucket: BucketSettings, job_id: str, plan: SegmentPlan, fps: float, expiry_seconds: int,
         timeout_seconds: float, allow_private: bool,
     ) -> None:
-        now = datetime.datetime.now(datetime.UTC)
+        now = utc_now()
         self._prefix = delivery.new_key_prefix(job_id, now)
         self._bucket = bucket
         self._expiry_seconds = expiry_seconds

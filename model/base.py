@@ -11,11 +11,13 @@ import abc
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 # part of the backend interface, so re-exported here
+from model.declaration import BackendDeclaration
 from model.options import BackendOptions as BackendOptions
 from model.options import InvalidOptionError as InvalidOptionError
 
@@ -105,13 +107,23 @@ def num_frames_for(duration_seconds: float, fps: float) -> int:
 class TalkingHeadBackend(abc.ABC):
     """What the worker needs from a model."""
 
+    #: what the worker and the tooling know before loading it (its sub-package's declaration.py)
+    declaration: ClassVar[BackendDeclaration]
     #: reported to the user as `model`
     name: str
     #: frame rate of the produced video
     fps: float
-    #: generation modes this backend offers (docs/CONTRACT.md, `mode`; its model/registry.py line);
-    #: the first is its default
-    modes: tuple[str, ...] = ("quality",)
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, model_dir: Path, settings: Mapping[str, Any]) -> Self:
+        """Load the model once, at worker start. `settings` are the values of the settings the
+        declaration lists, by variable name, already validated. Raises ModelUnavailableError."""
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The generation modes it offers (docs/CONTRACT.md, `mode`); the first is its default."""
+        return self.declaration.modes
 
     def frame_batches(self, mode: str) -> tuple[int, int]:
         """How many frames `generate` yields in `mode`: its first batch, and each later one.
@@ -119,7 +131,7 @@ class TalkingHeadBackend(abc.ABC):
         A stream cuts its segments where batches end, so that a segment leaves as soon as the
         batch that completes it is made, not when the next one is.
         """
-        raise NotImplementedError
+        return tuple(self.declaration.frame_batches[mode])  # type: ignore[return-value]
 
     def default_max_area(self, mode: str) -> int:
         """The pixel-area budget of a job that gives no `resolution` (the contract's 832*480)."""

@@ -1,71 +1,93 @@
 """The backends this worker can run, and the loading of the one MODEL_BACKEND names.
 
-`BACKENDS` is the one table of them: the worker, the deploy tooling (scripts/) and the tests of
-the Hub files read it, so adding a backend is its sub-package plus one line here. It imports no
-backend (nor torch or numpy): the deploy tool reads it with any Python.
+`BACKENDS` is built from the one list below: each entry is a backend's sub-package, whose
+`declaration.py` says everything the worker and the tooling need before loading it
+(model/declaration.py). Adding a backend is its sub-package plus one line in that list. Reading the
+registry imports no backend (nor torch or numpy): the deploy tool reads it with any Python.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from model.declaration import BackendDeclaration
 
 if TYPE_CHECKING:
     from model.base import TalkingHeadBackend
 
 log = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass(frozen=True)
-class BackendEntry:
-    """One backend: its MODEL_BACKEND name, where its TalkingHeadBackend class lives (imported
-    only when chosen), the generation modes it offers (the first is its default), and whether it
-    needs a CUDA GPU."""
-
-    name: str
-    module: str
-    class_name: str
-    modes: tuple[str, ...]
-    needs_gpu: bool
+# The backend sub-packages, in the order the worker prefers them when MODEL_BACKEND is unset
+# (the first GPU backend whose weights are present, else the first CPU one).
+BACKEND_PACKAGES = (
+    "model.wan_s2v",
+    "model.lite",
+)
 
 
-BACKENDS: dict[str, BackendEntry] = {
-    entry.name: entry
-    for entry in (
-        BackendEntry("lite", "model.lite.backend", "LiteBackend", modes=("quality",), needs_gpu=False),
-        BackendEntry("wan-s2v", "model.wan_s2v.backend", "WanS2VBackend", modes=("quality", "fast"), needs_gpu=True),
-    )
-}
+def _declarations(packages: tuple[str, ...]) -> dict[str, BackendDeclaration]:
+    declarations: dict[str, BackendDeclaration] = {}
+    for package in packages:
+        declaration = importlib.import_module(f"{package}.declaration").DECLARATION
+        if not isinstance(declaration, BackendDeclaration):
+            raise TypeError(f"{package}.declaration.DECLARATION is not a BackendDeclaration")
+        if declaration.name in declarations:
+            raise ValueError(f"two backends are named {declaration.name!r}")
+        declarations[declaration.name] = declaration
+    return declarations
+
+
+BACKENDS: dict[str, BackendDeclaration] = _declarations(BACKEND_PACKAGES)
+# The backend of a deploy that names none: the first listed.
+DEFAULT_BACKEND = next(iter(BACKENDS))
+
+# Every generation mode some backend offers (the contract's `mode`, DEFAULT_MODE's choices).
+ALL_MODES: tuple[str, ...] = tuple(dict.fromkeys(mode for entry in BACKENDS.values() for mode in entry.modes))
+
+
+def declaration_of(name: str) -> BackendDeclaration:
+    """The declaration of MODEL_BACKEND=`name`. Raises ValueError listing the known names."""
+    entry = BACKENDS.get(name)
+    if entry is None:
+        raise ValueError(f"MODEL_BACKEND={name!r} is unknown; set it to one of {', '.join(BACKENDS)}.")
+    return entry
 
 
 def default_backend_name(model_dir: Path) -> str:
-    """`wan-s2v` when a CUDA GPU and its weights are present, else the CPU backend."""
+    """The first GPU backend whose weights are present when a CUDA GPU is, else the first CPU backend."""
+    cpu_backends = [entry.name for entry in BACKENDS.values() if not entry.needs_gpu]
+    fallback = cpu_backends[0] if cpu_backends else next(iter(BACKENDS))
     try:
         import torch
     except ImportError:
-        return "lite"
+        return fallback
     if not torch.cuda.is_available():
-        return "lite"
-    from model.wan_s2v.weights import weights_present
+        return fallback
+    from model.weights import weights_present
 
-    return "wan-s2v" if weights_present(model_dir) else "lite"
+    for entry in BACKENDS.values():
+        required = [spec for spec in entry.weights if not spec.optional]
+        if entry.needs_gpu and required and all(weights_present(spec, model_dir) for spec in required):
+            return entry.name
+    return fallback
 
 
-def load_backend(name: str | None, model_dir: Path, memory_mode: str | None = None) -> TalkingHeadBackend:
+def load_backend(name: str | None, model_dir: Path, settings: Mapping[str, Mapping[str, Any]]) -> TalkingHeadBackend:
     """Load a backend once, at worker start. Raises ModelUnavailableError with where it looked.
 
-    `memory_mode` is WAN_MEMORY_MODE for a GPU backend (None: chosen from the free memory).
+    `settings` holds each backend's declared settings, read at start (handler/settings.py).
     """
     from model.base import ModelUnavailableError
 
     name = name or default_backend_name(model_dir)
-    entry = BACKENDS.get(name)
-    if entry is None:
-        raise ModelUnavailableError(f"MODEL_BACKEND={name!r} is unknown; set it to one of {', '.join(BACKENDS)}.")
+    try:
+        entry = declaration_of(name)
+    except ValueError as error:
+        raise ModelUnavailableError(str(error)) from None
     log.info("loading backend %s", name)
-    backend_class = getattr(importlib.import_module(entry.module), entry.class_name)
-    backend: TalkingHeadBackend = backend_class.load(model_dir, memory_mode)
+    backend: TalkingHeadBackend = entry.load_class().load(model_dir, settings.get(name, {}))
     return backend

@@ -2,7 +2,7 @@
 
 The models have the real 14B architecture with random weights (speed does not depend on the
 values): the transformer, umt5-xxl, wav2vec2-large and the Wan2.1 VAE, placed exactly as the
-worker places them for each memory mode (model/wan_s2v/memory.py), with a random rank-128 LoRA
+worker places them for each memory mode (model/wan_common/placement.py), with a random rank-128 LoRA
 in the published layout attached as the worker attaches Live Avatar's, and driven through the
 worker's own generation loops (model/wan_s2v/pipeline.py, fast_pipeline.py).
 
@@ -40,6 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.wan_common.config import TEXT_LEN, UMT5_XXL_ENCODER_CONFIG
+from model.wan_common.lora import LoraAdapter
+from model.wan_common.memory import GIB, MemoryMode
+from model.wan_common.placement import place_transformer, text_encoder_compute_device, text_encoder_home
 from model.wan_s2v.config import (
     FAST_FRAMES_PER_CLIP,
     FAST_MAX_AREA,
@@ -50,23 +54,15 @@ from model.wan_s2v.config import (
     MOTION_FRAMES,
     NEGATIVE_PROMPT,
     SAMPLE_STEPS,
-    TEXT_LEN,
-    UMT5_XXL_ENCODER_CONFIG,
 )
 from model.wan_s2v.fast_pipeline import BLOCKS_PER_CLIP, FastSampler
-from model.wan_s2v.lora import LoraAdapter
-from model.wan_s2v.memory import (
-    MemoryMode,
-    place_transformer,
-    text_encoder_compute_device,
-    text_encoder_home,
-)
+from model.wan_s2v.lora import LIVE_AVATAR_LORA
+from model.wan_s2v.memory import FP8_BLOCK_LAYERS
 from model.wan_s2v.pipeline import FIRST_CLIP_DROPPED_FRAMES, SamplingSettings, WanS2VPipeline
 from model.wan_s2v.sizing import output_size
 from model.wan_s2v.speech import SpeechEncoder
 from model.wan_s2v.transformer import WanS2VTransformer3DModel
 
-GIB = 1024**3
 # (portrait height, width, pixel-area budget) of the contract's resolutions
 RESOLUTIONS = {"480p": (480, 832, 832 * 480), "720p": (720, 1280, 1280 * 720)}
 # Dense bf16 tensor-core peaks from the datasheets (SXM parts).
@@ -137,7 +133,7 @@ def build_pipeline(mode: MemoryMode, device: torch.device, lora_folder: Path) ->
     from diffusers import AutoencoderKLWan
     from transformers import UMT5Config, UMT5EncoderModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    from model.wan_s2v.vae import WanVideoVAE
+    from model.wan_common.vae import WanVideoVAE
 
     transformer = build_on_gpu(WanS2VTransformer3DModel, torch.bfloat16, device)
     if mode is not MemoryMode.FULL:
@@ -146,8 +142,9 @@ def build_pipeline(mode: MemoryMode, device: torch.device, lora_folder: Path) ->
     lora_file = lora_folder / "liveavatar.safetensors"
     if not lora_file.is_file():
         write_random_lora(lora_folder, transformer.config)
-    lora = LoraAdapter.attach(transformer, lora_file, LORA_ALPHA)  # before placing, as the worker does
-    place_transformer(transformer, mode, device)
+    # before placing, as the worker does
+    lora = LoraAdapter.attach(transformer, lora_file, LORA_ALPHA, LIVE_AVATAR_LORA)
+    place_transformer(transformer, mode, device, FP8_BLOCK_LAYERS)
 
     t5 = build_on_gpu(lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL_ENCODER_CONFIG, is_encoder_decoder=False)),
                       torch.bfloat16, device)

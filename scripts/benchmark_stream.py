@@ -24,9 +24,10 @@ from typing import Any
 
 import imageio_ffmpeg
 
+from handler.runpod_handler import RunPodHandler
 from handler.sample import SAMPLE_SPEECH, sample_job_input
-from handler.serve import RunPodHandler
 from handler.startup import start_worker
+from model.registry import BACKENDS
 
 
 def looped_speech(seconds: float, folder: Path) -> bytes:
@@ -45,7 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the speech")
     parser.add_argument("--resolution", default="512*512")
-    parser.add_argument("--backend", default="lite")
+    cpu_backend = next(name for name, entry in BACKENDS.items() if not entry.needs_gpu)
+    parser.add_argument("--backend", default=cpu_backend, choices=list(BACKENDS))
     parser.add_argument("--mode", default=None, help="quality or fast (diffusion backends)")
     args = parser.parse_args()
 

@@ -22,9 +22,10 @@ size, and every offer of that GPU:
                            the share of the day a GPU must be busy for always-on to cost less
                            (above 100%: never); also as videos a day per GPU.
 
-Each offer uses the figure of the memory mode the worker would pick on its GPU (the largest that
-fits, scripts/endpoint_compute.py) unless --memory-mode names one. A mode or a GPU without a
-measurement is named as such and left out of the figures: nothing is extrapolated.
+The figures are one backend's (--backend, default the registry's first; each row of the data file
+names its backend). Each offer uses the figure of the memory mode the worker would pick on its GPU
+(the largest that fits, as the backend declares its memory modes) unless --memory-mode names one.
+A mode or a GPU without a measurement is named as such and left out of the figures: nothing is extrapolated.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # python scripts/cost.py
     sys.path.insert(0, str(ROOT))
 
-from handler.schema import MODES  # noqa: E402
-from scripts.endpoint_compute import WAN_MEMORY_MODE_GPU_GB  # noqa: E402
+from model.declaration import GpuNeed  # noqa: E402
+from model.registry import ALL_MODES as MODES  # noqa: E402
+from model.registry import BACKENDS, DEFAULT_BACKEND  # noqa: E402
+from scripts.endpoint_compute import GPU_NEEDS, MEMORY_MODES  # noqa: E402
 
 DATA = ROOT / "data" / "costs.toml"
 SECONDS_PER_DAY = 86_400
@@ -67,6 +70,7 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Measured:
+    backend: str
     gpu: str
     device: str
     mode: str
@@ -153,12 +157,17 @@ def _number(path: Path, what: str, row: dict[str, Any], key: str) -> float:
 def _measured(path: Path, number: int, row: dict[str, Any]) -> Measured:
     what = f"[[measured]] row {number} ({row.get('gpu')} {row.get('mode')} {row.get('width')}x{row.get('height')})"
     source, date = _dated(path, what, row)
-    if row.get("mode") not in MODES:
-        raise DataError(f"{path}: {what} needs mode, one of {', '.join(MODES)}.")
-    if row.get("memory_mode") not in WAN_MEMORY_MODE_GPU_GB:
-        raise DataError(f"{path}: {what} needs memory_mode, one of {', '.join(WAN_MEMORY_MODE_GPU_GB)}.")
+    need = GPU_NEEDS.get(str(row.get("backend")))
+    if need is None:
+        raise DataError(f"{path}: {what} needs backend, one of the GPU backends {', '.join(GPU_NEEDS)}.")
+    modes = BACKENDS[row["backend"]].modes
+    if row.get("mode") not in modes:
+        raise DataError(f"{path}: {what} needs mode, one of {', '.join(modes)}.")
+    if row.get("memory_mode") not in need.memory_gb:
+        raise DataError(f"{path}: {what} needs memory_mode, one of {', '.join(need.memory_gb)}.")
     return Measured(
-        gpu=str(row.get("gpu") or ""), device=str(row.get("device") or row.get("gpu")), mode=row["mode"],
+        backend=row["backend"], gpu=str(row.get("gpu") or ""), device=str(row.get("device") or row.get("gpu")),
+        mode=row["mode"],
         memory_mode=row["memory_mode"], width=int(_number(path, what, row, "width")),
         height=int(_number(path, what, row, "height")),
         gpu_seconds_per_video_second=_number(path, what, row, "gpu_seconds_per_video_second"), source=source, date=date,
@@ -193,8 +202,8 @@ def flex_prices(path: Path = DATA) -> dict[str, float]:
             if price.pool is not None and price.billing == "flex"}
 
 
-def measured_from_benchmark(path: Path, families: Iterable[str]) -> list[Measured]:
-    """The rows of a `scripts/benchmark_gpu.py --json` file, for the GPU family its device name names."""
+def measured_from_benchmark(path: Path, families: Iterable[str], backend: str) -> list[Measured]:
+    """The rows of a `scripts/benchmark_gpu.py --json` file of `backend`, for the GPU family its device names."""
     try:
         data = json.loads(path.read_text())
         device, results = str(data["gpu"]), list(data["results"])
@@ -211,7 +220,7 @@ def measured_from_benchmark(path: Path, families: Iterable[str]) -> list[Measure
         if "error" in row or "gpu_seconds_per_video_second" not in row:
             continue
         rows.append(Measured(
-            gpu=family, device=device, mode="fast" if row.get("resolution") == "fast" else "quality",
+            backend=backend, gpu=family, device=device, mode="fast" if row.get("resolution") == "fast" else "quality",
             memory_mode=row["mode"], width=int(row["width"]), height=int(row["height"]),
             gpu_seconds_per_video_second=float(row["gpu_seconds_per_video_second"]),
             source=f"{path.name} (scripts/benchmark_gpu.py --json)", date=date,
@@ -219,12 +228,13 @@ def measured_from_benchmark(path: Path, families: Iterable[str]) -> list[Measure
     return rows
 
 
-def memory_mode_for(memory_gb: int) -> str:
-    """The largest WAN_MEMORY_MODE that fits a GPU, as the worker picks it."""
-    fitting = [mode for mode, needed in WAN_MEMORY_MODE_GPU_GB.items() if needed <= memory_gb]
+def memory_mode_for(need: GpuNeed, memory_gb: int) -> str:
+    """The largest of a backend's memory modes that fits a GPU, as the worker picks it."""
+    modes = need.memory_gb
+    fitting = [mode for mode, needed in modes.items() if needed <= memory_gb]
     if not fitting:
-        return min(WAN_MEMORY_MODE_GPU_GB, key=WAN_MEMORY_MODE_GPU_GB.__getitem__)
-    return max(fitting, key=WAN_MEMORY_MODE_GPU_GB.__getitem__)
+        return min(modes, key=modes.__getitem__)
+    return max(fitting, key=modes.__getitem__)
 
 
 # --- The arithmetic ---------------------------------------------------------------------------
@@ -291,8 +301,10 @@ class Group:
 
 
 def build_groups(costs: Costs, workload: Workload, mode: str | None, size: str | None,
-                 memory_mode: str | None) -> list[Group]:
-    keys = sorted({(m.gpu, m.mode, m.size, m.width * m.height) for m in costs.measured
+                 memory_mode: str | None, backend: str = DEFAULT_BACKEND) -> list[Group]:
+    need = GPU_NEEDS[backend]
+    measured = [m for m in costs.measured if m.backend == backend]
+    keys = sorted({(m.gpu, m.mode, m.size, m.width * m.height) for m in measured
                    if (mode is None or m.mode == mode) and (size is None or m.size == size)},
                   key=lambda key: (key[0], MODES.index(key[1]), key[3]))
     groups = []
@@ -302,8 +314,8 @@ def build_groups(costs: Costs, workload: Workload, mode: str | None, size: str |
                    default=None)
         lines = []
         for price in offers:
-            wanted = memory_mode or memory_mode_for(price.memory_gb)
-            figure = next((m for m in costs.measured if (m.gpu, m.mode, m.size, m.memory_mode)
+            wanted = memory_mode or memory_mode_for(need, price.memory_gb)
+            figure = next((m for m in measured if (m.gpu, m.mode, m.size, m.memory_mode)
                            == (gpu, group_mode, group_size, wanted)), None)
             if figure is not None:
                 lines.append(price_line(figure, price, flex, workload))
@@ -332,7 +344,7 @@ def unmeasured(costs: Costs) -> list[str]:
 def report(costs: Costs, groups: list[Group], workload: Workload) -> dict[str, Any]:
     notes = unmeasured(costs)
     if workload.cold_start_seconds is None:
-        notes.append("cold starts: not measured for wan-s2v, so the serverless figures leave them out; "
+        notes.append("cold starts: not measured, so the serverless figures leave them out; "
                      "pass --cold-start-seconds S once a worker's start has been timed.")
     notes.append("an offer is priced with its GPU family's figure; variants differ (an H100 PCIe runs lower clocks "
                  "and memory bandwidth than the SXM part), so a figure measured on one is an estimate for another.")
@@ -449,7 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "file's for the same GPU, mode, memory mode and size)")
     parser.add_argument("--mode", choices=MODES, help="only this mode")
     parser.add_argument("--size", help="only this video size, e.g. 832x448")
-    parser.add_argument("--memory-mode", choices=list(WAN_MEMORY_MODE_GPU_GB),
+    parser.add_argument("--backend", choices=list(GPU_NEEDS), default=DEFAULT_BACKEND,
+                        help="whose figures (default %(default)s)")
+    parser.add_argument("--memory-mode", choices=list(MEMORY_MODES),
                         help="price every offer with this memory mode's figure (default: the largest that fits)")
     parser.add_argument("--cold-start-seconds", type=float, help="seconds a serverless worker's start bills "
                                                                   "(default: not measured, left out)")
@@ -461,16 +475,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         costs = load_costs(args.data)
         families = [card for price in costs.prices for card in price.cards]
-        extra = [row for path in args.benchmark for row in measured_from_benchmark(path, families)]
+        extra = [row for path in args.benchmark for row in measured_from_benchmark(path, families, args.backend)]
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    replaced = {(m.gpu, m.mode, m.memory_mode, m.size) for m in extra}
+    replaced = {(m.backend, m.gpu, m.mode, m.memory_mode, m.size) for m in extra}
     costs = dataclasses.replace(costs, measured=tuple(
-        [m for m in costs.measured if (m.gpu, m.mode, m.memory_mode, m.size) not in replaced] + extra))
+        [m for m in costs.measured if (m.backend, m.gpu, m.mode, m.memory_mode, m.size) not in replaced] + extra))
     workload = Workload(args.videos_per_day, args.video_seconds, args.cold_start_seconds,
                         args.videos_per_day if args.cold_starts_per_day is None else args.cold_starts_per_day)
-    groups = build_groups(costs, workload, args.mode, args.size, args.memory_mode)
+    groups = build_groups(costs, workload, args.mode, args.size, args.memory_mode, args.backend)
     if not groups:
         print("error: nothing measured matches --mode/--size/--memory-mode; see the data file's [[measured]] rows",
               file=sys.stderr)

@@ -28,12 +28,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # python scripts/deploy.py
+    sys.path.insert(0, str(ROOT))
+
+from model.declaration import GpuNeed  # noqa: E402
+from model.registry import ALL_MODES, BACKENDS, DEFAULT_BACKEND  # noqa: E402
+from scripts.endpoint_compute import GPU_NEEDS, MEMORY_MODES  # noqa: E402
+
 DEFAULT_ENV_FILE = ROOT / ".env"
 SAMPLE_JOB = ROOT / "test_input.json"
 # What a dry run without IMAGE_REPOSITORY shows in the plan.
 EXAMPLE_REPOSITORY = "registry.example.com/you/talking-head"
 # A tag of the length build_image.sh gives, for checking the endpoint settings before the build.
 PLACEHOLDER_TAG = "0" * 12
+
+
+# The GPU backend whose memory modes --help describes (a deploy's default when it is a GPU one),
+# and the .env variable --memory-mode stands for (each GPU backend declares the one it reads).
+DEFAULT_GPU_BACKEND = DEFAULT_BACKEND if DEFAULT_BACKEND in GPU_NEEDS else next(iter(GPU_NEEDS))
+MEMORY_MODE_VARIABLE = GPU_NEEDS[DEFAULT_GPU_BACKEND].memory_mode_setting
+# Modes that need more GPU memory than a memory mode alone picks, as their backends declare it.
+LARGE_MODES = "; ".join(f"{mode} needs ~{gb} GB GPUs (an estimate), so pair it with --gpu-pools"
+                        for need in GPU_NEEDS.values() for mode, gb in need.mode_min_memory_gb.items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,16 +64,17 @@ class Option:
 OPTIONS = (
     Option("--name", "NAME", "endpoint name (ENDPOINT_NAME, default talking-head); another name makes\n"
            "a second endpoint beside the first, e.g. for an A/B test", "ENDPOINT_NAME", "--name"),
-    Option("--backend", "B", "wan-s2v or lite (MODEL_BACKEND, default wan-s2v); lite gets a CPU endpoint",
-           "MODEL_BACKEND", "--backend"),
+    Option("--backend", "B", f"{' or '.join(BACKENDS)} (MODEL_BACKEND, default {DEFAULT_BACKEND}); a CPU backend\n"
+           "gets a CPU endpoint", "MODEL_BACKEND", "--backend"),
     # The endpoint tool hands DEFAULT_MODE on to the worker's environment itself.
-    Option("--default-mode", "M", "quality or fast (DEFAULT_MODE): the `mode` of a job that names none;\n"
-           "fast needs ~80 GB GPUs (an estimate), so pair it with --gpu-pools", "DEFAULT_MODE"),
+    Option("--default-mode", "M", f"{' or '.join(ALL_MODES)} (DEFAULT_MODE): the `mode` of a job that names none;\n"
+           + LARGE_MODES, "DEFAULT_MODE"),
     Option("--stream-results", None, "STREAM_RESULTS=1: jobs with \"stream\": true send segments through\n"
            "/stream/{id}; every job's /runsync and /status output becomes a list (docs/CONTRACT.md)",
            "STREAM_RESULTS"),
-    Option("--memory-mode", "M", "full, fp8 or offload (WAN_MEMORY_MODE, default fp8); picks the GPUs",
-           "WAN_MEMORY_MODE", "--memory-mode"),
+    Option("--memory-mode", "M", f"{', '.join(MEMORY_MODES)} ({MEMORY_MODE_VARIABLE}, default "
+           f"{GPU_NEEDS[DEFAULT_GPU_BACKEND].default_memory_mode}); picks the GPUs", MEMORY_MODE_VARIABLE,
+           "--memory-mode"),
     Option("--gpu-pools", "P1,P2", "GPU pools in priority order, instead of the ones the memory mode picks",
            "RUNPOD_GPU_POOLS", "--gpu-pools"),
     Option("--exclude-gpu", "T1,T2", "GPU types to leave out of those pools, e.g. 'NVIDIA L40' (RUNPOD_EXCLUDE_GPUS)",
@@ -100,33 +117,10 @@ Settings come from .env (copy .env.example) and the environment; a flag beats bo
 HELP_OUTRO = """
 A redeploy replaces the endpoint's environment variables: one set only in the console is
 removed (the tool names it). Put the worker's settings in .env instead.
-
-Weights of wan-s2v: ~49 GB, plus the fast mode's 1.3 GB LoRA. Three ways to have them, by
-what a worker's start costs (the endpoint allows a start RUNPOD_INIT_TIMEOUT=3600 s, RunPod's
-default being 7 minutes, after which a worker counts as unhealthy):
-  1. RunPod's cached models: the REST API cannot set them, so after the first deploy open the
-     console > Serverless > the endpoint > Manage > Edit Endpoint, set Model to
-     Wan-AI/Wan2.2-S2V-14B and save (one cached model per endpoint). RunPod puts it on the
-     host before the worker starts and does not bill that download; the start loads the
-     weights, and each new worker fetches the 1.3 GB LoRA itself.
-  2. A network volume (--network-volume): filled once, by its first worker or beforehand from a
-     pod with the volume attached: python scripts/download_models.py --model-dir /runpod-volume/models
-     Workers that start together download it once (a lock on the volume); later starts read
-     the ~50 GB from the volume. One volume per data centre, each filled once.
-  3. Baked into the image (--bake-weights): no download at start; the image is ~50 GB larger,
-     so every host that has not run it yet pulls it first.
-  With none of them, every new worker downloads ~50 GB before it can load them: about 8
-  minutes of billed GPU time at 100 MB/s, 33 at 25 MB/s (the link's speed is RunPod's).
 """
+
 HELP_COLUMN = 26
 
-# The weights' cold start, when neither a volume nor the image holds them (see HELP_OUTRO).
-WEIGHTS_HINT = """
-Weights: this endpoint has no network volume and its image is not a baked one (tag ending
--baked), so every new worker downloads ~50 GB before its first job. To skip that, open the
-console link above > Manage > Edit Endpoint, set Model to Wan-AI/Wan2.2-S2V-14B (RunPod's cached
-models) and save; or deploy again with --network-volume or --bake-weights.
-"""
 CALLS = """
 Send the sample job and wait for the video (the first job also waits for a cold start):
   curl -sS -X POST "https://api.runpod.ai/v2/{id}/runsync" \\
@@ -171,7 +165,8 @@ def help_text() -> str:
         first, *rest = option.help.split("\n")
         lines.append(f"{name.ljust(HELP_COLUMN - 2)}  {first}")
         lines += [" " * HELP_COLUMN + line for line in rest]
-    return HELP_INTRO + "\n".join(lines) + "\n" + HELP_OUTRO
+    hints = "".join(f"\n{entry.deploy.weights_hint}\n" for entry in BACKENDS.values() if entry.deploy.weights_hint)
+    return HELP_INTRO + "\n".join(lines) + "\n" + HELP_OUTRO + hints
 
 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
@@ -252,15 +247,19 @@ def _dest(option: Option) -> str:
 
 def endpoint_argv(settings: Mapping[str, str], image: str, dry_run: bool) -> list[str]:
     """scripts/runpod_endpoint.py's arguments: each setting that is set (the tool has the defaults)."""
-    backend = settings.get("MODEL_BACKEND") or "wan-s2v"
+    backend = settings.get("MODEL_BACKEND") or DEFAULT_BACKEND
     argv = [f"--name={settings.get('ENDPOINT_NAME') or 'talking-head'}", f"--image={image}"]
     for option in OPTIONS:
         if option.variable is None or option.endpoint_option in (None, "--name"):
             continue
-        if option.endpoint_option == "--memory-mode" and backend != "wan-s2v":
-            continue  # .env.example sets it; a lite deploy leaves it out
-        if settings.get(option.variable):
-            argv.append(f"{option.endpoint_option}={settings[option.variable]}")
+        variable = option.variable
+        if option.endpoint_option == "--memory-mode":
+            need = BACKENDS[backend].deploy.compute if backend in BACKENDS else None
+            if not isinstance(need, GpuNeed):
+                continue  # .env.example sets it; a CPU backend's deploy leaves it out
+            variable = need.memory_mode_setting
+        if settings.get(variable):
+            argv.append(f"{option.endpoint_option}={settings[variable]}")
     return argv + (["--dry-run"] if dry_run else [])
 
 
@@ -380,8 +379,9 @@ def ready_to_paste(endpoint_id: str, image: str, settings: Mapping[str, str]) ->
     text = (f"\nEndpoint: {endpoint_id}   (image {image})\n"
             f"Console:  https://console.runpod.io/serverless/user/endpoint/{endpoint_id}\n")
     weightless = not settings.get("RUNPOD_NETWORK_VOLUME_ID") and not image.endswith("-baked")
-    if (settings.get("MODEL_BACKEND") or "wan-s2v") == "wan-s2v" and weightless:
-        text += WEIGHTS_HINT
+    entry = BACKENDS.get(settings.get("MODEL_BACKEND") or DEFAULT_BACKEND)
+    if entry is not None and entry.deploy.cold_start_hint and weightless:
+        text += "\n" + entry.deploy.cold_start_hint + "\n"
     return text + CALLS.format(id=endpoint_id, sample=SAMPLE_JOB)
 
 

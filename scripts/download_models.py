@@ -1,19 +1,23 @@
-"""Fetch the weights the worker reads into a models folder: the Wan2.2-S2V-14B checkpoint (about
-49 GB) into DIR/Wan2.2-S2V-14B and the Live Avatar LoRA of the fast mode (one 1.3 GB file) into
-DIR/Live-Avatar, exactly as a worker with MODEL_DIR=DIR fetches them at its first start.
+"""Fetch the weights the worker reads into a models folder: every weight spec the backends declare
+(model/declaration.py, WeightSpec), each into DIR/<its folder>, exactly as a worker with
+MODEL_DIR=DIR downloads them at its first start.
 
     python scripts/download_models.py                                 # into /models, the image's folder
                                                                       # (the Dockerfile's `baked` stage)
     python scripts/download_models.py --model-dir /workspace/models   # fill a network volume, once, from
                                                                       # a pod (pods mount it at /workspace,
                                                                       # workers at /runpod-volume)
-    python scripts/download_models.py --no-lora                       # the checkpoint alone (no fast mode)
+    python scripts/download_models.py --backend NAME                  # one backend's weights only
+    python scripts/download_models.py --required-only                 # without optional weights, such as
+                                                                      # a fast mode's LoRA (also --no-lora)
 
-It takes the same lock as the workers, so it can run while workers start on the same volume:
-whichever comes first downloads, the others wait and then use the finished files. Each folder
-gets its finished-marker last. Set HF_TOKEN for authenticated (faster, not rate-limited)
-downloads. Run it again after an interruption: files already fetched are kept.
-Exit status: 0 done, 1 the download failed (the message says why and what to do).
+It fills DIR even when a copy is elsewhere (RunPod's model cache, an image's /models): filling a
+volume or an image is what it is for. It takes the same lock as the workers, so it can run while
+workers start on the same volume: whichever comes first downloads, the others wait and then use
+the finished files. Each folder gets its finished-marker last. Set HF_TOKEN for authenticated
+(faster, not rate-limited) downloads. Run it again after an interruption: files already fetched
+are kept.
+Exit status: 0 done, 1 a download failed (the message says why and what to do), 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -23,14 +27,11 @@ import logging
 import sys
 from pathlib import Path
 
-from model.wan_s2v.config import LORA_FILE, LORA_REPO_ID
-from model.wan_s2v.weights import (
-    IMAGE_MODEL_DIR,
-    REPO_ID,
-    download_lora_into,
-    download_weights_into,
-    failure_reason,
-)
+from model.declaration import WeightSpec
+from model.registry import BACKENDS
+from model.weights import IMAGE_MODEL_DIR, download_into, failure_reason
+
+WITH_WEIGHTS = [entry.name for entry in BACKENDS.values() if entry.weights]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,26 +40,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model-dir", type=Path, default=IMAGE_MODEL_DIR,
         help=f"the worker's MODEL_DIR to fill (default {IMAGE_MODEL_DIR}, where the image's worker looks)",
     )
-    parser.add_argument("--no-lora", action="store_true", help=f"skip the Live Avatar LoRA ({LORA_REPO_ID})")
+    parser.add_argument(
+        "--backend", choices=list(BACKENDS), action="append",
+        help="a backend whose weights to fetch; repeat for several (default: every backend that declares weights)",
+    )
+    parser.add_argument(
+        "--required-only", "--no-lora", dest="required_only", action="store_true",
+        help="skip optional weights (those only some modes need, such as a fast mode's LoRA)",
+    )
     return parser.parse_args(argv)
+
+
+def chosen_specs(backends: list[str] | None, required_only: bool) -> list[WeightSpec]:
+    """The weight specs to fetch, each once, in the backends' order."""
+    specs = [spec for name in backends or WITH_WEIGHTS for spec in BACKENDS[name].weights]
+    return list(dict.fromkeys(spec for spec in specs if not (required_only and spec.optional)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    downloads = [(REPO_ID, download_weights_into)]
-    if not args.no_lora:
-        downloads.append((f"{LORA_FILE} of {LORA_REPO_ID}", download_lora_into))
-    for what, download_into in downloads:
+    for name in args.backend or ():
+        if not BACKENDS[name].weights:
+            print(f"{name} declares no weights: nothing to fetch for it")
+    for spec in chosen_specs(args.backend, args.required_only):
         try:
-            folder = download_into(args.model_dir)
+            folder = download_into(spec, args.model_dir)
         except Exception as error:  # noqa: BLE001 - reported, with its type, instead of a traceback
-            print(f"error: fetching {what} into {args.model_dir} failed: {failure_reason(error)}\n"
+            print(f"error: fetching {spec.repo_id} into {args.model_dir} failed: {failure_reason(error)}\n"
                   "Run the same command again to resume; check HF_TOKEN, the network and free disk space.",
                   file=sys.stderr)
             return 1
-        print(f"{what} is complete in {folder}")
+        print(f"{spec.repo_id} ({spec.name}): complete in {folder}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Which RunPod compute a backend needs: GPU pools, smallest class that fits first, or CPU flavors.
 
 Facts from the runpod/docs repository: the pool ids and the cards in each come from
-`references/gpu-types.mdx` ("GPU pools"); "up to three GPU types in priority order" from
+`references/gpu-types.mdx` ("GPU pools"), the Blackwell pools from `flash/configuration/gpu-types.mdx`
+(`GpuGroup`); "up to three GPU types in priority order" from
 `serverless/endpoints/endpoint-configurations.mdx`; the CPU flavor ids and `vcpuCount` from
 `api-reference-v2/openapi.json` (`CreateCpuConfig`).
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from model.declaration import CpuNeed, GpuNeed
 from model.registry import BACKENDS as REGISTRY
+from model.registry import declaration_of
 
 BACKENDS = tuple(sorted(REGISTRY, key=lambda name: not REGISTRY[name].needs_gpu))  # the GPU one first
 
@@ -28,30 +31,22 @@ GPU_CLASSES = (
     GpuClass(24, ("ADA_24", "AMPERE_24")),  # RTX 4090 | L4, A5000, RTX 3090
     GpuClass(48, ("ADA_48_PRO", "AMPERE_48")),  # L40, L40S, RTX 6000 Ada | A6000, A40
     GpuClass(80, ("ADA_80_PRO", "AMPERE_80")),  # H100 | A100 80GB
+    GpuClass(96, ("BLACKWELL_96",)),  # RTX PRO 6000 Blackwell (Server, Workstation, Max-Q)
     GpuClass(141, ("HOPPER_141",)),  # H200
+    GpuClass(180, ("BLACKWELL_180",)),  # B200
 )
+# ADA_32_PRO (RTX 5090, 32 GB) is left out: RunPod's serverless pricing table gives it no price, and
+# every pool the tool may pick is ranked by its price (data/costs.toml). The catalog check lets
+# --gpu-pools name it all the same.
 KNOWN_GPU_POOLS = tuple(pool for gpu_class in GPU_CLASSES for pool in gpu_class.pools)
-
-# GPU memory a Wan2.2-S2V-14B worker needs in each WAN_MEMORY_MODE: `full` keeps the bf16
-# transformer (~32 GB) and text encoder (~11 GB) on the GPU with room for activations; `fp8`
-# stores the transformer's weights in fp8 (computes in bf16, so Ampere works too); `offload`
-# keeps only the running blocks on the GPU.
-# The fast mode (job field `mode`, endpoint default DEFAULT_MODE) runs on the same GPUs as the
-# quality mode; these sizes are the quality mode's. Its extra memory, ~42 GB of attention caches
-# at 704x384, fits an 80 GB card in fp8 or a 141 GB card in any mode, not a 48 GB card: an
-# estimate, not yet measured on a GPU. For a fast-mode endpoint pass --gpu-pools (e.g.
-# ADA_80_PRO,AMPERE_80,HOPPER_141) with --memory-mode fp8.
-WAN_MEMORY_MODE_GPU_GB = {"full": 80, "fp8": 48, "offload": 24}
-# fp8 by default: 48 GB cards cost about half as much per second as 80 GB ones (the docs'
-# snippets/serverless-gpu-pricing-table.mdx) and are easier to get, and fp8 weight storage costs
-# little quality; `full` is for the last bit of quality.
-DEFAULT_WAN_MEMORY_MODE = "fp8"
 
 MAX_GPU_PRIORITIES = 3
 
-# The lite backend is CPU-only: compute-optimised flavors, the newer generation first.
-LITE_CPU_VCPUS = 4
-LITE_CPU_FLAVORS = ("cpu5c", "cpu3c")
+# Each GPU backend's declared need, and the memory modes some GPU backend declares (--memory-mode's choices).
+GPU_NEEDS = {
+    name: entry.deploy.compute for name, entry in REGISTRY.items() if isinstance(entry.deploy.compute, GpuNeed)
+}
+MEMORY_MODES = tuple(dict.fromkeys(mode for need in GPU_NEEDS.values() for mode in need.memory_gb))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,17 +93,18 @@ def _price_order(gpu_class: GpuClass) -> tuple[float, int]:
 
 
 def compute_for(backend: str, memory_mode: str | None) -> Compute:
-    """The default compute for a backend (and, for wan-s2v, its memory mode)."""
-    if backend == "lite":
-        return Compute(cpu=tuple(CpuConfig(flavor, LITE_CPU_VCPUS) for flavor in LITE_CPU_FLAVORS))
-    if backend == "wan-s2v":
-        mode = memory_mode or DEFAULT_WAN_MEMORY_MODE
-        if mode not in WAN_MEMORY_MODE_GPU_GB:
-            raise ValueError(
-                f"unknown memory mode {mode!r}; choose one of {', '.join(WAN_MEMORY_MODE_GPU_GB)}"
-            )
-        return Compute(gpu_pools=gpu_pools_for_memory(WAN_MEMORY_MODE_GPU_GB[mode]))
-    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    """The default compute of a backend, as its declaration gives it (a GPU backend's for `memory_mode`,
+    None: its default mode). Raises ValueError naming the fix."""
+    try:
+        need = declaration_of(backend).deploy.compute
+    except ValueError:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}") from None
+    if isinstance(need, CpuNeed):
+        return Compute(cpu=tuple(CpuConfig(flavor, need.vcpus) for flavor in need.flavors))
+    mode = memory_mode or need.default_memory_mode
+    if mode not in need.memory_gb:
+        raise ValueError(f"unknown memory mode {mode!r} for {backend}; choose one of {', '.join(need.memory_gb)}")
+    return Compute(gpu_pools=gpu_pools_for_memory(need.memory_gb[mode]))
 
 
 def parse_cpu_configs(text: str) -> tuple[CpuConfig, ...]:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from model.declaration import GpuNeed
 from model.registry import BACKENDS
 from scripts.endpoint_compute import Compute
 
@@ -27,21 +28,16 @@ PASSED_THROUGH_ENV = (
     "UPLOAD_TIMEOUT_SECONDS",
     "MAX_AUDIO_SECONDS",
     "MAX_INPUT_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_INLINE_RESULT_BYTES",
+    "FETCH_TIMEOUT_SECONDS",
     "PRESET_AVATARS_DIR",
     "DEFAULT_MODE",
     "STREAM_RESULTS",
 )
-# The modes each backend offers (its `modes`, model/base.py and model/wan_s2v/backend.py): the
-# worker refuses to start with a DEFAULT_MODE its backend lacks, so the tool refuses to deploy one.
+# The modes each backend offers (its declaration's `modes`): the worker refuses to start with a
+# DEFAULT_MODE its backend lacks, so the tool refuses to deploy one.
 BACKEND_MODES = {name: entry.modes for name, entry in BACKENDS.items()}
-# RunPod marks a worker unhealthy when its start takes longer than 7 minutes, unless
-# RUNPOD_INIT_TIMEOUT (seconds) says otherwise, and scales down an endpoint that keeps producing
-# unhealthy workers (runpod/docs serverless/development/optimization.mdx, troubleshooting.mdx).
-# A wan-s2v worker on a fresh endpoint without a volume or cached model downloads ~50 GB (the
-# checkpoint and the LoRA) before loading them: one hour covers that at 17 MB/s or more with ten
-# minutes left for loading. A worker that waits for another worker's download gives up sooner
-# (model/wan_s2v/weights.py, LOCK_WAIT_SECONDS), so it says why before RunPod stops it.
-WORKER_INIT_TIMEOUT_SECONDS = {"wan-s2v": 3600}
 # The worker refuses to start with some but not all of these (handler/settings.py).
 # (BUCKET_NAME may be left out when BUCKET_ENDPOINT_URL names the bucket in its host or path.)
 BUCKET_REQUIRED_TOGETHER = ("BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
@@ -71,11 +67,14 @@ def worker_env(
     A literal HF_TOKEN in the deployer's environment is never sent: it is only for baking weights
     into the image. The worker gets the RunPod secret named `hf_token_secret` instead.
     """
+    entry = BACKENDS[backend]
     env = {"MODEL_BACKEND": backend}
-    if memory_mode:
-        env["WAN_MEMORY_MODE"] = memory_mode
-    if backend in WORKER_INIT_TIMEOUT_SECONDS:
-        env["RUNPOD_INIT_TIMEOUT"] = str(WORKER_INIT_TIMEOUT_SECONDS[backend])
+    if memory_mode and isinstance(entry.deploy.compute, GpuNeed):
+        env[entry.deploy.compute.memory_mode_setting] = memory_mode
+    # RunPod marks a worker unhealthy when its start takes longer than 7 minutes unless
+    # RUNPOD_INIT_TIMEOUT (seconds) says otherwise (runpod/docs serverless/development/optimization.mdx)
+    if entry.deploy.init_timeout_seconds is not None:
+        env["RUNPOD_INIT_TIMEOUT"] = str(entry.deploy.init_timeout_seconds)
     env.update({name: deployer_env[name] for name in PASSED_THROUGH_ENV if deployer_env.get(name)})
     missing = [name for name in BUCKET_REQUIRED_TOGETHER if name not in env]
     if 0 < len(missing) < len(BUCKET_REQUIRED_TOGETHER):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from model.wan_s2v._convert_checkpoint import parameters_on_meta
+from model.wan_common.checkpoint import parameters_on_meta
 from model.wan_s2v.convert_transformer import convert_transformer_config
 from model.wan_s2v.transformer import WanS2VTransformer3DModel
 from tests.wan_tiny_models import (

@@ -4,8 +4,9 @@
 
 Running it again with the same --name updates the template and the endpoint in place; it never
 makes a second one. The GPU pools follow from --backend and --memory-mode (the smallest GPU class
-that fits first, larger ones as fallbacks) unless --gpu-pools is given; the lite backend gets a CPU
-endpoint. --dry-run prints every request instead of sending it and needs no API key.
+that fits first, larger ones as fallbacks) unless --gpu-pools is given; a CPU backend gets a CPU
+endpoint. Compute, timeouts and disk are the backend's declared deploy profile (model/registry.py).
+--dry-run prints every request instead of sending it and needs no API key.
 
 Before it changes anything it checks the GPU pools and --exclude-gpu types against RunPod's
 catalog (a pool the catalog lacks is refused; when the catalog cannot be read, a pool this tool
@@ -28,12 +29,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from model.declaration import GpuNeed
+from model.registry import DEFAULT_BACKEND, declaration_of
 from scripts.endpoint_compute import (
     BACKENDS,
-    DEFAULT_WAN_MEMORY_MODE,
     GPU_CLASSES,
+    GPU_NEEDS,
     KNOWN_GPU_POOLS,
-    WAN_MEMORY_MODE_GPU_GB,
+    MEMORY_MODES,
     Compute,
     compute_for,
     parse_cpu_configs,
@@ -63,17 +66,6 @@ from scripts.runpod_rest import (
 DRY_RUN_TEMPLATE_ID = "<template-id>"
 DRY_RUN_ENDPOINT_ID = "<endpoint-id>"
 
-# Per backend: a 14B diffusion model takes minutes to load, so its workers idle longer before
-# scaling down, and a job runs for many minutes; the CPU backend is quick on both counts.
-BACKEND_DEFAULTS = {
-    "wan-s2v": {"idle_timeout": 60, "execution_timeout": 3600},
-    "lite": {"idle_timeout": 5, "execution_timeout": 600},
-}
-# The GPU memory the fast mode needs (endpoint_compute.py, WAN_MEMORY_MODE_GPU_GB's comment).
-FAST_MODE_MIN_GPU_GB = 80
-# Container disk: without a network volume the ~49 GB of Wan2.2-S2V weights land on it.
-WAN_DISK_GB_WITHOUT_VOLUME = 100
-DISK_GB_OTHERWISE = 30
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -89,11 +81,12 @@ def build_parser(exit_on_error: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", required=True, help="endpoint name; the template is NAME-template")
     parser.add_argument("--image", required=True, help="image reference with its commit tag")
-    parser.add_argument("--backend", choices=BACKENDS, default="wan-s2v")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
+    defaults = ", ".join(f"{name} {need.default_memory_mode}" for name, need in GPU_NEEDS.items())
     parser.add_argument(
         "--memory-mode",
-        choices=tuple(WAN_MEMORY_MODE_GPU_GB),
-        help=f"wan-s2v only: GPU memory mode (default {DEFAULT_WAN_MEMORY_MODE})",
+        choices=MEMORY_MODES,
+        help=f"GPU backends only: GPU memory mode (default: {defaults})",
     )
     parser.add_argument("--gpu-pools", help="GPU pools in priority order, e.g. ADA_80_PRO,AMPERE_80")
     parser.add_argument("--cpu", help="CPU endpoint: FLAVOR:VCPUS in priority order, e.g. cpu5c:4")
@@ -134,23 +127,30 @@ def build_parser(exit_on_error: bool = True) -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> DeploymentSpec:
     """Raises ValueError naming the flag and the fix."""
-    if args.backend == "lite" and (args.memory_mode or args.gpu_pools):
-        raise ValueError("--memory-mode and --gpu-pools are for wan-s2v; lite runs on a CPU endpoint")
-    if args.backend == "wan-s2v" and args.cpu:
-        raise ValueError("--cpu is for the lite backend; wan-s2v needs a GPU")
-    memory_mode = (args.memory_mode or DEFAULT_WAN_MEMORY_MODE) if args.backend == "wan-s2v" else None
+    entry = declaration_of(args.backend)
+    need = entry.deploy.compute
+    if not isinstance(need, GpuNeed) and (args.memory_mode or args.gpu_pools):
+        raise ValueError(f"--memory-mode and --gpu-pools are for GPU backends; {args.backend} runs on a CPU endpoint")
+    if isinstance(need, GpuNeed) and args.cpu:
+        raise ValueError(f"--cpu is for CPU backends; {args.backend} needs a GPU")
+    if isinstance(need, GpuNeed) and args.memory_mode and args.memory_mode not in need.memory_gb:
+        raise ValueError(
+            f"--memory-mode {args.memory_mode} is not a memory mode of {args.backend}; "
+            f"choose one of {', '.join(need.memory_gb)}"
+        )
+    memory_mode = (args.memory_mode or need.default_memory_mode) if isinstance(need, GpuNeed) else None
     compute = compute_for(args.backend, memory_mode)
     if args.gpu_pools:
         compute = Compute(gpu_pools=parse_gpu_pools(args.gpu_pools))
     if args.cpu:
         compute = Compute(cpu=parse_cpu_configs(args.cpu))
-    defaults = BACKEND_DEFAULTS[args.backend]
+    profile = entry.deploy
     if args.container_disk is not None:
         disk = args.container_disk
-    elif args.backend == "wan-s2v" and not parse_list(args.network_volume):
-        disk = WAN_DISK_GB_WITHOUT_VOLUME
+    elif parse_list(args.network_volume):
+        disk = profile.disk_gb_with_volume
     else:
-        disk = DISK_GB_OTHERWISE
+        disk = profile.disk_gb_without_volume
     return DeploymentSpec(
         name=args.name,
         image=args.image,
@@ -159,10 +159,10 @@ def spec_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Depl
         gpu_count=args.gpu_count,
         workers_min=args.workers_min,
         workers_max=args.workers_max,
-        idle_timeout_seconds=_given_or(args.idle_timeout, defaults["idle_timeout"]),
+        idle_timeout_seconds=_given_or(args.idle_timeout, profile.idle_timeout_seconds),
         scaling=Scaling(SCALERS[args.scaler], args.scaler_value),
         flashboot=FLASHBOOT_MODES[args.flashboot],
-        execution_timeout_seconds=_given_or(args.execution_timeout, defaults["execution_timeout"]),
+        execution_timeout_seconds=_given_or(args.execution_timeout, profile.execution_timeout_seconds),
         container_disk_gb=disk,
         network_volume_ids=parse_list(args.network_volume),
         data_center_ids=parse_list(args.data_centers),
@@ -380,8 +380,9 @@ def describe(spec: DeploymentSpec) -> str:
         if spec.excluded_gpu_types:
             hardware += " except " + ", ".join(spec.excluded_gpu_types)
     backend = spec.env["MODEL_BACKEND"]
-    if "WAN_MEMORY_MODE" in spec.env:
-        backend += f" ({spec.env['WAN_MEMORY_MODE']})"
+    need = GPU_NEEDS.get(backend)
+    if need is not None and need.memory_mode_setting in spec.env:
+        backend += f" ({spec.env[need.memory_mode_setting]})"
     start = f", start timeout {spec.env['RUNPOD_INIT_TIMEOUT']} s" if "RUNPOD_INIT_TIMEOUT" in spec.env else ""
     return (
         f"endpoint {spec.name!r}: {spec.image}, {hardware}, "
@@ -393,11 +394,15 @@ def advice(spec: DeploymentSpec) -> list[str]:
     """Warnings about settings that may work but probably not as meant (no request needed)."""
     warnings = []
     memory_of_pool = {pool: gpu_class.memory_gb for gpu_class in GPU_CLASSES for pool in gpu_class.pools}
-    small = [pool for pool in spec.compute.gpu_pools if memory_of_pool.get(pool, 0) < FAST_MODE_MIN_GPU_GB]
-    if spec.env.get("DEFAULT_MODE") == "fast" and small:
+    need = GPU_NEEDS.get(spec.env["MODEL_BACKEND"])
+    mode = spec.env.get("DEFAULT_MODE")
+    least = need.mode_min_memory_gb.get(mode, 0) if need is not None and mode else 0
+    small = [pool for pool in spec.compute.gpu_pools if memory_of_pool.get(pool, 0) < least]
+    if small:
+        large = ",".join(pool for gpu_class in GPU_CLASSES if gpu_class.memory_gb >= least for pool in gpu_class.pools)
         warnings.append(
-            f"DEFAULT_MODE=fast needs about {FAST_MODE_MIN_GPU_GB} GB of GPU memory (an estimate, not yet measured "
-            f"on a GPU), more than {', '.join(small)} have: pass --gpu-pools ADA_80_PRO,AMPERE_80,HOPPER_141"
+            f"DEFAULT_MODE={mode} needs about {least} GB of GPU memory (an estimate, not yet measured "
+            f"on a GPU), more than {', '.join(small)} have: pass --gpu-pools {large}"
         )
     for name, value in spec.env.items():
         if is_secret_name(name) and not is_secret_reference(value):

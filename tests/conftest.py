@@ -88,7 +88,7 @@ class WorkerProcess:
     """`python -m handler --rp_serve_api` on 127.0.0.1, with its log and its own temp folder."""
 
     def __init__(self, env: dict[str, str], workdir: Path, extra_pythonpath: tuple[Path, ...] = (),
-                 ready_timeout: float = 120.0) -> None:
+                 ready_timeout: float = 120.0, root: Path = ROOT) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmpdir = workdir / "tmp"
@@ -99,7 +99,7 @@ class WorkerProcess:
         }
         full_env.update(env)
         full_env["TMPDIR"] = str(self.tmpdir)
-        full_env["PYTHONPATH"] = os.pathsep.join(str(path) for path in (ROOT, *extra_pythonpath))
+        full_env["PYTHONPATH"] = os.pathsep.join(str(path) for path in (root, *extra_pythonpath))
         self._log = open(self.log_path, "wb")
         self.started = time.monotonic()
         self.process = subprocess.Popen(

@@ -234,6 +234,7 @@ def _cuda_is_cpu(cls: type = torch.Tensor) -> Iterator[None]:
 
 
 _CHECKOUT = ReferenceCheckout(
+    pin="liveavatar",
     env=REFERENCE_ENV,
     what="Live Avatar",
     package="liveavatar",

@@ -7,22 +7,63 @@ so the packages are registered bare and only the requested files are executed; o
 this environment lacks are replaced by stand-ins. Nothing stays registered in `sys.modules` after
 an import: the loaded modules keep working through their own globals, and are kept here so that
 later imports share them (one class per name, not one per call).
+
+Each checkout must be at the commit `reference_pins.toml` pins for it; at another, or where git
+cannot tell, its tests fail saying which commit to check out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
+import subprocess
 import sys
+import tomllib
 import types
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+PINS_FILE = Path(__file__).with_name("reference_pins.toml")
+
+
+@functools.cache
+def reference_pins() -> dict[str, dict[str, str]]:
+    """Each reference's `env`, `repository` and `commit`, by its key in reference_pins.toml."""
+    with PINS_FILE.open("rb") as file:
+        return tomllib.load(file)
+
+
+def checkout_commit(root: Path) -> str | None:
+    """The commit checked out at `root`, or None where git cannot tell (no git, not a repository)."""
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def pin_problem(root: Path, env: str, repository: str, commit: str) -> str | None:
+    """Why the checkout at `root` is not the pinned one, in a sentence; None when it is."""
+    found = checkout_commit(root)
+    if found == commit:
+        return None
+    fix = f"run `git -C {root} fetch {repository} && git -C {root} checkout {commit}` (tests/reference_pins.toml)"
+    if found is None:
+        return f"{env}={root} is not a git checkout, so its commit cannot be checked against the pinned {commit}; {fix}"
+    return (f"{env}={root} is at commit {found}, not at the pinned {commit}, so the parity tests compare "
+            f"with that commit's code; to compare with the pinned one, {fix}")
+
+
+class ReferencePinWarning(UserWarning):
+    """A reference checkout is not at the commit tests/reference_pins.toml pins."""
 
 
 class EasyDict(dict):
@@ -47,7 +88,8 @@ def plain_module(name: str, attributes: dict[str, Any]) -> types.ModuleType:
 class ReferenceCheckout:
     """One reference repository: where its checkout is, and its modules once loaded.
 
-    env: the variable naming the checkout; what: its name in skip messages; package: the top
+    pin: its key in reference_pins.toml (the commit the checkout must be at); env:
+    the variable naming the checkout; what: its name in skip messages; package: the top
     package (`wan`); marker: a file (relative to the root) that only such a checkout has;
     package_dirs(root): the folders registered as bare packages; stand_ins: module name ->
     attributes, registered (by `stand_in_module`) only where the real package is not installed;
@@ -58,6 +100,7 @@ class ReferenceCheckout:
     def __init__(
         self,
         *,
+        pin: str,
         env: str,
         what: str,
         package: str,
@@ -69,6 +112,10 @@ class ReferenceCheckout:
         after_import: Callable[[dict[str, types.ModuleType]], None] | None = None,
     ):
         self.env, self.what, self.package, self.marker = env, what, package, marker
+        #: the commit this checkout must be at (reference_pins.toml)
+        self.repository, self.commit = reference_pins()[pin]["repository"], reference_pins()[pin]["commit"]
+        assert reference_pins()[pin]["env"] == env, f"reference_pins.toml names another variable for {pin}"
+        self._checked: dict[Path, str | None] = {}
         self._package_dirs = package_dirs
         self._stand_ins = stand_ins
         self._stand_in_module = stand_in_module
@@ -88,6 +135,12 @@ class ReferenceCheckout:
         path = Path(root)
         if not (path / self.marker).is_file():
             pytest.skip(f"{self.env}={root} is not a checkout of {self.what}")
+        if path not in self._checked:
+            self._checked[path] = pin_problem(path, self.env, self.repository, self.commit)
+            problem = self._checked[path]
+            if problem is not None:
+                # still compared: a newer reference is worth checking against, but the log says so
+                warnings.warn(ReferencePinWarning(problem), stacklevel=2)
         return path
 
     def module(self, name: str) -> types.ModuleType:

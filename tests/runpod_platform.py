@@ -12,6 +12,7 @@ Empty polls are held for a moment, as RunPod's long polls are, so that the SDK d
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -31,6 +32,7 @@ from tests.conftest import ROOT, free_port
 WORKER_ID = "test-worker-1"
 ENDPOINT_ID = "test-endpoint"
 POLL_HOLD_SECONDS = 0.3
+RUNSYNC_HOLD_SECONDS = 2.0
 
 
 class RunPodPlatform:
@@ -152,6 +154,7 @@ class RunPodPlatform:
             return {"id": job_id, "status": self.status.get(job_id, "NOT_FOUND")}
 
     def _status_of(self, job_id: str) -> dict[str, Any]:
+        """/status: the job's state and, once it ended, its output or error, as RunPod keeps them."""
         with self._lock:
             reply = {"id": job_id, "status": self.status.get(job_id, "NOT_FOUND")}
             result = self.results.get(job_id, {})
@@ -195,6 +198,13 @@ class RunPodPlatform:
                 elif path == f"/v2/{ENDPOINT_ID}/run":
                     request = json.loads(body)
                     self._reply(200, {"id": platform.submit(request["input"]), "status": "IN_QUEUE"})
+                elif path == f"/v2/{ENDPOINT_ID}/runsync":
+                    # RunPod holds /runsync for a while and answers with the status so far: a
+                    # short hold here, so that clients meet both outcomes (done, or poll on)
+                    job_id = platform.submit(json.loads(body)["input"])
+                    with contextlib.suppress(AssertionError):
+                        platform.wait_for(lambda: job_id in platform.results, RUNSYNC_HOLD_SECONDS, "runsync")
+                    self._reply(200, platform._status_of(job_id))
                 elif path.startswith(f"/v2/{ENDPOINT_ID}/cancel/"):
                     self._reply(200, platform._cancel(path.rsplit("/", 1)[1]))
                 else:

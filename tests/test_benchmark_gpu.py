@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.wan_s2v.lora import LoraAdapter
+from model.wan_common.lora import LoraAdapter
+from model.wan_s2v.lora import LIVE_AVATAR_LORA
 from tests.test_wan_pipeline import tiny_pipeline, tiny_transformer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_gpu.py"
@@ -28,7 +29,8 @@ def benchmark_gpu():
 
 def test_the_random_lora_covers_every_target_and_attaches(benchmark_gpu, tmp_path):
     transformer = tiny_transformer()
-    adapter = LoraAdapter.attach(transformer, benchmark_gpu.write_random_lora(tmp_path, transformer.config), 64.0)
+    adapter = LoraAdapter.attach(transformer, benchmark_gpu.write_random_lora(tmp_path, transformer.config), 64.0,
+                                LIVE_AVATAR_LORA)
     layers = transformer.config.num_layers
     assert adapter.summary.rank == benchmark_gpu.LORA_RANK
     assert adapter.summary.layers == layers * 10 + len(transformer.config.audio_inject_layers) * 4
@@ -42,7 +44,8 @@ def test_the_fast_run_reports_every_figure(benchmark_gpu, tmp_path, monkeypatch)
     monkeypatch.setattr(benchmark_gpu, "FAST_MAX_AREA", 64 * 64)
     monkeypatch.setattr(benchmark_gpu, "FAST_SAMPLE_STEPS", 2)  # the run's shape does not depend on it; time does
     transformer = tiny_transformer()
-    lora = LoraAdapter.attach(transformer, benchmark_gpu.write_random_lora(tmp_path, transformer.config), 64.0)
+    lora = LoraAdapter.attach(transformer, benchmark_gpu.write_random_lora(tmp_path, transformer.config), 64.0,
+                                LIVE_AVATAR_LORA)
     row = benchmark_gpu.benchmark_fast(tiny_pipeline(tmp_path, transformer), lora)
     assert (row["height"], row["width"]) == (64, 64)
     assert row["video_seconds"] == pytest.approx(benchmark_gpu.FAST_SPEECH_SECONDS)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import time
 import urllib.parse
 
 import boto3
@@ -164,13 +163,12 @@ def _job_with_bucket(endpoint: str, bucket: str = "renders") -> dict:
     ("http://100.64.0.1", "100.64.0.1"),
 ])
 def test_a_jobs_bucket_on_a_private_address_is_refused_before_rendering(guarded_worker, caplog, endpoint, address):
-    started = time.monotonic()
     with caplog.at_level(logging.INFO):
         error = guarded_worker.handle(_job_with_bucket(endpoint))["error"]
     assert error.startswith(f"INVALID_INPUT: s3Config.endpointUrl points to a non-public address ({address}"), error
     assert "which this worker does not upload to; use a public S3 endpoint." in error
+    # the log, not a stopwatch, shows that it ended before the media: a busy machine cannot change it
     assert "progress" not in caplog.text, "nothing was decoded or rendered"
-    assert time.monotonic() - started < 1.0
 
 
 @pytest.mark.parametrize("endpoint, bucket, message", [

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 from runpod_client_examples import TalkingHeadClient, save_video
 from tests.conftest import ASSETS, ROOT
 from tests.mp4_facts import mp4_facts
+from tests.runpod_platform import QueueWorker, RunPodPlatform
 
 
 def test_runsync_async_and_batch(plain_worker, tmp_path):
@@ -39,3 +41,28 @@ def test_command_line_reports_failures(plain_worker, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert failed.returncode == 1 and "UNSUPPORTED_MEDIA" in failed.stderr
+
+
+def test_the_examples_work_against_an_endpoint_that_streams_results(tmp_path):
+    """With STREAM_RESULTS=1 every job's output is a list ([result]): runsync, async and batch
+    mode read the result from it, through RunPod's own job loop."""
+    platform = RunPodPlatform()
+    worker = QueueWorker(platform, {"MODEL_BACKEND": "lite", "STREAM_RESULTS": "1"}, tmp_path / "worker")
+    try:
+        worker.wait_for_log("worker ready", 60)
+        for mode in ("runsync", "async", "batch"):
+            out = tmp_path / mode
+            out.mkdir()
+            run = subprocess.run(
+                [sys.executable, str(ROOT / "runpod_client_examples.py"), "--base-url", platform.api_url,
+                 "--mode", mode, "--image", str(ASSETS / "portrait.jpg"), "--audio", str(ASSETS / "speech.wav"),
+                 "--resolution", "128*128", "--out", str(out)],
+                capture_output=True, text=True, timeout=300, env={**os.environ, "RUNPOD_API_KEY": "unused"},
+            )
+            assert run.returncode == 0 and "Traceback" not in run.stderr, (mode, run.stderr[-2000:])
+            [video] = out.glob("*.mp4")
+            assert mp4_facts(video).num_frames > 0 and "s of video" in run.stdout, mode
+        assert all(isinstance(result["output"], list) for result in platform.results.values())
+    finally:
+        worker.stop()
+        platform.close()

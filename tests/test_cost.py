@@ -21,6 +21,7 @@ DAYS_PER_MONTH = 365.25 / 12
 # A data file whose every figure is round, so that the expected costs below are worked out by hand.
 HAND_DATA = """
 [[measured]]
+backend = "wan-s2v"
 gpu = "X100"
 device = "X100 test card"
 mode = "quality"

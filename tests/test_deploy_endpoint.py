@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from model.registry import BACKENDS
 from scripts.endpoint_compute import compute_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +33,8 @@ API_KEY = "rp_test_key_never_printed"
 BUCKET_SECRET = "bucket-secret-never-printed"
 
 # (GPU type id, serverless pool, memory GB): a few rows of GET /v2/catalog/gpus (ids and pools from
-# runpod/docs references/gpu-types.mdx). FUTURE_96 stands for a pool RunPod added after the tool's
-# table was written; the RTX 3070 is in no serverless pool.
+# runpod/docs references/gpu-types.mdx and flash/configuration/gpu-types.mdx). ADA_32_PRO stands for a
+# pool the tool's table leaves out (it has no price); the RTX 3070 is in no serverless pool.
 CATALOG_ROWS = [
     ("NVIDIA RTX A4000", "AMPERE_16", 16), ("NVIDIA GeForce RTX 4090", "ADA_24", 24), ("NVIDIA L4", "AMPERE_24", 24),
     ("NVIDIA RTX A5000", "AMPERE_24", 24), ("NVIDIA GeForce RTX 3090", "AMPERE_24", 24),
@@ -41,8 +42,9 @@ CATALOG_ROWS = [
     ("NVIDIA L40S", "ADA_48_PRO", 48), ("NVIDIA RTX 6000 Ada Generation", "ADA_48_PRO", 48),
     ("NVIDIA A100 80GB PCIe", "AMPERE_80", 80), ("NVIDIA A100-SXM4-80GB", "AMPERE_80", 80),
     ("NVIDIA H100 80GB HBM3", "ADA_80_PRO", 80), ("NVIDIA H100 PCIe", "ADA_80_PRO", 80),
-    ("NVIDIA H200", "HOPPER_141", 141),
-    ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "FUTURE_96", 96), ("NVIDIA GeForce RTX 3070", None, 8),
+    ("NVIDIA H200", "HOPPER_141", 141), ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "BLACKWELL_96", 96),
+    ("NVIDIA B200", "BLACKWELL_180", 180), ("NVIDIA GeForce RTX 5090", "ADA_32_PRO", 32),
+    ("NVIDIA GeForce RTX 3070", None, 8),
 ]
 KNOWN_POOLS = {pool for _, pool, _ in CATALOG_ROWS if pool}
 GPU_TYPES_BY_POOL = {pool: {gpu for gpu, p, _ in CATALOG_ROWS if p == pool} for pool in KNOWN_POOLS}
@@ -429,13 +431,13 @@ def test_two_names_make_two_endpoints_for_an_ab_test(fake_api):
     assert sorted(t["name"] for t in api.templates.values()) == ["th-a-template", "th-b-template"]
     pools = {e["name"]: e["gpu"]["pools"] for e in api.endpoints.values()}
     assert pools == {"th-a": ["ADA_48_PRO", "AMPERE_48", "ADA_80_PRO"],
-                     "th-b": ["ADA_80_PRO", "AMPERE_80", "HOPPER_141"]}
+                     "th-b": ["ADA_80_PRO", "AMPERE_80", "BLACKWELL_96"]}
 
 
 @pytest.mark.parametrize(
     ("mode", "expected"),
     [
-        ("full", ("ADA_80_PRO", "AMPERE_80", "HOPPER_141")),
+        ("full", ("ADA_80_PRO", "AMPERE_80", "BLACKWELL_96")),
         ("fp8", ("ADA_48_PRO", "AMPERE_48", "ADA_80_PRO")),
         ("offload", ("ADA_24", "AMPERE_24", "ADA_48_PRO")),
     ],
@@ -609,20 +611,16 @@ def test_default_mode_is_handed_on_and_a_mode_the_backend_lacks_is_refused(fake_
     assert len(api.templates) == 1
 
 
-def test_the_tools_modes_per_backend_are_the_backends_own():
-    from model.base import TalkingHeadBackend
-    from model.wan_s2v.backend import WanS2VBackend
-    from scripts.endpoint_requests import BACKEND_MODES
+def test_every_backend_with_weights_outlasts_a_workers_wait_for_another_workers_download():
+    from model.weights import LOCK_WAIT_SECONDS
+    from scripts.endpoint_requests import worker_env
 
-    assert BACKEND_MODES == {"wan-s2v": WanS2VBackend.modes, "lite": TalkingHeadBackend.modes}
-
-
-def test_the_start_timeout_outlasts_a_workers_wait_for_another_workers_download():
-    from model.wan_s2v.weights import LOCK_WAIT_SECONDS
-    from scripts.endpoint_requests import WORKER_INIT_TIMEOUT_SECONDS
-
-    # RunPod's own default is 7 minutes; a cold start downloads ~50 GB first
-    assert LOCK_WAIT_SECONDS + 5 * 60 <= WORKER_INIT_TIMEOUT_SECONDS["wan-s2v"]
+    for name, entry in BACKENDS.items():
+        if not entry.weights:
+            continue
+        # RunPod's own default is 7 minutes; a cold start downloads the weights first
+        timeout = int(worker_env(name, None, {}, None)["RUNPOD_INIT_TIMEOUT"])
+        assert LOCK_WAIT_SECONDS + 5 * 60 <= timeout == entry.deploy.init_timeout_seconds, name
 
 
 # --- Following the platform: catalog, excluded GPUs, volumes, 429, releases, environment ---------
@@ -639,19 +637,19 @@ def test_a_pool_the_catalog_lacks_is_refused_before_anything_changes(fake_api):
 
 def test_a_pool_only_the_catalog_knows_is_used_with_a_note(fake_api):
     api, base_url = fake_api
-    result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", "--gpu-pools", "FUTURE_96,HOPPER_141")
+    result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", "--gpu-pools", "ADA_32_PRO,HOPPER_141")
     assert result.returncode == 0, result.stderr
-    assert "FUTURE_96 is in RunPod's catalog but not in this tool's table" in result.stderr
-    assert body_sent(api, "POST", "/v2/serverless")["gpu"]["pools"] == ["FUTURE_96", "HOPPER_141"]
+    assert "ADA_32_PRO is in RunPod's catalog but not in this tool's table" in result.stderr
+    assert body_sent(api, "POST", "/v2/serverless")["gpu"]["pools"] == ["ADA_32_PRO", "HOPPER_141"]
 
 
 def test_without_the_catalog_an_unknown_pool_is_only_warned_about(fake_api):
     api, base_url = fake_api
     api.failing_routes["/v2/catalog/gpus"] = 503
-    result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", "--gpu-pools", "FUTURE_96")
+    result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", "--gpu-pools", "ADA_32_PRO")
     assert result.returncode == 0, result.stderr
     assert "warning: the GPU pools were not checked against RunPod's catalog" in result.stderr
-    assert "FUTURE_96 is not a pool this tool knows" in result.stderr
+    assert "ADA_32_PRO is not a pool this tool knows" in result.stderr
     assert api.violations == [] and len(api.endpoints) == 1
 
 
@@ -757,3 +755,14 @@ def test_an_unreadable_rollout_is_a_warning_after_a_successful_update(fake_api):
     assert result.returncode == 0, result.stderr
     assert "warning: the rollout could not be read" in result.stderr and "Releases tab" in result.stderr
     assert result.stdout.strip() == next(iter(api.endpoints))
+
+
+def test_the_tools_gpu_classes_are_catalog_pools_of_their_memory_smallest_first():
+    from scripts.endpoint_compute import GPU_CLASSES, KNOWN_GPU_POOLS
+
+    memories = [gpu_class.memory_gb for gpu_class in GPU_CLASSES]
+    assert memories == sorted(set(memories))
+    for gpu_class in GPU_CLASSES:
+        for pool in gpu_class.pools:
+            assert {memory for _, p, memory in CATALOG_ROWS if p == pool} == {gpu_class.memory_gb}, pool
+    assert {"BLACKWELL_96", "BLACKWELL_180"} <= set(KNOWN_GPU_POOLS)

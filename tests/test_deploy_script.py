@@ -75,7 +75,7 @@ def test_dry_run_without_docker_prints_the_full_plan(tmp_path, env_file):
     assert "POST https://api.runpod.io/v2/templates" in out
     assert "PATCH https://api.runpod.io/v2/serverless/<endpoint-id>" in out
     assert '"name": "th-b"' in out and '"max": 7' in out and '"EU-RO-1"' in out
-    assert re.search(r'"pools": \[\s*"ADA_80_PRO",\s*"AMPERE_80",\s*"HOPPER_141"\s*\]', out)
+    assert re.search(r'"pools": \[\s*"ADA_80_PRO",\s*"AMPERE_80",\s*"BLACKWELL_96"\s*\]', out)
     assert '"BUCKET_NAME": "talking-head-out"' in out
     # the .env line is data, never run: the volume id is the literal text
     assert not (tmp_path / "executed").exists()
@@ -221,7 +221,9 @@ def test_help_shows_the_three_ways_to_have_the_weights():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     for way in ("1. RunPod's cached models", "set Model to Wan-AI/Wan2.2-S2V-14B", "2. A network volume",
-                "python scripts/download_models.py --model-dir /runpod-volume/models", "3. Baked into the image",
+                "pod mounts the volume at /workspace",
+                "python scripts/download_models.py --model-dir /workspace/models",
+                "the workers find the weights at /runpod-volume/models", "3. Baked into the image",
                 "RUNPOD_INIT_TIMEOUT=3600"):
         assert way in text, way
 

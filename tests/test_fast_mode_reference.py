@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
+from model.wan_common.vae import WanVideoVAE
 from model.wan_s2v._transformer_causal import BlockPosition, BlockRing
 from model.wan_s2v.fast_pipeline import FastSampler, euler_schedule, euler_step
 from model.wan_s2v.pipeline import WanS2VPipeline
-from model.wan_s2v.vae import WanVideoVAE
 from tests.liveavatar_reference import (
     FRAMES_PER_BLOCK,
     LIVEAVATAR_TEST_MARKS,

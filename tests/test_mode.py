@@ -6,6 +6,7 @@ import asyncio
 import base64
 import dataclasses
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,8 @@ from model.base import (
     TalkingHeadBackend,
     num_frames_for,
 )
-from model.options import reject_unknown
+from model.lite.declaration import DECLARATION as LITE_DECLARATION
+from model.options import option, reject_unknown
 from tests.conftest import ASSETS
 
 WAV_B64 = base64.b64encode((ASSETS / "speech.wav").read_bytes()).decode()
@@ -70,11 +72,12 @@ def test_a_good_job_reports_its_mode(plain_worker, job_mode):
 class TwoModeOptions(BackendOptions):
     """Fields of a diffusion backend; in fast mode, those the 4-step sampler has no use for are refused."""
 
-    guidance_scale: float | None = None
-    sample_solver: str | None = None
-    sample_shift: float | None = None
-    negative_prompt: str | None = None
+    guidance_scale: float | None = option(float, "guidance", low=0, high=30)
+    sample_solver: str | None = option(str, "the sampler")
+    sample_shift: float | None = option(float, "the shift", low=0, high=20)
+    negative_prompt: str | None = option(str, "the negative prompt")
 
+    # its own sentences, some without the field's name: the worker's side of the refusal is tested
     @classmethod
     def parse(cls, fields: Mapping[str, Any], mode: str, backend: str) -> TwoModeOptions:
         reject_unknown(fields, cls, backend)
@@ -91,13 +94,20 @@ class TwoModeOptions(BackendOptions):
 class TwoModeBackend(TalkingHeadBackend):
     """Offers quality and fast, with TwoModeOptions."""
 
+    declaration = dataclasses.replace(
+        LITE_DECLARATION, name="two-mode", backend_class="tests.test_mode:TwoModeBackend",
+        modes=("quality", "fast"), frame_batches={"quality": (25, 25), "fast": (25, 25)},
+    )
     name = "two-mode"
     fps = 25.0
-    modes = ("quality", "fast")
     options_class = TwoModeOptions
 
     def __init__(self, events: list[str]) -> None:
         self.events = events
+
+    @classmethod
+    def load(cls, model_dir: Path, settings: Mapping[str, Any]) -> TwoModeBackend:
+        return cls([])
 
     def parse_options(self, fields: Mapping[str, Any], mode: str) -> BackendOptions:
         self.events.append(f"parse_options:{mode}")

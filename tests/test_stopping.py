@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from handler.cancel import STOP_WAIT_SECONDS
 from handler.sample import sample_job_input
 from runpod_client_examples import TalkingHeadClient
 from tests.conftest import ASSETS
@@ -71,16 +72,19 @@ def test_a_cancelled_job_stops_within_a_frame_batch_and_the_worker_takes_the_nex
             client.wait(job_id, timeout_seconds=0.1)
         assert client.status(job_id)["status"] == "CANCELLED"
         platform.wait_for(lambda: job_id in platform.stop_delivered_at, 10, "the stop to reach the worker")
-        stopped = worker.wait_for_log(f"job {job_id} stopped", 10)
+        stopped = worker.wait_for_log(f"job {job_id} stopped", STOP_WAIT_SECONDS)
         seconds_to_stop = stopped - platform.stop_delivered_at[job_id]
         print(f"cancel delivered -> job stopped and its files removed: {seconds_to_stop:.2f} s")
 
         log = worker.log()
+        # Counted in frames, not seconds: a job that missed the stop would render all of them, and
+        # a load that slows the stop slows the rendering with it.
         frame = _stopped_at_frame(log, job_id)
         assert frame < LONG_SPEECH_SECONDS * LITE_FPS / 2, "the job was stopped early in its generation"
         after_stop = log[log.index(f"job {job_id} stopped"):]
         assert f"job {job_id} progress" not in after_stop, "no frame was generated after the stop"
-        assert seconds_to_stop < 2.0, seconds_to_stop
+        assert "was cancelled but is still running" not in log
+        assert seconds_to_stop < STOP_WAIT_SECONDS, seconds_to_stop  # the handler's own bound on a stop
         assert worker.leftovers() == [], "the job's temporary files are gone"
         assert job_id not in platform.results, "a cancelled job sends no result"
 
@@ -100,7 +104,7 @@ def test_a_worker_stop_ends_the_running_job_and_removes_its_files(platform, long
         platform.wait_for(_generating(platform, job_id), 60, "generation to start")
         signalled = time.monotonic()
         worker.process.send_signal(signal.SIGTERM)
-        result = platform.wait_for(lambda: platform.results.get(job_id), 20, "the stopped job's result")
+        result = platform.wait_for(lambda: platform.results.get(job_id), STOP_WAIT_SECONDS, "the stopped job's result")
         seconds_to_stop = time.monotonic() - signalled
         worker.process.wait(timeout=30)
         print(f"SIGTERM -> job stopped, its result sent: {seconds_to_stop:.2f} s; worker exited "
@@ -110,7 +114,7 @@ def test_a_worker_stop_ends_the_running_job_and_removes_its_files(platform, long
             "INTERNAL: the job was stopped before it finished: the worker received SIGTERM and is shutting down."
         ), result
         assert _stopped_at_frame(worker.log(), job_id) < LONG_SPEECH_SECONDS * LITE_FPS / 2
-        assert seconds_to_stop < 5.0, seconds_to_stop
+        assert seconds_to_stop < STOP_WAIT_SECONDS, seconds_to_stop
         assert worker.leftovers() == []
     finally:
         worker.stop()

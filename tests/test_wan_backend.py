@@ -18,9 +18,9 @@ from model.base import (
     PreparedPortrait,
     Speech,
 )
+from model.wan_common.memory import MemoryMode
 from model.wan_s2v.backend import WanPortrait, WanS2VBackend
 from model.wan_s2v.config import FAST_MAX_AREA, NEGATIVE_PROMPT
-from model.wan_s2v.memory import MemoryMode
 from model.wan_s2v.options import WanS2VOptions
 from model.wan_s2v.pipeline import SamplingSettings
 from model.wan_s2v.sizing import output_size

@@ -18,11 +18,12 @@ from diffusers.utils import dynamic_modules_utils
 from PIL import Image
 
 from model.base import GenerationOptions, Speech
+from model.wan_common.frames import to_uint8_frames
+from model.wan_common.memory import MemoryMode
+from model.wan_common.text import TextEncoder
 from model.wan_s2v.backend import WanS2VBackend
-from model.wan_s2v.memory import MemoryMode
 from model.wan_s2v.options import QUALITY
-from model.wan_s2v.pipeline import LOADER_MODULE, WanS2VPipeline, to_uint8_frames
-from model.wan_s2v.text import TextEncoder
+from model.wan_s2v.pipeline import LOADER_MODULE, WanS2VPipeline
 from model.wan_s2v.transformer import WanS2VTransformer3DModel
 from tests.test_wan_pipeline import FAST as SETTINGS
 from tests.test_wan_pipeline import tiny_pipeline, tiny_transformer

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from model.wan_common.lora import LoraAdapter, LoraSummary
+from model.wan_common.placement import store_blocks_in_fp8
 from model.wan_s2v.convert_transformer import convert_transformer_config, convert_transformer_state_dict
-from model.wan_s2v.lora import LoraAdapter, LoraSummary
-from model.wan_s2v.memory import store_blocks_in_fp8
+from model.wan_s2v.lora import LIVE_AVATAR_LORA
+from model.wan_s2v.memory import FP8_BLOCK_LAYERS
 from model.wan_s2v.transformer import WanS2VTransformer3DModel
 from tests.wan_reference import reference_module, requires_reference
 
@@ -142,7 +144,8 @@ def test_each_linear_gives_w_plus_alpha_over_rank_b_a_only_while_active(tmp_path
     with torch.no_grad():
         base = {ours: linear(model, ours)(x) for ours, x in probes.items()}
 
-    lora = LoraAdapter.attach(model, write_lora(tmp_path / "lora.safetensors", pairs, prefix, adapter), ALPHA)
+    path = write_lora(tmp_path / "lora.safetensors", pairs, prefix, adapter)
+    lora = LoraAdapter.attach(model, path, ALPHA, LIVE_AVATAR_LORA)
     assert lora.summary == LoraSummary(layers=len(TARGETS), rank=RANK, replaced_tensors=0)
     assert lora_state(model)[0] == len(TARGETS)
     assert list(model.state_dict()) == state_keys  # the buffers are not saved with the model
@@ -177,12 +180,12 @@ def test_the_active_transformer_equals_one_merged_by_hand_and_a_zero_b_changes_n
     merged = forward(merged_copy(model, pairs))
 
     zero_b = {module: (a, torch.zeros_like(b)) for module, (a, b) in pairs.items()}
-    zero = LoraAdapter.attach(model, write_lora(tmp_path / "zero.safetensors", zero_b), ALPHA)
+    zero = LoraAdapter.attach(model, write_lora(tmp_path / "zero.safetensors", zero_b), ALPHA, LIVE_AVATAR_LORA)
     with zero.active():
         assert torch.equal(forward(model), base)
     zero.detach()
 
-    lora = LoraAdapter.attach(model, write_lora(tmp_path / "lora.safetensors", pairs), ALPHA)
+    lora = LoraAdapter.attach(model, write_lora(tmp_path / "lora.safetensors", pairs), ALPHA, LIVE_AVATAR_LORA)
     assert torch.equal(forward(model), base)
     with lora.active():
         active = forward(model)
@@ -195,7 +198,8 @@ def test_the_active_transformer_equals_one_merged_by_hand_and_a_zero_b_changes_n
 def test_a_generator_suspended_inside_active_restores_the_base_when_closed(tmp_path):
     model = tiny_transformer()
     base = forward(model)
-    lora = LoraAdapter.attach(model, write_lora(tmp_path / "lora.safetensors", random_pairs(model)), ALPHA)
+    path = write_lora(tmp_path / "lora.safetensors", random_pairs(model))
+    lora = LoraAdapter.attach(model, path, ALPHA, LIVE_AVATAR_LORA)
 
     def job():
         with lora.active():
@@ -228,7 +232,7 @@ def test_full_tensors_replace_the_base_weights_only_while_active(tmp_path, caplo
     caplog.set_level(logging.INFO)
     path = write_lora(tmp_path / "lora.safetensors", {"blocks.0.self_attn.q": (a, b)}, "base_model.model.", ".default",
                       extra)
-    lora = LoraAdapter.attach(model, path, ALPHA)
+    lora = LoraAdapter.attach(model, path, ALPHA, LIVE_AVATAR_LORA)
     assert lora.summary == LoraSummary(layers=1, rank=RANK, replaced_tensors=2)
     assert "1 layers at rank 4" in caplog.text and "2 tensors replaced" in caplog.text
     x = torch.randn(3, 24)
@@ -250,7 +254,7 @@ def test_bfloat16_buffers_give_the_bfloat16_merged_output(tmp_path):
     exact = forward(merged_copy(reference_model, pairs))  # float32
     model = tiny_transformer(torch.bfloat16)
     merged = forward(merged_copy(model, pairs), torch.bfloat16)
-    lora = LoraAdapter.attach(model, write_lora(tmp_path / "lora.safetensors", pairs), ALPHA)
+    lora = LoraAdapter.attach(model, write_lora(tmp_path / "lora.safetensors", pairs), ALPHA, LIVE_AVATAR_LORA)
     layer = model.blocks[1].ffn.net[0].proj
     assert layer.lora_down.dtype == layer.lora_up.dtype == torch.bfloat16
     with lora.active():
@@ -265,7 +269,7 @@ def test_bfloat16_buffers_give_the_bfloat16_merged_output(tmp_path):
 def test_the_buffers_follow_the_transformer_when_it_is_moved_or_cast(tmp_path):
     model = tiny_transformer()
     pairs = random_pairs(model)
-    lora = LoraAdapter.attach(model, write_lora(tmp_path / "lora.safetensors", pairs), ALPHA)
+    lora = LoraAdapter.attach(model, write_lora(tmp_path / "lora.safetensors", pairs), ALPHA, LIVE_AVATAR_LORA)
     # as `.to(gpu)` moves them; plain attributes would stay float32 and the float64 matmul would fail
     model.to(torch.float64)
     assert {buffer.dtype for name, buffer in model.named_buffers() if "lora_" in name} == {torch.float64}
@@ -284,21 +288,21 @@ def test_the_adapter_runs_under_the_fp8_mode_and_group_offloading_when_attached_
     # fp8: the blocks' linear weights become float8 copies expanded per block run; the hook reads
     # only its buffers. The update is then exact, so the error is the base weights' quantisation.
     fp8 = tiny_transformer()
-    lora = LoraAdapter.attach(fp8, path, ALPHA)
-    store_blocks_in_fp8(fp8, torch.device("cpu"))
+    lora = LoraAdapter.attach(fp8, path, ALPHA, LIVE_AVATAR_LORA)
+    store_blocks_in_fp8(fp8, torch.device("cpu"), FP8_BLOCK_LAYERS)
     base_error = relative_error(forward(fp8), exact_base)
     with lora.active():
         active_error = relative_error(forward(fp8), exact)
     print(f"fp8 vs float32: base {base_error:.3g}, with the LoRA active {active_error:.3g}")
     assert active_error < 2 * base_error < 0.2
     quantised = tiny_transformer()
-    store_blocks_in_fp8(quantised, torch.device("cpu"))
+    store_blocks_in_fp8(quantised, torch.device("cpu"), FP8_BLOCK_LAYERS)
     with pytest.raises(ValueError, match="attach right after the weights are loaded"):
-        LoraAdapter.attach(quantised, path, ALPHA)
+        LoraAdapter.attach(quantised, path, ALPHA, LIVE_AVATAR_LORA)
     assert lora_state(quantised)[1] == []
 
     offloaded = tiny_transformer()
-    lora = LoraAdapter.attach(offloaded, path, ALPHA)
+    lora = LoraAdapter.attach(offloaded, path, ALPHA, LIVE_AVATAR_LORA)
     offloaded.enable_group_offload(torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
     assert torch.equal(forward(offloaded), exact_base)
     with lora.active():
@@ -307,7 +311,7 @@ def test_the_adapter_runs_under_the_fp8_mode_and_group_offloading_when_attached_
     late = tiny_transformer()
     late.enable_group_offload(torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
     with pytest.raises(ValueError, match="already offloaded"):
-        LoraAdapter.attach(late, path, ALPHA)
+        LoraAdapter.attach(late, path, ALPHA, LIVE_AVATAR_LORA)
     assert lora_state(late)[1] == []
 
 
@@ -315,8 +319,9 @@ def test_a_replacement_that_a_memory_mode_took_over_is_refused_when_activated(tm
     path = tmp_path / "lora.safetensors"
     save_file({"blocks.0.self_attn.q.base_layer.weight": torch.randn(24, 24)}, str(path))
     quantised, offloaded = tiny_transformer(), tiny_transformer()
-    fp8, grouped = LoraAdapter.attach(quantised, path, ALPHA), LoraAdapter.attach(offloaded, path, ALPHA)
-    store_blocks_in_fp8(quantised, torch.device("cpu"))
+    fp8 = LoraAdapter.attach(quantised, path, ALPHA, LIVE_AVATAR_LORA)
+    grouped = LoraAdapter.attach(offloaded, path, ALPHA, LIVE_AVATAR_LORA)
+    store_blocks_in_fp8(quantised, torch.device("cpu"), FP8_BLOCK_LAYERS)
     offloaded.enable_group_offload(torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
     for model, lora in ((quantised, fp8), (offloaded, grouped)):
         base = forward(model)
@@ -331,10 +336,10 @@ def test_detach_removes_every_hook_and_buffer(tmp_path):
     clean = lora_state(model)
     replacement = {"blocks.1.norm3.weight": torch.randn(24)}
     path = write_lora(tmp_path / "lora.safetensors", random_pairs(model), extra=replacement)
-    lora = LoraAdapter.attach(model, path, ALPHA)
+    lora = LoraAdapter.attach(model, path, ALPHA, LIVE_AVATAR_LORA)
     assert lora_state(model) != clean
     with pytest.raises(ValueError, match="already has a LoRA attached"):
-        LoraAdapter.attach(model, path, ALPHA)
+        LoraAdapter.attach(model, path, ALPHA, LIVE_AVATAR_LORA)
     with lora.active(), pytest.raises(RuntimeError, match="while it is active"):
         lora.detach()
     lora.detach()
@@ -342,7 +347,7 @@ def test_detach_removes_every_hook_and_buffer(tmp_path):
     assert torch.equal(forward(model), base)
     with pytest.raises(RuntimeError, match="detached"), lora.active():
         pass
-    LoraAdapter.attach(model, path, ALPHA)  # a detached model takes a LoRA again
+    LoraAdapter.attach(model, path, ALPHA, LIVE_AVATAR_LORA)  # a detached model takes a LoRA again
 
 
 def test_an_attach_that_fails_while_reading_leaves_no_hooks_or_buffers(tmp_path, monkeypatch):
@@ -356,7 +361,7 @@ def test_an_attach_that_fails_while_reading_leaves_no_hooks_or_buffers(tmp_path,
 
     monkeypatch.setattr(LoraAdapter, "_keep_replacement", unreadable)
     with pytest.raises(OSError):
-        LoraAdapter.attach(model, path, ALPHA)
+        LoraAdapter.attach(model, path, ALPHA, LIVE_AVATAR_LORA)
     assert lora_state(model) == clean
 
 
@@ -367,7 +372,7 @@ def _refused(tmp_path, tensors: dict[str, torch.Tensor], model=None) -> str:
     path = tmp_path / "bad.safetensors"
     save_file(tensors, str(path))
     with pytest.raises(ValueError) as raised:
-        LoraAdapter.attach(model, path, ALPHA)
+        LoraAdapter.attach(model, path, ALPHA, LIVE_AVATAR_LORA)
     # the file is checked before anything is attached
     assert lora_state(model) == clean
     assert all(torch.equal(param, before[name]) for name, param in model.named_parameters())
@@ -424,7 +429,7 @@ def test_weights_that_are_not_loaded_are_refused_with_when_to_attach(tmp_path):
     path = tmp_path / "lora.safetensors"
     save_file(_pair("blocks.0.self_attn.q"), str(path))
     with pytest.raises(ValueError, match="attach right after the weights are loaded") as raised:
-        LoraAdapter.attach(model, path, ALPHA)
+        LoraAdapter.attach(model, path, ALPHA, LIVE_AVATAR_LORA)
     assert "blocks.0.self_attn.to_q.weight" in str(raised.value)
     assert lora_state(model)[1] == []
 
@@ -491,7 +496,7 @@ def test_our_adapter_gives_the_outputs_of_peft_merge_and_unload_on_the_official_
                         motion_frames=MOTION_FRAMES, drop_motion_frames=False)[0]
 
         base = ours_forward()
-        adapter = LoraAdapter.attach(ours, path, ALPHA)
+        adapter = LoraAdapter.attach(ours, path, ALPHA, LIVE_AVATAR_LORA)
         assert adapter.summary.layers == len(lora) // 2
         with adapter.active():
             actual = ours_forward()

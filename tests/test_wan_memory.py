@@ -6,15 +6,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.wan_s2v.memory import (
+from model.wan_common.memory import (
     GIB,
+    MEMORY_MODE_SETTING,
     MemoryMode,
     MemoryModeError,
     choose_memory_mode,
     out_of_memory_message,
+)
+from model.wan_common.placement import (
     place_transformer,
     store_blocks_in_fp8,
+    text_encoder_compute_device,
+    text_encoder_home,
 )
+from model.wan_s2v import declaration
+from model.wan_s2v.memory import FP8_BLOCK_LAYERS, MIN_FREE_BYTES
 from tests.test_wan_pipeline import tiny_transformer
 
 
@@ -22,15 +29,25 @@ from tests.test_wan_pipeline import tiny_transformer
     "free_gib, expected", [(79, "full"), (66, "full"), (45, "fp8"), (38, "fp8"), (23, "offload"), (2, "offload")]
 )
 def test_the_largest_mode_that_fits_the_free_memory_is_chosen(free_gib, expected):
-    assert choose_memory_mode(free_gib * GIB, None) is MemoryMode(expected)
+    assert choose_memory_mode(free_gib * GIB, None, MIN_FREE_BYTES) is MemoryMode(expected)
 
 
 def test_wan_memory_mode_overrides_the_choice():
-    assert choose_memory_mode(79 * GIB, " Offload ") is MemoryMode.OFFLOAD
-    assert choose_memory_mode(2 * GIB, "full") is MemoryMode.FULL
+    assert choose_memory_mode(79 * GIB, " Offload ", MIN_FREE_BYTES) is MemoryMode.OFFLOAD
+    assert choose_memory_mode(2 * GIB, "full", MIN_FREE_BYTES) is MemoryMode.FULL
     refusal = "WAN_MEMORY_MODE='tiny' is not a memory mode; use one of full, fp8, offload"
     with pytest.raises(MemoryModeError, match=refusal):
-        choose_memory_mode(79 * GIB, "tiny")
+        choose_memory_mode(79 * GIB, "tiny", MIN_FREE_BYTES)
+
+
+def test_the_declared_modes_are_the_memory_modes_from_the_most_memory_to_the_least():
+    """The deploy tool reads wan-s2v's modes and their GPU sizes from its declaration, the worker
+    from MemoryMode: the same names, in the same order, under the same setting."""
+    assert tuple(declaration.MEMORY_MODE_GPU_GB) == tuple(MemoryMode)
+    sizes = list(declaration.MEMORY_MODE_GPU_GB.values())
+    assert sizes == sorted(sizes, reverse=True)
+    assert declaration.MEMORY_MODE_SETTING == MEMORY_MODE_SETTING
+    assert set(MIN_FREE_BYTES) == set(MemoryMode)
 
 
 def test_out_of_memory_names_the_mode_and_the_next_smaller_one():
@@ -79,7 +96,7 @@ def test_fp8_storage_halves_the_blocks_and_keeps_the_output():
     before = block_weight_bytes(reference)
 
     model = tiny_transformer().to(torch.bfloat16)
-    place_transformer(model, MemoryMode.FP8, torch.device("cpu"))
+    place_transformer(model, MemoryMode.FP8, torch.device("cpu"), FP8_BLOCK_LAYERS)
     assert block_weight_bytes(model) < 0.65 * before  # float8 + a float32 scale per (24-wide) row vs bf16
     output = model(**inputs)
     assert model.blocks[0].self_attn.to_q.weight.numel() == 0  # no bf16 copy kept after the block ran
@@ -94,7 +111,7 @@ def test_fp8_storage_halves_the_blocks_and_keeps_the_output():
 def test_fp8_stores_every_block_linear_in_float8_with_a_float32_scale_per_row():
     model = tiny_transformer().to(torch.bfloat16)
     originals = {linear: linear.weight.clone() for linear in block_linears(model)}
-    store_blocks_in_fp8(model, torch.device("cpu"))
+    store_blocks_in_fp8(model, torch.device("cpu"), FP8_BLOCK_LAYERS)
     # self and cross attention (q, k, v, out) and the feed-forward's two, in each of the 2 blocks
     assert len(originals) == 2 * (4 + 4 + 2)
     for linear, original in originals.items():
@@ -113,7 +130,7 @@ def test_fp8_leaves_the_audio_injectors_and_all_but_the_block_linears_as_they_we
     kept = {name: tensor.clone() for name, tensor in model.state_dict().items() if name not in quantised}
     assert any(name.startswith("audio_injectors.0.norm.linear") for name in kept)  # the adaptive norm's
 
-    store_blocks_in_fp8(model, torch.device("cpu"))
+    store_blocks_in_fp8(model, torch.device("cpu"), FP8_BLOCK_LAYERS)
     model(**transformer_inputs(model))
     state = model.state_dict()
     for name, before in kept.items():
@@ -131,7 +148,7 @@ def test_fp8_blocks_compute_exactly_with_their_rounded_weights_and_nothing_else_
     for linear in block_linears(rounded):
         linear.weight.copy_(round_to_fp8_rows(linear.weight))
     model = tiny_transformer()
-    store_blocks_in_fp8(model, torch.device("cpu"))
+    store_blocks_in_fp8(model, torch.device("cpu"), FP8_BLOCK_LAYERS)
     torch.testing.assert_close(model(**inputs), rounded(**inputs), rtol=0, atol=0)
 
 
@@ -140,13 +157,11 @@ def test_group_offloading_computes_the_same_output():
     inputs = transformer_inputs(tiny_transformer())
     expected = tiny_transformer()(**inputs)
     model = tiny_transformer()
-    place_transformer(model, MemoryMode.OFFLOAD, torch.device("cpu"))
+    place_transformer(model, MemoryMode.OFFLOAD, torch.device("cpu"), FP8_BLOCK_LAYERS)
     torch.testing.assert_close(model(**inputs), expected, rtol=0, atol=0)
 
 
 def test_only_the_full_mode_keeps_the_text_encoder_on_the_gpu():
-    from model.wan_s2v.memory import text_encoder_compute_device, text_encoder_home
-
     gpu = torch.device("cuda", 0)
     homes = {mode: text_encoder_home(mode, gpu).type for mode in MemoryMode}
     computes = {mode: text_encoder_compute_device(mode, gpu).type for mode in MemoryMode}

@@ -12,6 +12,9 @@ import torch
 from transformers import AutoTokenizer, Wav2Vec2Config
 
 from model.base import SPEECH_SAMPLE_RATE, num_frames_for
+from model.wan_common.frames import fit_portrait
+from model.wan_common.text import TextEncoder
+from model.wan_common.vae import WanVideoVAE
 from model.wan_s2v.config import FPS, FRAMES_PER_CLIP
 from model.wan_s2v.pipeline import (
     FIRST_CLIP_DROPPED_FRAMES,
@@ -20,12 +23,9 @@ from model.wan_s2v.pipeline import (
     SamplingSettings,
     WanS2VPipeline,
     clips_for,
-    fit_portrait,
 )
 from model.wan_s2v.speech import SpeechEncoder
-from model.wan_s2v.text import TextEncoder
 from model.wan_s2v.transformer import WanS2VTransformer3DModel
-from model.wan_s2v.vae import WanVideoVAE
 from tests.wan_tiny_models import (
     TINY_T5,
     TINY_TEXT_LEN,

@@ -20,12 +20,13 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
+from model.wan_common.frames import fit_portrait
+from model.wan_common.text import TextEncoder
+from model.wan_common.vae import WanVideoVAE
 from model.wan_s2v.config import NEGATIVE_PROMPT
-from model.wan_s2v.pipeline import SamplingSettings, WanS2VPipeline, fit_portrait
+from model.wan_s2v.pipeline import SamplingSettings, WanS2VPipeline
 from model.wan_s2v.sizing import output_size
 from model.wan_s2v.speech import SpeechEncoder
-from model.wan_s2v.text import TextEncoder
-from model.wan_s2v.vae import WanVideoVAE
 from tests.test_wan_pipeline import FAST_VAE, tiny_transformer
 from tests.wan_reference import reference_module, requires_reference
 from tests.wan_tiny_models import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.wan_s2v.scheduler import make_scheduler
+from model.wan_common.scheduler import make_scheduler
 from tests.wan_reference import reference_module
 
 
@@ -30,7 +30,7 @@ def test_schedule_runs_from_noise_to_zero_sigma(solver: str) -> None:
 
 def test_unknown_solver_is_refused() -> None:
     with pytest.raises(ValueError, match="euler"):
-        make_scheduler("euler")
+        make_scheduler("euler", 40, 3.0)
 
 
 @pytest.mark.parametrize("num_steps,shift", [(40, 3.0), (20, 5.0), (7, 1.0)])

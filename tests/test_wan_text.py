@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.wan_s2v.text import TextEncoder, clean_prompt
+from model.wan_common.text import TextEncoder, clean_prompt
 from tests.wan_tiny_models import (
     TINY_T5,
     TINY_TEXT_LEN,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.wan_s2v._convert_vae import convert_vae_key
-from model.wan_s2v.vae import WanVideoVAE
+from model.wan_common.convert_vae import convert_vae_key
+from model.wan_common.vae import WanVideoVAE
 from tests.wan_tiny_models import TINY_VAE, official_vae_state_dict, reference_module, tiny_vae
 
 
@@ -34,6 +34,17 @@ def test_every_official_key_has_a_diffusers_name(official: tuple[Path, dict]) ->
     ours = set(tiny_vae().state_dict())
     converted = {convert_vae_key(key) for key in official[1]}
     assert converted == ours
+
+
+def test_the_names_are_diffusers_own_conversion_of_the_official_file(official: tuple[Path, dict]) -> None:
+    """The same names as diffusers' single-file conversion (`AutoencoderKLWan.from_single_file`),
+    which model/wan_common/vae.py does not use: it converts a whole state dict at once."""
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    theirs = convert_wan_vae_to_diffusers(dict(official[1]))
+    assert len(theirs) == len(official[1])
+    for key, tensor in official[1].items():
+        assert theirs[convert_vae_key(key)] is tensor, key
 
 
 def test_encode_shapes_and_normalisation(vae: WanVideoVAE) -> None:

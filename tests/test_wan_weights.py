@@ -21,22 +21,38 @@ import huggingface_hub.constants
 import pytest
 from huggingface_hub.utils import filter_repo_objects, http_backoff
 
+from model import weights
 from model.base import ModelUnavailableError
-from model.wan_s2v import weights
-from model.wan_s2v.config import LORA_FILE, LORA_REPO_ID
-from model.wan_s2v.weights import (
-    FINISHED_MARKER_NAME,
-    LOCK_FILE_NAME,
-    SKIPPED_PATTERNS,
-    LoggedProgress,
-    candidate_folders,
-    download_patterns,
-    ensure_lora,
-    ensure_weights,
-    locate_lora,
-    locate_weights,
-    missing_files,
-)
+from model.wan_s2v.declaration import CHECKPOINT_REPO_ID, CHECKPOINT_WEIGHTS, LORA_FILE, LORA_REPO_ID, LORA_WEIGHTS
+from model.weights import FINISHED_MARKER_NAME, LOCK_FILE_NAME, LoggedProgress, candidate_folders, ensure, locate
+
+SKIPPED_PATTERNS = CHECKPOINT_WEIGHTS.ignore_patterns
+
+
+def download_patterns(repo_files: list[str]) -> list[str]:
+    return weights.download_patterns(CHECKPOINT_WEIGHTS, repo_files)
+
+
+def missing_files(folder: Path) -> list[str]:
+    return weights.missing(CHECKPOINT_WEIGHTS, folder)
+
+
+def locate_weights(model_dir: Path, cache: Path, image: Path) -> Path | None:
+    return locate(CHECKPOINT_WEIGHTS, model_dir, cache, image)
+
+
+def locate_lora(model_dir: Path, cache: Path, image: Path) -> Path | None:
+    """The LoRA's file where it was found, or None."""
+    folder = locate(LORA_WEIGHTS, model_dir, cache, image)
+    return None if folder is None else folder / LORA_FILE
+
+
+def ensure_weights(model_dir: Path, cache: Path, image: Path, **kwargs) -> Path:
+    return ensure(CHECKPOINT_WEIGHTS, model_dir, cache, image, **kwargs)
+
+
+def ensure_lora(model_dir: Path, cache: Path, image: Path, **kwargs) -> Path:
+    return ensure(LORA_WEIGHTS, model_dir, cache, image, **kwargs) / LORA_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,8 +137,8 @@ def test_weights_are_found_in_model_dir_download_folder_runpod_cache_and_image(t
     model_dir.mkdir()
     assert locate_weights(model_dir, cache, image) is None
 
-    write_layout(image)
-    assert locate_weights(model_dir, cache, image) == image
+    baked = write_layout(image / "Wan2.2-S2V-14B")
+    assert locate_weights(model_dir, cache, image) == baked
 
     snapshots = cache / "models--Wan-AI--Wan2.2-S2V-14B" / "snapshots"
     old, new = write_layout(snapshots / "aaa"), write_layout(snapshots / "bbb")
@@ -140,7 +156,8 @@ def test_weights_are_found_in_model_dir_download_folder_runpod_cache_and_image(t
 
     write_layout(model_dir)
     assert locate_weights(model_dir, cache, image) == model_dir
-    assert candidate_folders(model_dir, cache, image)[:2] == [model_dir, model_dir / "Wan2.2-S2V-14B"]
+    first_two = candidate_folders(CHECKPOINT_WEIGHTS, model_dir, cache, image)[:2]
+    assert first_two == [model_dir, model_dir / "Wan2.2-S2V-14B"]
 
 
 def write_lora_file(folder: Path) -> Path:
@@ -154,7 +171,7 @@ def test_the_lora_is_found_in_model_dir_download_folder_runpod_cache_and_image(t
     model_dir.mkdir()
     assert locate_lora(model_dir, cache, image) is None
 
-    baked = write_lora_file(image)
+    baked = write_lora_file(image / "Live-Avatar")
     assert locate_lora(model_dir, cache, image) == baked
 
     snapshots = cache / "models--Quark-Vision--Live-Avatar" / "snapshots"
@@ -199,7 +216,8 @@ def test_an_unreachable_hub_fails_with_where_it_looked_and_never_the_token(
     with pytest.raises(ModelUnavailableError) as raised:
         ensure_weights(model_dir, tmp_path / "hub", tmp_path / "image", endpoint=f"http://127.0.0.1:{closed_port}")
     message = str(raised.value)
-    assert str(model_dir) in message and str(tmp_path / "hub") in message and str(tmp_path / "image") in message
+    assert str(model_dir) in message and str(tmp_path / "hub") in message
+    assert str(tmp_path / "image" / "Wan2.2-S2V-14B") in message
     assert "HF_TOKEN" in message
     assert token not in message and token not in caplog.text
 
@@ -217,10 +235,10 @@ def test_a_failure_that_echoes_the_token_names_it_without_its_value(tmp_path, mo
         token_file.parent.mkdir()
         token_file.write_text(token)
 
-    def echoing_download(target, endpoint=None):
+    def echoing_download(spec, target, endpoint=None):
         raise RuntimeError(f"407 from the proxy for a request with 'Authorization: Bearer {token}'\nmore detail")
 
-    monkeypatch.setattr(weights, "download_weights", echoing_download)
+    monkeypatch.setattr(weights, "download", echoing_download)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(ModelUnavailableError) as raised:
         ensure_weights(tmp_path / "models", tmp_path / "hub", tmp_path / "image")
@@ -343,7 +361,7 @@ def test_a_download_fetches_the_loaders_files_with_the_token_and_logs_progress(t
     }}
     files = {name: f"contents of {name}".encode() for name in PUBLISHED_FILES}
     files["diffusion_pytorch_model.safetensors.index.json"] = json.dumps(index).encode()
-    hub = FakeHub({weights.REPO_ID: files})
+    hub = FakeHub({CHECKPOINT_REPO_ID: files})
     caplog.set_level(logging.INFO)
     try:
         folder = ensure_weights(tmp_path / "models", tmp_path / "hub", tmp_path / "image", endpoint=hub.url)
@@ -351,7 +369,7 @@ def test_a_download_fetches_the_loaders_files_with_the_token_and_logs_progress(t
         hub.close()
     assert folder == tmp_path / "models" / "Wan2.2-S2V-14B"
     assert missing_files(folder) == []
-    downloaded = {path[len(f"/{weights.REPO_ID}/resolve/{FakeHub.commit(weights.REPO_ID)}/"):]
+    downloaded = {path[len(f"/{CHECKPOINT_REPO_ID}/resolve/{FakeHub.commit(CHECKPOINT_REPO_ID)}/"):]
                   for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path}
     assert "wav2vec2-large-xlsr-53-english/model.safetensors" in downloaded
     assert not any(
@@ -379,7 +397,7 @@ def test_an_unreachable_hub_fails_for_the_lora_with_where_it_looked_and_never_th
     with pytest.raises(ModelUnavailableError) as raised:
         ensure_lora(model_dir, cache, image, endpoint=f"http://127.0.0.1:{closed_port}")
     message = str(raised.value)
-    for place in (model_dir / LORA_FILE, model_dir / "Live-Avatar" / LORA_FILE, image / LORA_FILE,
+    for place in (model_dir / LORA_FILE, model_dir / "Live-Avatar" / LORA_FILE, image / "Live-Avatar" / LORA_FILE,
                   cache / "models--Quark-Vision--Live-Avatar" / "snapshots" / "<commit>" / LORA_FILE):
         assert str(place) in message
     assert LORA_REPO_ID in message and "HF_TOKEN" in message
@@ -422,7 +440,7 @@ def _published_checkpoint() -> dict[str, bytes]:
 
 @pytest.mark.parametrize("skip_lora", [False, True])
 def test_the_download_script_fills_a_model_dir_as_a_worker_would(tmp_path, skip_lora):
-    hub = FakeHub({weights.REPO_ID: _published_checkpoint(), LORA_REPO_ID: LORA_REPO_FILES})
+    hub = FakeHub({CHECKPOINT_REPO_ID: _published_checkpoint(), LORA_REPO_ID: LORA_REPO_FILES})
     model_dir = tmp_path / "models"
     try:
         result = run_download_script(tmp_path, hub, model_dir, *(["--no-lora"] if skip_lora else []))
@@ -449,7 +467,8 @@ def test_the_download_script_says_why_it_failed_without_a_traceback(tmp_path):
                             env={**os.environ, "HF_ENDPOINT": closed, "HF_HOME": str(tmp_path / "hf-home")},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert f"fetching {weights.REPO_ID} into {blocker} failed" in result.stderr and "again to resume" in result.stderr
+    assert f"fetching {CHECKPOINT_REPO_ID} into {blocker} failed" in result.stderr
+    assert "again to resume" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -508,7 +527,7 @@ def wait_until(condition, what: str, timeout: float = START_TIMEOUT) -> None:
 @pytest.fixture
 def held_hub():
     """A hub whose GET of one shard stalls half way until the test releases it."""
-    hub = FakeHub({weights.REPO_ID: _published_checkpoint(), LORA_REPO_ID: LORA_REPO_FILES})
+    hub = FakeHub({CHECKPOINT_REPO_ID: _published_checkpoint(), LORA_REPO_ID: LORA_REPO_FILES})
     hub.held[SHARD] = threading.Event()
     yield hub
     hub.close()

@@ -31,6 +31,7 @@ def _route_flash_attention(loaded: dict[str, types.ModuleType]) -> None:
 
 
 _CHECKOUT = ReferenceCheckout(
+    pin="wan",
     env=REFERENCE_ENV,
     what="the official Wan2.2 repository",
     package="wan",

@@ -14,8 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
+from model import weights
 from model.base import ModelUnavailableError
-from model.wan_s2v import weights
+from model.wan_s2v.declaration import CHECKPOINT_WEIGHTS, LORA_FILE, LORA_WEIGHTS
 
 
 def main() -> int:
@@ -26,12 +27,14 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     nowhere = model_dir.parent / "nowhere"  # no RunPod cache, no baked copy
     try:
-        folder = weights.ensure_weights(model_dir, nowhere, nowhere, endpoint=hub_url, wait_seconds=wait_seconds)
-        lora = weights.ensure_lora(model_dir, nowhere, nowhere, endpoint=hub_url, wait_seconds=wait_seconds)
+        folder = weights.ensure(
+            CHECKPOINT_WEIGHTS, model_dir, nowhere, nowhere, endpoint=hub_url, wait_seconds=wait_seconds
+        )
+        lora = weights.ensure(LORA_WEIGHTS, model_dir, nowhere, nowhere, endpoint=hub_url, wait_seconds=wait_seconds)
     except ModelUnavailableError as error:
         print(json.dumps({"error": str(error)}))
         return 3
-    print(json.dumps({"weights": str(folder), "lora": str(lora)}))
+    print(json.dumps({"weights": str(folder), "lora": str(lora / LORA_FILE)}))
     return 0
 
 

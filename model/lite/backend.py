@@ -3,8 +3,9 @@ spectrum, with seeded blinks and head sway. Real time on one core; no GPU, no do
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,14 +20,13 @@ from model.base import (
     fit_to_area,
     num_frames_for,
 )
+from model.lite.declaration import DECLARATION, FRAMES_PER_BATCH
 from model.lite.landmarks import FaceLandmarker, FaceLandmarks
 from model.lite.motion import blink_track, head_track, seeded_generators
 from model.lite.renderer import FramePose, FrameRenderer, PortraitRig
 from model.lite.speech_features import mouth_track
-from model.registry import BACKENDS
 
 SIZE_MULTIPLE = 16
-FRAMES_PER_BATCH = 25
 NO_FACE_MESSAGE = (
     "No face was found in the portrait; send a photo in which one face is clearly visible, "
     "not covered, turned no further than three-quarters and at least a twentieth of the "
@@ -40,20 +40,17 @@ MIN_REFIT_FACE_PIXELS = 48.0
 
 
 class LiteBackend(TalkingHeadBackend):
+    declaration = DECLARATION
     name = "lite"
     fps = 25.0
-    modes = BACKENDS["lite"].modes
 
     def __init__(self) -> None:
         self._landmarker = FaceLandmarker()
 
     @classmethod
-    def load(cls, model_dir: Path, memory_mode: str | None = None) -> LiteBackend:
+    def load(cls, model_dir: Path, settings: Mapping[str, Any]) -> LiteBackend:
         """Its face models ship inside a wheel: nothing to find, no GPU memory to plan."""
         return cls()
-
-    def frame_batches(self, mode: str) -> tuple[int, int]:
-        return (FRAMES_PER_BATCH, FRAMES_PER_BATCH)
 
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
         """The whole photo at the area budget, with the most prominent face rigged.

@@ -6,16 +6,13 @@ job pays no loading cost.
 
 Two modes share those models: `quality` (the reference's 40 steps with guidance, pipeline.py) and
 `fast` (Live Avatar's 4 distilled steps, fast_pipeline.py), whose LoRA is attached beside the
-weights and active only while a fast job runs (lora.py). Without the LoRA, fast jobs fail with
+weights and active only while a fast job runs (model/wan_common/lora.py). Without the LoRA, fast jobs fail with
 MODEL_UNAVAILABLE saying where it was looked for, and quality jobs go on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,16 +24,30 @@ import torch
 
 from model.base import (
     DEFAULT_PROMPT,
-    BackendOutOfMemoryError,
     GenerationOptions,
-    HostUnfitError,
     ModelUnavailableError,
     PreparedPortrait,
     ProgressCallback,
     Speech,
-    TalkingHeadBackend,
 )
-from model.registry import BACKENDS
+from model.torch_backend import TorchBackend, check_cpu_can_run, load_failures_as_host_unfit
+from model.wan_common.checkpoint import transformer_width
+from model.wan_common.frames import fit_portrait
+from model.wan_common.lora import LoraAdapter
+from model.wan_common.memory import (
+    MemoryMode,
+    MemoryModeError,
+    choose_memory_mode,
+    out_of_memory_message,
+    smaller_mode_advice,
+)
+from model.wan_common.placement import (
+    free_gpu_bytes,
+    place_transformer,
+    text_encoder_compute_device,
+    text_encoder_home,
+)
+from model.weights import ensure
 
 from .config import (
     FAST_MAX_AREA,
@@ -49,28 +60,17 @@ from .config import (
     SAMPLE_SHIFT,
     SAMPLE_SOLVER,
     SAMPLE_STEPS,
-    TRANSFORMER_CONFIG_FILE,
 )
+from .declaration import CHECKPOINT_WEIGHTS, DECLARATION, LORA_FILE, LORA_WEIGHTS, MEMORY_MODE_SETTING
 from .fast_pipeline import FIRST_CLIP_DROPPED_FRAMES as FAST_DROPPED_FRAMES
 from .fast_pipeline import FRAMES_PER_BLOCK, FastPortrait, FastSampler
 from .loader import load_components
-from .lora import LoraAdapter
-from .memory import (
-    MemoryMode,
-    MemoryModeError,
-    choose_memory_mode,
-    free_gpu_bytes,
-    out_of_memory_message,
-    place_transformer,
-    smaller_mode_advice,
-    text_encoder_compute_device,
-    text_encoder_home,
-)
+from .lora import LIVE_AVATAR_LORA
+from .memory import FP8_BLOCK_LAYERS, MIN_FREE_BYTES
 from .options import FAST, QUALITY, WanS2VOptions
 from .pipeline import FIRST_CLIP_DROPPED_FRAMES as QUALITY_DROPPED_FRAMES
-from .pipeline import PortraitLatent, SamplingSettings, WanS2VPipeline, fit_portrait
+from .pipeline import PortraitLatent, SamplingSettings, WanS2VPipeline
 from .sizing import video_size
-from .weights import ensure_lora, ensure_weights
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,10 @@ class WanPortrait:
     fast: FastPortrait | None = None
 
 
-class WanS2VBackend(TalkingHeadBackend):
+class WanS2VBackend(TorchBackend):
+    declaration = DECLARATION
     name = "wan2.2-s2v-14b"
     fps = FPS
-    modes = BACKENDS["wan-s2v"].modes
     options_class = WanS2VOptions
 
     def __init__(
@@ -109,28 +109,20 @@ class WanS2VBackend(TalkingHeadBackend):
         self.fast_sampler = FastSampler(pipeline)
 
     @classmethod
-    def load(cls, model_dir: Path, memory_mode: str | None = None) -> WanS2VBackend:
-        """Find (or fetch) the weights and load every model once, in `memory_mode` (WAN_MEMORY_MODE;
-        None: the largest that fits the GPU). Raises ModelUnavailableError."""
+    def load(cls, model_dir: Path, settings: Mapping[str, Any]) -> WanS2VBackend:
+        """Find (or fetch) the weights and load every model once, in the memory mode WAN_MEMORY_MODE
+        names (None: the largest that fits the GPU). Raises ModelUnavailableError."""
+        memory_mode = settings.get(MEMORY_MODE_SETTING)
         started = time.monotonic()
-        weights = ensure_weights(model_dir)
+        weights = ensure(CHECKPOINT_WEIGHTS, model_dir)
         lora_file = _find_lora(model_dir)
         device, dtype, mode = _execution_target(weights, memory_mode)
-        # Failures from here on belong to this machine (its GPU, the files on its disk): another
-        # worker may well succeed, so they are HostUnfitError and the worker leaves the pool.
-        try:
+        too_big = (
+            f"the Wan2.2-S2V models do not fit in this GPU's free memory in memory mode {mode.value!r}; "
+            + smaller_mode_advice(mode)
+        )
+        with load_failures_as_host_unfit("Wan2.2-S2V", weights, too_big):
             pipeline, lora = _load_pipeline(weights, lora_file, device, dtype, mode)
-        except torch.cuda.OutOfMemoryError:
-            raise HostUnfitError(
-                f"the Wan2.2-S2V models do not fit in this GPU's free memory in memory mode {mode.value!r}; "
-                + smaller_mode_advice(mode)
-            ) from None
-        except (OSError, KeyError, ValueError, RuntimeError) as error:
-            log.exception("loading Wan2.2-S2V from %s failed", weights)
-            raise HostUnfitError(
-                f"the Wan2.2-S2V weights in {weights} could not be loaded ({type(error).__name__}); "
-                "the files may be incomplete or corrupt: delete them so the worker downloads them again."
-            ) from error
         backend = cls(pipeline, mode, lora)
         backend.warm_up()
         log.info(
@@ -145,26 +137,11 @@ class WanS2VBackend(TalkingHeadBackend):
             self.pipeline.encode_prompt(prompt)
 
     @property
-    def device_name(self) -> str:
-        device = self.pipeline.device
-        if device.type != "cuda":
-            return "cpu"
-        return torch.cuda.get_device_name(device)
+    def device(self) -> torch.device:
+        return self.pipeline.device
 
-    def translate_error(self, error: Exception) -> Exception:
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            return BackendOutOfMemoryError(out_of_memory_message(self.memory_mode))
-        return error
-
-    def needs_fresh_worker(self, error: Exception) -> bool:
-        # what CUDA reports once a kernel has faulted: the context is unusable until the process ends
-        text = str(error)
-        return isinstance(error, RuntimeError) and ("CUDA error" in text or "device-side assert" in text)
-
-    def release_memory(self) -> None:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            gc.collect()
-            torch.cuda.empty_cache()
+    def out_of_memory_message(self) -> str:
+        return out_of_memory_message(self.memory_mode)
 
     def default_max_area(self, mode: str) -> int:
         return FAST_MAX_AREA if mode == FAST else super().default_max_area(mode)
@@ -197,7 +174,7 @@ class WanS2VBackend(TalkingHeadBackend):
         self, portrait: WanPortrait, mode: str, encode: Callable[[np.ndarray, int, int], _Encoding]
     ) -> _Encoding:
         started = time.monotonic()
-        with _out_of_memory_as_job_error(self.memory_mode):
+        with self.out_of_memory_as_job_error():
             encoded = encode(portrait.image, portrait.height, portrait.width)
         log.info(
             "portrait encoded for mode %s at %dx%d in %.2f s", mode, portrait.width, portrait.height,
@@ -221,7 +198,7 @@ class WanS2VBackend(TalkingHeadBackend):
         own = options.backend_options
         if not isinstance(own, WanS2VOptions):  # options not made by parse_options: all defaults
             own = WanS2VOptions()
-        with _out_of_memory_as_job_error(self.memory_mode):
+        with self.out_of_memory_as_job_error():
             if options.mode == FAST:
                 yield from self._generate_fast(portrait.features, speech, options, own, on_progress)
             else:
@@ -256,48 +233,14 @@ class WanS2VBackend(TalkingHeadBackend):
             )
 
 
-@contextlib.contextmanager
-def _out_of_memory_as_job_error(mode: MemoryMode) -> Iterator[None]:
-    """A CUDA out-of-memory error becomes BackendOutOfMemoryError naming the memory mode."""
-    try:
-        yield
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        raise BackendOutOfMemoryError(out_of_memory_message(mode)) from None
-
-
-# A transformer wider than this is the real model, which a CPU would take hours a job to run;
-# the tests' tiny checkpoints are 24 to 32 wide.
-CPU_MAX_TRANSFORMER_WIDTH = 1024
-
-
-def _transformer_width(weights: Path) -> int:
-    """The transformer's width from its config, in the official layout or ours (0 if neither)."""
-    official = weights / TRANSFORMER_CONFIG_FILE
-    if official.is_file():
-        return int(json.loads(official.read_text()).get("dim", 0))
-    ours = weights / "transformer" / "config.json"
-    if ours.is_file():
-        config = json.loads(ours.read_text())
-        return int(config.get("num_attention_heads", 0) * config.get("attention_head_dim", 0))
-    return 0
-
-
 def _execution_target(weights: Path, memory_mode: str | None = None) -> tuple[torch.device, torch.dtype, MemoryMode]:
     if not torch.cuda.is_available():
-        if _transformer_width(weights) > CPU_MAX_TRANSFORMER_WIDTH:
-            raise HostUnfitError(
-                "this machine has no usable CUDA GPU, and Wan2.2-S2V-14B needs one; deploy the endpoint on GPU "
-                "workers, or set MODEL_BACKEND=lite for the CPU backend."
-            )
-        log.warning(
-            "no CUDA GPU: Wan2.2-S2V runs on the CPU in float32, which is only usable with tiny test checkpoints"
-        )
+        check_cpu_can_run("Wan2.2-S2V-14B", transformer_width(weights))
         return torch.device("cpu"), torch.float32, MemoryMode.FULL
     device = torch.device("cuda", torch.cuda.current_device())
     free = free_gpu_bytes(device)
     try:
-        mode = choose_memory_mode(free, memory_mode)
+        mode = choose_memory_mode(free, memory_mode, MIN_FREE_BYTES)
     except MemoryModeError as error:
         raise ModelUnavailableError(str(error)) from None
     log.info("%.1f GiB of GPU memory free: memory mode %s", free / 1024**3, mode.value)
@@ -314,9 +257,9 @@ def _load_pipeline(
     components = load_components(weights, load_device, dtype)
     # Attached before the memory mode places the transformer, so that its buffers go with it.
     lora = lora_file if isinstance(lora_file, ModelUnavailableError) else LoraAdapter.attach(
-        components.transformer, lora_file, LORA_ALPHA
+        components.transformer, lora_file, LORA_ALPHA, LIVE_AVATAR_LORA
     )
-    place_transformer(components.transformer, mode, device)
+    place_transformer(components.transformer, mode, device, FP8_BLOCK_LAYERS)
     components.text_encoder.model.to(text_encoder_home(mode, device))
     components.vae.model.to(device)
     components.speech_encoder.model.to(device)
@@ -327,7 +270,7 @@ def _load_pipeline(
 def _find_lora(model_dir: Path) -> Path | ModelUnavailableError:
     """The fast mode's LoRA file, or why there is none (the quality mode works without it)."""
     try:
-        return ensure_lora(model_dir)
+        return ensure(LORA_WEIGHTS, model_dir) / LORA_FILE
     except ModelUnavailableError as error:
         log.warning("mode 'fast' is unavailable: %s", error)
         return error

@@ -9,19 +9,30 @@ from __future__ import annotations
 # the rate the worker hands every backend its speech at, used with the constants below
 from model.base import SPEECH_SAMPLE_RATE as SPEECH_SAMPLE_RATE
 
+# what every Wan2.1-family model shares, used with the constants below
+from model.wan_common.config import NUM_TRAIN_TIMESTEPS as NUM_TRAIN_TIMESTEPS
+from model.wan_common.config import T5_CHECKPOINT_FILE as T5_CHECKPOINT_FILE
+from model.wan_common.config import T5_TOKENIZER_DIR as T5_TOKENIZER_DIR
+from model.wan_common.config import TRANSFORMER_CONFIG_FILE as TRANSFORMER_CONFIG_FILE
+from model.wan_common.config import TRANSFORMER_INDEX_FILE as TRANSFORMER_INDEX_FILE
+from model.wan_common.config import VAE_CHECKPOINT_FILE as VAE_CHECKPOINT_FILE
+from model.wan_common.config import VAE_STRIDE as VAE_STRIDE
+
+# the checkpoint's and the Live Avatar LoRA's file names, declared with their weight specs
+from .declaration import LORA_FILE as LORA_FILE
+from .declaration import LORA_REPO_ID as LORA_REPO_ID
+from .declaration import WAV2VEC_DIR as WAV2VEC_DIR
+
 # --- video -----------------------------------------------------------------------------------
 FPS = 16
 FRAMES_PER_CLIP = 80
 MOTION_FRAMES = 73
 # The first clip has no real motion history: the reference drops its motion frames.
 DROP_FIRST_MOTION = True
-# (time, height, width) compression of the VAE.
-VAE_STRIDE = (4, 8, 8)
 # Output sides are padded up to multiples of this (the reference's `get_size_less_than_area`).
 SIZE_DIVISOR = 64
 
 # --- sampling --------------------------------------------------------------------------------
-NUM_TRAIN_TIMESTEPS = 1000
 SAMPLE_SHIFT = 3.0
 SAMPLE_STEPS = 40
 SAMPLE_SOLVER = "unipc"
@@ -49,41 +60,13 @@ FAST_REFERENCE_DISTANCE = (4, 30)
 # More steps mean more caches (about 10 GB each at 704x384 in bf16); the LoRA was distilled for 4.
 FAST_MAX_STEPS = 4
 
-# --- text encoder ----------------------------------------------------------------------------
-TEXT_LEN = 512
-# umt5-xxl encoder as published in `models_t5_umt5-xxl-enc-bf16.pth` (the file has no config).
-UMT5_XXL_ENCODER_CONFIG = {
-    "vocab_size": 256384,
-    "d_model": 4096,
-    "d_kv": 64,
-    "d_ff": 10240,
-    "num_heads": 64,
-    "num_layers": 24,
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "feed_forward_proj": "gated-gelu",
-    "layer_norm_epsilon": 1e-6,
-    "dropout_rate": 0.0,
-}
-
 # --- speech encoder --------------------------------------------------------------------------
 # wav2vec2 emits 50 feature frames per second; the reference first resamples them to a fixed
 # 30 frames per second and only then picks one per video frame.
 WAV2VEC_FRAME_RATE = 50
 SPEECH_FEATURE_RATE = 30
 
-# --- the official checkpoint layout (`Wan-AI/Wan2.2-S2V-14B`) --------------------------------
-TRANSFORMER_CONFIG_FILE = "config.json"
-TRANSFORMER_INDEX_FILE = "diffusion_pytorch_model.safetensors.index.json"
-VAE_CHECKPOINT_FILE = "Wan2.1_VAE.pth"
-T5_CHECKPOINT_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-T5_TOKENIZER_DIR = "google/umt5-xxl"
-WAV2VEC_DIR = "wav2vec2-large-xlsr-53-english"
-
 # --- Live Avatar LoRA (fast mode) ------------------------------------------------------------
-# Quark-Vision/Live-Avatar: Wan2.2-S2V-14B distilled to 4 sampling steps, published as one LoRA.
-LORA_REPO_ID = "Quark-Vision/Live-Avatar"
-LORA_FILE = "liveavatar.safetensors"
 # The rank is read from the file; alpha is not in it. Live Avatar trained with lora_alpha 64.0
 # at rank 128 (liveavatar/configs/s2v_causal_sft.yaml), so its updates are scaled by 64 / 128.
 LORA_ALPHA = 64.0

@@ -30,6 +30,10 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from model.base import SPEECH_SAMPLE_RATE, ProgressCallback, num_frames_for
+from model.wan_common.frames import fit_portrait, to_pixels, to_uint8_frames
+from model.wan_common.memory import GIB
+from model.wan_common.progress import ProgressClock
+from model.wan_common.vae import StreamingDecoder, WanVideoVAE
 
 from ._transformer_causal import BlockPosition, BlockRing, StepRings
 from .config import (
@@ -43,16 +47,9 @@ from .config import (
     NUM_TRAIN_TIMESTEPS,
     VAE_STRIDE,
 )
-from .memory import GIB, fits_beside_fast_workspace
-from .pipeline import (
-    LATENT_MOTION_FRAMES,
-    ProgressClock,
-    WanS2VPipeline,
-    fit_portrait,
-    to_uint8_frames,
-)
+from .memory import fits_beside_fast_workspace
+from .pipeline import LATENT_MOTION_FRAMES, WanS2VPipeline
 from .speech import bucket_clip_features
-from .vae import StreamingDecoder, WanVideoVAE
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +93,7 @@ class FastSampler:
     def encode_portrait(self, image: np.ndarray, height: int, width: int) -> FastPortrait:
         """The reference latent and motion-history latents of an RGB uint8 portrait."""
         vae = self.vae
-        fitted = fit_portrait(image, height, width)
-        pixels = torch.from_numpy(np.array(fitted)).permute(2, 0, 1).float() / 255.0 * 2 - 1
-        pixels = pixels[None, :, None].to(vae.device)
+        pixels = to_pixels(fit_portrait(image, height, width))[None, :, None].to(vae.device)
         ref_latent = vae.encode(pixels.expand(-1, -1, FAST_PORTRAIT_REPEATS, -1, -1))[:, :, 1:]
         history_latents = vae.encode(pixels.expand(-1, -1, HISTORY_FRAMES, -1, -1))
         device = self.pipeline.device

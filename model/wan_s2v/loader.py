@@ -19,8 +19,15 @@ from pathlib import Path
 import torch
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 
-from ._convert_checkpoint import load_streamed, parameters_on_meta, read_safetensors
+from model.wan_common.checkpoint import load_streamed, parameters_on_meta, read_safetensors
+from model.wan_common.scheduler import make_scheduler
+from model.wan_common.text import TextEncoder
+from model.wan_common.vae import WanVideoVAE
+
 from .config import (
+    SAMPLE_SHIFT,
+    SAMPLE_SOLVER,
+    SAMPLE_STEPS,
     T5_CHECKPOINT_FILE,
     T5_TOKENIZER_DIR,
     TRANSFORMER_CONFIG_FILE,
@@ -29,11 +36,8 @@ from .config import (
 )
 from .convert_transformer import convert_transformer_config, convert_transformer_key
 from .pipeline import WanS2VPipeline
-from .scheduler import make_scheduler
 from .speech import SpeechEncoder
-from .text import TextEncoder
 from .transformer import WanS2VTransformer3DModel
-from .vae import WanVideoVAE
 
 MODEL_INDEX_FILE = "model_index.json"
 _SUBFOLDERS = {
@@ -82,7 +86,7 @@ def save_diffusers_layout(components: WanS2VComponents, folder: Path) -> None:
         text_encoder=components.text_encoder,
         tokenizer=components.text_encoder.tokenizer,
         speech_encoder=components.speech_encoder,
-        scheduler=make_scheduler()[0],
+        scheduler=make_scheduler(SAMPLE_SOLVER, SAMPLE_STEPS, SAMPLE_SHIFT)[0],
     )
     pipeline.save_pretrained(folder)
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,11 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from model.base import DEFAULT_MAX_AREA, DEFAULT_PROMPT, SPEECH_SAMPLE_RATE, ProgressCallback, num_frames_for
+from model.wan_common.frames import fit_portrait, to_pixels, to_uint8_frames
+from model.wan_common.progress import ProgressClock
+from model.wan_common.scheduler import make_scheduler
+from model.wan_common.text import TextEncoder
+from model.wan_common.vae import WanVideoVAE
 
 from .config import (
     DROP_FIRST_MOTION,
@@ -63,12 +67,9 @@ from .config import (
     SIZE_DIVISOR,
     VAE_STRIDE,
 )
-from .scheduler import make_scheduler
 from .sizing import video_size
 from .speech import SpeechEncoder, bucket_clip_features
-from .text import TextEncoder
 from .transformer import WanS2VTransformer3DModel
-from .vae import WanVideoVAE
 
 # Latent frames of the motion context: the VAE keeps the first frame and packs 4 per latent after.
 LATENT_MOTION_FRAMES = (MOTION_FRAMES + VAE_STRIDE[0] - 1) // VAE_STRIDE[0]
@@ -115,31 +116,6 @@ class PortraitLatent:
     latent: torch.Tensor
     height: int
     width: int
-
-
-def fit_portrait(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize the shorter side to min(height, width), then centre-crop (zero-padding if short).
-
-    This is torchvision's `Resize(min(h, w))` + `CenterCrop((h, w))` on a PIL image, which the
-    reference applies; bilinear PIL resampling, truncated long side, rounded crop offsets.
-    """
-    source_h, source_w = image.shape[:2]
-    short = min(height, width)
-    if source_w <= source_h:
-        new_w, new_h = short, int(short * source_h / source_w)
-    else:
-        new_w, new_h = int(short * source_w / source_h), short
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    pad_h, pad_w = max(0, height - new_h), max(0, width - new_w)
-    if pad_h or pad_w:
-        resized = np.pad(
-            resized,
-            ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
-        )
-        new_h, new_w = resized.shape[:2]
-    top = int(round((new_h - height) / 2.0))
-    left = int(round((new_w - width) / 2.0))
-    return resized[top : top + height, left : left + width]
 
 
 def clips_for(num_frames: int, reference_clips: int) -> int:
@@ -208,7 +184,7 @@ class WanS2VPipeline(DiffusionPipeline):
             transformer, vae = components.transformer, components.vae
             text_encoder, speech_encoder = components.text_encoder, components.speech_encoder
             tokenizer = getattr(text_encoder, "tokenizer", None)
-            scheduler = make_scheduler()[0]
+            scheduler = make_scheduler(SAMPLE_SOLVER, SAMPLE_STEPS, SAMPLE_SHIFT)[0]
         else:
             given = dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                          speech_encoder=speech_encoder, scheduler=scheduler)
@@ -411,8 +387,7 @@ class WanS2VPipeline(DiffusionPipeline):
 
     def encode_portrait(self, image: np.ndarray, height: int, width: int) -> PortraitLatent:
         """The reference latent of an RGB uint8 portrait, fitted to `height` x `width`."""
-        fitted = fit_portrait(image, height, width)
-        pixels = torch.from_numpy(np.array(fitted)).permute(2, 0, 1).float() / 255.0 * 2 - 1
+        pixels = to_pixels(fit_portrait(image, height, width))
         latent = self.vae.encode(pixels[None, :, None].to(self.vae.device))
         return PortraitLatent(latent=latent.to(self.device), height=height, width=width)
 
@@ -543,30 +518,3 @@ class WanS2VPipeline(DiffusionPipeline):
 
 def _ignore_progress(fraction: float, detail: str) -> None:
     pass
-
-
-def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
-    """[1, 3, n, H, W] in [-1, 1] -> (n, H, W, 3) uint8, truncating like the reference's writer."""
-    scaled = ((pixels[0].clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8)
-    return scaled.permute(1, 2, 3, 0).contiguous().cpu().numpy()
-
-
-class ProgressClock:
-    """Counts work units (denoising steps and decodes) and estimates the time left from the pace."""
-
-    def __init__(self, total_units: int, on_progress: ProgressCallback) -> None:
-        self._total = total_units
-        self._done = 0
-        self._started = time.monotonic()
-        self._on_progress = on_progress
-
-    def tick(self, detail: str) -> None:
-        self._done += 1
-        elapsed = time.monotonic() - self._started
-        left = elapsed / self._done * (self._total - self._done)
-        self._on_progress(self._done / self._total, f"{detail}, about {_format_seconds(left)} left")
-
-
-def _format_seconds(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"

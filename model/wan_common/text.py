@@ -1,11 +1,11 @@
-"""Prompt embeddings for Wan2.2-S2V: the umt5-xxl encoder, as transformers' UMT5EncoderModel.
+"""Prompt embeddings for Wan models: the umt5-xxl encoder, as transformers' UMT5EncoderModel.
 
 The reference cleans each prompt (ftfy, HTML entities, whitespace), tokenizes it padded to 512
 tokens, runs the encoder with the padding masked, and keeps only each prompt's real tokens; the
 transformer then pads them back to 512 with zeros. `TextEncoder.encode` returns that padded form.
 
 `TextEncoder` is a diffusers model component (a ModelMixin holding the UMT5EncoderModel), so that
-WanS2VPipeline can save and load it; its folder is UMT5EncoderModel's own, and the tokenizer is
+a pipeline can save and load it; its folder is UMT5EncoderModel's own, and the tokenizer is
 the pipeline's `tokenizer` component, saved in a folder of its own.
 """
 
@@ -21,9 +21,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
 from transformers.utils import SAFE_WEIGHTS_NAME
 
-from ._convert_checkpoint import load_streamed, parameters_on_meta, read_pth, read_safetensors
-from ._convert_t5 import convert_t5_key
+from .checkpoint import load_streamed, parameters_on_meta, read_pth, read_safetensors
 from .config import TEXT_LEN, UMT5_XXL_ENCODER_CONFIG
+from .convert_t5 import convert_t5_key
 
 
 class TextEncoder(ModelMixin):
@@ -95,7 +95,7 @@ class TextEncoder(ModelMixin):
         if self.tokenizer is None:
             raise ValueError(
                 "this TextEncoder has no tokenizer: pass one to TextEncoder(...), or load it through "
-                "WanS2VPipeline, which gives it the pipeline's `tokenizer` component"
+                "its pipeline, which gives it the pipeline's `tokenizer` component"
             )
         return self.tokenizer
 

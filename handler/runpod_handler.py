@@ -16,16 +16,13 @@ import logging
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
 
-from handler.cancel import JobControl, WorkerStop
+from handler.cancel import STOP_WAIT_SECONDS, JobControl, WorkerStop
 from handler.job import Worker
 
-log = logging.getLogger(__name__)
+# The SDK's start-config key that makes a generator's items the job's final output (rp_job.handle_job).
+AGGREGATE_FLAG = "return_aggregate_stream"
 
-# A job stops at its next diffusion step or frame batch: a lite batch takes a fraction of a second
-# on CPU, a Wan step seconds on a GPU (scripts/benchmark_gpu.py prints s/step; no step was timed
-# here). The bound only keeps a stuck step from holding the SDK forever: past it the SDK moves
-# on, and the job still stops, and cleans up, when that step ends.
-STOP_WAIT_SECONDS = 120.0
+log = logging.getLogger(__name__)
 
 
 class RunPodHandler:
@@ -53,7 +50,7 @@ class RunPodHandler:
 
         The SDK fails a job whose item has "error", and refreshes a worker only through its start
         config, so a result asking for a fresh worker sets that (`sdk_config`) instead of being
-        sent with the flag.
+        sent with the flag. The job's final output (what /status and /runsync give) is `[result]`.
         """
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -65,10 +62,15 @@ class RunPodHandler:
         future.add_done_callback(lambda _: items.put_nowait(None))
         try:
             while (item := await items.get()) is not None:
+                # The SDK reads this flag as each item arrives (runpod 1.12, rp_job.handle_job):
+                # segments went out through /stream already, so only the result joins the job's
+                # final output, which stays one small item whatever the video's length.
+                sdk_config[AGGREGATE_FLAG] = False
                 yield item
             result = future.result()
             if result.pop("refresh_worker", False):
                 sdk_config["refresh_worker"] = True
+            sdk_config[AGGREGATE_FLAG] = True
             yield result
         except (asyncio.CancelledError, GeneratorExit):  # a cancel reaches a generator as either
             await self._stop_job(control, future, job)

@@ -1,11 +1,16 @@
-"""The Wan2.1 video VAE used by Wan2.2-S2V, as diffusers' AutoencoderKLWan.
+"""The Wan2.1 video VAE (Wan2.1's models and Wan2.2-S2V alike), as diffusers' AutoencoderKLWan.
 
 Latents are normalised per channel as in the reference's `Wan2_1_VAE`: the posterior mean, minus
 `latents_mean`, times 1 / `latents_std` (the reference multiplies by the reciprocal; kept so the
 numbers match to the last bit). The reference runs the VAE in float32.
 
 `WanVideoVAE` is a diffusers model component (a ModelMixin holding the AutoencoderKLWan), so that
-WanS2VPipeline can save and load it; its folder is AutoencoderKLWan's own, loadable without us.
+a pipeline can save and load it; its folder is AutoencoderKLWan's own, loadable without us.
+
+`Wan2.1_VAE.pth` is read with our streamed loader, not `AutoencoderKLWan.from_single_file`: that
+one fetches the diffusers config from the Hub unless given one, and converts the whole state dict
+at once with a mapping fixed to the Wan2.1 layout; ours renames key by key (the same names,
+tests/test_wan_vae.py) like every other Wan checkpoint here.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 
-from ._convert_checkpoint import load_streamed, parameters_on_meta, read_pth, read_safetensors
-from ._convert_vae import convert_vae_key
+from .checkpoint import load_streamed, parameters_on_meta, read_pth, read_safetensors
+from .convert_vae import convert_vae_key
 
 
 class WanVideoVAE(ModelMixin):

@@ -17,6 +17,8 @@ from safetensors import safe_open
 from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
+from .config import TRANSFORMER_CONFIG_FILE
+
 NamedTensors = Iterable[tuple[str, torch.Tensor]]
 
 
@@ -118,3 +120,16 @@ def _add_tied_parameters(model: nn.Module, loaded: dict[str, torch.Tensor]) -> N
         if source is not None:
             for name in names:
                 loaded.setdefault(name, loaded[source])
+
+
+def transformer_width(folder: Path) -> int:
+    """A Wan transformer's width from its config in `folder`, in the official layout or diffusers'
+    (0 if neither)."""
+    official = folder / TRANSFORMER_CONFIG_FILE
+    if official.is_file():
+        return int(json.loads(official.read_text()).get("dim", 0))
+    ours = folder / "transformer" / "config.json"
+    if ours.is_file():
+        config = json.loads(ours.read_text())
+        return int(config.get("num_attention_heads", 0) * config.get("attention_head_dim", 0))
+    return 0

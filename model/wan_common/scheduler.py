@@ -1,8 +1,9 @@
-"""The flow-matching sampler of Wan2.2-S2V, on diffusers' multistep solvers.
+"""The flow-matching samplers of the Wan models, on diffusers' multistep solvers.
 
-The reference ships its own flow variants of UniPC and DPM-Solver++; diffusers' solvers with flow
-sigmas compute the same steps, but pick a different sigma grid by default. Both grids are set here
-explicitly so that timesteps and sigmas are the reference's, value for value.
+The reference (Wan2.1's and Wan2.2's alike) ships its own flow variants of UniPC and
+DPM-Solver++; diffusers' solvers with flow sigmas compute the same steps, but pick a different
+sigma grid by default. Both grids are set here explicitly so that timesteps and sigmas are the
+reference's, value for value.
 """
 
 from __future__ import annotations
@@ -12,18 +13,16 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .config import NUM_TRAIN_TIMESTEPS, SAMPLE_SHIFT, SAMPLE_SOLVER, SAMPLE_STEPS
+from .config import NUM_TRAIN_TIMESTEPS
 
 SOLVERS = ("unipc", "dpm++")
 
 
 def make_scheduler(
-    solver: str = SAMPLE_SOLVER,
-    num_steps: int = SAMPLE_STEPS,
-    shift: float = SAMPLE_SHIFT,
-    device: torch.device | str | None = None,
+    solver: str, num_steps: int, shift: float, device: torch.device | str | None = None
 ) -> tuple[SchedulerMixin, torch.Tensor]:
-    """A fresh scheduler (it is stateful: one per clip) and its timesteps, on `device`.
+    """A fresh scheduler (it is stateful: one per clip) and its timesteps, on `device`, for the
+    model's or the job's `solver`, `num_steps` and `shift`.
 
     `scheduler.step(model_output, t, latents, return_dict=False)[0]` gives the next latents.
     """

@@ -1,4 +1,4 @@
-"""`python -m handler.server --host H --port P`: the worker as an always-on HTTP server.
+"""`python -m handler.http_server --host H --port P`: the worker as an always-on HTTP server.
 
 For a GPU box that runs all day, as the Thunder-era deployment did, or beside a RunPod endpoint
 while clients move over (MIGRATION.md). The jobs are the RunPod worker's own (handler/job.py),
@@ -16,6 +16,11 @@ with its environment variables, limits and error codes; the model is loaded once
                          SERVER_DOWNLOAD_RETENTION_SECONDS after it was made; then 404
     GET /health          {"status": "ok", "backend", "gpu", "busy", "queued", "queue_size", ...};
                          503 when the model could not load or a job broke the GPU
+    GET /ping            as RunPod's load-balancing endpoints read it: 204 while the model loads,
+                         200 once the server takes jobs, 503 when it never will
+
+The server listens from the start; while the model loads, /health answers 503 with
+{"status": "starting"} and /generate 503 with Retry-After.
 
 One job runs at a time (one server per GPU); a client that hangs up stops its job at the next
 step, and so does SERVER_JOB_TIMEOUT_SECONDS and the server's own stop (SIGTERM, SIGINT). The
@@ -29,24 +34,25 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 
-from handler.cancel import WorkerStop
+from handler.cancel import STOP_WAIT_SECONDS, WorkerStop
 from handler.downloads import DownloadStore
 from handler.errors import ErrorCode, JobError
 from handler.http_input import UnsupportedContentType, body_limit, read_job
 from handler.job import Worker
 from handler.job_queue import JobQueue, QueueFull, Ticket
-from handler.serve import STOP_WAIT_SECONDS
 from handler.startup import start_worker
 
-log = logging.getLogger("handler.server")
+log = logging.getLogger("handler.http_server")
 
 # 4xx: the request's fault, the client can fix it; 5xx: the worker's.
 STATUS_BY_CODE = {
@@ -65,6 +71,8 @@ STATUS_BY_CODE = {
 WATCH_SECONDS = 0.5
 # A request body that has not arrived by then is refused (a client that stalls holds a connection).
 BODY_READ_SECONDS = 600.0
+# What a request made while the model loads is told to wait before it tries again.
+STARTING_RETRY_SECONDS = 10
 
 
 def create_app(worker: Worker) -> FastAPI:
@@ -139,6 +147,11 @@ def create_app(worker: Worker) -> FastAPI:
             return JSONResponse(body, status_code=404)
         return _SentOnce(path, lambda: store.release(download_id))
 
+    @app.get("/ping")
+    async def ping() -> Response:
+        healthy = worker.startup_error is None and not broken
+        return Response(status_code=200 if healthy else 503)
+
     @app.get("/health")
     async def health() -> JSONResponse:
         busy, queued = queue.state()
@@ -152,6 +165,56 @@ def create_app(worker: Worker) -> FastAPI:
         return JSONResponse({**body, "status": "unavailable", "error": problem}, status_code=503)
 
     return app
+
+
+class _Starting:
+    """The server while `start` loads the model: it listens already, so that a load balancer sees it
+    initializing (RunPod's counts the cold start from the first 204 of /ping to the first 200), then
+    hands every request to create_app's server."""
+
+    def __init__(self, start: Callable[[], Worker]) -> None:
+        self._start = start
+        self._app: FastAPI | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif self._app is not None:
+            await self._app(scope, receive, send)
+        elif scope["type"] == "http":
+            await self._starting_reply(scope["path"])(scope, receive, send)
+
+    @staticmethod
+    def _starting_reply(path: str) -> Response:
+        if path == "/ping":
+            return Response(status_code=204)
+        message = f"the server is starting: the model is loading; retry in {STARTING_RETRY_SECONDS} s."
+        if path == "/health":
+            return JSONResponse({"status": "starting", "error": message}, status_code=503)
+        body = {"success": False, "error": str(JobError(ErrorCode.MODEL_UNAVAILABLE, message))}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(STARTING_RETRY_SECONDS)})
+
+    async def _lifespan(self, receive, send) -> None:
+        await receive()  # lifespan.startup
+        loaded: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        # A daemon thread, not asyncio.to_thread: a stop during the load must not wait for the load to end.
+        threading.Thread(target=_resolve, args=(loaded, self._start), name="load-model", daemon=True).start()
+        await send({"type": "lifespan.startup.complete"})
+        shutdown = asyncio.ensure_future(receive())
+        await asyncio.wait({loaded, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+        if not shutdown.done():
+            app = create_app(loaded.result())
+            async with app.router.lifespan_context(app):
+                self._app = app
+                await shutdown
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _resolve(future: asyncio.Future, function: Callable[[], Any]) -> None:
+    """Run `function` here and hand its result to `future` on the future's own loop."""
+    result = function()
+    with contextlib.suppress(RuntimeError):  # the loop closed: the server stopped during the load
+        future.get_loop().call_soon_threadsafe(future.set_result, result)
 
 
 class _SentOnce(FileResponse):
@@ -210,16 +273,15 @@ def _job_error(text: str) -> JobError:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m handler.server", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m handler.http_server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    worker = start_worker()
     # A stopped job ends at its next step; past this a stuck step no longer holds the stop.
     # log_level: the RunPod SDK, imported with the worker, quiets the "uvicorn" loggers to WARNING.
-    uvicorn.run(create_app(worker), host=args.host, port=args.port, access_log=False, log_config=None,
+    uvicorn.run(_Starting(start_worker), host=args.host, port=args.port, access_log=False, log_config=None,
                 log_level="info", timeout_graceful_shutdown=int(STOP_WAIT_SECONDS))
 
 

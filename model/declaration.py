@@ -1,0 +1,202 @@
+"""What a backend declares about itself, so that nothing outside its sub-package names it.
+
+A backend's sub-package has a `declaration.py` holding `DECLARATION`, a BackendDeclaration; the
+registry (model/registry.py) lists those modules. The worker's settings, the job schema, the
+deploy tool, the downloader, the cost calculator, the image and the Hub listing's tests read the
+declarations instead of branching on backend names.
+
+This module and every `declaration.py` import only the standard library: the deploy tool reads
+them with any Python, without torch or numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from model.base import TalkingHeadBackend
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+class SettingValueError(ValueError):
+    """An environment variable's value cannot be used; the message is one sentence naming it and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """An environment variable the worker reads at start, validated there (handler/settings.py).
+
+    `kind` is int, float, str or bool (true for any of TRUE_WORDS, in any case); `choices`
+    restricts a str; `low`/`high` bound a number. An unset or empty variable takes `default`
+    (None: the worker or the backend chooses at start). `description` is its line in the
+    contract's environment table.
+    """
+
+    env: str
+    kind: type
+    default: Any
+    description: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        """This setting's value in `env`. Raises SettingValueError naming the variable and the fix.
+
+        A float without bounds must be positive and finite (every such setting is a duration or
+        a size); an int or float with bounds must lie within them.
+        """
+        raw = env.get(self.env, "").strip()
+        if not raw:
+            return self.default
+        if self.kind is bool:
+            return raw.lower() in TRUE_WORDS
+        if self.kind is str:
+            if self.choices and raw not in self.choices:
+                raise SettingValueError(f"{self.env}={raw!r} is not one of {', '.join(self.choices)}.")
+            return raw
+        if self.kind is int:
+            try:
+                number: float = int(raw)
+            except ValueError:
+                raise SettingValueError(f"{self.env}={raw!r} is not a whole number.") from None
+        else:
+            try:
+                number = float(raw)
+            except ValueError:
+                raise SettingValueError(f"{self.env}={raw!r} is not a number.") from None
+            if self.low is None and self.high is None and not (number > 0 and math.isfinite(number)):
+                raise SettingValueError(f"{self.env}={raw!r} must be a positive, finite number.")
+        if not math.isfinite(number) or (self.low is not None and number < self.low) or (
+            self.high is not None and number > self.high
+        ):
+            raise SettingValueError(f"{self.env}={raw!r} must be {self.bounds_text()}.")
+        return number
+
+    def bounds_text(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"between {self.low:g} and {self.high:g}"
+        if self.low is not None:
+            return f"at least {self.low:g}"
+        return f"at most {self.high:g}" if self.high is not None else "a finite number"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpec:
+    """One set of files a backend loads, fetched once from a Hugging Face repository.
+
+    `name` is what messages call them ("Wan2.2-S2V-14B weights", "Live Avatar LoRA"). A download
+    lands in MODEL_DIR/`folder` (and the image bakes it into /models/`folder`); a folder counts as
+    complete when every `required_files` entry is a file, every `required_folders` entry a folder
+    holding something, every shard named by a `shard_indexes` file (safetensors' `weight_map`)
+    is there and, for each group of `any_of`, at least one of its files is. `allow_patterns`
+    (empty: the required files and folders) and `ignore_patterns` say what is downloaded, plus
+    from each `any_of` group the first file the repository has. `revision` pins a commit, branch
+    or tag (None: the default branch). `optional` weights serve only `modes`: without them the
+    backend starts and jobs in those modes fail with MODEL_UNAVAILABLE.
+    """
+
+    name: str
+    repo_id: str
+    folder: str
+    size_gb: float
+    revision: str | None = None
+    allow_patterns: tuple[str, ...] = ()
+    ignore_patterns: tuple[str, ...] = ()
+    required_files: tuple[str, ...] = ()
+    required_folders: tuple[str, ...] = ()
+    shard_indexes: tuple[str, ...] = ()
+    any_of: tuple[tuple[str, ...], ...] = ()
+    optional: bool = False
+    modes: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuNeed:
+    """A GPU backend's compute: GPU memory (GB) per memory mode, the setting that picks the mode,
+    and the least GPU memory a generation mode needs whatever the memory mode."""
+
+    memory_gb: Mapping[str, int]
+    default_memory_mode: str
+    memory_mode_setting: str
+    mode_min_memory_gb: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuNeed:
+    """A CPU backend's compute: RunPod CPU flavours in priority order, and vCPUs per worker."""
+
+    flavors: tuple[str, ...]
+    vcpus: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployProfile:
+    """What an endpoint for this backend needs (scripts/runpod_endpoint.py reads it).
+
+    `init_timeout_seconds` is RUNPOD_INIT_TIMEOUT (None: RunPod's own default); the disk sizes
+    are the container disk with and without a network volume holding the weights; `weights_hint`
+    is what the deploy tool's help says about where the weights come from, `cold_start_hint` what
+    it says after deploying an endpoint with neither a volume nor baked weights; `image_extras`
+    are the pyproject extras the image needs for this backend.
+    """
+
+    compute: GpuNeed | CpuNeed
+    idle_timeout_seconds: int
+    execution_timeout_seconds: int
+    disk_gb_with_volume: int
+    disk_gb_without_volume: int
+    init_timeout_seconds: int | None = None
+    weights_hint: str = ""
+    cold_start_hint: str = ""
+    image_extras: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveSupport:
+    """Whether a backend can render a live session (speech in as it is spoken), and how many a worker holds."""
+
+    can_go_live: bool = False
+    max_sessions: int = 0
+    why_not: str = "this backend renders finished recordings only"
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendDeclaration:
+    """One backend, as the worker and the tooling see it before loading it.
+
+    `backend_class` is "module:Class" (imported only when chosen); `modes` are the generation
+    modes it offers, the first its default; `frame_batches` gives, per mode, the frames of
+    `generate`'s first batch and of each later one (a stream cuts its segments there).
+    """
+
+    name: str
+    backend_class: str
+    modes: tuple[str, ...]
+    frame_batches: Mapping[str, tuple[int, int]]
+    deploy: DeployProfile
+    settings: tuple[Setting, ...] = ()
+    weights: tuple[WeightSpec, ...] = ()
+    live: LiveSupport = LiveSupport()
+
+    def __post_init__(self) -> None:
+        if set(self.frame_batches) != set(self.modes):
+            raise ValueError(f"backend {self.name}: frame_batches must name each of its modes {self.modes}")
+
+    @property
+    def needs_gpu(self) -> bool:
+        return isinstance(self.deploy.compute, GpuNeed)
+
+    def load_class(self) -> type[TalkingHeadBackend]:
+        module, _, class_name = self.backend_class.partition(":")
+        backend_class: type[TalkingHeadBackend] = getattr(importlib.import_module(module), class_name)
+        return backend_class
+
+    def read_settings(self, env: Mapping[str, str]) -> dict[str, Any]:
+        """This backend's settings from `env`, by variable name. Raises SettingValueError."""
+        return {setting.env: setting.read(env) for setting in self.settings}

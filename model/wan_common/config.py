@@ -1,0 +1,38 @@
+"""Constants every Wan2.1-family model shares: the official `shared_config.py`, the Wan2.1 VAE,
+umt5-xxl and the names of their files in an official checkpoint folder.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+# --- sampling --------------------------------------------------------------------------------
+NUM_TRAIN_TIMESTEPS = 1000
+
+# --- the Wan2.1 VAE --------------------------------------------------------------------------
+# (time, height, width) compression.
+VAE_STRIDE = (4, 8, 8)
+
+# --- text encoder ----------------------------------------------------------------------------
+TEXT_LEN = 512
+# umt5-xxl encoder as published in `models_t5_umt5-xxl-enc-bf16.pth` (the file has no config).
+UMT5_XXL_ENCODER_CONFIG = {
+    "vocab_size": 256384,
+    "d_model": 4096,
+    "d_kv": 64,
+    "d_ff": 10240,
+    "num_heads": 64,
+    "num_layers": 24,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu",
+    "layer_norm_epsilon": 1e-6,
+    "dropout_rate": 0.0,
+}
+
+# --- files of an official checkpoint folder (`Wan-AI/Wan2.1-*`, `Wan-AI/Wan2.2-S2V-14B`) -----
+TRANSFORMER_CONFIG_FILE = "config.json"
+TRANSFORMER_INDEX_FILE = "diffusion_pytorch_model.safetensors.index.json"
+VAE_CHECKPOINT_FILE = "Wan2.1_VAE.pth"
+T5_CHECKPOINT_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+T5_TOKENIZER_DIR = "google/umt5-xxl"

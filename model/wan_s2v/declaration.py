@@ -1,0 +1,145 @@
+"""`MODEL_BACKEND=wan-s2v`, as the worker and the tooling see it before loading it (model/declaration.py).
+
+Standard library only: the deploy tool reads it without torch.
+"""
+
+from __future__ import annotations
+
+from model.declaration import BackendDeclaration, DeployProfile, GpuNeed, Setting, WeightSpec
+from model.wan_common.config import (
+    T5_CHECKPOINT_FILE,
+    T5_TOKENIZER_DIR,
+    TRANSFORMER_CONFIG_FILE,
+    TRANSFORMER_INDEX_FILE,
+    VAE_CHECKPOINT_FILE,
+)
+from model.wan_common.memory import MEMORY_MODE_SETTING, MemoryMode
+
+# The GPU memory (GB) a worker needs in each memory mode (model/wan_common/memory.py): `full`
+# keeps the bf16 transformer (~32 GB) and text encoder (~11 GB) on the GPU with room for
+# activations; `fp8` stores the transformer's weights in fp8 (computes in bf16, so Ampere works
+# too); `offload` keeps only the running blocks on the GPU.
+# The fast mode runs on the same GPUs; these sizes are the quality mode's. Its extra memory,
+# ~42 GB of attention caches at 704x384, fits an 80 GB card in fp8 or a 141 GB card in any mode,
+# not a 48 GB card: an estimate, not yet measured on a GPU.
+MEMORY_MODE_GPU_GB = {MemoryMode.FULL.value: 80, MemoryMode.FP8.value: 48, MemoryMode.OFFLOAD.value: 24}
+# fp8 by default: 48 GB cards cost about half as much per second as 80 GB ones (RunPod's pricing
+# table) and are easier to get, and fp8 weight storage costs little quality.
+DEFAULT_MEMORY_MODE = MemoryMode.FP8.value
+# RunPod marks a worker unhealthy when its start takes over 7 minutes unless RUNPOD_INIT_TIMEOUT
+# says otherwise. A worker on a fresh endpoint without a volume or a cached model downloads ~50 GB
+# before loading: one hour covers that at 17 MB/s or more with ten minutes left for loading. A
+# worker waiting for another's download gives up sooner (model/weights.py, LOCK_WAIT_SECONDS), so
+# it says why before RunPod stops it.
+INIT_TIMEOUT_SECONDS = 3600
+
+# --- the weights (model/weights.py finds or fetches them; the loader reads these names) -------
+CHECKPOINT_REPO_ID = "Wan-AI/Wan2.2-S2V-14B"
+WAV2VEC_DIR = "wav2vec2-large-xlsr-53-english"
+# The wav2vec2 folder holds the same weights up to three times (model.safetensors,
+# pytorch_model.bin, flax_model.msgpack) and an n-gram language model for CTC decoding that we
+# never use: gigabytes the worker would download for nothing. One weights file is taken,
+# safetensors when the repository has it.
+WAV2VEC_WEIGHT_FILES = (f"{WAV2VEC_DIR}/model.safetensors", f"{WAV2VEC_DIR}/pytorch_model.bin")
+CHECKPOINT_WEIGHTS = WeightSpec(
+    name="Wan2.2-S2V-14B weights",
+    repo_id=CHECKPOINT_REPO_ID,
+    folder="Wan2.2-S2V-14B",
+    size_gb=49,
+    allow_patterns=(
+        TRANSFORMER_CONFIG_FILE,
+        TRANSFORMER_INDEX_FILE,
+        "diffusion_pytorch_model-*.safetensors",
+        VAE_CHECKPOINT_FILE,
+        T5_CHECKPOINT_FILE,
+        f"{T5_TOKENIZER_DIR}/*",
+        f"{WAV2VEC_DIR}/*.json",
+    ),
+    ignore_patterns=(f"{WAV2VEC_DIR}/language_model/*", "*.msgpack", "*.h5"),
+    required_files=(
+        TRANSFORMER_CONFIG_FILE,
+        TRANSFORMER_INDEX_FILE,
+        VAE_CHECKPOINT_FILE,
+        T5_CHECKPOINT_FILE,
+        f"{WAV2VEC_DIR}/config.json",
+        f"{WAV2VEC_DIR}/preprocessor_config.json",
+    ),
+    required_folders=(T5_TOKENIZER_DIR,),
+    # the transformer's shards are read from its index
+    shard_indexes=(TRANSFORMER_INDEX_FILE,),
+    any_of=(WAV2VEC_WEIGHT_FILES,),
+)
+# Quark-Vision/Live-Avatar: Wan2.2-S2V-14B distilled to 4 sampling steps, published as one LoRA.
+LORA_REPO_ID = "Quark-Vision/Live-Avatar"
+LORA_FILE = "liveavatar.safetensors"
+LORA_WEIGHTS = WeightSpec(
+    name="Live Avatar LoRA",
+    repo_id=LORA_REPO_ID,
+    folder="Live-Avatar",
+    size_gb=1.3,
+    required_files=(LORA_FILE,),
+    optional=True,
+    modes=("fast",),
+)
+
+DECLARATION = BackendDeclaration(
+    name="wan-s2v",
+    backend_class="model.wan_s2v.backend:WanS2VBackend",
+    modes=("quality", "fast"),
+    # quality: a clip of 80 frames at a time, the first clip less its 3 dropped motion frames;
+    # fast: a block of 12 frames (3 latents) at a time, the first less the 3 the VAE adds.
+    # model/wan_s2v/pipeline.py and fast_pipeline.py derive theirs from the reference's config;
+    # tests/test_wan_backend.py checks that they agree with these.
+    frame_batches={"quality": (77, 80), "fast": (9, 12)},
+    weights=(CHECKPOINT_WEIGHTS, LORA_WEIGHTS),
+    settings=(
+        Setting(
+            MEMORY_MODE_SETTING, str, None,
+            "GPU memory mode: full (80 GB), fp8 (48 GB) or offload (24 GB); empty: the largest that fits "
+            "the GPU's free memory",
+            choices=tuple(MEMORY_MODE_GPU_GB),
+        ),
+    ),
+    deploy=DeployProfile(
+        compute=GpuNeed(
+            memory_gb=MEMORY_MODE_GPU_GB,
+            default_memory_mode=DEFAULT_MEMORY_MODE,
+            memory_mode_setting=MEMORY_MODE_SETTING,
+            mode_min_memory_gb={"fast": 80},
+        ),
+        # a 14B diffusion model takes minutes to load, so its workers idle longer before scaling
+        # down, and a job runs for many minutes
+        idle_timeout_seconds=60,
+        execution_timeout_seconds=3600,
+        # without a network volume the ~49 GB of weights land on the container disk
+        disk_gb_with_volume=30,
+        disk_gb_without_volume=100,
+        init_timeout_seconds=INIT_TIMEOUT_SECONDS,
+        weights_hint=f"""\
+Weights of wan-s2v: ~49 GB, plus the fast mode's 1.3 GB LoRA. Three ways to have them, by
+what a worker's start costs (the endpoint allows a start RUNPOD_INIT_TIMEOUT={INIT_TIMEOUT_SECONDS} s, RunPod's
+default being 7 minutes, after which a worker counts as unhealthy):
+  1. RunPod's cached models: the REST API cannot set them, so after the first deploy open the
+     console > Serverless > the endpoint > Manage > Edit Endpoint, set Model to
+     Wan-AI/Wan2.2-S2V-14B and save (one cached model per endpoint). RunPod puts it on the
+     host before the worker starts and does not bill that download; the start loads the
+     weights, and each new worker fetches the 1.3 GB LoRA itself.
+  2. A network volume (--network-volume): filled once, by its first worker or beforehand from a
+     pod with the volume attached. A pod mounts the volume at /workspace, a serverless worker at
+     /runpod-volume: on the pod run
+       python scripts/download_models.py --model-dir /workspace/models
+     and the workers find the weights at /runpod-volume/models. Workers that start together
+     download it once (a lock on the volume); later starts read the ~50 GB from the volume.
+     One volume per data centre, each filled once.
+  3. Baked into the image (--bake-weights): no download at start; the image is ~50 GB larger,
+     so every host that has not run it yet pulls it first.
+  With none of them, every new worker downloads ~50 GB before it can load them: about 8
+  minutes of billed GPU time at 100 MB/s, 33 at 25 MB/s (the link's speed is RunPod's).""",
+        cold_start_hint="""\
+Weights: this endpoint has no network volume and its image is not a baked one (tag ending
+-baked), so every new worker downloads ~50 GB before its first job. To skip that, open the
+console link above > Manage > Edit Endpoint, set Model to Wan-AI/Wan2.2-S2V-14B (RunPod's cached
+models) and save; or deploy again with --network-volume or --bake-weights.""",
+        image_extras=("wan",),
+    ),
+)
