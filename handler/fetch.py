@@ -2,19 +2,26 @@
 
 Every hop (the URL and each redirect) is resolved once, every address it resolves to must be
 public, and the connection is made to that checked address, so a DNS answer that changes between
-the check and the connection cannot redirect us inside. The body is capped while streaming.
+the check and the connection cannot redirect us inside. The body is capped while streaming, and
+the whole download ends by its deadline or the job's stop, however slowly the server sends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import ipaddress
 import socket
+import threading
 import time
 import urllib.parse
 
 import certifi
 import urllib3
+import urllib3.connection
+import urllib3.response
 
+from handler.cancel import JobControl, current_control
 from handler.errors import ErrorCode, JobError
 
 MAX_REDIRECTS = 5
@@ -22,15 +29,24 @@ CHUNK_BYTES = 256 * 1024
 USER_AGENT = "talking-head-worker/0.1"
 
 
-def fetch_url(url: str, field: str, max_bytes: int, timeout_seconds: float, allow_private: bool) -> bytes:
-    """Download `url` (named `field` in errors). Raises JobError on any refusal or failure."""
+def fetch_url(
+    url: str, field: str, max_bytes: int, timeout_seconds: float, allow_private: bool,
+    control: JobControl | None = None,
+) -> bytes:
+    """Download `url` (named `field` in errors). Raises JobError on any refusal or failure.
+
+    The whole download (every hop's connection, headers and body) ends by `timeout_seconds`
+    however slowly the bytes come, and a stop of `control` (default: the calling job thread's,
+    handler/cancel.py) ends it at once with JobCancelled.
+    """
+    control = control or current_control()
     deadline = time.monotonic() + timeout_seconds
     for _ in range(MAX_REDIRECTS + 1):
         parsed, host = _parse(url, field)
         address = _resolve_checked(parsed, host, field, allow_private)
-        with _pool_for(parsed, address, deadline) as pool:
-            response = _get(pool, parsed, host, field)
+        with _Wait(_connection_for(parsed, address, deadline), deadline, control) as wait:
             try:
+                response = _get(wait, parsed, host, field, timeout_seconds)
                 if response.status in (301, 302, 303, 307, 308):
                     location = response.headers.get("Location")
                     if not location:
@@ -45,11 +61,61 @@ def fetch_url(url: str, field: str, max_bytes: int, timeout_seconds: float, allo
                         ErrorCode.FETCH_FAILED,
                         f"{field} answered HTTP {response.status}; check that the URL is public and still valid.",
                     )
-                return _read_capped(response, field, max_bytes, deadline)
-            finally:
-                response.release_conn()
+                return _read_capped(response, wait, field, max_bytes, timeout_seconds)
+            except JobError:
+                wait.raise_if_cut(field, timeout_seconds)
+                raise
     raise JobError(ErrorCode.FETCH_FAILED, f"{field} redirected more than {MAX_REDIRECTS} times; use the final URL.")
 
+
+class _Wait:
+    """One connection whose socket is shut down at the deadline or when the job is stopped.
+
+    A socket timeout bounds each read, not a download: a server that sends a byte a second never
+    lets one expire. Shutting the socket down from outside wakes whatever read or write waits on
+    it, and the download then ends with the deadline's error or the stop's JobCancelled.
+    """
+
+    def __init__(self, connection: urllib3.connection.HTTPConnection, deadline: float,
+                 control: JobControl | None) -> None:
+        self.connection = connection
+        self._deadline = deadline
+        self._control = control
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._cut)
+        self._timer.daemon = True
+        self._stack = contextlib.ExitStack()
+        self.cut = False
+
+    def __enter__(self) -> _Wait:
+        self._timer.start()
+        if self._control is not None:
+            self._stack.enter_context(self._control.interrupting(self._cut))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        self._stack.close()
+        self.connection.close()
+
+    def _cut(self) -> None:
+        self.cut = True
+        sock = self.connection.sock
+        if sock is not None:
+            # socket.socket's own shutdown, also for a TLS socket: it only wakes the reader, without
+            # touching the TLS state another thread is using.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def raise_if_cut(self, field: str, timeout_seconds: float) -> None:
+        """After the connection failed or ended: the stop's JobCancelled, or the deadline's error."""
+        if self._control is not None:
+            self._control.check()
+        if self.cut or time.monotonic() >= self._deadline:
+            raise JobError(
+                ErrorCode.FETCH_FAILED,
+                f"{field} did not finish downloading within FETCH_TIMEOUT_SECONDS={timeout_seconds:g} s; "
+                "use a faster host or send the file as base64.",
+            )
 
 def _parse(url: str, field: str) -> tuple[urllib.parse.SplitResult, str]:
     """The URL split, and its host name (checked to be there)."""
@@ -99,37 +165,41 @@ def resolve_public(hostname: str, port: int, field: str, allow_private: bool, co
     return addresses[0]
 
 
-def _pool_for(parsed: urllib.parse.SplitResult, address: str, deadline: float) -> urllib3.HTTPConnectionPool:
-    """A connection pool to the checked address; TLS still verifies the URL's own host name."""
-    remaining = max(0.1, deadline - time.monotonic())
-    timeout = urllib3.Timeout(connect=min(10.0, remaining), read=remaining)
+def _connection_for(
+    parsed: urllib.parse.SplitResult, address: str, deadline: float,
+) -> urllib3.connection.HTTPConnection:
+    """A connection to the checked address; TLS still verifies the URL's own host name."""
+    # Each connect, send and read is bounded by what is left; _Wait bounds them all together.
+    timeout = max(0.1, deadline - time.monotonic())
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     if parsed.scheme == "https":
-        return urllib3.HTTPSConnectionPool(
-            address, port, timeout=timeout, retries=False, cert_reqs="CERT_REQUIRED",
-            ca_certs=certifi.where(), server_hostname=parsed.hostname, assert_hostname=parsed.hostname,
+        return urllib3.connection.HTTPSConnection(
+            address, port, timeout=timeout, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where(),
+            server_hostname=parsed.hostname, assert_hostname=parsed.hostname,
         )
-    return urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
+    return urllib3.connection.HTTPConnection(address, port, timeout=timeout)
 
 
 def _get(
-    pool: urllib3.HTTPConnectionPool, parsed: urllib.parse.SplitResult, host: str, field: str,
-) -> urllib3.BaseHTTPResponse:
+    wait: _Wait, parsed: urllib.parse.SplitResult, host: str, field: str, timeout_seconds: float,
+) -> urllib3.response.BaseHTTPResponse:
     host_header = host if parsed.port is None else f"{host}:{parsed.port}"
     path = urllib.parse.urlunsplit(("", "", parsed.path or "/", parsed.query, ""))
     try:
-        return pool.urlopen(
-            "GET", path, headers={"Host": host_header, "User-Agent": USER_AGENT},
-            redirect=False, preload_content=False,
-        )
-    except urllib3.exceptions.HTTPError as error:
+        wait.connection.request("GET", path, headers={"Host": host_header, "User-Agent": USER_AGENT},
+                                preload_content=False)
+        return wait.connection.getresponse()
+    except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as error:
+        wait.raise_if_cut(field, timeout_seconds)
         raise JobError(
             ErrorCode.FETCH_FAILED,
             f"{field} could not be downloaded ({type(error).__name__}); check that the URL is reachable.",
         ) from None
 
 
-def _read_capped(response: urllib3.BaseHTTPResponse, field: str, max_bytes: int, deadline: float) -> bytes:
+def _read_capped(
+    response: urllib3.response.BaseHTTPResponse, wait: _Wait, field: str, max_bytes: int, timeout_seconds: float,
+) -> bytes:
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(field, max_bytes)
@@ -140,16 +210,14 @@ def _read_capped(response: urllib3.BaseHTTPResponse, field: str, max_bytes: int,
             received += len(chunk)
             if received > max_bytes:
                 raise _too_large(field, max_bytes)
-            if time.monotonic() > deadline:
-                raise JobError(
-                    ErrorCode.FETCH_FAILED,
-                    f"{field} took too long to download; use a faster host or send the file as base64.",
-                )
             chunks.append(chunk)
-    except urllib3.exceptions.HTTPError as error:
+    except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as error:
+        wait.raise_if_cut(field, timeout_seconds)
         raise JobError(
             ErrorCode.FETCH_FAILED, f"{field} broke off while downloading ({type(error).__name__}); try again."
         ) from None
+    # A body without a length ends when the connection does: a cut one is not the whole file.
+    wait.raise_if_cut(field, timeout_seconds)
     if received == 0:
         raise JobError(ErrorCode.UNSUPPORTED_MEDIA, f"{field} returned an empty file; check the URL.")
     return b"".join(chunks)

@@ -19,6 +19,11 @@ with its environment variables, limits and error codes; the model is loaded once
     GET /ping            as RunPod's load-balancing endpoints read it: 204 while the model loads,
                          200 once the server takes jobs, 503 when it never will
 
+With SERVER_API_KEY set, /generate and /download answer 401 unless the request carries
+`Authorization: Bearer <key>` (one of the comma-separated keys, compared in constant time);
+/health and /ping stay open for probes. Without a key the server listens only on loopback,
+unless started with --no-api-key.
+
 The server listens from the start; while the model loads, /health answers 503 with
 {"status": "starting"} and /generate 503 with Retry-After.
 
@@ -33,7 +38,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
+import os
 import threading
 import time
 import uuid
@@ -50,6 +58,7 @@ from handler.errors import ErrorCode, JobError
 from handler.http_input import UnsupportedContentType, body_limit, read_job
 from handler.job import Worker
 from handler.job_queue import JobQueue, QueueFull, Ticket
+from handler.settings import WORKER_SETTINGS, SettingsError, split_api_keys
 from handler.startup import start_worker
 
 log = logging.getLogger("handler.http_server")
@@ -100,9 +109,13 @@ def create_app(worker: Worker) -> FastAPI:
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
+    api_keys = settings.server_api_keys
+
     @app.post("/generate")
     async def generate(request: Request) -> JSONResponse:
         job_id = f"srv-{uuid.uuid4().hex[:16]}"
+        if not _authorized(request, api_keys):
+            return _unauthorized(job_id)
         started = time.monotonic()
         try:
             job = await asyncio.wait_for(read_job(request, job_id, max_body, backend_field_types), BODY_READ_SECONDS)
@@ -138,7 +151,9 @@ def create_app(worker: Worker) -> FastAPI:
                              "download_expires_at": expires_at, **result})
 
     @app.get("/download/{download_id}", name="download")
-    async def download(download_id: str):
+    async def download(download_id: str, request: Request):
+        if not _authorized(request, api_keys):
+            return _unauthorized(None)
         path = store.checkout(download_id)
         if path is None:
             message = (f"there is no video at this download_url: videos are kept {store.retention_seconds} s "
@@ -266,6 +281,44 @@ def _failure(
     return JSONResponse(body, status_code=status or STATUS_BY_CODE[error.code], headers=headers)
 
 
+def _authorized(request: Request, api_keys: tuple[str, ...]) -> bool:
+    """No keys: open. Else the request's bearer token is one of them (each compared in constant time)."""
+    if not api_keys:
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = token.strip().encode()
+    # every key compared, so that the time taken says nothing about which one came close
+    matches = [hmac.compare_digest(given, key.encode()) for key in api_keys]
+    return scheme.lower() == "bearer" and any(matches)
+
+
+def _unauthorized(job_id: str | None) -> JSONResponse:
+    message = ("this server requires an API key (SERVER_API_KEY): send the header "
+               "Authorization: Bearer <key> with one of its keys.")
+    body: dict[str, Any] = {"success": False, "error": str(JobError(ErrorCode.INVALID_INPUT, message))}
+    if job_id is not None:
+        body = {"success": False, "request_id": job_id, "error": body["error"]}
+    return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _configured_api_keys() -> tuple[str, ...]:
+    """SERVER_API_KEY as the settings read it; none when it cannot be read (the start reports that)."""
+    setting = next(setting for setting in WORKER_SETTINGS if setting.env == "SERVER_API_KEY")
+    try:
+        return split_api_keys(setting.read(os.environ))
+    except (SettingsError, ValueError):
+        return ()
+
+
 def _job_error(text: str) -> JobError:
     """The job's `"CODE: sentence"` as a JobError again."""
     code, _, message = text.partition(": ")
@@ -277,7 +330,13 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--no-api-key", action="store_true",
+                        help="listen beyond loopback without SERVER_API_KEY: anyone who reaches the port renders")
     args = parser.parse_args(argv)
+    if not _is_loopback(args.host) and not args.no_api_key and not _configured_api_keys():
+        parser.error(f"--host {args.host} listens beyond this machine, and SERVER_API_KEY is not set: anyone who "
+                     "reaches the port could render and fill the bucket. Set SERVER_API_KEY (clients send "
+                     "Authorization: Bearer <key>), or pass --no-api-key to run it open on purpose.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     # A stopped job ends at its next step; past this a stuck step no longer holds the stop.
     # log_level: the RunPod SDK, imported with the worker, quiets the "uvicorn" loggers to WARNING.

@@ -30,6 +30,7 @@ from handler.segments import SegmentPlan
 from handler.settings import WorkerSettings
 from handler.streaming import BucketPlaylist, SegmentSinks, StreamItem
 from model.base import GenerationOptions, NoFaceError, PreparedPortrait, TalkingHeadBackend
+from model.speed import estimate
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="talking-head-job-") as workdir:
             with stages.run("decode", percent=0.0):
                 audio = self._load_audio(request, Path(workdir))
+                self._check_time_budget(request, options.mode, audio)
                 image = None if request.image.kind == "preset" else self._load_image(request.image)
             with stages.run("prepare", percent=PERCENT_AFTER_INPUTS):
                 portrait = self._prepare(request, options.mode, image)
@@ -169,6 +171,26 @@ class Worker:
         if plan.bucket is not None:
             delivery.check_bucket_address(plan.bucket, self.settings.allow_private_urls)
         return plan
+
+    def _check_time_budget(self, request: JobRequest, mode: str, audio: DecodedAudio) -> None:
+        """Before the portrait and the model: a job that cannot finish within the endpoint's
+        execution timeout is refused, with the longest speech that would (model/speed.py)."""
+        budget = self.settings.execution_timeout_seconds
+        if budget is None:
+            return
+        backend = self.loaded_backend
+        area = request.max_area or backend.default_max_area(mode)
+        expected = estimate(backend.declaration, mode, area, self.device, backend.memory_mode_name)
+        if expected.seconds(audio.duration_seconds) <= budget:
+            return
+        longest = expected.longest_speech(budget)
+        raise JobError(ErrorCode.TOO_LARGE, (
+            f"{request.audio.field}: the speech is {audio.duration_seconds:.1f} s, and this endpoint's execution "
+            f"timeout (EXECUTION_TIMEOUT_SECONDS={budget}) fits at most {longest:.1f} s of it in mode {mode} at up "
+            f"to {area} pixels ({expected.overhead_seconds:.0f} s + {expected.seconds_per_video_second:.3g} s per "
+            f"second of speech, {expected.basis}); send at most {longest:.1f} s of speech or a smaller resolution, "
+            "or raise the endpoint's execution timeout and EXECUTION_TIMEOUT_SECONDS with it."
+        ))
 
     def _load_audio(self, request: JobRequest, workdir: Path) -> DecodedAudio:
         data = self._read_source(request.audio)

@@ -20,6 +20,9 @@ from model.registry import ALL_MODES, BACKENDS
 RUNPOD_VOLUME = Path("/runpod-volume")
 # SigV4 presigned URLs cannot outlive seven days.
 MAX_URL_EXPIRY_SECONDS = 7 * 24 * 3600
+# RunPod's endpoint settings: an execution timeout from 5 s to 7 days.
+MIN_EXECUTION_TIMEOUT_SECONDS = 5
+MAX_EXECUTION_TIMEOUT_SECONDS = 7 * 24 * 3600
 # Every queued job holds its inputs in memory (up to twice MAX_INPUT_BYTES) until it runs.
 MAX_SERVER_QUEUE_SIZE = 100
 
@@ -54,6 +57,11 @@ WORKER_SETTINGS = (
     Setting("SERVER_JOB_TIMEOUT_SECONDS", float, 3600.0,
             "always-on server: a job still running after this long is stopped at its next step"),
     Setting("STREAM_RESULTS", bool, False, "the RunPod handler streams segments through /stream/{id}"),
+    Setting("EXECUTION_TIMEOUT_SECONDS", int, None,
+            "the endpoint's execution timeout; a job whose estimated time exceeds it is refused before rendering",
+            low=MIN_EXECUTION_TIMEOUT_SECONDS, high=MAX_EXECUTION_TIMEOUT_SECONDS),
+    Setting("SERVER_API_KEY", str, None,
+            "always-on server: the bearer token(s), comma-separated, that /generate and /download require"),
 )
 # Read outside WORKER_SETTINGS: which model and where its weights are, the presets, the SDK's log level.
 OTHER_ENV_NAMES = ("MODEL_BACKEND", "MODEL_DIR", "PRESET_AVATARS_DIR", "RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL")
@@ -105,6 +113,16 @@ class WorkerSettings:
     #: STREAM_RESULTS: the RunPod handler is a generator, so that `stream` jobs send segments
     #: through /stream/{id}; it turns every job's final output into the list of what it sent
     stream_results: bool = False
+    #: EXECUTION_TIMEOUT_SECONDS: the endpoint's execution timeout, which jobs are sized against
+    #: (model/speed.py); None: no check
+    execution_timeout_seconds: int | None = None
+    #: SERVER_API_KEY: the always-on server's bearer tokens, comma-separated; never in a repr or a log
+    server_api_key: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def server_api_keys(self) -> tuple[str, ...]:
+        """The bearer tokens the always-on server accepts; none: it is open."""
+        return split_api_keys(self.server_api_key)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -125,6 +143,11 @@ class WorkerSettings:
             bucket=_bucket(env),
             **values,
         )
+
+
+def split_api_keys(raw: str | None) -> tuple[str, ...]:
+    """SERVER_API_KEY's comma-separated keys."""
+    return tuple(key.strip() for key in (raw or "").split(",") if key.strip())
 
 
 def _model_dir(env: Mapping[str, str]) -> Path:

@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 # part of the backend interface, so re-exported here
+# The contract's default `resolution` as an area; a backend may declare its own per mode.
+from model.declaration import DEFAULT_MAX_AREA as DEFAULT_MAX_AREA
 from model.declaration import BackendDeclaration
 from model.options import BackendOptions as BackendOptions
 from model.options import InvalidOptionError as InvalidOptionError
@@ -24,8 +26,6 @@ from model.options import InvalidOptionError as InvalidOptionError
 SPEECH_SAMPLE_RATE = 16_000
 # The contract's default `prompt`.
 DEFAULT_PROMPT = "A person speaking"
-# The contract's default `resolution`, "832*480", as an area; a backend may have its own per mode.
-DEFAULT_MAX_AREA = 832 * 480
 
 # fraction of the generation done (0..1), and a short human-readable stage
 ProgressCallback = Callable[[float, str], None]
@@ -135,7 +135,12 @@ class TalkingHeadBackend(abc.ABC):
 
     def default_max_area(self, mode: str) -> int:
         """The pixel-area budget of a job that gives no `resolution` (the contract's 832*480)."""
-        return DEFAULT_MAX_AREA
+        return self.declaration.default_max_area(mode)
+
+    @property
+    def memory_mode_name(self) -> str | None:
+        """The memory mode it runs in (data/costs.toml's `memory_mode`), for its speed; None: it has none."""
+        return None
 
     @property
     def device_name(self) -> str:

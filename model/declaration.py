@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from model.base import TalkingHeadBackend
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+# The contract's default `resolution`, "832*480", as an area; a backend may declare its own per mode.
+DEFAULT_MAX_AREA = 832 * 480
 
 
 class SettingValueError(ValueError):
@@ -136,9 +138,22 @@ class CpuNeed:
 
 
 @dataclasses.dataclass(frozen=True)
+class Speed:
+    """A conservative device-seconds per second of video at `width`x`height`, for where nothing
+    was measured (model/speed.py reads the measured figures in data/costs.toml first)."""
+
+    seconds_per_video_second: float
+    width: int
+    height: int
+
+
+@dataclasses.dataclass(frozen=True)
 class DeployProfile:
     """What an endpoint for this backend needs (scripts/runpod_endpoint.py reads it).
 
+    `speeds` holds, per mode, a conservative figure for devices nothing was measured on, and
+    `job_overhead_seconds` the fixed time of a job (inputs, portrait, upload): with the measured
+    figures they size the execution timeout and refuse jobs that could not finish in it.
     `init_timeout_seconds` is RUNPOD_INIT_TIMEOUT (None: RunPod's own default); the disk sizes
     are the container disk with and without a network volume holding the weights; `weights_hint`
     is what the deploy tool's help says about where the weights come from, `cold_start_hint` what
@@ -148,7 +163,8 @@ class DeployProfile:
 
     compute: GpuNeed | CpuNeed
     idle_timeout_seconds: int
-    execution_timeout_seconds: int
+    speeds: Mapping[str, Speed]
+    job_overhead_seconds: float
     disk_gb_with_volume: int
     disk_gb_without_volume: int
     init_timeout_seconds: int | None = None
@@ -183,10 +199,17 @@ class BackendDeclaration:
     settings: tuple[Setting, ...] = ()
     weights: tuple[WeightSpec, ...] = ()
     live: LiveSupport = LiveSupport()
+    #: the pixel-area budget of a job that gives no `resolution`, per mode (else DEFAULT_MAX_AREA)
+    default_areas: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    def default_max_area(self, mode: str) -> int:
+        return self.default_areas.get(mode, DEFAULT_MAX_AREA)
 
     def __post_init__(self) -> None:
         if set(self.frame_batches) != set(self.modes):
             raise ValueError(f"backend {self.name}: frame_batches must name each of its modes {self.modes}")
+        if set(self.deploy.speeds) != set(self.modes):
+            raise ValueError(f"backend {self.name}: its deploy profile's speeds must name each of its modes")
 
     @property
     def needs_gpu(self) -> bool:

@@ -248,6 +248,39 @@ def download(spec: WeightSpec, target: Path, endpoint: str | None = None) -> Pat
     return target
 
 
+def download_subset(
+    spec: WeightSpec, model_dir: Path, patterns: list[str], endpoint: str | None = None,
+    wait_seconds: float | None = None,
+) -> list[str]:
+    """The files of `spec` that match one of `patterns` (fnmatch, on repository paths), fetched into
+    MODEL_DIR/`folder` under MODEL_DIR's lock unless the folder is finished; [] when none match.
+
+    Only files a full download brings are candidates, and no finished-marker is written:
+    download_into, run afterwards, keeps these files and marks the folder once it is complete.
+    The image bakes one component per layer this way.
+    """
+    from fnmatch import fnmatchcase
+
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import filter_repo_objects
+
+    repo_files = HfApi(endpoint=endpoint).list_repo_files(spec.repo_id, revision=spec.revision)
+    fetched = filter_repo_objects(repo_files, allow_patterns=download_patterns(spec, repo_files),
+                                  ignore_patterns=list(spec.ignore_patterns))
+    chosen = [name for name in fetched if any(fnmatchcase(name, pattern) for pattern in patterns)]
+    target = model_dir / spec.folder
+    if not chosen or is_finished(spec, target):
+        return chosen
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with DownloadLock(model_dir / LOCK_FILE_NAME, LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds):
+        _remove_partial_files(target)
+        target.mkdir(parents=True, exist_ok=True)
+        snapshot_download(spec.repo_id, revision=spec.revision, local_dir=target, allow_patterns=chosen,
+                          tqdm_class=LoggedProgress, endpoint=endpoint, etag_timeout=30)
+    log.info("fetched %d file(s) of %s into %s", len(chosen), spec.repo_id, target)
+    return chosen
+
+
 class IncompleteDownloadError(Exception):
     """A download ended without every file it should have brought."""
 

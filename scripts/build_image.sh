@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Build the worker image for linux/amd64 (RunPod's hosts), tagged with the git commit.
 #
-#   scripts/build_image.sh [--bake-weights] [--dry-run] REPOSITORY
+#   scripts/build_image.sh [--bake-weights] [--push] [--dry-run] REPOSITORY
 #
 # REPOSITORY is the image name without a tag, e.g. docker.io/you/talking-head. The tag is the
 # commit (12 hex digits), with "-dirty-<UTC time>" when the work tree has uncommitted changes so
 # that a new build never hides behind an old tag, and "-baked" for --bake-weights, which builds
 # the Dockerfile's `baked` target and hands HF_TOKEN (when set) to it as a BuildKit secret.
+# --push sends the image from the builder straight to the registry (no local copy; run
+# 'docker login' first); without it the image is loaded into the local docker.
 # The image reference goes to stdout; everything else to stderr. --dry-run prints the command.
 set -euo pipefail
 
 usage() {
-    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -20,11 +22,13 @@ die() {
 }
 
 bake=false
+push=false
 dry_run=false
 repository=""
 while (($#)); do
     case "$1" in
         --bake-weights) bake=true ;;
+        --push) push=true ;;
         --dry-run) dry_run=true ;;
         -h | --help) usage; exit 0 ;;
         -*) usage >&2; exit 2 ;;
@@ -51,7 +55,11 @@ if $bake; then
 fi
 image="$repository:$tag"
 
-build=(docker buildx build --platform linux/amd64 --target "$target" --tag "$image" --load)
+# --push rather than --load and a later `docker push`: a baked image is over 50 GB, which --load
+# would copy into the local image store before pushing it.
+output=--load
+$push && output=--push
+build=(docker buildx build --platform linux/amd64 --target "$target" --tag "$image" "$output")
 if $bake && [[ -n ${HF_TOKEN:-} ]]; then
     # By name: the value never appears in the command line, the build log or a layer.
     build+=(--secret "id=hf_token,env=HF_TOKEN")
@@ -61,6 +69,17 @@ build+=("$root")
 echo "+ ${build[*]}" >&2
 if ! $dry_run; then
     command -v docker >/dev/null 2>&1 || die "docker is not installed or not on PATH; install Docker (with buildx) first"
-    "${build[@]}" >&2 || die "docker buildx build failed for $image (see the build log above)"
+    if ! "${build[@]}" >&2; then
+        hint=""
+        if $push; then
+            # Docker's rule: the first path component names a registry only if it looks like a host.
+            registry=${repository%%/*}
+            if [[ $repository != */* || ($registry != *.* && $registry != *:* && $registry != localhost) ]]; then
+                registry=docker.io
+            fi
+            hint="; if the push was refused, log in with 'docker login $registry' and check that you may push to $repository"
+        fi
+        die "docker buildx build failed for $image (see the build log above)$hint"
+    fi
 fi
 echo "$image"

@@ -4,7 +4,7 @@
 
 It owns deploy_runpod.sh's one option list (OPTIONS): each flag with the .env variable it stands
 for and the scripts/runpod_endpoint.py option that gets the value. It reads .env as data, checks
-docker, builds and pushes with scripts/build_image.sh and scripts/push_image.sh, creates or updates
+docker, builds and pushes in one step with `scripts/build_image.sh --push`, creates or updates
 the endpoint through scripts/runpod_endpoint.py, and prints the calls to paste. The endpoint tool
 stays a tool of its own (an existing image, stdout only the endpoint id); this module adds what a
 deploy from a checkout needs around it.
@@ -356,13 +356,11 @@ def check_prerequisites(settings: Mapping[str, str], image: str | None, dry_run:
 
 
 def build_and_push(repository: str, settings: Mapping[str, str], dry_run: bool) -> str:
-    """The pushed image's reference; raises DeployError with the scripts' exit status (they said why)."""
+    """The pushed image's reference; raises DeployError with the script's exit status (it said why)."""
     dry = ["--dry-run"] if dry_run else []
     bake = ["--bake-weights"] if settings.get("BAKE_WEIGHTS") == "1" else []
-    built = _run_script(["build_image.sh", *dry, *bake, repository], settings, capture=True)
-    image = built.stdout.rstrip("\n")
-    _run_script(["push_image.sh", *dry, image], settings, capture=False)
-    return image
+    built = _run_script(["build_image.sh", "--push", *dry, *bake, repository], settings, capture=True)
+    return built.stdout.rstrip("\n")
 
 
 def _run_script(command: list[str], settings: Mapping[str, str], capture: bool) -> subprocess.CompletedProcess[str]:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from handler.settings import MAX_EXECUTION_TIMEOUT_SECONDS, MIN_EXECUTION_TIMEOUT_SECONDS
 from model.declaration import CpuNeed, GpuNeed
 from model.registry import BACKENDS as REGISTRY
 from model.registry import declaration_of
+from model.speed import execution_timeout
 
 BACKENDS = tuple(sorted(REGISTRY, key=lambda name: not REGISTRY[name].needs_gpu))  # the GPU one first
 
@@ -105,6 +107,33 @@ def compute_for(backend: str, memory_mode: str | None) -> Compute:
     if mode not in need.memory_gb:
         raise ValueError(f"unknown memory mode {mode!r} for {backend}; choose one of {', '.join(need.memory_gb)}")
     return Compute(gpu_pools=gpu_pools_for_memory(need.memory_gb[mode]))
+
+
+def compute_devices(compute: Compute) -> tuple[str, ...]:
+    """What a worker of this compute runs on, as data/costs.toml names it: the GPU families of each
+    pool (a pool the price file does not place is named as such: nothing was measured on it), or
+    "cpu"."""
+    if compute.is_cpu:
+        return ("cpu",)
+    from scripts.cost import DataError, load_costs  # it imports this module: read when needed
+
+    try:
+        prices = load_costs().prices
+    except DataError:
+        prices = ()
+    devices = []
+    for pool in compute.gpu_pools:
+        cards = [card for price in prices if price.pool == pool for card in price.cards]
+        devices += cards or [f"pool {pool}"]
+    return tuple(dict.fromkeys(devices))
+
+
+def planned_execution_timeout(backend: str, compute: Compute, mode: str, speech_seconds: float) -> int:
+    """The execution timeout a job of `speech_seconds` in `mode`, at the mode's default size, needs
+    on the slowest device of `compute` (model/speed.py), within RunPod's limits."""
+    entry = declaration_of(backend)
+    seconds = execution_timeout(entry, mode, entry.default_max_area(mode), speech_seconds, compute_devices(compute))
+    return max(MIN_EXECUTION_TIMEOUT_SECONDS, min(seconds, MAX_EXECUTION_TIMEOUT_SECONDS))
 
 
 def parse_cpu_configs(text: str) -> tuple[CpuConfig, ...]:

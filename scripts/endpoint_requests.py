@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from handler.settings import MAX_EXECUTION_TIMEOUT_SECONDS, MIN_EXECUTION_TIMEOUT_SECONDS
 from model.declaration import GpuNeed
 from model.registry import BACKENDS
 from scripts.endpoint_compute import Compute
@@ -41,13 +42,12 @@ BACKEND_MODES = {name: entry.modes for name, entry in BACKENDS.items()}
 # The worker refuses to start with some but not all of these (handler/settings.py).
 # (BUCKET_NAME may be left out when BUCKET_ENDPOINT_URL names the bucket in its host or path.)
 BUCKET_REQUIRED_TOGETHER = ("BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
-# The image is built on CUDA 12.8: hosts whose driver is older cannot run it.
-MIN_CUDA_VERSION = "12.8"
+# The CUDA version of the image's torch: PyPI's Linux wheel of the torch that pyproject.toml pins
+# declares NVIDIA's CUDA 13.0 wheels (tests/test_image_cuda.py reads that from PyPI). Hosts whose
+# driver supports an older CUDA (NVIDIA drivers before 580) cannot run it.
+MIN_CUDA_VERSION = "13.0"
 FLASHBOOT_MODES = {"off": "OFF", "on": "FLASHBOOT", "priority": "PRIORITY_FLASHBOOT"}
 SCALERS = {"queue-delay": "QUEUE_DELAY", "request-count": "REQUEST_COUNT"}
-# The endpoint settings page: an execution timeout from 5 s to 7 days.
-MIN_EXECUTION_TIMEOUT_SECONDS = 5
-MAX_EXECUTION_TIMEOUT_SECONDS = 7 * 24 * 3600
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -61,6 +61,7 @@ def worker_env(
     memory_mode: str | None,
     deployer_env: Mapping[str, str],
     hf_token_secret: str | None,
+    execution_timeout_seconds: int | None = None,
 ) -> dict[str, str]:
     """The endpoint's environment: the backend, the bucket and limits, and HF_TOKEN by reference.
 
@@ -76,6 +77,8 @@ def worker_env(
     if entry.deploy.init_timeout_seconds is not None:
         env["RUNPOD_INIT_TIMEOUT"] = str(entry.deploy.init_timeout_seconds)
     env.update({name: deployer_env[name] for name in PASSED_THROUGH_ENV if deployer_env.get(name)})
+    if execution_timeout_seconds is not None:  # what the worker sizes jobs against (model/speed.py)
+        env["EXECUTION_TIMEOUT_SECONDS"] = str(execution_timeout_seconds)
     missing = [name for name in BUCKET_REQUIRED_TOGETHER if name not in env]
     if 0 < len(missing) < len(BUCKET_REQUIRED_TOGETHER):
         raise ValueError(f"the output bucket is half configured: set {', '.join(missing)} as well, or none of them")

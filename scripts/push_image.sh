@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Push a built worker image to its registry.
+# Push a worker image from the local docker to its registry: one that scripts/build_image.sh
+# built without --push (the deploy builds with --push instead, straight from the builder).
 #
 #   scripts/push_image.sh [--dry-run] REPOSITORY:TAG
 #
@@ -9,7 +10,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {

@@ -29,7 +29,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from model.declaration import GpuNeed
+from handler.settings import WORKER_SETTINGS
+from model.declaration import GpuNeed, SettingValueError
 from model.registry import DEFAULT_BACKEND, declaration_of
 from scripts.endpoint_compute import (
     BACKENDS,
@@ -42,6 +43,7 @@ from scripts.endpoint_compute import (
     parse_cpu_configs,
     parse_gpu_pools,
     parse_list,
+    planned_execution_timeout,
 )
 from scripts.endpoint_requests import (
     FLASHBOOT_MODES,
@@ -65,6 +67,10 @@ from scripts.runpod_rest import (
 
 DRY_RUN_TEMPLATE_ID = "<template-id>"
 DRY_RUN_ENDPOINT_ID = "<endpoint-id>"
+# past a day, the deploy tool says what makes the execution timeout that long
+LONG_EXECUTION_TIMEOUT_SECONDS = 24 * 3600
+# the worker's own reading of MAX_AUDIO_SECONDS: the longest speech a job may send
+MAX_AUDIO_SETTING = next(setting for setting in WORKER_SETTINGS if setting.env == "MAX_AUDIO_SECONDS")
 
 
 
@@ -144,6 +150,17 @@ def spec_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Depl
         compute = Compute(gpu_pools=parse_gpu_pools(args.gpu_pools))
     if args.cpu:
         compute = Compute(cpu=parse_cpu_configs(args.cpu))
+    # The execution timeout fits the longest speech the worker accepts in the endpoint's default
+    # mode on its slowest GPU; the worker refuses, before rendering, a job that would not fit it.
+    mode = environ.get("DEFAULT_MODE") or entry.modes[0]
+    if mode not in entry.modes:
+        raise ValueError(f"DEFAULT_MODE={mode!r} is not a mode of the {args.backend} backend; set it to one of "
+                         f"{', '.join(entry.modes)}, or leave it empty for {entry.modes[0]}")
+    try:
+        max_audio_seconds = MAX_AUDIO_SETTING.read(environ)
+    except SettingValueError as error:
+        raise ValueError(str(error)) from None
+    planned = planned_execution_timeout(args.backend, compute, mode, max_audio_seconds)
     profile = entry.deploy
     if args.container_disk is not None:
         disk = args.container_disk
@@ -155,14 +172,15 @@ def spec_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Depl
         name=args.name,
         image=args.image,
         compute=compute,
-        env=worker_env(args.backend, memory_mode, environ, args.hf_token_secret or None),
+        env=worker_env(args.backend, memory_mode, environ, args.hf_token_secret or None,
+                       _given_or(args.execution_timeout, planned)),
         gpu_count=args.gpu_count,
         workers_min=args.workers_min,
         workers_max=args.workers_max,
         idle_timeout_seconds=_given_or(args.idle_timeout, profile.idle_timeout_seconds),
         scaling=Scaling(SCALERS[args.scaler], args.scaler_value),
         flashboot=FLASHBOOT_MODES[args.flashboot],
-        execution_timeout_seconds=_given_or(args.execution_timeout, profile.execution_timeout_seconds),
+        execution_timeout_seconds=_given_or(args.execution_timeout, planned),
         container_disk_gb=disk,
         network_volume_ids=parse_list(args.network_volume),
         data_center_ids=parse_list(args.data_centers),
@@ -384,9 +402,11 @@ def describe(spec: DeploymentSpec) -> str:
     if need is not None and need.memory_mode_setting in spec.env:
         backend += f" ({spec.env[need.memory_mode_setting]})"
     start = f", start timeout {spec.env['RUNPOD_INIT_TIMEOUT']} s" if "RUNPOD_INIT_TIMEOUT" in spec.env else ""
+    hours = spec.execution_timeout_seconds / 3600
     return (
         f"endpoint {spec.name!r}: {spec.image}, {hardware}, "
-        f"workers {spec.workers_min}..{spec.workers_max}, backend {backend}{start}"
+        f"workers {spec.workers_min}..{spec.workers_max}, backend {backend}{start}, "
+        f"execution timeout {spec.execution_timeout_seconds} s ({hours:.1f} h; the worker refuses longer jobs)"
     )
 
 
@@ -403,6 +423,13 @@ def advice(spec: DeploymentSpec) -> list[str]:
         warnings.append(
             f"DEFAULT_MODE={mode} needs about {least} GB of GPU memory (an estimate, not yet measured "
             f"on a GPU), more than {', '.join(small)} have: pass --gpu-pools {large}"
+        )
+    if spec.execution_timeout_seconds > LONG_EXECUTION_TIMEOUT_SECONDS:
+        warnings.append(
+            f"jobs may run {spec.execution_timeout_seconds / 3600:.0f} h: that is what the longest speech "
+            "(MAX_AUDIO_SECONDS) needs on these GPUs by the figures in data/costs.toml, or a conservative "
+            "default where none is measured; lower MAX_AUDIO_SECONDS, use the fast mode, or measure these "
+            "GPUs (scripts/benchmark_gpu.py --json) to size it"
         )
     for name, value in spec.env.items():
         if is_secret_name(name) and not is_secret_reference(value):

@@ -43,6 +43,8 @@ class RunPodPlatform:
         self.queue: list[dict[str, Any]] = []
         self.status: dict[str, str] = {}
         self.results: dict[str, dict[str, Any]] = {}
+        #: job id -> the execution policy its request carried (None: none)
+        self.policies: dict[str, dict[str, Any] | None] = {}
         self.progress: dict[str, list[dict[str, Any]]] = {}
         #: job id -> every stream item the worker sent, with time.monotonic() when it came
         self.streamed: dict[str, list[tuple[float, Any]]] = {}
@@ -197,11 +199,15 @@ class RunPodPlatform:
                     self._reply(200, {})
                 elif path == f"/v2/{ENDPOINT_ID}/run":
                     request = json.loads(body)
-                    self._reply(200, {"id": platform.submit(request["input"]), "status": "IN_QUEUE"})
+                    job_id = platform.submit(request["input"])
+                    platform.policies[job_id] = request.get("policy")
+                    self._reply(200, {"id": job_id, "status": "IN_QUEUE"})
                 elif path == f"/v2/{ENDPOINT_ID}/runsync":
                     # RunPod holds /runsync for a while and answers with the status so far: a
                     # short hold here, so that clients meet both outcomes (done, or poll on)
-                    job_id = platform.submit(json.loads(body)["input"])
+                    request = json.loads(body)
+                    job_id = platform.submit(request["input"])
+                    platform.policies[job_id] = request.get("policy")
                     with contextlib.suppress(AssertionError):
                         platform.wait_for(lambda: job_id in platform.results, RUNSYNC_HOLD_SECONDS, "runsync")
                     self._reply(200, platform._status_of(job_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from runpod_client_examples import TalkingHeadClient, save_video
 from tests.conftest import ASSETS, ROOT
 from tests.mp4_facts import mp4_facts
 from tests.runpod_platform import QueueWorker, RunPodPlatform
+
+SPEECH_SECONDS = 123472 / 16000  # assets/speech.wav
 
 
 def test_runsync_async_and_batch(plain_worker, tmp_path):
@@ -56,13 +59,16 @@ def test_the_examples_work_against_an_endpoint_that_streams_results(tmp_path):
             run = subprocess.run(
                 [sys.executable, str(ROOT / "runpod_client_examples.py"), "--base-url", platform.api_url,
                  "--mode", mode, "--image", str(ASSETS / "portrait.jpg"), "--audio", str(ASSETS / "speech.wav"),
-                 "--resolution", "128*128", "--out", str(out)],
+                 "--resolution", "128*128", "--out", str(out), "--speed", "2", "--job-overhead", "30"],
                 capture_output=True, text=True, timeout=300, env={**os.environ, "RUNPOD_API_KEY": "unused"},
             )
             assert run.returncode == 0 and "Traceback" not in run.stderr, (mode, run.stderr[-2000:])
             [video] = out.glob("*.mp4")
             assert mp4_facts(video).num_frames > 0 and "s of video" in run.stdout, mode
         assert all(isinstance(result["output"], list) for result in platform.results.values())
+        # each job carried RunPod's execution timeout policy, sized from its 7.7 s of speech
+        expected_ms = math.ceil(30 + 2 * SPEECH_SECONDS) * 1000
+        assert list(platform.policies.values()) == [{"executionTimeout": expected_ms}] * 3
     finally:
         worker.stop()
         platform.close()

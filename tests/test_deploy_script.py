@@ -68,9 +68,10 @@ def test_dry_run_without_docker_prints_the_full_plan(tmp_path, env_file):
     result = run_deploy(tmp_path, "--dry-run", "--env-file", str(env_file), "--name", "th-b", "--memory-mode", "full")
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
-    built = re.search(r"docker buildx build --platform linux/amd64 --target runtime --tag (\S+) --load ", out)
+    # built and pushed in one step, straight from the builder: no local copy, no second push
+    built = re.search(r"docker buildx build --platform linux/amd64 --target runtime --tag (\S+) --push ", out)
     assert built and re.fullmatch(image_pattern("docker.io/acme/talking-head"), built[1])
-    assert f"docker push {built[1]}" in out
+    assert "--load" not in out and "docker push" not in out
     assert f'"image": "{built[1]}"' in out
     assert "POST https://api.runpod.io/v2/templates" in out
     assert "PATCH https://api.runpod.io/v2/serverless/<endpoint-id>" in out
@@ -150,17 +151,16 @@ def test_full_deploy_builds_pushes_and_creates_then_updates(tmp_path, env_file, 
     assert f"Endpoint: {endpoint['id']}" in first.stdout
     assert f"https://api.runpod.ai/v2/{endpoint['id']}/runsync" in first.stdout
 
-    build1, push1, build2, push2 = [
-        line for line in calls.read_text().splitlines() if "buildx build" in line or line.startswith("push")
-    ]
+    build1, build2 = [line for line in calls.read_text().splitlines() if "buildx build" in line]
+    assert not [line for line in calls.read_text().splitlines() if line.startswith("push")]
     pattern = image_pattern("docker.io/acme/talking-head")
     built = re.fullmatch(
-        rf"buildx build --platform linux/amd64 --target runtime --tag ({pattern}) --load {ROOT}", build1
+        rf"buildx build --platform linux/amd64 --target runtime --tag ({pattern}) --push {ROOT}", build1
     )
-    assert built and push1 == f"push {built[1]}"
-    baked = re.fullmatch(rf"buildx build --platform linux/amd64 --target baked --tag ({pattern}-baked) --load "
+    assert built
+    baked = re.fullmatch(rf"buildx build --platform linux/amd64 --target baked --tag ({pattern}-baked) --push "
                          rf"--secret id=hf_token,env=HF_TOKEN {ROOT}", build2)
-    assert baked and push2 == f"push {baked[1]}"
+    assert baked
     assert HF_TOKEN not in calls.read_text() + second.stdout + second.stderr
     assert HF_TOKEN not in json.dumps([request.body for request in api.requests])
     assert endpoint["env"]["HF_TOKEN"] == "{{ RUNPOD_SECRET_hf_token }}"
@@ -193,6 +193,23 @@ def test_image_scripts_refuse_untagged_or_latest(tmp_path, script, args, message
     result = subprocess.run([str(ROOT / script), "--dry-run", *args], capture_output=True, text=True,
                             env={"PATH": path_without_docker()}, timeout=30)
     assert result.returncode == 1 and message in result.stderr
+
+
+def test_build_image_loads_locally_unless_told_to_push_and_a_failed_push_names_the_login(tmp_path, fake_docker):
+    path, calls = fake_docker
+    failing = tmp_path / "bin" / "docker"
+    failing.write_text(FAKE_DOCKER.replace("exit 0", "exit 1"))
+    script = ROOT / "scripts" / "build_image.sh"
+    env = {"PATH": path, "DOCKER_CALLS": str(calls)}
+    local = subprocess.run([str(script), "--dry-run", "ghcr.io/acme/th"], capture_output=True, text=True, env=env,
+                           timeout=30)
+    assert local.returncode == 0 and " --load " in local.stderr and "--push" not in local.stderr
+    pushed = subprocess.run([str(script), "--push", "ghcr.io/acme/th"], capture_output=True, text=True, env=env,
+                            timeout=30)
+    assert pushed.returncode == 1
+    assert "docker login ghcr.io" in pushed.stderr
+    (call,) = calls.read_text().splitlines()
+    assert call.startswith("buildx build ") and " --push " in call and "--load" not in call
 
 
 def test_mode_and_excluded_gpus_reach_the_endpoint_and_a_weightless_endpoint_gets_the_cached_model_hint(tmp_path):
@@ -297,7 +314,7 @@ def test_the_env_file_is_read_from_the_callers_directory_crlf_and_all(tmp_path):
     )
     result = run_deploy(tmp_path, "--dry-run", "--env-file", "relative.env")
     assert result.returncode == 0, result.stderr
-    assert re.search(image_pattern("docker.io/acme/relative") + r" --load", result.stderr)
+    assert re.search(image_pattern("docker.io/acme/relative") + r" --push", result.stderr)
     assert '"max": 4' in result.stderr and '"requestCount": 2' in result.stderr
 
 

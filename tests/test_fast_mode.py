@@ -37,16 +37,24 @@ def frames_of(sampler, portrait, seconds: float, seed: int = 7, progress=lambda 
 
 
 @pytest.fixture(scope="module")
-def video_of(sampler, portrait):
-    """frames_of(seconds, seed), generated once for the module by whichever test asks first."""
-    videos: dict[tuple[float, int], list[np.ndarray]] = {}
+def generated(sampler, portrait):
+    """frames_of(seconds, seed) and the progress it reported, generated once for the module by
+    whichever test asks first (the tiny model's runs are most of this file's time)."""
+    videos: dict[tuple[float, int], tuple[list[np.ndarray], list[tuple[float, str]]]] = {}
 
-    def video(seconds: float, seed: int = 7) -> list[np.ndarray]:
+    def video(seconds: float, seed: int = 7) -> tuple[list[np.ndarray], list[tuple[float, str]]]:
         if (seconds, seed) not in videos:
-            videos[seconds, seed] = frames_of(sampler, portrait, seconds, seed)
+            reports: list[tuple[float, str]] = []
+            frames = frames_of(sampler, portrait, seconds, seed, lambda *report: reports.append(report))
+            videos[seconds, seed] = frames, reports
         return videos[seconds, seed]
 
     return video
+
+
+@pytest.fixture(scope="module")
+def video_of(generated):
+    return lambda seconds, seed=7: generated(seconds, seed)[0]
 
 
 def test_the_portrait_is_encoded_as_five_frames_and_its_history_as_365(portrait):
@@ -85,17 +93,16 @@ def test_same_seed_same_video_other_seed_other_video(sampler, portrait, video_of
     assert np.abs(first - other).mean() > 1.0
 
 
-def test_progress_counts_steps_and_decodes_with_time_left(sampler, portrait):
-    reports = []
-    frames_of(sampler, portrait, 1.0, progress=lambda fraction, detail: reports.append((fraction, detail)))
+def test_progress_counts_steps_and_decodes_with_time_left(generated):
+    _, reports = generated(1.0)
     blocks = -(-(num_frames_for(1.0, 16) + 3) // 12)
     assert len(reports) == blocks * (STEPS + 1)
     assert reports[-1][0] == pytest.approx(1.0)
     assert reports[0][1].startswith(f"block 1/{blocks}, step 1/{STEPS}") and "left" in reports[0][1]
 
 
-def test_rings_kept_in_host_memory_give_the_same_video(sampler, portrait, monkeypatch):
-    on_device = np.concatenate(frames_of(sampler, portrait, 1.0))
+def test_rings_kept_in_host_memory_give_the_same_video(sampler, portrait, video_of, monkeypatch):
+    on_device = np.concatenate(video_of(1.0))
     monkeypatch.setattr(fast_pipeline, "fits_beside_fast_workspace", lambda nbytes, device: False)
     staged = np.concatenate(frames_of(sampler, portrait, 1.0))
     assert np.array_equal(on_device, staged)

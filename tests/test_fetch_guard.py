@@ -1,14 +1,22 @@
-"""The URL guard refuses non-public addresses before connecting, on every redirect hop."""
+"""The URL guard refuses non-public addresses before connecting, on every redirect hop; a download
+ends by its deadline however slowly the server sends, and at once when its job is stopped."""
 
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
-import urllib3
+import urllib3.connection
 
 from handler import fetch
+from handler.cancel import JobCancelled, JobControl
 from handler.errors import ErrorCode, JobError
+from tests.hostile_servers import drip_server
+
+# A drip server sends a byte each DRIP_SECONDS, DRIP_BYTES in all: 60 s, which a download cut at
+# its deadline of a second never sees the end of.
+DRIP_SECONDS, DRIP_BYTES = 0.1, 600
 
 
 @pytest.fixture
@@ -20,7 +28,7 @@ def no_connections(monkeypatch):
         opened.append(self.host)
         raise AssertionError(f"connected to {self.host}")
 
-    monkeypatch.setattr(urllib3.HTTPConnectionPool, "urlopen", refuse)
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "connect", refuse)
     return opened
 
 
@@ -78,3 +86,58 @@ def test_http_errors_name_the_field(media_server):
     with pytest.raises(JobError) as error:
         fetch.fetch_url(f"{base}/missing.wav", "audio_url", 1024, 5.0, allow_private=True)
     assert error.value.code == ErrorCode.FETCH_FAILED and "HTTP 404" in error.value.message
+
+
+@pytest.mark.parametrize("in_headers", [False, True], ids=["body", "headers"])
+def test_a_server_sending_a_byte_at_a_time_is_cut_at_the_deadline(in_headers):
+    with drip_server(b"x" * DRIP_BYTES, DRIP_SECONDS, in_headers=in_headers) as server:
+        with pytest.raises(JobError) as error:
+            fetch.fetch_url(server.url, "audio_url", 1 << 20, 1.0, allow_private=True)
+        drip = server.wait_hung_up(timeout=30)
+    assert error.value.code == ErrorCode.FETCH_FAILED
+    assert error.value.message == ("audio_url did not finish downloading within FETCH_TIMEOUT_SECONDS=1 s; use a "
+                                   "faster host or send the file as base64.")
+    # Cut by the deadline, long before the drip ran out (a byte each 0.1 s: about ten bytes in a second).
+    assert 0 < drip.sent < DRIP_BYTES // 2
+
+
+def test_a_stop_ends_a_slow_download_at_once():
+    control = JobControl()
+    with drip_server(b"x" * DRIP_BYTES, DRIP_SECONDS) as server:
+        stopper = threading.Thread(target=lambda: (server.first(), control.stop("the job was cancelled")))
+        stopper.start()
+        with pytest.raises(JobCancelled) as stopped:
+            fetch.fetch_url(server.url, "audio_url", 1 << 20, 600.0, allow_private=True, control=control)
+        stopper.join()
+        drip = server.wait_hung_up(timeout=30)
+    assert stopped.value.reason == "the job was cancelled"
+    assert drip.sent < DRIP_BYTES // 2
+
+
+def test_a_job_threads_own_stop_reaches_its_download():
+    """The job's stages check their control on the job's thread; a download there is stopped by it."""
+    control = JobControl()
+    outcome: list[BaseException] = []
+
+    def job_thread(url: str) -> None:
+        control.check()  # as a job's stage does before it starts
+        try:
+            fetch.fetch_url(url, "audio_url", 1 << 20, 600.0, allow_private=True)
+        except BaseException as error:  # noqa: BLE001 - the test looks at what ended it
+            outcome.append(error)
+
+    with drip_server(b"x" * DRIP_BYTES, DRIP_SECONDS) as server:
+        thread = threading.Thread(target=job_thread, args=(server.url,))
+        thread.start()
+        server.first()
+        control.stop("the worker received SIGTERM and is shutting down")
+        server.wait_hung_up(timeout=30)
+        thread.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], JobCancelled)
+
+
+def test_a_whole_download_still_arrives(media_server):
+    base, folder = media_server
+    (folder / "whole.bin").write_bytes(bytes(range(256)) * 4000)
+    assert fetch.fetch_url(f"{base}/whole.bin", "audio_url", 1 << 20, 30.0, allow_private=True) == (
+        bytes(range(256)) * 4000)

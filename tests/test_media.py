@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 from handler.errors import ErrorCode, JobError
 from handler.media import decode_audio, decode_base64, decode_image, resample
 from tests.conftest import ASSETS
-from tests.mp4_facts import convert_audio
+from tests.mp4_facts import FFMPEG, convert_audio
 
 SPEECH_SECONDS = 123472 / 16000
 
@@ -76,3 +77,42 @@ def test_compressed_speech_over_the_limit_is_refused(tmp_path):
     with pytest.raises(JobError) as error:
         decode_audio(encoded.read_bytes(), "audio_file", tmp_path, max_seconds=2)
     assert error.value.code == ErrorCode.TOO_LARGE and "over the 2 s limit" in error.value.message
+
+
+def _silence(path, seconds: float, rate: int, channels: int, *codec: str):
+    """`seconds` of silence in `channels` channels at `rate`: megabytes of PCM in a small file."""
+    pan = f"pan={channels}c|" + "|".join(f"c{index}=c0" for index in range(channels))
+    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", f"anullsrc=r={rate}:cl=mono",
+                    "-t", str(seconds), "-af", pan, *codec, str(path)], check=True, timeout=120)
+    return path.read_bytes()
+
+
+def test_many_channels_at_a_high_rate_are_refused_before_decoding(tmp_path):
+    """8 channels at 192 kHz, 20 s: 31 million samples in a small FLAC, over 60 s of 48 kHz stereo."""
+    bomb = _silence(tmp_path / "bomb.flac", 20, 192_000, 8, "-c:a", "flac")
+    assert len(bomb) < 2_000_000
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    with pytest.raises(JobError) as error:
+        decode_audio(bomb, "audio_file", workdir, max_seconds=60)
+    assert error.value.code == ErrorCode.TOO_LARGE
+    assert error.value.message.startswith("audio_file decodes to 31 million samples (8 channels at 192000 Hz")
+    assert list(workdir.iterdir()) == [], "nothing decoded, nothing left"
+
+
+def test_more_channels_than_speech_needs_are_refused(tmp_path):
+    bomb = _silence(tmp_path / "bomb.wv", 10, 48_000, 16, "-c:a", "wavpack", "-sample_fmt", "s16p")
+    with pytest.raises(JobError) as error:
+        decode_audio(bomb, "audio_url", tmp_path, max_seconds=60)
+    assert error.value.code == ErrorCode.TOO_LARGE
+    assert error.value.message == ("audio_url has 16 audio channels, over the limit of 8; send mono or stereo "
+                                   "speech.")
+
+
+def test_surround_speech_within_the_bounds_becomes_16k_mono_and_a_48k_mux_copy(tmp_path):
+    audio = decode_audio(_silence(tmp_path / "surround.flac", 2, 96_000, 6, "-c:a", "flac"), "audio_file",
+                         tmp_path, max_seconds=60)
+    assert audio.speech.samples.dtype == np.float32 and abs(len(audio.speech.samples) - 32_000) <= 16
+    info = soundfile.info(str(audio.mux_wav))
+    assert (info.samplerate, info.channels, info.subtype) == (48_000, 1, "PCM_16")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["speech.wav", "surround.flac"]

@@ -97,6 +97,8 @@ class TwoModeBackend(TalkingHeadBackend):
     declaration = dataclasses.replace(
         LITE_DECLARATION, name="two-mode", backend_class="tests.test_mode:TwoModeBackend",
         modes=("quality", "fast"), frame_batches={"quality": (25, 25), "fast": (25, 25)},
+        deploy=dataclasses.replace(LITE_DECLARATION.deploy, speeds={
+            "quality": LITE_DECLARATION.deploy.speeds["quality"], "fast": LITE_DECLARATION.deploy.speeds["quality"]}),
     )
     name = "two-mode"
     fps = 25.0

@@ -50,7 +50,6 @@ from model.wan_common.placement import (
 from model.weights import ensure
 
 from .config import (
-    FAST_MAX_AREA,
     FAST_SAMPLE_STEPS,
     FPS,
     FRAMES_PER_CLIP,
@@ -143,8 +142,9 @@ class WanS2VBackend(TorchBackend):
     def out_of_memory_message(self) -> str:
         return out_of_memory_message(self.memory_mode)
 
-    def default_max_area(self, mode: str) -> int:
-        return FAST_MAX_AREA if mode == FAST else super().default_max_area(mode)
+    @property
+    def memory_mode_name(self) -> str:
+        return self.memory_mode.value
 
     def parse_options(self, fields: Mapping[str, Any], mode: str) -> WanS2VOptions:
         options = super().parse_options(fields, mode)

@@ -19,6 +19,7 @@ from model.wan_common.config import VAE_CHECKPOINT_FILE as VAE_CHECKPOINT_FILE
 from model.wan_common.config import VAE_STRIDE as VAE_STRIDE
 
 # the checkpoint's and the Live Avatar LoRA's file names, declared with their weight specs
+from .declaration import FAST_DEFAULT_AREA
 from .declaration import LORA_FILE as LORA_FILE
 from .declaration import LORA_REPO_ID as LORA_REPO_ID
 from .declaration import WAV2VEC_DIR as WAV2VEC_DIR
@@ -50,7 +51,7 @@ FAST_SAMPLE_STEPS = 4
 FAST_SAMPLE_SHIFT = 3.0
 FAST_FRAMES_PER_CLIP = 48
 FAST_LATENT_FRAMES_PER_BLOCK = 3
-FAST_MAX_AREA = 704 * 384
+FAST_MAX_AREA = FAST_DEFAULT_AREA
 # The portrait is encoded as this many identical frames (the reference latent is the second
 # latent of that), and as this many times MOTION_FRAMES identical frames for the motion history.
 FAST_PORTRAIT_REPEATS = 5

@@ -5,7 +5,7 @@ Standard library only: the deploy tool reads it without torch.
 
 from __future__ import annotations
 
-from model.declaration import BackendDeclaration, DeployProfile, GpuNeed, Setting, WeightSpec
+from model.declaration import BackendDeclaration, DeployProfile, GpuNeed, Setting, Speed, WeightSpec
 from model.wan_common.config import (
     T5_CHECKPOINT_FILE,
     T5_TOKENIZER_DIR,
@@ -82,10 +82,14 @@ LORA_WEIGHTS = WeightSpec(
     modes=("fast",),
 )
 
+# the fast mode's default video area: Live Avatar's 704x384
+FAST_DEFAULT_AREA = 704 * 384
+
 DECLARATION = BackendDeclaration(
     name="wan-s2v",
     backend_class="model.wan_s2v.backend:WanS2VBackend",
     modes=("quality", "fast"),
+    default_areas={"fast": FAST_DEFAULT_AREA},
     # quality: a clip of 80 frames at a time, the first clip less its 3 dropped motion frames;
     # fast: a block of 12 frames (3 latents) at a time, the first less the 3 the VAE adds.
     # model/wan_s2v/pipeline.py and fast_pipeline.py derive theirs from the reference's config;
@@ -110,7 +114,14 @@ DECLARATION = BackendDeclaration(
         # a 14B diffusion model takes minutes to load, so its workers idle longer before scaling
         # down, and a job runs for many minutes
         idle_timeout_seconds=60,
-        execution_timeout_seconds=3600,
+        # For GPUs data/costs.toml has no figure for. quality: 8x the H100's measured 50 GPU-s a
+        # video-second at 832x448, which covers the 48 GB Ampere cards (about a sixth of an H100's
+        # bf16 throughput) and offload mode on 24 GB cards; fast: nothing measured anywhere yet,
+        # 8x the estimate of ~6 GPU-s at 704x384 on an H100 (the FLOPs of the 4 steps, the VAE
+        # and the cache copies).
+        speeds={"quality": Speed(400.0, 832, 448), "fast": Speed(50.0, 704, 384)},
+        # the portrait's encoding, the prompt's, the last clip's decode and the upload
+        job_overhead_seconds=120.0,
         # without a network volume the ~49 GB of weights land on the container disk
         disk_gb_with_volume=30,
         disk_gb_without_volume=100,
