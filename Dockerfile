@@ -73,15 +73,27 @@ ENTRYPOINT ["/bin/sh", "-c", "if [ -d /runpod-volume ]; then export HF_HOME=\"${
 CMD ["python", "-u", "-m", "handler"]
 
 
+# The umT5 text encoder is one 11.4 GB file, over registries' 10 GB cap on a layer (GHCR's), so it
+# is fetched in a stage of its own and converted to three safetensors shards (~3.8 GB each) with
+# the file's tensor names and dtypes; the worker reads them instead of the .pth
+# (model/wan_common/text.py), and only the shards and their index reach the baked image.
+FROM worker AS text-encoder-shards
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --only 'models_t5_*.pth'
+COPY scripts/shard_text_encoder.py scripts/
+RUN python scripts/shard_text_encoder.py /models/Wan2.2-S2V-14B --shards 3
+
+
 FROM worker AS baked
 # Into the script's default folder, /models: the checkpoint in /models/Wan2.2-S2V-14B and the fast
 # mode's LoRA in /models/Live-Avatar, each with its finished-marker, where the worker looks.
 # One layer per component rather than one ~50 GB layer: registries cap a layer's size (GHCR at
 # 10 GB) and a host pulls each layer as one stream. Each RUN fetches the files matching its
-# patterns (--only); the last fetches nothing the others did, checks every file and writes the
-# markers. The transformer's ~32 GB come as four shards, one per layer (~8 GB each if they are
-# even: not confirmed here); the umT5 text encoder is one 11.4 GB file, a layer no smaller can
-# hold; the VAE, the tokenizer and wav2vec2 share one layer.
+# patterns (--only); the text encoder's shards and their index come from their stage, one COPY
+# (a layer) each, late so that a change there leaves the downloads' layers alone; the last RUN
+# fetches nothing (the shards stand for the .pth), checks every file and writes the markers.
+# The transformer's ~32 GB come as four shards, one per layer (~8 GB each if they are even: not
+# confirmed here); the VAE, the tokenizer and wav2vec2 share one layer.
 # The RUNs are separate on purpose (hadolint's DL3059 would merge them). The token is mounted for
 # these commands only: it is in no layer, no build argument and no image history. It is optional
 # because the weights are public; it lifts the download rate limit.
@@ -99,14 +111,14 @@ RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
     python scripts/download_models.py --only 'diffusion_pytorch_model-00004-of-*.safetensors'
 # hadolint ignore=DL3059
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
-    python scripts/download_models.py --only 'models_t5_*.pth'
-# hadolint ignore=DL3059
-RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
     python scripts/download_models.py --only 'Wan2.1_VAE.pth' 'google/*' 'wav2vec2-*'
 # hadolint ignore=DL3059
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
     python scripts/download_models.py --only liveavatar.safetensors
-# hadolint ignore=DL3059
+COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00001-of-00003.safetensors /models/Wan2.2-S2V-14B/
+COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00002-of-00003.safetensors /models/Wan2.2-S2V-14B/
+COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00003-of-00003.safetensors /models/Wan2.2-S2V-14B/
+COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16.safetensors.index.json /models/Wan2.2-S2V-14B/
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
     python scripts/download_models.py
 

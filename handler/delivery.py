@@ -2,7 +2,8 @@
 
 An upload has one deadline (UPLOAD_TIMEOUT_SECONDS), retries included: each attempt is one PUT of a
 presigned URL that ends by the deadline (handler/s3_put.py), and a retry starts only while time is
-left. botocore only signs. A failure says why, in the user's words.
+left. A stop of the job (cancel, SIGTERM: its JobControl) ends the attempt and the pause before a
+retry at once. botocore only signs. A failure says why, in the user's words.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import logging
 import re
 import secrets
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -23,6 +25,7 @@ import boto3
 import botocore.config
 
 from handler.bucket import BucketSettings
+from handler.cancel import JobControl, current_control
 from handler.errors import ErrorCode, JobError
 from handler.fetch import resolve_public
 from handler.s3_put import PutFailed, put_file
@@ -94,13 +97,15 @@ def expiry_time(now: datetime.datetime, expiry_seconds: int) -> str:
 
 def put_object(
     file: IO[bytes], size: int, key: str, content_type: str, bucket: BucketSettings, timeout_seconds: float,
-    allow_private: bool = False,
+    allow_private: bool = False, control: JobControl | None = None,
 ) -> None:
     """PUT `size` bytes of `file` at `key` within `timeout_seconds`, retrying what may pass later.
 
     The PUT goes to an address resolved here, once: for a job's own bucket it is checked to be
     public (unless `allow_private`), and the connection cannot be redirected elsewhere after it.
+    A stop of `control` (default: the calling job thread's) raises JobCancelled at once.
     """
+    control = control or current_control()
     started = time.monotonic()
     deadline = started + timeout_seconds
     put_url = _presign(bucket, key, "put_object", _put_url_lifetime(timeout_seconds), ContentType=content_type)
@@ -109,7 +114,7 @@ def put_object(
     while True:
         attempt += 1
         file.seek(0)
-        failure = _put_once(put_url, address, file, size, content_type, deadline)
+        failure = _put_once(put_url, address, file, size, content_type, deadline, control)
         if failure is None:
             break
         pause = min(FIRST_RETRY_PAUSE_SECONDS * 2 ** (attempt - 1), MAX_RETRY_PAUSE_SECONDS)
@@ -119,8 +124,19 @@ def put_object(
                         bucket.bucket_name, time.monotonic() - started, attempt, reason)
             raise JobError(ErrorCode.UPLOAD_FAILED, f"the video could not be uploaded: {reason}")
         log.info("upload to bucket %s: attempt %d failed (%s); retrying", bucket.bucket_name, attempt, reason)
-        time.sleep(pause)
+        _pause(pause, control)
     log.info("uploaded %s to bucket %s in %.2f s", key, bucket.bucket_name, time.monotonic() - started)
+
+
+def _pause(seconds: float, control: JobControl | None) -> None:
+    """Wait `seconds` before a retry; a stop of `control` ends the wait with JobCancelled."""
+    if control is None:
+        time.sleep(seconds)
+        return
+    woken = threading.Event()
+    with control.interrupting(woken.set):
+        woken.wait(seconds)
+    control.check()
 
 
 def presign_url(bucket: BucketSettings, key: str, expiry_seconds: int) -> str:
@@ -193,9 +209,11 @@ class _Failure:
 
 def _put_once(
     url: str, address: str, file: IO[bytes], size: int, content_type: str, deadline: float,
+    control: JobControl | None,
 ) -> _Failure | None:
     try:
-        answer = put_file(url, address, file, size, {"Content-Type": content_type}, deadline, MAX_CONNECT_SECONDS)
+        answer = put_file(url, address, file, size, {"Content-Type": content_type}, deadline, MAX_CONNECT_SECONDS,
+                          control)
     except PutFailed as failed:
         return _Failure(failed.kind)
     if 200 <= answer.status < 300:

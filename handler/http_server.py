@@ -14,7 +14,8 @@ with its environment variables, limits and error codes; the model is loaded once
                          full (SERVER_QUEUE_SIZE jobs waiting behind the running one)
     GET /download/<id>   the MP4 (Range requests, so a browser can seek) until
                          SERVER_DOWNLOAD_RETENTION_SECONDS after it was made; then 404
-    GET /health          {"status": "ok", "backend", "gpu", "busy", "queued", "queue_size", ...};
+    GET /health          {"status": "ok", "backend", "gpu", "busy", "queued", "queue_size", "receiving", ...}
+                         (receiving: request bodies arriving now);
                          503 when the model could not load or a job broke the GPU
     GET /ping            as RunPod's load-balancing endpoints read it: 204 while the model loads,
                          200 once the server takes jobs, 503 when it never will
@@ -25,7 +26,14 @@ With SERVER_API_KEY set, /generate and /download answer 401 unless the request c
 unless started with --no-api-key.
 
 The server listens from the start; while the model loads, /health answers 503 with
-{"status": "starting"} and /generate 503 with Retry-After.
+{"status": "starting"} and /generate 503 with Retry-After (after the API key is checked).
+
+Connections are bounded in time and number (_connection_guard): a request's headers must have
+arrived HEADER_TIMEOUT_SECONDS after the connection opened or its previous answer ended, an idle
+keep-alive connection is closed after KEEP_ALIVE_SECONDS, and past MAX_CONNECTIONS the oldest
+connection still waiting for headers is closed, so idle sockets cannot crowd out /health. At most
+SERVER_QUEUE_SIZE + 1 request bodies are received at once (every job the server can hold); the next
+/generate gets 429 with Retry-After before its body is read.
 
 One job runs at a time (one server per GPU); a client that hangs up stops its job at the next
 step, and so does SERVER_JOB_TIMEOUT_SECONDS and the server's own stop (SIGTERM, SIGINT). The
@@ -51,6 +59,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from handler.cancel import STOP_WAIT_SECONDS, WorkerStop
 from handler.downloads import DownloadStore
@@ -82,6 +91,16 @@ WATCH_SECONDS = 0.5
 BODY_READ_SECONDS = 600.0
 # What a request made while the model loads is told to wait before it tries again.
 STARTING_RETRY_SECONDS = 10
+# A request's headers arrive in one round trip: a client still sending them after this long (from
+# the connection's start, or its previous answer's end) is closed.
+HEADER_TIMEOUT_SECONDS = 10.0
+# An idle keep-alive connection is closed after this long (uvicorn's timeout_keep_alive).
+KEEP_ALIVE_SECONDS = 5
+# Open connections, all clients together: past it the oldest one waiting for its headers is closed.
+# One job runs at a time, so legitimate clients need few; each costs a file descriptor and memory.
+MAX_CONNECTIONS = 200
+# What a /generate refused because as many bodies as the server can hold jobs are arriving is told.
+UPLOADS_RETRY_SECONDS = 5
 
 
 def create_app(worker: Worker) -> FastAPI:
@@ -91,6 +110,9 @@ def create_app(worker: Worker) -> FastAPI:
     store = DownloadStore(settings.server_download_retention_seconds)
     stop = WorkerStop()
     max_body = body_limit(settings.max_input_bytes)
+    # bodies being received at once: more than the jobs the server can hold (running and waiting) would only wait
+    max_uploads = settings.server_queue_size + 1
+    uploads = [0]
     #: why the server should be restarted, once a job asked for a fresh worker (a broken GPU)
     broken: list[str] = []
 
@@ -117,14 +139,27 @@ def create_app(worker: Worker) -> FastAPI:
         if not _authorized(request, api_keys):
             return _unauthorized(job_id)
         started = time.monotonic()
+        if uploads[0] >= max_uploads:
+            log.info("job %s refused: %d request bodies are arriving already", job_id, uploads[0])
+            message = (f"the server is busy: {uploads[0]} request bodies are arriving already, as many as it can "
+                       f"hold jobs (SERVER_QUEUE_SIZE={settings.server_queue_size} + the running one); "
+                       f"retry in {UPLOADS_RETRY_SECONDS} s.")
+            return _failure(job_id, JobError(ErrorCode.INTERNAL, message), status=429,
+                            headers={"Retry-After": str(UPLOADS_RETRY_SECONDS), "Connection": "close"})
+        uploads[0] += 1
         try:
             job = await asyncio.wait_for(read_job(request, job_id, max_body, backend_field_types), BODY_READ_SECONDS)
         except TimeoutError:
             message = (f"the request body did not arrive within {BODY_READ_SECONDS:g} s; send large media as "
                        "audio_url and image_url.")
-            return _failure(job_id, JobError(ErrorCode.INVALID_INPUT, message), status=408)
+            return _failure(job_id, JobError(ErrorCode.INVALID_INPUT, message), status=408,
+                            headers={"Connection": "close"})
         except JobError as error:
-            return _failure(job_id, error, status=415 if isinstance(error, UnsupportedContentType) else None)
+            status = 415 if isinstance(error, UnsupportedContentType) else None
+            # a body refused unread (TOO_LARGE): closing is the only way not to receive the rest
+            return _failure(job_id, error, status=status, headers={"Connection": "close"})
+        finally:
+            uploads[0] -= 1
         download_id = store.new_id()
         try:
             ticket = queue.submit(job, store.path_for(download_id))
@@ -170,7 +205,8 @@ def create_app(worker: Worker) -> FastAPI:
     @app.get("/health")
     async def health() -> JSONResponse:
         busy, queued = queue.state()
-        body: dict[str, Any] = {"status": "ok", "busy": busy, "queued": queued, "queue_size": queue.max_waiting}
+        body: dict[str, Any] = {"status": "ok", "busy": busy, "queued": queued, "queue_size": queue.max_waiting,
+                                "receiving": uploads[0]}
         if worker.backend is not None:
             body.update(backend=worker.backend.name, gpu=worker.device, modes=list(worker.backend.modes),
                         default_mode=worker.default_mode)
@@ -187,8 +223,10 @@ class _Starting:
     initializing (RunPod's counts the cold start from the first 204 of /ping to the first 200), then
     hands every request to create_app's server."""
 
-    def __init__(self, start: Callable[[], Worker]) -> None:
+    def __init__(self, start: Callable[[], Worker], api_keys: tuple[str, ...]) -> None:
         self._start = start
+        #: SERVER_API_KEY's keys, checked already while the model loads (create_app checks the worker's own)
+        self._api_keys = api_keys
         self._app: FastAPI | None = None
 
     async def __call__(self, scope, receive, send) -> None:
@@ -197,12 +235,14 @@ class _Starting:
         elif self._app is not None:
             await self._app(scope, receive, send)
         elif scope["type"] == "http":
-            await self._starting_reply(scope["path"])(scope, receive, send)
+            await self._starting_reply(Request(scope))(scope, receive, send)
 
-    @staticmethod
-    def _starting_reply(path: str) -> Response:
+    def _starting_reply(self, request: Request) -> Response:
+        path = request.url.path
         if path == "/ping":
             return Response(status_code=204)
+        if path != "/health" and not _authorized(request, self._api_keys):
+            return _unauthorized(None)
         message = f"the server is starting: the model is loading; retry in {STARTING_RETRY_SECONDS} s."
         if path == "/health":
             return JSONResponse({"status": "starting", "error": message}, status_code=503)
@@ -319,6 +359,64 @@ def _configured_api_keys() -> tuple[str, ...]:
         return ()
 
 
+def _connection_guard(base: Any, header_seconds: float, max_connections: int) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol `base`, with the deadline for a request's headers and the bound on
+    connections that uvicorn lacks (it times only idle keep-alive connections, and only after an answer).
+
+    A connection waits for headers from the moment it opens, and again once an answer ended with no
+    request pending; both uvicorn protocols (h11, httptools) set `cycle` when a request's headers
+    are complete, which ends the wait. Past `max_connections` the connection that has waited
+    longest is closed: that is an idle or a slow client's, never a request in progress.
+    """
+    # every connection waiting for headers, oldest first, with its deadline's timer
+    waiting: dict[Any, asyncio.TimerHandle] = {}
+
+    class GuardedProtocol(base):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._await_headers()
+            if len(self.connections) > max_connections:
+                next(iter(waiting))._drop()
+
+        def connection_lost(self, exc) -> None:
+            self._headers_arrived()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            # none pending (a pipelined request's headers arrived already): wait for the next one
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                self._await_headers()
+
+        @property
+        def cycle(self):
+            return self.__dict__.get("guarded_cycle")
+
+        @cycle.setter
+        def cycle(self, value) -> None:
+            self.__dict__["guarded_cycle"] = value
+            if value is not None:
+                self._headers_arrived()
+
+        def _await_headers(self) -> None:
+            self._headers_arrived()
+            waiting[self] = self.loop.call_later(header_seconds, self._drop)
+
+        def _headers_arrived(self) -> None:
+            timer = waiting.pop(self, None)
+            if timer is not None:
+                timer.cancel()
+
+        def _drop(self) -> None:
+            self._headers_arrived()
+            # out of the count at once (its connection_lost comes later), as uvicorn does for a WebSocket
+            self.connections.discard(self)
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedProtocol
+
+
 def _job_error(text: str) -> JobError:
     """The job's `"CODE: sentence"` as a JobError again."""
     code, _, message = text.partition(": ")
@@ -340,8 +438,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     # A stopped job ends at its next step; past this a stuck step no longer holds the stop.
     # log_level: the RunPod SDK, imported with the worker, quiets the "uvicorn" loggers to WARNING.
-    uvicorn.run(_Starting(start_worker), host=args.host, port=args.port, access_log=False, log_config=None,
-                log_level="info", timeout_graceful_shutdown=int(STOP_WAIT_SECONDS))
+    # limit_concurrency bounds the requests in flight too (uvicorn answers 503 past it); the guard keeps
+    # the connections under it, so that idle ones never reach it.
+    uvicorn.run(_Starting(start_worker, _configured_api_keys()), host=args.host, port=args.port, access_log=False,
+                log_config=None, log_level="info", timeout_graceful_shutdown=int(STOP_WAIT_SECONDS),
+                http=_connection_guard(AutoHTTPProtocol, HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS),
+                timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=MAX_CONNECTIONS + 1)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 
 from handler import delivery
 from handler.bucket import BucketSettings
+from handler.cancel import current_control
 from handler.errors import ErrorCode, JobError
 from handler.segments import CONTENT_TYPE, PLAYLIST_NAME, Segment, SegmentPlan, remux_to_mp4
 from model.utc import utc_now
@@ -61,6 +62,12 @@ class BucketPlaylist:
     key, so relative names would not load). Uploads run on one thread beside the job, so the
     generation never waits for the bucket; a failed upload fails the job (UPLOAD_FAILED) at the
     next segment or at the end.
+
+    Presigned URLs are valid URL_EXPIRY_SECONDS from when they are signed, and a job may render
+    longer than that: the closed playlist lists its segments signed anew, and `finish` signs the
+    playlist's own URL (`url`, `expires_at`) again, so the result's link is valid that long from the
+    job's end. Uploads stop at once when the job is stopped (its JobControl, taken here on the job's
+    thread).
     """
 
     def __init__(
@@ -74,7 +81,9 @@ class BucketPlaylist:
         self._timeout_seconds = timeout_seconds
         self._allow_private = allow_private
         self._target_seconds = math.ceil(max(plan.first_cut, plan.step) / fps)
-        self._entries: list[str] = []
+        self._control = current_control()
+        #: each segment's (duration, key, presigned URL), in order
+        self._entries: list[tuple[float, str, str]] = []
         self._uploads: list[concurrent.futures.Future[None]] = []
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-upload")
         playlist_key = f"{self._prefix}/index.m3u8"
@@ -97,6 +106,9 @@ class BucketPlaylist:
         if pending:
             raise JobError(ErrorCode.UPLOAD_FAILED, "the stream's segments were still uploading at the deadline.")
         self._raise_failed_upload()
+        now = utc_now()
+        self.url = delivery.presign_url(self._bucket, self._playlist_key, self._expiry_seconds)
+        self.expires_at = delivery.expiry_time(now, self._expiry_seconds)
 
     def close(self) -> None:
         """Drop uploads not yet started (the job failed or stopped); the running one ends by its deadline."""
@@ -111,15 +123,18 @@ class BucketPlaylist:
         key = f"{self._prefix}/segment-{segment.index:05d}.ts"
         self._put(key, data, CONTENT_TYPE)
         url = delivery.presign_url(self._bucket, key, self._expiry_seconds)
-        self._entries.append(f"#EXTINF:{segment.end_seconds - segment.start_seconds:.3f},\n{url}\n")
+        self._entries.append((segment.end_seconds - segment.start_seconds, key, url))
         self._put_playlist(ended=False)
 
     def _put_playlist(self, ended: bool) -> None:
+        if ended:  # the playlist a player reads after the job: every link valid from now
+            self._entries = [(seconds, key, delivery.presign_url(self._bucket, key, self._expiry_seconds))
+                             for seconds, key, _ in self._entries]
         text = (
             "#EXTM3U\n#EXT-X-VERSION:3\n"
             f"#EXT-X-TARGETDURATION:{self._target_seconds}\n"
             "#EXT-X-PLAYLIST-TYPE:EVENT\n#EXT-X-MEDIA-SEQUENCE:0\n"
-            + "".join(self._entries)
+            + "".join(f"#EXTINF:{seconds:.3f},\n{url}\n" for seconds, _, url in self._entries)
             + ("#EXT-X-ENDLIST\n" if ended else "")
         )
         self._put(self._playlist_key, text.encode(), PLAYLIST_CONTENT_TYPE)
@@ -127,6 +142,7 @@ class BucketPlaylist:
     def _put(self, key: str, data: bytes, content_type: str) -> None:
         delivery.put_object(
             io.BytesIO(data), len(data), key, content_type, self._bucket, self._timeout_seconds, self._allow_private,
+            self._control,
         )
 
 

@@ -98,7 +98,8 @@ class WeightSpec:
     holding something, every shard named by a `shard_indexes` file (safetensors' `weight_map`)
     is there and, for each group of `any_of`, at least one of its files is. `allow_patterns`
     (empty: the required files and folders) and `ignore_patterns` say what is downloaded, plus
-    from each `any_of` group the first file the repository has. `revision` pins a commit, branch
+    from each `any_of` group the file the folder already holds, else the first the repository
+    has (the baked image holds the text encoder as shards). `revision` pins a commit, branch
     or tag (None: the default branch). `optional` weights serve only `modes`: without them the
     backend starts and jobs in those modes fail with MODEL_UNAVAILABLE.
     """

@@ -82,11 +82,18 @@ def missing(spec: WeightSpec, folder: Path) -> list[str]:
     return absent
 
 
-def download_patterns(spec: WeightSpec, repo_files: list[str]) -> list[str]:
+def download_patterns(spec: WeightSpec, repo_files: list[str], folder: Path | None = None) -> list[str]:
     """The allow-patterns for a repository with these files: the spec's, plus from each `any_of`
-    group the first file the repository has (its first when it has none, so the download says so)."""
+    group the file `folder` already holds, else the first file the repository has (its first
+    when it has none, so the download says so)."""
     declared = spec.allow_patterns or (*spec.required_files, *(f"{name}/*" for name in spec.required_folders))
-    chosen = [next((name for name in group if name in repo_files), group[0]) for group in spec.any_of]
+    # A group the folder already satisfies fetches nothing more, even with a form the repository
+    # lacks: the baked image holds the text encoder as shards and must not fetch its .pth again.
+    chosen = [
+        next((name for name in group if folder is not None and (folder / name).is_file()), None)
+        or next((name for name in group if name in repo_files), group[0])
+        for group in spec.any_of
+    ]
     return [*declared, *chosen]
 
 
@@ -238,7 +245,7 @@ def download(spec: WeightSpec, target: Path, endpoint: str | None = None) -> Pat
         spec.repo_id,
         revision=spec.revision,
         local_dir=target,
-        allow_patterns=download_patterns(spec, repo_files),
+        allow_patterns=download_patterns(spec, repo_files, target),
         ignore_patterns=list(spec.ignore_patterns),
         tqdm_class=LoggedProgress,
         endpoint=endpoint,
@@ -265,10 +272,10 @@ def download_subset(
     from huggingface_hub.utils import filter_repo_objects
 
     repo_files = HfApi(endpoint=endpoint).list_repo_files(spec.repo_id, revision=spec.revision)
-    fetched = filter_repo_objects(repo_files, allow_patterns=download_patterns(spec, repo_files),
+    target = model_dir / spec.folder
+    fetched = filter_repo_objects(repo_files, allow_patterns=download_patterns(spec, repo_files, target),
                                   ignore_patterns=list(spec.ignore_patterns))
     chosen = [name for name in fetched if any(fnmatchcase(name, pattern) for pattern in patterns)]
-    target = model_dir / spec.folder
     if not chosen or is_finished(spec, target):
         return chosen
     model_dir.mkdir(parents=True, exist_ok=True)

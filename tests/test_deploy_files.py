@@ -274,40 +274,76 @@ def test_the_hugging_face_token_reaches_only_the_bake_steps_as_a_build_secret():
     assert 'id=hf_token,env=HF_TOKEN' in ROOT.joinpath("scripts", "build_image.sh").read_text()
 
 
-def baked_download_arguments() -> list[list[str]]:
-    """The download script's arguments in each RUN of the baked stage, in order."""
-    runs = [shlex.split(rest) for word, rest in stage("baked") if word == "RUN"]
-    return [words[words.index("scripts/download_models.py") + 1:] for words in runs]
-
-
 def files_in(folder: Path) -> dict[str, tuple[int, int, int]]:
     """Every file under `folder` with what a layer diff sees change: inode, size, modification time."""
     return {str(path.relative_to(folder)): (path.stat().st_ino, path.stat().st_size, path.stat().st_mtime_ns)
             for path in folder.rglob("*") if path.is_file()}
 
 
+def build_stage(name: str, model_dirs: dict[str, Path], environment: dict[str, str]) -> list[set[str]]:
+    """Run a stage's weight steps here, with `model_dirs[stage]` standing for that stage's /models:
+    each RUN of a script (its paths under /models moved there) and each COPY from an earlier stage.
+    Returns what each step added or changed under the stage's folder (its layer), in order."""
+    from model.weights import IMAGE_MODEL_DIR
+
+    def here(stage: str, path: str) -> str:
+        inside = Path(path).relative_to(IMAGE_MODEL_DIR) if path.startswith(f"{IMAGE_MODEL_DIR}/") else None
+        return path if inside is None else str(model_dirs[stage] / inside)
+
+    model_dir = model_dirs[name]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    layers, before = [], files_in(model_dir)
+    for word, rest in stage(name):
+        words = shlex.split(rest)
+        if word == "RUN":
+            command = [here(name, argument) for argument in words[words.index("python") + 1:]]
+            if command[0] == "scripts/download_models.py":
+                command[1:1] = ["--model-dir", str(model_dir)]
+            result = subprocess.run([sys.executable, *command], cwd=ROOT, env=environment, capture_output=True,
+                                    text=True, timeout=120)
+            assert result.returncode == 0, (command, result.stderr[-2000:])
+        elif word == "COPY" and words[0].startswith("--from="):
+            *sources, destination = words[1:]
+            for source in sources:
+                shutil.copy2(here(words[0].removeprefix("--from="), source), here(name, destination))
+        else:
+            continue
+        now = files_in(model_dir)
+        layers.append({path for path, state in now.items() if before.get(path) != state})
+        before = now
+    return layers
+
+
 def test_the_baked_stage_puts_each_weight_component_in_a_layer_of_its_own(tmp_path):
-    """The baked stage's RUNs, run in order against a stand-in Hub with the published file layout:
-    what each adds or changes is its layer."""
+    """The weight steps of the baked stage and of the text encoder's stage before it, run in order
+    against a stand-in Hub with the published file layout: what each adds or changes is its layer."""
+    import io
+
+    import torch
+
+    from model.wan_common.config import T5_CHECKPOINT_FILE
+    from model.wan_common.convert_t5 import T5_SHARD_INDEX_FILE
+    from model.wan_common.text import TextEncoder
     from model.wan_s2v.declaration import CHECKPOINT_REPO_ID, LORA_FILE, LORA_REPO_ID
     from model.weights import FINISHED_MARKER_NAME
     from tests.test_wan_weights import LORA_REPO_FILES, FakeHub, _published_checkpoint, fetched_files, locate_weights
+    from tests.wan_tiny_models import TINY_T5, official_t5_state_dict, tiny_umt5, write_tiny_tokenizer
 
-    hub = FakeHub({CHECKPOINT_REPO_ID: _published_checkpoint(), LORA_REPO_ID: LORA_REPO_FILES})
-    model_dir = tmp_path / "models"
+    published = _published_checkpoint()
+    # the text encoder's stage converts the file, so the Hub serves a real one (tiny, bf16 as published)
+    official = io.BytesIO()
+    torch.save({key: tensor.to(torch.bfloat16) for key, tensor in official_t5_state_dict(tiny_umt5()).items()},
+               official)
+    published[T5_CHECKPOINT_FILE] = official.getvalue()
+    hub = FakeHub({CHECKPOINT_REPO_ID: published, LORA_REPO_ID: LORA_REPO_FILES})
+    model_dirs = {"text-encoder-shards": tmp_path / "shard-stage", "baked": tmp_path / "models"}
     environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
-    layers, before = [], {}
     try:
-        for arguments in baked_download_arguments():
-            result = subprocess.run([sys.executable, "scripts/download_models.py", "--model-dir", str(model_dir),
-                                     *arguments], cwd=ROOT, env=environment, capture_output=True, text=True,
-                                    timeout=120)
-            assert result.returncode == 0, (arguments, result.stderr[-2000:])
-            now = files_in(model_dir)
-            layers.append({name for name, state in now.items() if before.get(name) != state})
-            before = now
+        build_stage("text-encoder-shards", model_dirs, environment)
+        layers = build_stage("baked", model_dirs, environment)
     finally:
         hub.close()
+    model_dir = model_dirs["baked"]
 
     def weights(layer: set[str]) -> set[str]:
         return {name.partition("/")[2] for name in layer if "/.cache/" not in name
@@ -320,16 +356,33 @@ def test_the_baked_stage_puts_each_weight_component_in_a_layer_of_its_own(tmp_pa
         f"Wan2.2-S2V-14B/{FINISHED_MARKER_NAME}", f"Live-Avatar/{FINISHED_MARKER_NAME}"}
     fetched = [weights(layer) for layer in parts]
     assert all(fetched) and sum(len(names) for names in fetched) == len(set().union(*fetched))
-    assert set().union(*fetched) == {*fetched_files(_published_checkpoint()), LORA_FILE}
-    assert {name: hub.gets(name) for name in set().union(*fetched)} == {name: 1 for name in set().union(*fetched)}
-    # the big files each alone with at most small ones: every transformer shard, the text encoder
+    # the text encoder as the shards its stage wrote, each COPY (a layer) one shard, its .pth nowhere
+    t5_shards = [{name for name in names if re.fullmatch(r"models_t5_.*-\d{5}-of-\d{5}\.safetensors", name)}
+                 for names in fetched]
+    shard_names = sorted(set(json.loads((model_dir / "Wan2.2-S2V-14B" / T5_SHARD_INDEX_FILE).read_text())
+                             ["weight_map"].values()))
+    assert len(shard_names) > 1
+    assert [names for names, found in zip(fetched, t5_shards, strict=True) if found] == [{n} for n in shard_names]
+    assert {T5_SHARD_INDEX_FILE} in fetched
+    from_hub = {*fetched_files(_published_checkpoint()), LORA_FILE} - {T5_CHECKPOINT_FILE}
+    assert set().union(*fetched) == {*from_hub, T5_SHARD_INDEX_FILE, *shard_names}
+    assert {path.name for path in model_dir.rglob("*.pth")} == {"Wan2.1_VAE.pth"}
+    # every file fetched once, the text encoder's by its stage alone
+    assert {name: hub.gets(name) for name in {*from_hub, T5_CHECKPOINT_FILE}} == {
+        name: 1 for name in {*from_hub, T5_CHECKPOINT_FILE}}
+    # the other big files each alone with at most small ones: every transformer shard
     shards = [{name for name in names if re.fullmatch(r"diffusion_pytorch_model-\d{5}-of-\d{5}\.safetensors", name)}
               for names in fetched]
     assert sorted(len(found) for found in shards if found) == [1, 1, 1, 1]
-    (t5,) = [names for names in fetched if "models_t5_umt5-xxl-enc-bf16.pth" in names]
-    assert t5 == {"models_t5_umt5-xxl-enc-bf16.pth"}
     assert {LORA_FILE} in fetched
     assert locate_weights(model_dir, tmp_path / "cache", tmp_path / "image") == model_dir / "Wan2.2-S2V-14B"
+    # and the worker's encoder from the baked shards is the one from the published file
+    tokenizer_dir = write_tiny_tokenizer(tmp_path / "tokenizer")
+    baked, from_file = (TextEncoder.from_official(stage_dir / "Wan2.2-S2V-14B" / T5_CHECKPOINT_FILE, tokenizer_dir,
+                                                  encoder_config=TINY_T5)
+                        for stage_dir in (model_dir, model_dirs["text-encoder-shards"]))
+    assert all(torch.equal(a, b) for a, b in zip(baked.state_dict().values(), from_file.state_dict().values(),
+                                                 strict=True))
 
 
 def test_a_download_pattern_that_matches_nothing_is_refused(tmp_path):
@@ -376,7 +429,8 @@ def build_context_includes(path: str) -> bool:
     ("path", "included"),
     [
         ("pyproject.toml", True), ("handler/__main__.py", True), ("model/base.py", True),
-        ("scripts/download_models.py", True), ("test_input.json", True),
+        ("scripts/download_models.py", True), ("scripts/shard_text_encoder.py", True),
+        ("test_input.json", True),
         (".env", False), (".git/config", False), (".venv/bin/python", False), ("outputs/a.mp4", False),
         ("scripts/runpod_endpoint.py", False), ("handler/__pycache__/job.cpython-312.pyc", False),
     ],

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
+import json
+import select
 import signal
+import socket
+import time
 
 import pytest
 import requests
@@ -115,3 +120,179 @@ def test_the_server_refuses_to_listen_beyond_loopback_without_a_key(monkeypatch,
         http_server.main(["--host", "0.0.0.0", "--port", "9", "--no-api-key"])
     with pytest.raises(AssertionError, match="started listening"):
         http_server.main(["--host", "127.0.0.1", "--port", "9"])
+
+
+IDLE_SOCKETS = 250
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """The server closed `sock` (EOF or reset); False while it is open."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(65536) == b""
+    except OSError:
+        return True
+
+
+def test_idle_and_slow_header_sockets_leave_health_answering_and_are_closed_by_the_deadlines(tmp_path):
+    from handler.http_server import HEADER_TIMEOUT_SECONDS, KEEP_ALIVE_SECONDS, MAX_CONNECTIONS
+
+    server = ServerProcess({"MODEL_BACKEND": "lite"}, tmp_path)
+    sockets: list[socket.socket] = []
+    others: list[socket.socket] = []
+    try:
+        address = ("127.0.0.1", server.port)
+        # a keep-alive connection, idle after its answer
+        kept = socket.create_connection(address, timeout=10)
+        kept.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+        for index in range(IDLE_SOCKETS):
+            sock = socket.create_connection(address, timeout=10)
+            if index % 2:  # half never finish their headers, half never send any
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            sockets.append(sock)
+        opened = time.monotonic()
+        # one that sends its headers a byte at a time, each byte well within the keep-alive time (the newest
+        # connection: the bound closes older ones first)
+        trickler = socket.create_connection(address, timeout=10)
+        trickle = iter(b"GET /health HTTP/1.1\r\nHost: " + b"x" * 10_000)
+        idle = socket.create_connection(address, timeout=10)  # as `kept`, but among the newest
+        idle.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        idle_since, idle_closed_at = time.monotonic(), None
+        others = [kept, trickler, idle]
+        for _ in range(5):
+            health = requests.get(f"{server.url}/health", timeout=10)
+            assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+        # past MAX_CONNECTIONS the longest waiting were closed as the others came: the kept one first
+        early = sum(_closed_by_server(sock) for sock in [kept, *sockets])
+        assert early >= IDLE_SOCKETS + 2 - MAX_CONNECTIONS, early
+        if time.monotonic() - opened < HEADER_TIMEOUT_SECONDS / 2:
+            assert early < IDLE_SOCKETS, "the sockets under the bound are closed by the deadline, not at once"
+
+        # every one closed by its deadline; the slack is the deadline itself again
+        deadline = opened + 2 * HEADER_TIMEOUT_SECONDS + KEEP_ALIVE_SECONDS
+        open_ones, trickled, trickler_closed_at = [kept, *sockets], 0, None
+        while open_ones or trickler_closed_at is None or idle_closed_at is None:
+            assert time.monotonic() < deadline, f"{len(open_ones)} sockets still open, trickler closed: " \
+                                                f"{trickler_closed_at is not None}"
+            open_ones = [sock for sock in open_ones if not _closed_by_server(sock)]
+            if idle_closed_at is None and _closed_by_server(idle):
+                idle_closed_at = time.monotonic()
+            if trickler_closed_at is None:
+                try:
+                    trickler.sendall(bytes([next(trickle)]))
+                    trickled += 1
+                except OSError:
+                    trickler_closed_at = time.monotonic()
+                if _closed_by_server(trickler):
+                    trickler_closed_at = time.monotonic()
+            time.sleep(0.5)
+        print(f"{IDLE_SOCKETS} idle sockets: {early} closed at once (MAX_CONNECTIONS={MAX_CONNECTIONS}), the rest "
+              f"within {time.monotonic() - opened:.1f} s; the trickler sent {trickled} bytes before it was cut; "
+              f"an idle keep-alive connection closed after {idle_closed_at - idle_since:.1f} s")
+        assert trickler_closed_at - opened >= HEADER_TIMEOUT_SECONDS - 0.5, "cut by the header deadline"
+        assert idle_closed_at - idle_since >= KEEP_ALIVE_SECONDS - 0.5, "closed by the keep-alive time"
+        assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        for sock in sockets + others:
+            sock.close()
+        server.stop()
+    assert "Exceeded concurrency limit" not in server.log()
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and body of the answer on `sock` (read until the server closes it)."""
+    data = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), {key.lower(): value for key, value in headers.items()}, body
+
+
+def _start_upload(port: int, size: int) -> socket.socket:
+    """A POST /generate that announces `size` bytes of body and sends a first few."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(f"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                 f"Content-Length: {size}\r\n\r\n--b\r\n".encode())
+    return sock
+
+
+def test_uploads_in_flight_are_bounded_and_the_next_is_refused_before_its_body(tmp_path):
+    server = ServerProcess({"MODEL_BACKEND": "lite", "SERVER_QUEUE_SIZE": "1"}, tmp_path)
+    uploading: list[socket.socket] = []
+    try:
+        # SERVER_QUEUE_SIZE=1: two jobs at most (one running, one waiting), so two bodies at once
+        for _ in range(2):
+            uploading.append(_start_upload(server.port, 5_000_000))
+        server.wait_for_health(lambda health: health["receiving"] == 2, "both bodies to be arriving")
+        refused = _start_upload(server.port, 5_000_000)  # its body is never sent: the answer comes first
+        status, headers, body = _answer(refused)
+        refused.close()
+        assert status == 429, body
+        assert headers["retry-after"].isdigit() and headers["connection"] == "close"
+        assert json.loads(body)["error"].startswith(
+            "INTERNAL: the server is busy: 2 request bodies are arriving already, as many as it can hold jobs "
+            "(SERVER_QUEUE_SIZE=1 + the running one)"), body
+        for sock in uploading:  # hanging up frees the places
+            sock.close()
+        server.wait_for_health(lambda health: health["receiving"] == 0, "the hung-up uploads to end")
+        reply = requests.post(f"{server.url}/generate", files=SAMPLE_FILES, data={"resolution": "128*128"},
+                              timeout=120)
+        assert reply.status_code == 200, reply.text
+    finally:
+        for sock in uploading:
+            sock.close()
+        server.stop()
+    assert server.leftovers() == []
+
+
+def test_a_body_past_the_limit_without_content_length_is_refused_once_the_limit_is_read(tmp_path):
+    from handler.http_input import body_limit
+
+    max_input = 1024 * 1024
+    limit = body_limit(max_input)
+    server = ServerProcess({"MODEL_BACKEND": "lite", "MAX_INPUT_BYTES": str(max_input)}, tmp_path)
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk, sent = b"[{}," * 16384, 0
+        with contextlib.suppress(OSError):  # the server closes the connection once it has answered
+            while sent < 3 * limit and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+        status, headers, body = _answer(sock)
+        sock.close()
+        assert status == 413, body
+        assert headers["connection"] == "close"
+        assert json.loads(body)["error"].startswith("TOO_LARGE: the request body is larger than")
+        assert sent < 3 * limit, "refused while the body still came, not at its end"
+        assert server.health()["receiving"] == 0
+    finally:
+        server.stop()
+
+
+def test_while_the_model_loads_the_api_key_is_checked_before_the_starting_answer(tmp_path):
+    from tests.test_server import _held_server
+
+    with _held_server(tmp_path, {"SERVER_API_KEY": API_KEYS[0]}) as (url, gate, _):
+        for request in (lambda headers: requests.post(f"{url}/generate", files=SAMPLE_FILES, headers=headers,
+                                                      timeout=60),
+                        lambda headers: requests.get(f"{url}/download/anything", headers=headers, timeout=60)):
+            refused = request({})
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"].startswith("INVALID_INPUT: this server requires an API key")
+            assert request({"Authorization": "Bearer wrong"}).status_code == 401
+            starting = request({"Authorization": f"Bearer {API_KEYS[0]}"})
+            assert starting.status_code == 503 and starting.headers["Retry-After"].isdigit(), starting.text
+            assert starting.json()["error"].startswith("MODEL_UNAVAILABLE: the server is starting")
+        assert requests.get(f"{url}/health", timeout=10).json()["status"] == "starting"  # open, as once loaded
+        assert requests.get(f"{url}/ping", timeout=10).status_code == 204
+        assert not gate.exists(), "all of it while the model loads"
+    assert API_KEYS[0] not in (tmp_path / "server.log").read_text()

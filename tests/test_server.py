@@ -225,8 +225,8 @@ def test_output_type_base64_also_comes_inline(server, tmp_path):
 
 def test_health_while_a_job_runs_and_the_full_queue_gets_429(server, long_speech):
     before = server.health()
-    assert before == {"status": "ok", "busy": False, "queued": 0, "queue_size": 1, "backend": "lite", "gpu": "cpu",
-                      "modes": ["quality"], "default_mode": "quality"}
+    assert before == {"status": "ok", "busy": False, "queued": 0, "queue_size": 1, "receiving": 0, "backend": "lite",
+                      "gpu": "cpu", "modes": ["quality"], "default_mode": "quality"}
     running = _start_client(server, long_speech)
     waiting = None
     try:
@@ -386,10 +386,12 @@ def test_server_settings_that_cannot_work_are_refused_naming_the_variable(name, 
 
 
 @contextlib.contextmanager
-def _held_server(workdir: Path) -> Iterator[tuple[str, Path, subprocess.Popen]]:
+def _held_server(
+    workdir: Path, extra_env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, Path, subprocess.Popen]]:
     """A lite server whose model load waits for the gate file; yields its URL once /ping answers."""
     gate, port = workdir / "load-now", free_port()
-    env = {**os.environ, "MODEL_BACKEND": "lite", "PYTHONPATH": str(ROOT), "TMPDIR": str(workdir)}
+    env = {**os.environ, "MODEL_BACKEND": "lite", "PYTHONPATH": str(ROOT), "TMPDIR": str(workdir), **(extra_env or {})}
     with open(workdir / "server.log", "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-c", HELD_SERVER, str(gate), "--host", "127.0.0.1", "--port", str(port)],

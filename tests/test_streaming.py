@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import logging
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import numpy as np
 import pytest
 import requests
 
+from handler.progress import ProgressReporter
 from handler.runpod_handler import RunPodHandler
 from handler.sample import SAMPLE_SPEECH, sample_job_input
 from handler.segments import Segment, SegmentPlan, SegmentWriter
@@ -217,8 +220,9 @@ def test_segments_reach_a_client_polling_runpod_while_the_job_runs(tmp_path, lon
         assert streamed.first_segment_seconds is not None
         assert streamed.output["success"] is True and streamed.output["segments"] == len(streamed.segments)
         _check_video(streamed.path, 500, 20.0)
-        playlist_url = streamed.output["playlist_url"]
-        assert streamed.segments[0].playlist_url == playlist_url
+        # the same playlist: the result's link is signed again at the job's end (its key, not its signature)
+        playlist_url = streamed.segments[0].playlist_url
+        assert playlist_url.split("?")[0] == streamed.output["playlist_url"].split("?")[0]
         assert {"stage": "stream", "percent": 10.0, "playlist_url": playlist_url} in platform.progress[job_id]
         received = [output for _, output in platform.streamed[job_id]]
         assert all(len(json.dumps({"output": item})) < RUNPOD_STREAM_ITEM_LIMIT for item in received)
@@ -352,3 +356,42 @@ def test_a_stream_to_a_jobs_own_private_bucket_is_refused_before_any_media_work(
     result = worker.handle({"id": "p", "s3Config": s3_config,
                             "input": sample_job_input(audio_file="%%%", stream=True, output_type="base64")})
     assert result["error"].startswith("INVALID_INPUT: ") and "s3Config.endpointUrl" in result["error"]
+
+
+def _signed_at(url: str) -> tuple[datetime.datetime, int]:
+    """When a presigned URL was signed (to the second) and for how long."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    signed = datetime.datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.UTC)
+    return signed, int(query["X-Amz-Expires"][0])
+
+
+def test_a_stream_job_longer_than_url_expiry_gets_its_playlist_signed_at_its_end(s3_server, long_speech,
+                                                                                 monkeypatch):
+    expiry = 1
+    worker = start_worker({"MODEL_BACKEND": "lite", "URL_EXPIRY_SECONDS": str(expiry), **_bucket_env(s3_server)})
+    _slow_batches(worker, monkeypatch)
+    reported: list[str] = []
+    monkeypatch.setattr(ProgressReporter, "report_playlist", lambda self, url: reported.append(url))
+    outcome = worker.handle({"id": "outlives-expiry", "input": _long_job(long_speech)})
+    assert outcome["success"] is True, outcome
+    assert outcome["generation_time_seconds"] > 2 * expiry, "the job must outlive a link signed at its start"
+
+    s3 = _s3(s3_server)
+    objects = [entry for entry in s3.list_objects_v2(Bucket=TEST_BUCKET)["Contents"]
+               if "/outlives-expiry-" in entry["Key"]]
+    last_segment = max(entry["LastModified"] for entry in objects if entry["Key"].endswith(".ts"))
+    signed, lifetime = _signed_at(outcome["playlist_url"])
+    start_signed, _ = _signed_at(reported[0])
+    print(f"playlist link signed at the start {start_signed:%H:%M:%S}, in the result {signed:%H:%M:%S}; "
+          f"last segment up at {last_segment:%H:%M:%S}; the job took {outcome['generation_time_seconds']:.1f} s")
+    assert lifetime == expiry
+    assert signed >= last_segment > start_signed, "signed again once the last segment was up, after the start's"
+    expires_at = datetime.datetime.fromisoformat(outcome["playlist_expires_at"])
+    # one clock reading for the text, botocore's own for the URL: the same second, or the next
+    assert abs(expires_at - (signed + datetime.timedelta(seconds=expiry))) <= datetime.timedelta(seconds=1), outcome
+    # the closed playlist a player reads after the job lists links signed then too
+    playlist_key = next(entry["Key"] for entry in objects if entry["Key"].endswith("index.m3u8"))
+    text = s3.get_object(Bucket=TEST_BUCKET, Key=playlist_key)["Body"].read().decode()
+    links = [line for line in text.splitlines() if line.startswith("http")]
+    assert text.rstrip().endswith("#EXT-X-ENDLIST") and len(links) == outcome["segments"]
+    assert all(_signed_at(link)[0] >= last_segment for link in links), text

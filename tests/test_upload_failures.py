@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import re
+import signal
 import socket
 import threading
 import time
@@ -270,3 +271,105 @@ def test_a_bucket_that_answers_a_byte_at_a_time_still_ends_by_the_deadline(trick
     assert str(failure.value).startswith("UPLOAD_FAILED: the video could not be uploaded: 127.0.0.1 did not answer "
                                          "within the upload deadline (2 s"), failure.value
     assert_ended_by_the_deadline(seconds, 2)
+
+
+class _SlowStore(http.server.BaseHTTPRequestHandler):
+    """Reads the whole PUT, then answers 200 after `answer_after` seconds: a store checking a large object."""
+
+    answer_after = 0.0
+    puts = 0
+    stopping = threading.Event()
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).puts += 1
+        if self.stopping.wait(self.answer_after):
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_store() -> Iterator[str]:
+    _SlowStore.puts, _SlowStore.stopping = 0, threading.Event()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowStore)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    _SlowStore.stopping.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_wait_for_the_answer_is_what_is_left_of_the_upload_deadline(slow_store, tmp_path):
+    """A store that answers after the connect timeout, within the deadline, gets the object once."""
+    from handler.bucket import JOB_FIELDS, make_bucket
+    from handler.delivery import MAX_CONNECT_SECONDS, upload_result
+
+    _SlowStore.answer_after = MAX_CONNECT_SECONDS + 2
+    video = tmp_path / "video.mp4"
+    video.write_bytes(b"\0" * 200_000)
+    bucket = make_bucket(slow_store, "slow", S3_ACCESS_KEY, SECRET, JOB_FIELDS)
+    result = upload_result(video, "job-slow", bucket, 600, timeout_seconds=MAX_CONNECT_SECONDS + 10,
+                           allow_private=True)
+    assert result["video_s3_key"].endswith(".mp4")
+    assert _SlowStore.puts == 1, "sent once: the answer was waited for, not retried"
+
+
+def test_a_store_answering_after_the_deadline_fails_naming_upload_timeout_seconds(slow_store, tmp_path):
+    from handler.bucket import JOB_FIELDS, make_bucket
+    from handler.delivery import upload_result
+    from handler.errors import JobError
+
+    _SlowStore.answer_after = 30
+    video = tmp_path / "video.mp4"
+    video.write_bytes(b"\0" * 200_000)
+    bucket = make_bucket(slow_store, "late", S3_ACCESS_KEY, SECRET, JOB_FIELDS)
+    started = time.monotonic()
+    with pytest.raises(JobError) as failure:
+        upload_result(video, "job-late", bucket, 600, timeout_seconds=2, allow_private=True)
+    assert str(failure.value) == (
+        "UPLOAD_FAILED: the video could not be uploaded: 127.0.0.1 did not answer within the upload deadline (2 s, "
+        "UPLOAD_TIMEOUT_SECONDS); check s3Config.endpointUrl, or raise the deadline for very large videos.")
+    assert _SlowStore.puts == 1
+    assert_ended_by_the_deadline(time.monotonic() - started, 2)
+
+
+@pytest.mark.parametrize("store", ["hanging_endpoint", "unavailable_endpoint"])
+def test_sigterm_stops_an_upload_and_its_retries_at_once(store, request, tmp_path):
+    """With a deadline far away, only the stop can end the upload: the worker exits, its files removed."""
+    endpoint = request.getfixturevalue(store)
+    _Unavailable.requests = 0
+    env = {"MODEL_BACKEND": "lite", "ALLOW_PRIVATE_URLS": "1", "UPLOAD_TIMEOUT_SECONDS": "600"}
+    platform = RunPodPlatform()  # its own: the module's worker takes no job of this one
+    worker = QueueWorker(platform, env, tmp_path)
+    try:
+        job_id = platform.submit(sample_job_input(resolution="256*256", output_type="s3"),
+                                 s3Config=_s3_config(endpoint, bucket="stopped"))
+        platform.wait_for(lambda: any(isinstance(update, dict) and update.get("stage") == "upload"
+                                          for update in platform.progress.get(job_id, [])),
+                          60, "the upload to start")
+        if store == "unavailable_endpoint":
+            platform.wait_for(lambda: _Unavailable.requests >= 2, 60, "a retry")
+        else:
+            time.sleep(0.5)  # the attempt is waiting for its answer
+        signalled = time.monotonic()
+        worker.process.send_signal(signal.SIGTERM)
+        result = platform.wait_for(lambda: platform.results.get(job_id), 60, "the stopped job's result")
+        worker.process.wait(timeout=60)  # far under the 600 s the upload had left
+        print(f"{store}: SIGTERM mid-upload -> worker exited after {time.monotonic() - signalled:.2f} s")
+        assert result["error"].startswith("INTERNAL: the job was stopped before it finished: the worker received "
+                                          "SIGTERM"), result
+        requests_at_exit = _Unavailable.requests
+        assert "upload to bucket stopped failed" not in worker.log()
+        assert worker.leftovers() == []
+        time.sleep(1.0)
+        assert _Unavailable.requests == requests_at_exit, "no retry after the stop"
+    finally:
+        worker.stop()
+        platform.close()

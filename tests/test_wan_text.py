@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,47 @@ def test_embeddings_match_the_reference_encoder(
         scale = expected[:length].abs().max()
         assert (row[:length] - expected[:length]).abs().max() <= 1e-4 * scale
         assert torch.count_nonzero(row[length:]) == 0
+
+
+def test_the_sharded_form_loads_bit_identical_to_the_official_file(tmp_path: Path, official_files) -> None:
+    """scripts/shard_text_encoder.py on a bf16 file in the official layout: the shards keep its names,
+    dtypes and values, and the encoder read from them (the .pth gone) computes exactly the same."""
+    from safetensors import safe_open
+
+    from model.wan_common.config import T5_CHECKPOINT_FILE
+    from model.wan_common.convert_t5 import T5_SHARD_INDEX_FILE
+    from scripts.shard_text_encoder import main as shard_text_encoder
+
+    _, tokenizer_dir, official = official_files
+    bf16 = {key: tensor.to(torch.bfloat16) for key, tensor in official.items()}
+    checkpoint = tmp_path / T5_CHECKPOINT_FILE
+    torch.save(bf16, checkpoint)
+    from_pth = TextEncoder.from_official(checkpoint, tokenizer_dir, "cpu", torch.bfloat16, TINY_T5)
+
+    assert shard_text_encoder([str(tmp_path), "--shards", "3"]) == 0
+    weight_map = json.loads((tmp_path / T5_SHARD_INDEX_FILE).read_text())["weight_map"]
+    shards = sorted(set(weight_map.values()))
+    assert shards == [f"models_t5_umt5-xxl-enc-bf16-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    stored = {}
+    for shard in shards:
+        with safe_open(tmp_path / shard, framework="pt") as reader:
+            assert {weight_map[key] for key in reader.keys()} == {shard}
+            stored.update({key: reader.get_tensor(key) for key in reader.keys()})
+    assert stored.keys() == bf16.keys()
+    assert all(stored[key].dtype == torch.bfloat16 and torch.equal(stored[key], bf16[key]) for key in bf16)
+
+    checkpoint.unlink()
+    from_shards = TextEncoder.from_official(checkpoint, tokenizer_dir, "cpu", torch.bfloat16, TINY_T5)
+    for encoder in (from_pth, from_shards):
+        encoder.text_len = TINY_TEXT_LEN
+    assert torch.equal(from_shards.encode(PROMPTS), from_pth.encode(PROMPTS))
+    assert all(torch.equal(a, b) for a, b in zip(from_shards.state_dict().values(),
+                                                 from_pth.state_dict().values(), strict=True))
+
+
+def test_sharding_refuses_more_shards_than_the_tensors_fill(tmp_path: Path) -> None:
+    from model.wan_common.checkpoint import write_safetensors_shards
+
+    with pytest.raises(ValueError, match="do not fill 3 shards"):
+        write_safetensors_shards([("a", torch.zeros(100)), ("b", torch.zeros(1))], tmp_path, "x.safetensors", 3)
+    assert not list(tmp_path.iterdir())

@@ -132,6 +132,39 @@ def test_a_complete_layout_has_nothing_missing_and_a_lost_shard_is_named(tmp_pat
     assert sorted(missing_files(folder)) == sorted(["Wan2.1_VAE.pth", SHARDS[1]])
 
 
+T5_SHARDS = [f"models_t5_umt5-xxl-enc-bf16-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+
+
+def write_text_encoder_shards(folder: Path) -> Path:
+    """`folder`'s text encoder as the baked image holds it: shards and their index, no .pth."""
+    (folder / "models_t5_umt5-xxl-enc-bf16.pth").unlink()
+    index = {"metadata": {}, "weight_map": {f"blocks.{i}.w": shard for i, shard in enumerate(T5_SHARDS)}}
+    (folder / "models_t5_umt5-xxl-enc-bf16.safetensors.index.json").write_text(json.dumps(index))
+    for shard in T5_SHARDS:
+        (folder / shard).write_bytes(b"x")
+    return folder
+
+
+def test_the_text_encoder_as_shards_counts_in_place_of_its_file_once_every_shard_is_there(tmp_path):
+    folder = write_text_encoder_shards(write_layout(tmp_path / "ckpt"))
+    assert missing_files(folder) == []
+    (folder / T5_SHARDS[1]).unlink()
+    assert missing_files(folder) == [T5_SHARDS[1]]
+    (folder / "models_t5_umt5-xxl-enc-bf16.safetensors.index.json").unlink()
+    assert missing_files(folder) == ["models_t5_umt5-xxl-enc-bf16.pth"]
+
+
+def test_a_folder_holding_the_text_encoder_as_shards_does_not_download_its_file_again(tmp_path):
+    folder = write_text_encoder_shards(write_layout(tmp_path / "ckpt"))
+    patterns = weights.download_patterns(CHECKPOINT_WEIGHTS, PUBLISHED_FILES, folder)
+    fetched = set(filter_repo_objects(PUBLISHED_FILES, allow_patterns=patterns, ignore_patterns=list(SKIPPED_PATTERNS)))
+    everything = set(filter_repo_objects(PUBLISHED_FILES, allow_patterns=download_patterns(PUBLISHED_FILES),
+                                         ignore_patterns=list(SKIPPED_PATTERNS)))
+    assert fetched == everything - {"models_t5_umt5-xxl-enc-bf16.pth"}
+    assert weights.download_patterns(CHECKPOINT_WEIGHTS, PUBLISHED_FILES, tmp_path / "empty") == download_patterns(
+        PUBLISHED_FILES)
+
+
 def test_weights_are_found_in_model_dir_download_folder_runpod_cache_and_image(tmp_path):
     model_dir, cache, image = tmp_path / "models", tmp_path / "hub", tmp_path / "image"
     model_dir.mkdir()

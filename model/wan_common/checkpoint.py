@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
@@ -133,3 +134,38 @@ def transformer_width(folder: Path) -> int:
         config = json.loads(ours.read_text())
         return int(config.get("num_attention_heads", 0) * config.get("attention_head_dim", 0))
     return 0
+
+
+def write_safetensors_shards(
+    tensors: list[tuple[str, torch.Tensor]], folder: Path, weights_name: str, shards: int
+) -> list[Path]:
+    """`tensors` as `shards` safetensors files of about equal size in `folder`, and their index.
+
+    The files are named as huggingface_hub names a sharded `weights_name` (`STEM-00001-of-00003.safetensors`,
+    index `weights_name + ".index.json"`), which read_safetensors reads back; each tensor keeps its
+    name, dtype and values. One shard's tensors are in memory at a time (read_pth's stay
+    memory-mapped until their shard is written), and the index is written last, so a conversion
+    that died leaves no index. Raises ValueError when a tensor is so large that a shard would be empty.
+    """
+    sizes = [tensor.numel() * tensor.element_size() for _, tensor in tensors]
+    total = sum(sizes)
+    stem = weights_name.removesuffix(".safetensors")
+    names = [f"{stem}-{number:05d}-of-{shards:05d}.safetensors" for number in range(1, shards + 1)]
+    # each tensor goes to the shard its first byte falls in, so every shard ends at most one
+    # tensor past total / shards
+    placement: list[list[tuple[str, torch.Tensor]]] = [[] for _ in names]
+    start = 0
+    for (key, tensor), size in zip(tensors, sizes, strict=True):
+        placement[min(shards - 1, start * shards // max(total, 1))].append((key, tensor))
+        start += size
+    if any(not shard for shard in placement):
+        raise ValueError(f"{len(tensors)} tensors of {total} bytes do not fill {shards} shards")
+    weight_map: dict[str, str] = {}
+    files = []
+    for name, shard in zip(names, placement, strict=True):
+        save_file({key: tensor.contiguous() for key, tensor in shard}, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key, _ in shard})
+        files.append(folder / name)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / f"{weights_name}.index.json").write_text(json.dumps(index, indent=2))
+    return files

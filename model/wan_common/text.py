@@ -23,7 +23,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .checkpoint import load_streamed, parameters_on_meta, read_pth, read_safetensors
 from .config import TEXT_LEN, UMT5_XXL_ENCODER_CONFIG
-from .convert_t5 import convert_t5_key
+from .convert_t5 import convert_t5_key, sharded_weights_name
 
 
 class TextEncoder(ModelMixin):
@@ -51,12 +51,19 @@ class TextEncoder(ModelMixin):
     ) -> TextEncoder:
         """Load `models_t5_umt5-xxl-enc-bf16.pth` (streamed) and the `google/umt5-xxl` tokenizer.
 
+        When the file's safetensors shards and their index are beside it (convert_t5's
+        `sharded_weights_name`, as the baked image has them) they are read instead, shard by shard.
         `encoder_config` overrides the umt5-xxl hyper-parameters (the file has none).
         """
         config = UMT5Config(**(encoder_config or UMT5_XXL_ENCODER_CONFIG), is_encoder_decoder=False)
         with parameters_on_meta():
             model = UMT5EncoderModel(config)
-        load_streamed(model, read_pth(checkpoint), convert_t5_key, device, dtype)
+        sharded = sharded_weights_name(checkpoint.name)
+        if (checkpoint.parent / f"{sharded}.index.json").is_file():
+            tensors = read_safetensors(checkpoint.parent, sharded)
+        else:
+            tensors = read_pth(checkpoint)
+        load_streamed(model, tensors, convert_t5_key, device, dtype)
         return cls(model, AutoTokenizer.from_pretrained(tokenizer_dir))
 
     @classmethod

@@ -13,6 +13,7 @@ from model.wan_common.config import (
     TRANSFORMER_INDEX_FILE,
     VAE_CHECKPOINT_FILE,
 )
+from model.wan_common.convert_t5 import T5_SHARD_INDEX_FILE
 from model.wan_common.memory import MEMORY_MODE_SETTING, MemoryMode
 
 # The GPU memory (GB) a worker needs in each memory mode (model/wan_common/memory.py): `full`
@@ -51,7 +52,6 @@ CHECKPOINT_WEIGHTS = WeightSpec(
         TRANSFORMER_INDEX_FILE,
         "diffusion_pytorch_model-*.safetensors",
         VAE_CHECKPOINT_FILE,
-        T5_CHECKPOINT_FILE,
         f"{T5_TOKENIZER_DIR}/*",
         f"{WAV2VEC_DIR}/*.json",
     ),
@@ -60,14 +60,14 @@ CHECKPOINT_WEIGHTS = WeightSpec(
         TRANSFORMER_CONFIG_FILE,
         TRANSFORMER_INDEX_FILE,
         VAE_CHECKPOINT_FILE,
-        T5_CHECKPOINT_FILE,
         f"{WAV2VEC_DIR}/config.json",
         f"{WAV2VEC_DIR}/preprocessor_config.json",
     ),
     required_folders=(T5_TOKENIZER_DIR,),
-    # the transformer's shards are read from its index
-    shard_indexes=(TRANSFORMER_INDEX_FILE,),
-    any_of=(WAV2VEC_WEIGHT_FILES,),
+    # the transformer's shards are read from its index; the text encoder's from its own where it
+    # is kept as shards (the baked image: scripts/shard_text_encoder.py), else it is the .pth
+    shard_indexes=(TRANSFORMER_INDEX_FILE, T5_SHARD_INDEX_FILE),
+    any_of=(WAV2VEC_WEIGHT_FILES, (T5_CHECKPOINT_FILE, T5_SHARD_INDEX_FILE)),
 )
 # Quark-Vision/Live-Avatar: Wan2.2-S2V-14B distilled to 4 sampling steps, published as one LoRA.
 LORA_REPO_ID = "Quark-Vision/Live-Avatar"
