@@ -7,6 +7,7 @@ A video being sent when its retention ends is removed once it has been sent.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -17,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from handler.scratch import DOWNLOADS_PREFIX, hold
 from model.utc import utc_now, utc_text
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,10 @@ class _Entry:
 class DownloadStore:
     def __init__(self, retention_seconds: int, parent: Path | None = None) -> None:
         self.retention_seconds = retention_seconds
-        self.folder = Path(tempfile.mkdtemp(prefix="talking-head-downloads-", dir=parent))
+        self.folder = Path(tempfile.mkdtemp(prefix=DOWNLOADS_PREFIX, dir=parent))
+        # held until close(): a server killed with its videos leaves a folder the next start removes
+        self._held = contextlib.ExitStack()
+        self._held.enter_context(hold(self.folder))
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
@@ -85,4 +90,5 @@ class DownloadStore:
     def close(self) -> None:
         with self._lock:
             self._entries.clear()
+        self._held.close()
         shutil.rmtree(self.folder, ignore_errors=True)

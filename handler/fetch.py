@@ -129,10 +129,26 @@ def _parse(url: str, field: str) -> tuple[urllib.parse.SplitResult, str]:
     return parsed, parsed.hostname
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address that a gateway or the host itself reaches:
+# IPv4-compatible (::/96), SIIT's IPv4-translated (::ffff:0:0:0/96), NAT64's well-known prefix
+# (64:ff9b::/96) and its local-use one (64:ff9b:1::/48, RFC 8215).
+EMBEDDING_IPV4 = tuple(ipaddress.ip_network(prefix) for prefix in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96",
+                                                                   "64:ff9b:1::/48"))
+# Deprecated site-local addresses (RFC 3879), which Python still counts as global.
+SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+
+
 def is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in SITE_LOCAL:
+            return False
+        embedded = [ip.ipv4_mapped, ip.sixtofour]
+        embedded += [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) for network in EMBEDDING_IPV4 if ip in network]
+        if any(v4 is not None and not is_public_address(str(v4)) for v4 in embedded):
+            return False
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
     # is_global is False for loopback, private, link-local (incl. 169.254.169.254 metadata),
     # carrier-grade NAT, unspecified and reserved ranges.
     return ip.is_global and not ip.is_multicast

@@ -181,7 +181,7 @@ def create_app(worker: Worker) -> FastAPI:
             return _failure(job_id, failure)
         expires_at = store.publish(download_id)
         log.info("job %s answered 200 after %.2f s", job_id, time.monotonic() - started)
-        download_url = str(request.url_for("download", download_id=download_id))
+        download_url = _download_url(request, settings.server_public_url, download_id)
         return JSONResponse({"success": True, "request_id": job_id, "download_url": download_url,
                              "download_expires_at": expires_at, **result})
 
@@ -319,6 +319,16 @@ def _failure(
 ) -> JSONResponse:
     body = {"success": False, "request_id": job_id, "error": str(error)}
     return JSONResponse(body, status_code=status or STATUS_BY_CODE[error.code], headers=headers)
+
+
+def _download_url(request: Request, public_url: str | None, download_id: str) -> str:
+    """SERVER_PUBLIC_URL's, else the address the connection reached: never the client's Host header."""
+    path = request.app.url_path_for("download", download_id=download_id)
+    if public_url:
+        return public_url.rstrip("/") + path
+    host, port = request.scope["server"]
+    host = f"[{host}]" if ":" in host else host
+    return f"{request.url.scheme}://{host}:{port}{path}"
 
 
 def _authorized(request: Request, api_keys: tuple[str, ...]) -> bool:

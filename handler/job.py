@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import logging
 import shutil
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from handler.presets import PresetAvatars
 from handler.progress import PERCENT_AFTER_GENERATE, PERCENT_AFTER_INPUTS, ProgressReporter
 from handler.render import StepGuard, render
 from handler.schema import JobRequest, MediaSource, parse_job
+from handler.scratch import scratch_folder
 from handler.segments import SegmentPlan
 from handler.settings import WorkerSettings
 from handler.streaming import BucketPlaylist, SegmentSinks, StreamItem
@@ -138,15 +138,15 @@ class Worker:
         options = self._options(request)
         plan = self._plan(request, sends_stream_items=emit is not None, kept_by_server=keep_video_at is not None)
         stages = _Stages(job_id, control, ProgressReporter(job))
-        with tempfile.TemporaryDirectory(prefix="talking-head-job-") as workdir:
+        with scratch_folder() as workdir:
             with stages.run("decode", percent=0.0):
-                audio = self._load_audio(request, Path(workdir))
+                audio = self._load_audio(request, workdir)
                 self._check_time_budget(request, options.mode, audio)
                 image = None if request.image.kind == "preset" else self._load_image(request.image)
             with stages.run("prepare", percent=PERCENT_AFTER_INPUTS):
                 portrait = self._prepare(request, options.mode, image)
             log.info("job %s: portrait ready (%s) in %.2f s", job_id, request.image.field, stages.timings["prepare"])
-            video = self._render(plan, options, portrait, audio, Path(workdir) / "video.mp4", stages, emit)
+            video = self._render(plan, options, portrait, audio, workdir / "video.mp4", stages, emit)
             with stages.run("upload"):
                 delivered = self._deliver(plan, video, stages)
                 if keep_video_at is not None:

@@ -195,6 +195,10 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     return resampled.astype(np.float32)
 
 
+# Pillow's modes for 16-bit greyscale (a PNG's comes as I;16 or, in older versions, I).
+SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def decode_image(data: bytes, field: str, max_pixels: int) -> np.ndarray:
     """RGB uint8 (H, W, 3), EXIF orientation applied; refuses decompression bombs before decoding."""
     try:
@@ -227,6 +231,10 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> np.ndarray:
         )
     try:
         image = ImageOps.exif_transpose(image)
+        if image.mode in SIXTEEN_BIT_GREY_MODES:
+            # a 16-bit greyscale PNG: convert("RGB") would clip its 0..65535 to 255, nearly white
+            grey = np.asarray(image, dtype=np.float64) / 257.0
+            image = Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8), mode="L")
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             background = Image.new("RGB", image.size, (255, 255, 255))
             background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))

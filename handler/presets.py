@@ -47,11 +47,11 @@ class PresetAvatars:
             return cached
         image = self._images.get(avatar_id)
         if image is None:
-            known = ", ".join(self.ids) or "none are configured"
+            # the other presets are other customers' faces: never listed to a client
             raise JobError(
                 ErrorCode.INVALID_INPUT,
-                f"avatar_id {avatar_id!r} is not a preset on this endpoint ({known}); "
-                "use one of those or send image_file.",
+                f"avatar_id {avatar_id!r} is not a preset on this endpoint; send an avatar_id its operator "
+                "configured (PRESET_AVATARS_DIR), or image_file instead.",
             )
         try:
             prepared = self._backend.prepare_portrait(image, max_area)

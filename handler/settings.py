@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ WORKER_SETTINGS = (
             low=MIN_EXECUTION_TIMEOUT_SECONDS, high=MAX_EXECUTION_TIMEOUT_SECONDS),
     Setting("SERVER_API_KEY", str, None,
             "always-on server: the bearer token(s), comma-separated, that /generate and /download require"),
+    Setting("SERVER_PUBLIC_URL", str, None,
+            "always-on server: the base of every download_url (empty: the address the request reached)"),
 )
 # Read outside WORKER_SETTINGS: which model and where its weights are, the presets, the SDK's log level.
 OTHER_ENV_NAMES = ("MODEL_BACKEND", "MODEL_DIR", "PRESET_AVATARS_DIR", "RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL")
@@ -118,6 +121,8 @@ class WorkerSettings:
     execution_timeout_seconds: int | None = None
     #: SERVER_API_KEY: the always-on server's bearer tokens, comma-separated; never in a repr or a log
     server_api_key: str | None = dataclasses.field(default=None, repr=False)
+    #: SERVER_PUBLIC_URL: where clients reach the always-on server, e.g. https://talk.example.com
+    server_public_url: str | None = None
 
     @property
     def server_api_keys(self) -> tuple[str, ...]:
@@ -135,6 +140,7 @@ class WorkerSettings:
             backend_settings = {entry.name: entry.read_settings(env) for entry in backends}
         except SettingValueError as error:
             raise SettingsError(str(error)) from None
+        _check_public_url(values["server_public_url"])
         return cls(
             model_backend=backend,
             model_dir=_model_dir(env),
@@ -143,6 +149,14 @@ class WorkerSettings:
             bucket=_bucket(env),
             **values,
         )
+
+
+def _check_public_url(url: str | None) -> None:
+    if url is None:
+        return
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
+        raise SettingsError(f"SERVER_PUBLIC_URL={url!r} is not a base URL; set it to e.g. https://talk.example.com.")
 
 
 def split_api_keys(raw: str | None) -> tuple[str, ...]:

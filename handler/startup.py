@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from handler.errors import ErrorCode, JobError, from_model_error
 from handler.job import Worker
 from handler.presets import PresetAvatars
+from handler.scratch import remove_leftovers
 from handler.settings import SettingsError, WorkerSettings
 from model.base import HostUnfitError, ModelUnavailableError
 from model.registry import load_backend
@@ -25,6 +26,7 @@ def start_worker(env: Mapping[str, str] | None = None) -> Worker:
     HostUnfitError), `host_fault` says so, and on RunPod the worker leaves the pool instead.
     """
     started = time.monotonic()
+    remove_leftovers()
     try:
         settings = WorkerSettings.from_env(env)
     except SettingsError as error:

@@ -44,6 +44,9 @@ def _resolve_to(monkeypatch, address: str) -> None:
 @pytest.mark.parametrize("address", [
     "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.5", "192.168.1.1", "169.254.169.254",
     "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:10.0.0.1", "224.0.0.1",
+    # IPv6 forms that embed or translate to a private or loopback IPv4 address, and site-local
+    "64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b:1::c0a8:101", "::10.0.0.1", "::127.0.0.1",
+    "::ffff:0:a00:1", "2002:a00:1::1", "2002:7f00:1::", "fec0::1",
 ])
 def test_private_addresses_are_refused_without_connecting(monkeypatch, no_connections, address):
     _resolve_to(monkeypatch, address)
@@ -52,6 +55,11 @@ def test_private_addresses_are_refused_without_connecting(monkeypatch, no_connec
     assert error.value.code == ErrorCode.FETCH_FAILED
     assert "non-public address" in error.value.message and "image_url" in error.value.message
     assert no_connections == []
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "2606:4700::1111", "64:ff9b::808:808", "2002:808:808::1"])
+def test_public_addresses_and_the_v6_forms_of_public_v4_ones_pass_the_guard(address):
+    assert fetch.is_public_address(address)
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/a.wav", "file:///etc/passwd", "http://", "javascript:alert(1)", "http://a:b:c/"])

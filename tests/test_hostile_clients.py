@@ -296,3 +296,20 @@ def test_while_the_model_loads_the_api_key_is_checked_before_the_starting_answer
         assert requests.get(f"{url}/ping", timeout=10).status_code == 204
         assert not gate.exists(), "all of it while the model loads"
     assert API_KEYS[0] not in (tmp_path / "server.log").read_text()
+
+
+def test_download_urls_come_from_the_server_not_the_clients_host_header(tmp_path):
+    """A client's Host header never reaches download_url: SERVER_PUBLIC_URL's base, else the
+    address the connection reached."""
+    cases = (("plain", {}, None), ("public", {"SERVER_PUBLIC_URL": "https://talk.example.com/"}, "https://talk.example.com"))
+    for name, env, expected in cases:
+        server = ServerProcess({"MODEL_BACKEND": "lite", **env}, tmp_path / name)
+        try:
+            reply = requests.post(f"{server.url}/generate", files=SAMPLE_FILES, data={"resolution": "128*128"},
+                                  headers={"Host": "evil.example:666"}, timeout=120)
+            assert reply.status_code == 200, reply.text
+            url = reply.json()["download_url"]
+            assert "evil.example" not in url
+            assert url.startswith(f"{expected or server.url}/download/"), url
+        finally:
+            server.stop()

@@ -116,3 +116,15 @@ def test_surround_speech_within_the_bounds_becomes_16k_mono_and_a_48k_mux_copy(t
     info = soundfile.info(str(audio.mux_wav))
     assert (info.samplerate, info.channels, info.subtype) == (48_000, 1, "PCM_16")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["speech.wav", "surround.flac"]
+
+
+def test_a_16_bit_greyscale_png_decodes_to_its_own_tones_not_white():
+    tones = np.linspace(0, 65535, 128 * 96, dtype=np.float64).reshape(96, 128).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(tones).save(buffer, format="PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")  # a real 16-bit PNG
+    rgb = decode_image(buffer.getvalue(), "image_file", 10_000_000)
+    assert rgb.shape == (96, 128, 3) and rgb.dtype == np.uint8
+    expected = np.round(tones / 257.0).astype(np.uint8)
+    assert np.array_equal(rgb[..., 0], expected) and np.array_equal(rgb[..., 1], rgb[..., 2])
+    assert rgb.mean() == pytest.approx(127.5, abs=1.0)

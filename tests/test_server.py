@@ -10,7 +10,6 @@ import http.client
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -250,8 +249,10 @@ def test_health_while_a_job_runs_and_the_full_queue_gets_429(server, long_speech
                 client.wait(timeout=10)
     server.wait_for_health(lambda health: not health["busy"] and health["queued"] == 0, "the queue to empty")
     log = server.log()
-    assert re.search(r"job (srv-\w+): generation stops at frame \d+/3000", log), log[-3000:]
-    assert "(the client closed the connection); its files are removed" in log
+    # stopped wherever it was when the client hung up (on a busy machine, perhaps before its first
+    # frame): neither long job rendered all its 3000 frames
+    assert "(the client closed the connection); its files are removed" in log, log[-3000:]
+    assert " 3000 frames" not in log
     assert not [path for path in server.leftovers() if "talking-head-job-" in str(path)]
 
 

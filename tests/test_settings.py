@@ -45,3 +45,10 @@ def test_default_mode_fast_on_the_lite_worker_is_refused_at_start(tmp_path):
         assert "worker ready" not in log and f"job {reply['id']} progress" not in log
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize("raw", ["talk.example.com", "ftp://talk.example.com", "https://", "https://a.example/?x=1"])
+def test_a_server_public_url_that_is_not_a_base_url_is_refused_at_start(raw):
+    with pytest.raises(SettingsError, match=r"^SERVER_PUBLIC_URL=.* is not a base URL; set it to e\.g\. https://"):
+        WorkerSettings.from_env({"SERVER_PUBLIC_URL": raw})
+    assert WorkerSettings.from_env({"SERVER_PUBLIC_URL": "https://talk.example.com/base"}).server_public_url

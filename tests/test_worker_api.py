@@ -139,6 +139,15 @@ def test_preset_avatar_skips_the_portrait(worker, tmp_path):
     assert log.index("preset astronaut prepared") < log.index("worker ready")
 
 
+def test_an_unknown_preset_is_refused_without_naming_the_others(worker):
+    audio = base64.b64encode((ASSETS / "speech.wav").read_bytes()).decode()
+    reply = worker.runsync({"audio_file": audio, "avatar_id": "nobody"})
+    assert reply["status"] == "FAILED", reply
+    assert reply["error"].startswith("INVALID_INPUT: avatar_id 'nobody' is not a preset"), reply["error"]
+    assert "is not a preset on this endpoint" in reply["error"]
+    assert "astronaut" not in reply["error"] and len(reply["error"]) < 300
+
+
 def test_same_seed_same_video(plain_worker, tmp_path):
     first = plain_worker.runsync(sample_job_input(resolution="256*256", seed=5))["output"]["video_base64"]
     again = plain_worker.runsync(sample_job_input(resolution="256*256", seed=5))["output"]["video_base64"]
