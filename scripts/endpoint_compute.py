@@ -31,15 +31,16 @@ class GpuClass:
 # Smallest first.
 GPU_CLASSES = (
     GpuClass(24, ("ADA_24", "AMPERE_24")),  # RTX 4090 | L4, A5000, RTX 3090
+    GpuClass(32, ("ADA_32_PRO",)),  # RTX 5090
     GpuClass(48, ("ADA_48_PRO", "AMPERE_48")),  # L40, L40S, RTX 6000 Ada | A6000, A40
     GpuClass(80, ("ADA_80_PRO", "AMPERE_80")),  # H100 | A100 80GB
     GpuClass(96, ("BLACKWELL_96",)),  # RTX PRO 6000 Blackwell (Server, Workstation, Max-Q)
     GpuClass(141, ("HOPPER_141",)),  # H200
     GpuClass(180, ("BLACKWELL_180",)),  # B200
 )
-# ADA_32_PRO (RTX 5090, 32 GB) is left out: RunPod's serverless pricing table gives it no price, and
-# every pool the tool may pick is ranked by its price (data/costs.toml). The catalog check lets
-# --gpu-pools name it all the same.
+# RunPod's serverless pricing table gives no price for these, so data/costs.toml has none: the
+# price order ranks their class after every priced one that fits.
+UNPRICED_POOLS = ("ADA_32_PRO",)
 KNOWN_GPU_POOLS = tuple(pool for gpu_class in GPU_CLASSES for pool in gpu_class.pools)
 
 MAX_GPU_PRIORITIES = 3

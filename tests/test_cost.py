@@ -198,10 +198,15 @@ def test_the_plot_is_a_png(tmp_path):
 
 def test_every_runpod_pool_the_endpoint_tool_picks_has_a_flex_price():
     from scripts.cost import flex_prices
-    from scripts.endpoint_compute import KNOWN_GPU_POOLS
+    from scripts.endpoint_compute import GPU_NEEDS, KNOWN_GPU_POOLS, UNPRICED_POOLS, gpu_pools_for_memory
 
     prices = flex_prices()
-    assert set(KNOWN_GPU_POOLS) <= set(prices), set(KNOWN_GPU_POOLS) - set(prices)
+    assert set(KNOWN_GPU_POOLS) - set(UNPRICED_POOLS) <= set(prices), set(KNOWN_GPU_POOLS) - set(prices)
+    assert not set(UNPRICED_POOLS) & set(prices), "a priced pool is no longer unpriced"
+    # by price first, so an unpriced class comes after every priced one that fits
+    for need in GPU_NEEDS.values():
+        for memory_gb in need.memory_gb.values():
+            assert not set(gpu_pools_for_memory(memory_gb)) & set(UNPRICED_POOLS), memory_gb
 
 
 def test_the_endpoint_tools_right_sizing_follows_the_price_file(monkeypatch):

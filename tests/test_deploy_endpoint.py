@@ -35,8 +35,8 @@ API_KEY = "rp_test_key_never_printed"
 BUCKET_SECRET = "bucket-secret-never-printed"
 
 # (GPU type id, serverless pool, memory GB): a few rows of GET /v2/catalog/gpus (ids and pools from
-# runpod/docs references/gpu-types.mdx and flash/configuration/gpu-types.mdx). ADA_32_PRO stands for a
-# pool the tool's table leaves out (it has no price); the RTX 3070 is in no serverless pool.
+# runpod/docs references/gpu-types.mdx and flash/configuration/gpu-types.mdx). FUTURE_64 stands for a
+# pool RunPod may add that the tool's table does not know yet; the RTX 3070 is in no serverless pool.
 CATALOG_ROWS = [
     ("NVIDIA RTX A4000", "AMPERE_16", 16), ("NVIDIA GeForce RTX 4090", "ADA_24", 24), ("NVIDIA L4", "AMPERE_24", 24),
     ("NVIDIA RTX A5000", "AMPERE_24", 24), ("NVIDIA GeForce RTX 3090", "AMPERE_24", 24),
@@ -46,7 +46,7 @@ CATALOG_ROWS = [
     ("NVIDIA H100 80GB HBM3", "ADA_80_PRO", 80), ("NVIDIA H100 PCIe", "ADA_80_PRO", 80),
     ("NVIDIA H200", "HOPPER_141", 141), ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "BLACKWELL_96", 96),
     ("NVIDIA B200", "BLACKWELL_180", 180), ("NVIDIA GeForce RTX 5090", "ADA_32_PRO", 32),
-    ("NVIDIA GeForce RTX 3070", None, 8),
+    ("NVIDIA Future GPU", "FUTURE_64", 64), ("NVIDIA GeForce RTX 3070", None, 8),
 ]
 KNOWN_POOLS = {pool for _, pool, _ in CATALOG_ROWS if pool}
 GPU_TYPES_BY_POOL = {pool: {gpu for gpu, p, _ in CATALOG_ROWS if p == pool} for pool in KNOWN_POOLS}
@@ -647,19 +647,19 @@ def test_a_pool_the_catalog_lacks_is_refused_before_anything_changes(fake_api):
 
 def test_a_pool_only_the_catalog_knows_is_used_with_a_note(fake_api):
     api, base_url = fake_api
-    result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", "--gpu-pools", "ADA_32_PRO,HOPPER_141")
+    result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", "--gpu-pools", "FUTURE_64,HOPPER_141")
     assert result.returncode == 0, result.stderr
-    assert "ADA_32_PRO is in RunPod's catalog but not in this tool's table" in result.stderr
-    assert body_sent(api, "POST", "/v2/serverless")["gpu"]["pools"] == ["ADA_32_PRO", "HOPPER_141"]
+    assert "FUTURE_64 is in RunPod's catalog but not in this tool's table" in result.stderr
+    assert body_sent(api, "POST", "/v2/serverless")["gpu"]["pools"] == ["FUTURE_64", "HOPPER_141"]
 
 
 def test_without_the_catalog_an_unknown_pool_is_only_warned_about(fake_api):
     api, base_url = fake_api
     api.failing_routes["/v2/catalog/gpus"] = 503
-    result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", "--gpu-pools", "ADA_32_PRO")
+    result = run_tool(base_url, "--name", "th", "--image", "acme/th:cafe", "--gpu-pools", "FUTURE_64")
     assert result.returncode == 0, result.stderr
     assert "warning: the GPU pools were not checked against RunPod's catalog" in result.stderr
-    assert "ADA_32_PRO is not a pool this tool knows" in result.stderr
+    assert "FUTURE_64 is not a pool this tool knows" in result.stderr
     assert api.violations == [] and len(api.endpoints) == 1
 
 
@@ -776,4 +776,4 @@ def test_the_tools_gpu_classes_are_catalog_pools_of_their_memory_smallest_first(
     for gpu_class in GPU_CLASSES:
         for pool in gpu_class.pools:
             assert {memory for _, p, memory in CATALOG_ROWS if p == pool} == {gpu_class.memory_gb}, pool
-    assert {"BLACKWELL_96", "BLACKWELL_180"} <= set(KNOWN_GPU_POOLS)
+    assert {"ADA_32_PRO", "BLACKWELL_96", "BLACKWELL_180"} <= set(KNOWN_GPU_POOLS)
