@@ -93,7 +93,7 @@ DECLARATION = BackendDeclaration(
     # quality: a clip of 80 frames at a time, the first clip less its 3 dropped motion frames;
     # fast: a block of 12 frames (3 latents) at a time, the first less the 3 the VAE adds.
     # model/wan_s2v/pipeline.py and fast_pipeline.py derive theirs from the reference's config;
-    # tests/test_wan_backend.py checks that they agree with these.
+    # tests/test_registry.py checks that they agree with these.
     frame_batches={"quality": (77, 80), "fast": (9, 12)},
     weights=(CHECKPOINT_WEIGHTS, LORA_WEIGHTS),
     settings=(
