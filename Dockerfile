@@ -62,6 +62,8 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 COPY handler/ handler/
 COPY model/ model/
 COPY scripts/download_models.py scripts/
+# the measured speeds each job is sized by against the execution timeout (model/speed.py)
+COPY data/costs.toml data/
 COPY pyproject.toml test_input.jso[n] ./
 ENV PYTHONPATH=/app
 

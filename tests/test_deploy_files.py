@@ -429,7 +429,7 @@ def build_context_includes(path: str) -> bool:
     ("path", "included"),
     [
         ("pyproject.toml", True), ("handler/__main__.py", True), ("model/base.py", True),
-        ("scripts/download_models.py", True), ("scripts/shard_text_encoder.py", True),
+        ("scripts/download_models.py", True), ("scripts/shard_text_encoder.py", True), ("data/costs.toml", True),
         ("test_input.json", True),
         (".env", False), (".git/config", False), (".venv/bin/python", False), ("outputs/a.mp4", False),
         ("scripts/runpod_endpoint.py", False), ("handler/__pycache__/job.cpython-312.pyc", False),
@@ -446,6 +446,13 @@ def test_everything_the_dockerfile_copies_is_in_the_build_context():
                 if "[" not in source:  # test_input.jso[n]: optional by design
                     inside = source.rstrip("/") + ("/x.py" if source.endswith("/") else "")
                     assert build_context_includes(inside), source
+
+
+def test_the_image_carries_the_speeds_the_worker_sizes_jobs_by():
+    from model.speed import DATA
+
+    copied = [rest.split()[:-1] for word, rest in stage("worker") if word == "COPY" and not rest.startswith("--from=")]
+    assert str(DATA.relative_to(ROOT)) in [source for sources in copied for source in sources]
 
 
 def test_env_example_documents_every_setting_and_runs_a_dry_run(tmp_path):
