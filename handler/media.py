@@ -180,21 +180,6 @@ def _check_duration(seconds: float, field: str, max_seconds: float) -> None:
         )
 
 
-def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
-    """Band-limited resampling of a whole signal by trimming or padding its spectrum."""
-    if rate == target_rate:
-        return samples.astype(np.float32)
-    target_length = max(1, int(round(len(samples) * target_rate / rate)))
-    spectrum = np.fft.rfft(samples.astype(np.float64))
-    bins = target_length // 2 + 1
-    if bins <= len(spectrum):
-        spectrum = spectrum[:bins]
-    else:
-        spectrum = np.concatenate([spectrum, np.zeros(bins - len(spectrum), dtype=spectrum.dtype)])
-    resampled = np.fft.irfft(spectrum, n=target_length) * (target_length / len(samples))
-    return resampled.astype(np.float32)
-
-
 # Pillow's modes for 16-bit greyscale (a PNG's comes as I;16 or, in older versions, I).
 SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 

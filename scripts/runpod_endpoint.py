@@ -152,10 +152,8 @@ def spec_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Depl
         compute = Compute(cpu=parse_cpu_configs(args.cpu))
     # The execution timeout fits the longest speech the worker accepts in the endpoint's default
     # mode on its slowest GPU; the worker refuses, before rendering, a job that would not fit it.
-    mode = environ.get("DEFAULT_MODE") or entry.modes[0]
-    if mode not in entry.modes:
-        raise ValueError(f"DEFAULT_MODE={mode!r} is not a mode of the {args.backend} backend; set it to one of "
-                         f"{', '.join(entry.modes)}, or leave it empty for {entry.modes[0]}")
+    # (a DEFAULT_MODE the backend lacks is refused by worker_env, below)
+    mode = environ.get("DEFAULT_MODE") if environ.get("DEFAULT_MODE") in entry.modes else entry.modes[0]
     try:
         max_audio_seconds = MAX_AUDIO_SETTING.read(environ)
     except SettingValueError as error:
