@@ -153,7 +153,8 @@ def spec_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Depl
     # The execution timeout fits the longest speech the worker accepts in the endpoint's default
     # mode on its slowest GPU; the worker refuses, before rendering, a job that would not fit it.
     # (a DEFAULT_MODE the backend lacks is refused by worker_env, below)
-    mode = environ.get("DEFAULT_MODE") if environ.get("DEFAULT_MODE") in entry.modes else entry.modes[0]
+    asked = environ.get("DEFAULT_MODE", "")
+    mode = asked if asked in entry.modes else entry.modes[0]
     try:
         max_audio_seconds = MAX_AUDIO_SETTING.read(environ)
     except SettingValueError as error:
