@@ -16,6 +16,8 @@ import dataclasses
 import re
 import urllib.parse
 
+from handler.client_text import shown_value
+
 # botocore's own rule for a bucket name, so that every name accepted here is one it sends.
 BUCKET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9.\-_]{1,255}$")
 DEFAULT_REGION = "us-east-1"
@@ -81,7 +83,8 @@ def make_bucket(
         endpoint, named, region, is_aws = None, None, DEFAULT_REGION, True
     if named and bucket_name and named != bucket_name:
         raise BucketAddressError(
-            f"{fields.endpoint} names the bucket {named!r} but {fields.bucket} is {bucket_name!r}; "
+            f"{fields.endpoint} names the bucket {shown_value(named)} but {fields.bucket} is "
+            f"{shown_value(bucket_name)}; "
             "name the bucket in one place, or make them agree."
         )
     bucket = bucket_name or named

@@ -4,6 +4,11 @@ An upload has one deadline (UPLOAD_TIMEOUT_SECONDS), retries included: each atte
 presigned URL that ends by the deadline (handler/s3_put.py), and a retry starts only while time is
 left. A stop of the job (cancel, SIGTERM: its JobControl) ends the attempt and the pause before a
 retry at once. botocore only signs. A failure says why, in the user's words.
+
+An attempt that sent the whole body and got no answer (or one late) may still have stored the
+object: a HEAD of it (its size and MD5) then ends the upload instead of a second PUT of what the
+store already holds, beside the wait for a late answer (from CHECK_RESERVE_SECONDS before the
+deadline) and before a retry after a connection that broke off.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,7 +34,7 @@ from handler.bucket import BucketSettings
 from handler.cancel import JobControl, current_control
 from handler.errors import ErrorCode, JobError
 from handler.fetch import resolve_public
-from handler.s3_put import PutFailed, put_file
+from handler.s3_put import PutFailed, head_file, object_matches, put_file
 from handler.settings import MAX_URL_EXPIRY_SECONDS
 from model.utc import utc_now, utc_text
 
@@ -48,6 +54,9 @@ MAX_CONNECT_SECONDS = 10.0
 MIN_ATTEMPT_SECONDS = 1.0
 FIRST_RETRY_PAUSE_SECONDS = 0.5
 MAX_RETRY_PAUSE_SECONDS = 8.0
+# A late answer is waited for until the deadline; from this long before it (at most a quarter of the
+# deadline), a HEAD looks whether the store holds the object already.
+CHECK_RESERVE_SECONDS = 5.0
 # S3's answers that a later attempt may not get (throttling, a store's own trouble).
 RETRYABLE_CODES = {
     "SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "Throttling",
@@ -109,13 +118,27 @@ def put_object(
     started = time.monotonic()
     deadline = started + timeout_seconds
     put_url = _presign(bucket, key, "put_object", _put_url_lifetime(timeout_seconds), ContentType=content_type)
-    address = _resolve(put_url, bucket, allow_private, ErrorCode.UPLOAD_FAILED)
+    head_url = _presign(bucket, key, "head_object", _put_url_lifetime(timeout_seconds))
+    address = _resolve(put_url, bucket, allow_private, ErrorCode.UPLOAD_FAILED, deadline, control,
+                       f"upload deadline ({timeout_seconds:g} s, UPLOAD_TIMEOUT_SECONDS)")
+
+    def store_holds(md5: str, by: float) -> bool:
+        try:
+            return object_matches(head_file(head_url, address, by, MAX_CONNECT_SECONDS, control), size, md5)
+        except PutFailed:
+            return False
+
+    check_at = deadline - min(CHECK_RESERVE_SECONDS, timeout_seconds / 4)
     attempt = 0
     while True:
         attempt += 1
         file.seek(0)
-        failure = _put_once(put_url, address, file, size, content_type, deadline, control)
+        failure = _put_once(put_url, address, file, size, content_type, deadline, control, store_holds, check_at)
         if failure is None:
+            break
+        if failure.sent_md5 and failure.kind == "broken" and store_holds(failure.sent_md5, deadline):
+            log.info("upload to bucket %s: attempt %d got no answer, but the store holds the object; "
+                     "it is not sent again", bucket.bucket_name, attempt)
             break
         pause = min(FIRST_RETRY_PAUSE_SECONDS * 2 ** (attempt - 1), MAX_RETRY_PAUSE_SECONDS)
         reason = failure.reason(bucket, timeout_seconds)
@@ -155,13 +178,18 @@ def _put_url_lifetime(timeout_seconds: float) -> int:
     return int(min(MAX_URL_EXPIRY_SECONDS, timeout_seconds + 60))
 
 
-def _resolve(url: str, bucket: BucketSettings, allow_private: bool, code: ErrorCode) -> str:
-    """The address to upload to; the endpoint's own bucket may be anywhere, a job's must be public."""
+def _resolve(
+    url: str, bucket: BucketSettings, allow_private: bool, code: ErrorCode, deadline: float | None = None,
+    control: JobControl | None = None, deadline_name: str | None = None,
+) -> str:
+    """The address to upload to; the endpoint's own bucket may be anywhere, a job's must be public.
+    The lookup ends by `deadline` (handler/fetch.py, `lookup`)."""
     parsed = urllib.parse.urlsplit(url)
     assert parsed.hostname is not None, "an endpoint has a host (handler/bucket.py), and boto3 presigns on it"
     return resolve_public(
         parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), bucket.fields.endpoint,
         allow_private or not bucket.from_job, code, "which this worker does not upload to; use a public S3 endpoint.",
+        deadline=deadline, control=control, deadline_name=deadline_name,
     )
 
 
@@ -174,6 +202,8 @@ class _Failure:
     code: str = ""
     #: the region AWS says the bucket is in, when it was addressed in another
     region: str = ""
+    #: the MD5 of the body, when all of it was sent and no answer came: the store may hold it
+    sent_md5: str | None = None
 
     @property
     def retryable(self) -> bool:
@@ -209,13 +239,15 @@ class _Failure:
 
 def _put_once(
     url: str, address: str, file: IO[bytes], size: int, content_type: str, deadline: float,
-    control: JobControl | None,
+    control: JobControl | None, check: Callable[[str, float], bool], check_at: float,
 ) -> _Failure | None:
     try:
         answer = put_file(url, address, file, size, {"Content-Type": content_type}, deadline, MAX_CONNECT_SECONDS,
-                          control)
+                          control, check, check_at)
     except PutFailed as failed:
-        return _Failure(failed.kind)
+        return _Failure(failed.kind, sent_md5=failed.sent_md5)
+    if answer.found_by_check:
+        log.info("no answer to the upload yet, but the store holds the object; it is not waited for")
     if 200 <= answer.status < 300:
         return None
     code = S3_ERROR_CODE.search(answer.body)

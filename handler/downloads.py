@@ -3,6 +3,11 @@
 The id is the only thing that grants access to a video (like a presigned URL), so it is made by
 `secrets` and never logged. Files live in one folder of their own, removed when the server stops.
 A video being sent when its retention ends is removed once it has been sent.
+
+All of them together stay under SERVER_DOWNLOAD_MAX_BYTES: a job's video enters the folder through
+`keep_download`, which first makes room by removing the oldest videos (their download_url then
+answers 404 as after their retention); a video larger than the whole cap fails its job
+OUTPUT_TOO_LARGE, naming the setting.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -18,28 +24,44 @@ import threading
 import time
 from pathlib import Path
 
+from handler.errors import ErrorCode, JobError
 from handler.scratch import DOWNLOADS_PREFIX, hold
+from model.declaration import SettingValueError
 from model.utc import utc_now, utc_text
 
 log = logging.getLogger(__name__)
+
+MAX_BYTES_ENV = "SERVER_DOWNLOAD_MAX_BYTES"
 
 
 @dataclasses.dataclass
 class _Entry:
     path: Path
     expires_at: float
+    size: int = 0
     sending: int = 0
 
 
+# The open stores by folder: a job finds the store its video goes to from the path it was given.
+_STORES: dict[Path, DownloadStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
 class DownloadStore:
-    def __init__(self, retention_seconds: int, parent: Path | None = None) -> None:
+    def __init__(self, retention_seconds: int, parent: Path | None = None, max_bytes: int | None = None) -> None:
         self.retention_seconds = retention_seconds
+        #: SERVER_DOWNLOAD_MAX_BYTES (read from the environment when not given)
+        self.max_bytes = configured_max_bytes() if max_bytes is None else max_bytes
         self.folder = Path(tempfile.mkdtemp(prefix=DOWNLOADS_PREFIX, dir=parent))
         # held until close(): a server killed with its videos leaves a folder the next start removes
         self._held = contextlib.ExitStack()
         self._held.enter_context(hold(self.folder))
         self._entries: dict[str, _Entry] = {}
+        #: bytes of videos admitted (`keep_download`) and not yet published or discarded
+        self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
+        with _STORES_LOCK:
+            _STORES[self.folder] = self
 
     @staticmethod
     def new_id() -> str:
@@ -49,14 +71,50 @@ class DownloadStore:
         """Where a job puts the video it makes for `download_id`."""
         return self.folder / f"{download_id}.mp4"
 
+    def admit(self, download_id: str, size: int) -> None:
+        """Room for a video of `size` bytes: the oldest videos are removed until all fit under
+        `max_bytes`. Raises JobError(OUTPUT_TOO_LARGE) for a video larger than the cap alone."""
+        if size > self.max_bytes:
+            raise JobError(ErrorCode.OUTPUT_TOO_LARGE, (
+                f"the video is {size} bytes, more than this server keeps for downloads "
+                f"({MAX_BYTES_ENV}={self.max_bytes}); send shorter speech or a smaller resolution, or raise "
+                f"{MAX_BYTES_ENV}."))
+        now = time.monotonic()
+        with self._lock:
+            held = sum(entry.size for entry in self._entries.values() if entry.expires_at > now)
+            held += sum(self._pending.values())
+            removed: list[Path] = []
+            for key, entry in sorted(self._entries.items(), key=lambda item: item[1].expires_at):
+                if held + size <= self.max_bytes:
+                    break
+                if entry.expires_at <= now:
+                    continue  # expired already: not counted, removed by the sweep
+                held -= entry.size
+                if entry.sending:
+                    entry.expires_at = now  # no one else gets it; removed once it has been sent
+                else:
+                    removed.append(self._entries.pop(key).path)
+            self._pending[download_id] = size
+        for path in removed:
+            path.unlink(missing_ok=True)
+        if removed:
+            log.info("%d older video(s) removed to keep downloads under %s=%d", len(removed), MAX_BYTES_ENV,
+                     self.max_bytes)
+
     def publish(self, download_id: str) -> str:
         """The video for `download_id` is complete: serve it from now on; returns when it expires (UTC, ISO 8601)."""
+        path = self.path_for(download_id)
         with self._lock:
-            self._entries[download_id] = _Entry(self.path_for(download_id), time.monotonic() + self.retention_seconds)
+            size = self._pending.pop(download_id, None)
+            if size is None:
+                size = path.stat().st_size if path.exists() else 0
+            self._entries[download_id] = _Entry(path, time.monotonic() + self.retention_seconds, size)
         return utc_text(utc_now() + datetime.timedelta(seconds=self.retention_seconds))
 
     def discard(self, download_id: str) -> None:
         """A job that failed may have left part of a file."""
+        with self._lock:
+            self._pending.pop(download_id, None)
         self.path_for(download_id).unlink(missing_ok=True)
 
     def checkout(self, download_id: str) -> Path | None:
@@ -88,7 +146,32 @@ class DownloadStore:
         return len(paths)
 
     def close(self) -> None:
+        with _STORES_LOCK:
+            _STORES.pop(self.folder, None)
         with self._lock:
             self._entries.clear()
+            self._pending.clear()
         self._held.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def keep_download(video: Path, destination: Path) -> None:
+    """Move a job's finished video to `destination` in a store's folder, once the store has room
+    for it (DownloadStore.admit); a destination outside every store is a plain move."""
+    with _STORES_LOCK:
+        store = _STORES.get(destination.parent)
+    if store is not None:
+        store.admit(destination.stem, video.stat().st_size)
+    shutil.move(video, destination)
+
+
+def configured_max_bytes() -> int:
+    """SERVER_DOWNLOAD_MAX_BYTES as the worker's settings read it (a value they refused fails every
+    job at start already; the store then keeps the default)."""
+    from handler.settings import WORKER_SETTINGS
+
+    setting = next(setting for setting in WORKER_SETTINGS if setting.env == MAX_BYTES_ENV)
+    try:
+        return int(setting.read(os.environ))
+    except SettingValueError:
+        return int(setting.default)

@@ -4,6 +4,11 @@ Every hop (the URL and each redirect) is resolved once, every address it resolve
 public, and the connection is made to that checked address, so a DNS answer that changes between
 the check and the connection cannot redirect us inside. The body is capped while streaming, and
 the whole download ends by its deadline or the job's stop, however slowly the server sends.
+
+The name lookup is part of that deadline: getaddrinfo cannot be interrupted and may block for as
+long as the system's resolver retries, so it runs in a thread of its own (`lookup`), waited for
+until the deadline or the stop; a lookup still blocked then is left to end on its own, and at most
+MAX_LOOKUPS of them run at once, so a resolver that never answers costs a few threads, not one per job.
 """
 
 from __future__ import annotations
@@ -15,18 +20,29 @@ import socket
 import threading
 import time
 import urllib.parse
+from typing import Any
 
 import certifi
 import urllib3
 import urllib3.connection
 import urllib3.response
 
-from handler.cancel import JobControl, current_control
+from handler.cancel import JobCancelled, JobControl, current_control
+from handler.client_text import shown_value
 from handler.errors import ErrorCode, JobError
 
 MAX_REDIRECTS = 5
 CHUNK_BYTES = 256 * 1024
 USER_AGENT = "talking-head-worker/0.1"
+# Name lookups that may block at once (each in a thread of its own); more wait for one to end.
+MAX_LOOKUPS = 8
+# The deadline of a lookup whose caller gives none.
+DEFAULT_LOOKUP_SECONDS = 30.0
+_lookup_slots = threading.BoundedSemaphore(MAX_LOOKUPS)
+
+
+class LookupTimeout(Exception):
+    """The name lookup did not end by its deadline."""
 
 
 def fetch_url(
@@ -43,7 +59,7 @@ def fetch_url(
     deadline = time.monotonic() + timeout_seconds
     for _ in range(MAX_REDIRECTS + 1):
         parsed, host = _parse(url, field)
-        address = _resolve_checked(parsed, host, field, allow_private)
+        address = _resolve_checked(parsed, host, field, allow_private, deadline, control, timeout_seconds)
         with _Wait(_connection_for(parsed, address, deadline), deadline, control) as wait:
             try:
                 response = _get(wait, parsed, host, field, timeout_seconds)
@@ -154,24 +170,40 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def _resolve_checked(parsed: urllib.parse.SplitResult, host: str, field: str, allow_private: bool) -> str:
+def _resolve_checked(
+    parsed: urllib.parse.SplitResult, host: str, field: str, allow_private: bool, deadline: float,
+    control: JobControl | None, timeout_seconds: float,
+) -> str:
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     return resolve_public(
         host, port, field, allow_private, ErrorCode.FETCH_FAILED,
         "which this worker does not fetch; use a public URL or send the file as base64.",
+        deadline=deadline, control=control, deadline_name=f"FETCH_TIMEOUT_SECONDS={timeout_seconds:g} s",
     )
 
 
-def resolve_public(hostname: str, port: int, field: str, allow_private: bool, code: ErrorCode, refusal: str) -> str:
+def resolve_public(
+    hostname: str, port: int, field: str, allow_private: bool, code: ErrorCode, refusal: str,
+    deadline: float | None = None, control: JobControl | None = None, deadline_name: str | None = None,
+) -> str:
     """The address to connect to for `hostname`, once every address it resolves to is public.
 
     With `allow_private` any address is accepted. Otherwise raises JobError(code) naming `field`:
-    "<field> points to a non-public address (...), <refusal>".
+    "<field> points to a non-public address (...), <refusal>". The lookup ends by `deadline`
+    (default: DEFAULT_LOOKUP_SECONDS from now; `deadline_name` names it in the error), and a stop of
+    `control` ends it at once with JobCancelled.
     """
+    if deadline is None:
+        deadline = time.monotonic() + DEFAULT_LOOKUP_SECONDS
+        deadline_name = deadline_name or f"lookup deadline of {DEFAULT_LOOKUP_SECONDS:g} s"
     try:
-        infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+        infos = lookup(hostname, port, deadline, control)
     except (socket.gaierror, UnicodeError):
-        raise JobError(code, f"{field}: the host {hostname!r} does not resolve; check the URL.") from None
+        raise JobError(code, f"{field}: the host {shown_value(hostname)} does not resolve; check the URL.") from None
+    except LookupTimeout:
+        raise JobError(code, (
+            f"{field}: looking up the host {shown_value(hostname)} took longer than the "
+            f"{deadline_name or 'deadline'}; check the URL, or retry when the name service answers.")) from None
     # AF_INET and AF_INET6 addresses (all a host name resolves to) start with the IP as a string
     addresses = [str(info[4][0]) for info in infos]
     if not allow_private:
@@ -179,6 +211,60 @@ def resolve_public(hostname: str, port: int, field: str, allow_private: bool, co
         if blocked:
             raise JobError(code, f"{field} points to a non-public address ({blocked[0]}), {refusal}")
     return addresses[0]
+
+
+def lookup(hostname: str, port: int, deadline: float, control: JobControl | None = None) -> list[Any]:
+    """socket.getaddrinfo(hostname, port, SOCK_STREAM) by `deadline` (else LookupTimeout), in a
+    thread of its own; a stop of `control` ends the wait at once with JobCancelled."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(hostname)  # an address asks no name service: nothing to wait for
+        return list(socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM))
+    if not _take_slot(deadline, control):
+        raise LookupTimeout()
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def resolve() -> None:
+        try:
+            outcome["infos"] = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+        except Exception as error:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = error
+        finally:
+            _lookup_slots.release()
+            done.set()
+
+    try:
+        threading.Thread(target=resolve, name="lookup", daemon=True).start()
+    except BaseException:
+        _lookup_slots.release()
+        raise
+    with contextlib.ExitStack() as stack:
+        if control is not None:
+            stack.enter_context(control.interrupting(done.set))
+        done.wait(max(0.0, deadline - time.monotonic()))
+    _raise_if_stopped(control)
+    if "error" in outcome:
+        raise outcome["error"]
+    if "infos" not in outcome:
+        raise LookupTimeout()
+    return list(outcome["infos"])
+
+
+def _take_slot(deadline: float, control: JobControl | None) -> bool:
+    """One of the MAX_LOOKUPS slots, by `deadline`; False when none came free in time."""
+    while True:
+        _raise_if_stopped(control)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if _lookup_slots.acquire(timeout=min(0.1, left)):
+            return True
+
+
+def _raise_if_stopped(control: JobControl | None) -> None:
+    # not control.check(), which would also make `control` the calling thread's own
+    if control is not None and control.reason is not None:
+        raise JobCancelled(control.reason)
 
 
 def _connection_for(

@@ -6,20 +6,31 @@ takes (`curl -F audio_file=@speech.wav -F image_file=@face.jpg -F prompt=...`); 
 text, so the contract's numbers and booleans are read as such when they can be, and otherwise
 handed on as sent for the schema to refuse. A JSON body is `{"input": {...}}` (RunPod's envelope,
 with `s3Config` beside it) or the input object itself (the old box's).
+
+Whatever the body holds, reading it ends in the job or in a JobError with the contract's code
+(RequestRefused adds the HTTP status where the code's own does not fit): a malformed or truncated
+form, JSON that is not UTF-8 or is nested past what the parser follows, a disk that fills while a
+form's file is spooled to it (TOO_LARGE, as a job's own disk that fills is: handler/scratch.py).
+A body that arrives slower than its minimum rate is cut (`_guarded`). What a sentence repeats of
+the client's names is escaped and cut (handler/client_text.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import errno
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive
 
+from handler.client_text import shown, shown_value
 from handler.delivery import base64_size
 from handler.errors import ErrorCode, JobError
 from handler.schema import SHARED_OPTIONS
@@ -35,14 +46,52 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # Room beside the two media files for the other fields and the multipart framing.
 ENVELOPE_BYTES = 1024 * 1024
+# A JSON job is one object of a few fields, its bulk two base64 strings, which hold none of ",[{": past
+# this many of them (about a byte each, parsed into about 60 bytes each) the body is refused unparsed.
+MAX_JSON_ITEMS = 100_000
+# A body is cut once it has arrived slower than its minimum rate, counted from this long after its
+# headers (the time a client takes to start sending) and over the time the server waited for it.
+BODY_RATE_GRACE_SECONDS = 10.0
+# A disk that cannot take a form's file (ENOSPC), a quota (EDQUOT) or a file size limit (EFBIG).
+FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
-class UnsupportedContentType(JobError):
+class RequestRefused(JobError):
+    """A request refused for its envelope, with an HTTP status of its own (`status`); `server_fault`:
+    the server's own trouble (a full disk), which its operator must hear of."""
+
+    def __init__(self, code: ErrorCode, message: str, status: int, server_fault: bool = False) -> None:
+        super().__init__(code, message)
+        self.status = status
+        self.server_fault = server_fault
+
+
+class UnsupportedContentType(RequestRefused):
     """A body that is neither a form nor JSON (HTTP 415)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(code, message, 415)
 
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _BodyTooSlow(Exception):
+    def __init__(self, received: int, waited: float) -> None:
+        super().__init__(received, waited)
+        self.received = received
+        self.waited = waited
+
+
+class _CheckedMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser, which also tells whether the form reached its closing boundary
+    (python-multipart calls `on_end` there, and nowhere else)."""
+
+    ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
 
 
 def body_limit(max_input_bytes: int) -> int:
@@ -52,22 +101,24 @@ def body_limit(max_input_bytes: int) -> int:
 
 async def read_job(
     request: Request, job_id: str, max_body_bytes: int, backend_field_types: Mapping[str, type],
+    min_bytes_per_second: float = 0.0,
 ) -> dict[str, Any]:
     """The job a request carries, or JobError naming what is wrong with the request.
 
     A form's values are text: those of a field that takes a number or a boolean (a shared one, or
-    one in `backend_field_types`) become one.
+    one in `backend_field_types`) become one. A body that has arrived at fewer than
+    `min_bytes_per_second` on average, BODY_RATE_GRACE_SECONDS after it began, is cut (0: never).
     """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_body_bytes:
         raise _too_large(max_body_bytes)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    limited = Request(request.scope, _limited(request.receive, max_body_bytes))
+    guarded = Request(request.scope, _guarded(request.receive, max_body_bytes, min_bytes_per_second))
     try:
         if media_type == "application/json":
-            return _json_job(await limited.body(), job_id)
+            return _json_job(await guarded.body(), job_id)
         if media_type in FORM_TYPES:
-            form = await limited.form(max_part_size=max_body_bytes)
+            form = await _read_form(guarded, media_type, max_body_bytes)
             try:
                 field_types = {**backend_field_types, **SHARED_FIELD_TYPES}
                 return {"id": job_id, "input": await _form_input(form.multi_items(), field_types)}
@@ -75,25 +126,61 @@ async def read_job(
                 await form.close()
     except _BodyTooLarge:
         raise _too_large(max_body_bytes) from None
+    except _BodyTooSlow as slow:
+        message = (f"the request body arrived too slowly: {slow.received} bytes in {slow.waited:.0f} s, where the "
+                   f"server takes at least SERVER_MIN_BODY_BYTES_PER_SECOND={min_bytes_per_second:g} bytes a second "
+                   f"after the first {BODY_RATE_GRACE_SECONDS:g} s; send it over a faster connection, or the media as "
+                   "audio_url and image_url.")
+        raise RequestRefused(ErrorCode.INVALID_INPUT, message, 408) from None
     except MultiPartException as error:
-        message = (f"the multipart form could not be read ({error}); send it as curl -F does: "
+        message = (f"the multipart form could not be read ({shown(error.message)}); send it as curl -F does: "
                    "-F audio_file=@speech.wav -F image_file=@face.jpg.")
         raise JobError(ErrorCode.INVALID_INPUT, message) from None
     except ClientDisconnect:
         raise JobError(ErrorCode.INVALID_INPUT, "the request body ended early; send it again.") from None
     raise UnsupportedContentType(
         ErrorCode.INVALID_INPUT,
-        f"Content-Type {media_type or 'none'!r} is not accepted; send multipart/form-data (audio_file and image_file "
-        "as files) or application/json (the job's input object).",
+        f"Content-Type {shown_value(media_type) if media_type else 'none'} is not accepted; send multipart/form-data "
+        "(audio_file and image_file as files) or application/json (the job's input object).",
     )
 
 
+async def _read_form(request: Request, media_type: str, max_part_bytes: int) -> FormData:
+    """The form, with Starlette's parsers (not `Request.form`, which turns their errors into the
+    framework's own answer); a multipart form must reach its closing boundary."""
+    if media_type == "application/x-www-form-urlencoded":
+        return await FormParser(request.headers, request.stream()).parse()
+    parser = _CheckedMultiPartParser(request.headers, request.stream(), max_part_size=max_part_bytes)
+    try:
+        form = await parser.parse()
+    except OSError as error:  # a file part past Starlette's in-memory spool, on a disk that cannot take it
+        raise _not_stored(error) from None
+    if not parser.ended:
+        await form.close()
+        raise MultiPartException("the body ended before the form's closing boundary")
+    return form
+
+
 def _json_job(body: bytes, job_id: str) -> dict[str, Any]:
+    items = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if items > MAX_JSON_ITEMS:
+        message = (f"the request body holds {items} JSON items (commas and brackets), more than the "
+                   f"{MAX_JSON_ITEMS} a job may have; send the job's input object: a few fields, the media as "
+                   "base64 strings.")
+        raise JobError(ErrorCode.INVALID_INPUT, message)
     try:
         payload = json.loads(body)
+    except UnicodeDecodeError as error:
+        message = (f"the request body is not UTF-8 (byte {error.start} is not valid there); send the JSON "
+                   "encoded as UTF-8.")
+        raise JobError(ErrorCode.INVALID_INPUT, message) from None
+    except RecursionError:
+        message = ("the request body is nested too deeply to read; send the job's input object, or "
+                   "{\"input\": {...}}: its fields are strings, numbers and booleans.")
+        raise JobError(ErrorCode.INVALID_INPUT, message) from None
     except ValueError as error:
-        raise JobError(ErrorCode.INVALID_INPUT, f"the request body is not valid JSON ({error}); send the job's "
-                                                "input object, or {\"input\": {...}}.") from None
+        raise JobError(ErrorCode.INVALID_INPUT, f"the request body is not valid JSON ({shown(error)}); send the "
+                                                "job's input object, or {\"input\": {...}}.") from None
     if not isinstance(payload, dict):
         message = "the request body must be a JSON object: the job's input, or {\"input\": {...}}."
         raise JobError(ErrorCode.INVALID_INPUT, message)
@@ -109,11 +196,12 @@ async def _form_input(items: list[tuple[str, Any]], field_types: Mapping[str, ty
     job_input: dict[str, Any] = {}
     for name, value in items:
         if name in job_input:
-            raise JobError(ErrorCode.INVALID_INPUT, f"the form sends {name} twice; send it once.")
+            raise JobError(ErrorCode.INVALID_INPUT, f"the form sends {shown(name)} twice; send it once.")
         if isinstance(value, UploadFile):
             if name not in FILE_FIELDS:
-                raise JobError(ErrorCode.INVALID_INPUT, f"the form field {name} is a file, but only "
-                                                        f"{' and '.join(FILE_FIELDS)} take files; send {name} as text.")
+                raise JobError(ErrorCode.INVALID_INPUT,
+                               f"the form field {shown(name)} is a file, but only {' and '.join(FILE_FIELDS)} take "
+                               f"files; send {shown(name)} as text.")
             job_input[name] = base64.b64encode(await value.read()).decode("ascii")
         elif value != "":
             job_input[name] = _typed(value, field_types.get(name, str))
@@ -134,19 +222,53 @@ def _typed(value: str, kind: type) -> Any:
     return value
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
-    """`receive` that stops a body (of any Content-Length, or none) once it is past `limit` bytes."""
-    received = 0
+def _guarded(receive: Receive, limit: int, min_bytes_per_second: float) -> Receive:
+    """`receive` that stops a body (of any Content-Length, or none) once it is past `limit` bytes,
+    or once it has arrived slower than `min_bytes_per_second` (0: no minimum).
 
-    async def limited_receive() -> Message:
-        nonlocal received
-        message = await receive()
+    The rate is counted over the time spent waiting for the client, not the server's own time
+    between reads (spooling a file, a busy event loop): BODY_RATE_GRACE_SECONDS, plus a second for
+    each `min_bytes_per_second` bytes received, is what the client may keep the server waiting.
+    The wait is cut at that deadline, not when the next bytes come: a trickle of a byte a second
+    lasts the grace, however long its Content-Length.
+    """
+    received, waited = 0, 0.0
+
+    async def guarded_receive() -> Message:
+        nonlocal received, waited
+        started = time.monotonic()
+        try:
+            if min_bytes_per_second <= 0:
+                message = await receive()
+            else:
+                allowed = BODY_RATE_GRACE_SECONDS + received / min_bytes_per_second - waited
+                if allowed <= 0:
+                    raise _BodyTooSlow(received, waited)
+                try:
+                    message = await asyncio.wait_for(receive(), allowed)
+                except TimeoutError:
+                    raise _BodyTooSlow(received, waited + allowed) from None
+        finally:
+            waited += time.monotonic() - started
         received += len(message.get("body", b""))
         if received > limit:
             raise _BodyTooLarge()
         return message
 
-    return limited_receive
+    return guarded_receive
+
+
+def _not_stored(error: OSError) -> RequestRefused:
+    """The server could not spool a form's file: its disk is full (TOO_LARGE, 413), or another fault
+    of its own (INTERNAL, 500)."""
+    reason = shown(error.strerror or type(error).__name__)
+    name = errno.errorcode.get(error.errno or 0, "")
+    if error.errno in FULL_DISK_ERRNOS:
+        message = (f"the request body does not fit on the server's disk, which is full ({name}: {reason}); send "
+                   "smaller files, or try again later.")
+        return RequestRefused(ErrorCode.TOO_LARGE, message, 413, server_fault=True)
+    message = f"the server could not store the request body ({name or 'error'}: {reason}); try again later."
+    return RequestRefused(ErrorCode.INTERNAL, message, 500, server_fault=True)
 
 
 def _too_large(limit: int) -> JobError:

@@ -33,7 +33,16 @@ arrived HEADER_TIMEOUT_SECONDS after the connection opened or its previous answe
 keep-alive connection is closed after KEEP_ALIVE_SECONDS, and past MAX_CONNECTIONS the oldest
 connection still waiting for headers is closed, so idle sockets cannot crowd out /health. At most
 SERVER_QUEUE_SIZE + 1 request bodies are received at once (every job the server can hold); the next
-/generate gets 429 with Retry-After before its body is read.
+/generate gets 429 with Retry-After before its body is read. A body must keep arriving: one slower
+than SERVER_MIN_BODY_BYTES_PER_SECOND on average, from http_input.BODY_RATE_GRACE_SECONDS after it
+began, or still arriving after BODY_READ_SECONDS, is answered 408 and its connection closed.
+
+Every answer that is not a success is the contract's JSON error, `{"success": false, "error":
+"CODE: sentence"}`: also an unknown route (404) or method (405), a request uvicorn cannot parse
+(400), a Range the video cannot serve (400, 416), a disk that fills while a form is spooled
+(TOO_LARGE, 413, logged as a warning), uvicorn's concurrency limit (503) and any crash (500, its
+traceback logged). A sentence repeats a client's path, method or names
+escaped and cut (handler/client_text.py).
 
 One job runs at a time (one server per GPU); a client that hangs up stops its job at the next
 step, and so does SERVER_JOB_TIMEOUT_SECONDS and the server's own stop (SIGTERM, SIGINT). The
@@ -48,6 +57,7 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import threading
@@ -58,13 +68,18 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.http.flow_control import service_unavailable
 
 from handler.cancel import STOP_WAIT_SECONDS, WorkerStop
+from handler.client_text import shown
 from handler.downloads import DownloadStore
 from handler.errors import ErrorCode, JobError
-from handler.http_input import UnsupportedContentType, body_limit, read_job
+from handler.http_input import RequestRefused, body_limit, read_job
 from handler.job import Worker
 from handler.job_queue import JobQueue, QueueFull, Ticket
 from handler.settings import WORKER_SETTINGS, SettingsError, split_api_keys
@@ -101,6 +116,8 @@ KEEP_ALIVE_SECONDS = 5
 MAX_CONNECTIONS = 200
 # What a /generate refused because as many bodies as the server can hold jobs are arriving is told.
 UPLOADS_RETRY_SECONDS = 5
+# What the server answers, for a client that asked for something else.
+ROUTES = "POST /generate, GET /download/<id>, GET /health and GET /ping"
 
 
 def create_app(worker: Worker) -> FastAPI:
@@ -148,15 +165,21 @@ def create_app(worker: Worker) -> FastAPI:
                             headers={"Retry-After": str(UPLOADS_RETRY_SECONDS), "Connection": "close"})
         uploads[0] += 1
         try:
-            job = await asyncio.wait_for(read_job(request, job_id, max_body, backend_field_types), BODY_READ_SECONDS)
+            job = await asyncio.wait_for(
+                read_job(request, job_id, max_body, backend_field_types, settings.server_min_body_bytes_per_second),
+                BODY_READ_SECONDS)
         except TimeoutError:
             message = (f"the request body did not arrive within {BODY_READ_SECONDS:g} s; send large media as "
                        "audio_url and image_url.")
             return _failure(job_id, JobError(ErrorCode.INVALID_INPUT, message), status=408,
                             headers={"Connection": "close"})
         except JobError as error:
-            status = 415 if isinstance(error, UnsupportedContentType) else None
-            # a body refused unread (TOO_LARGE): closing is the only way not to receive the rest
+            status = error.status if isinstance(error, RequestRefused) else None
+            if isinstance(error, RequestRefused) and error.server_fault:  # a full disk: the operator must know
+                log.warning("job %s refused: %s", job_id, error)
+            elif status == 408:
+                log.info("job %s refused: %s", job_id, error)
+            # a body refused unread (TOO_LARGE, too slow): closing is the only way not to receive the rest
             return _failure(job_id, error, status=status, headers={"Connection": "close"})
         finally:
             uploads[0] -= 1
@@ -202,6 +225,19 @@ def create_app(worker: Worker) -> FastAPI:
         healthy = worker.startup_error is None and not broken
         return Response(status_code=200 if healthy else 503)
 
+    @app.exception_handler(HTTPException)
+    async def framework_refusal(request: Request, error: HTTPException) -> JSONResponse:
+        return _framework_failure(request, error.status_code, str(error.detail), dict(error.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _framework_failure(request, 400, "the request does not fit its route", None)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, error: Exception) -> JSONResponse:
+        # Starlette logs nothing here and raises `error` again once this is sent; uvicorn logs its traceback
+        return _crash_answer()
+
     @app.get("/health")
     async def health() -> JSONResponse:
         busy, queued = queue.state()
@@ -232,10 +268,24 @@ class _Starting:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif self._app is not None:
-            await self._app(scope, receive, send)
-        elif scope["type"] == "http":
-            await self._starting_reply(Request(scope))(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            if self._app is not None:
+                await self._app(scope, receive, tracked_send)
+            elif scope["type"] == "http":
+                await self._starting_reply(Request(scope))(scope, receive, tracked_send)
+        except Exception:
+            # the app's crash handler has answered already; anything else gets the contract's answer here
+            if not started and scope["type"] == "http":
+                await _crash_answer()(scope, receive, send)
+            raise
 
     def _starting_reply(self, request: Request) -> Response:
         path = request.url.path
@@ -273,7 +323,8 @@ def _resolve(future: asyncio.Future, function: Callable[[], Any]) -> None:
 
 
 class _SentOnce(FileResponse):
-    """The MP4, with Range requests (FileResponse's); `done` runs however the sending ends."""
+    """The MP4, with Range requests (FileResponse's); `done` runs however the sending ends. A Range
+    it cannot serve is the contract's JSON error (FileResponse's own answer is plain text)."""
 
     def __init__(self, path, done) -> None:
         super().__init__(path, media_type="video/mp4", content_disposition_type="inline")
@@ -281,9 +332,33 @@ class _SentOnce(FileResponse):
 
     async def __call__(self, scope, receive, send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            # read once, here, for the Range check and for FileResponse
+            self.stat_result = await asyncio.to_thread(os.stat, self.path)
+            self.set_stat_headers(self.stat_result)
+            refusal = self._range_refusal(Request(scope))
+            await (refusal or super().__call__)(scope, receive, send)
         finally:
             self._done()
+
+    def _range_refusal(self, request: Request) -> Response | None:
+        """The answer to a Range header FileResponse would refuse, as FileResponse reads it; None: it serves."""
+        asked = request.headers.get("range")
+        if_range = request.headers.get("if-range")
+        if asked is None or request.method not in ("GET", "HEAD") or (
+                if_range is not None and not self._should_use_range(if_range)):
+            return None
+        assert self.stat_result is not None
+        size = self.stat_result.st_size
+        try:
+            self._parse_range_header(asked, size)
+        except MalformedRangeHeader:
+            message = f"the Range header {shown(asked)} cannot be read; ask for bytes, e.g. Range: bytes=0-1023."
+            return _error_answer(JobError(ErrorCode.INVALID_INPUT, message), 400)
+        except RangeNotSatisfiable:
+            message = f"the Range header {shown(asked)} asks for bytes past the video's end (it has {size} bytes)."
+            return _error_answer(JobError(ErrorCode.INVALID_INPUT, message), 416,
+                                 headers={"Content-Range": f"bytes */{size}"})
+        return None
 
 
 async def _outcome(request: Request, ticket: Ticket, timeout_seconds: float) -> dict[str, Any]:
@@ -314,11 +389,44 @@ async def _sweep(store: DownloadStore) -> None:
         store.sweep()
 
 
+class _ErrorJSON(JSONResponse):
+    """The contract's error, in JSON that any character of a sentence can be written in: escaped to ASCII."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def _failure(
     job_id: str, error: JobError, status: int | None = None, headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = {"success": False, "request_id": job_id, "error": str(error)}
-    return JSONResponse(body, status_code=status or STATUS_BY_CODE[error.code], headers=headers)
+    return _ErrorJSON(body, status_code=status or STATUS_BY_CODE[error.code], headers=headers)
+
+
+def _error_answer(error: JobError, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The contract's error for a request that is no job (it has no request_id)."""
+    return _ErrorJSON({"success": False, "error": str(error)}, status_code=status, headers=headers)
+
+
+def _crash_answer() -> JSONResponse:
+    message = "the server failed while answering this request (its log has the details); try again."
+    return _error_answer(JobError(ErrorCode.INTERNAL, message), 500, headers={"Connection": "close"})
+
+
+def _framework_failure(request: Request, status: int, detail: str, headers: dict[str, str] | None) -> JSONResponse:
+    """Starlette's refusal of a request (no such route, a method the route does not take) as the
+    contract's error, with its status and headers (a 405's Allow)."""
+    # the path as it came (request.url's parsing drops a newline from it)
+    method, path = shown(request.method), shown(request.scope.get("path", ""))
+    if status == 404:
+        message = f"there is nothing at {path} on this server: it answers {ROUTES}."
+    elif status == 405:
+        allowed = (headers or {}).get("Allow", "")
+        message = f"{path} does not take {method}: it takes {allowed or 'other methods'}; this server answers {ROUTES}."
+    else:
+        message = f"the request could not be answered ({shown(detail)})."
+    code = ErrorCode.TOO_LARGE if status == 413 else ErrorCode.INTERNAL if status >= 500 else ErrorCode.INVALID_INPUT
+    return _error_answer(JobError(code, message), status, headers=headers)
 
 
 def _download_url(request: Request, public_url: str | None, download_id: str) -> str:
@@ -348,7 +456,23 @@ def _unauthorized(job_id: str | None) -> JSONResponse:
     body: dict[str, Any] = {"success": False, "error": str(JobError(ErrorCode.INVALID_INPUT, message))}
     if job_id is not None:
         body = {"success": False, "request_id": job_id, "error": body["error"]}
-    return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return _ErrorJSON(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+# uvicorn's answer to a request it cannot parse is plain text; the guard's is the contract's.
+_UNPARSABLE_BODY = json.dumps({"success": False, "error": str(JobError(
+    ErrorCode.INVALID_INPUT, "the request is not valid HTTP/1.1 (its request line, a header or its body's "
+                             "framing); send it as an HTTP client does."))}).encode("ascii")
+UNPARSABLE_ANSWER = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_UNPARSABLE_BODY), _UNPARSABLE_BODY))
+
+
+async def _over_capacity(scope, receive, send) -> None:
+    """The answer past uvicorn's limit_concurrency (requests in progress, all clients together)."""
+    message = (f"the server is answering as many requests as it takes at once; retry in "
+               f"{UPLOADS_RETRY_SECONDS} s.")
+    headers = {"Retry-After": str(UPLOADS_RETRY_SECONDS), "Connection": "close"}
+    await _error_answer(JobError(ErrorCode.INTERNAL, message), 503, headers=headers)(scope, receive, send)
 
 
 def _is_loopback(host: str) -> bool:
@@ -392,6 +516,12 @@ def _connection_guard(base: Any, header_seconds: float, max_connections: int) ->
             self._headers_arrived()
             super().connection_lost(exc)
 
+        def send_400_response(self, msg: str) -> None:
+            # what both uvicorn protocols call for a request they cannot parse: the contract's answer instead
+            if not self.transport.is_closing():
+                self.transport.write(UNPARSABLE_ANSWER)
+                self.transport.close()
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             # none pending (a pipelined request's headers arrived already): wait for the next one
@@ -407,6 +537,10 @@ def _connection_guard(base: Any, header_seconds: float, max_connections: int) ->
             self.__dict__["guarded_cycle"] = value
             if value is not None:
                 self._headers_arrived()
+                # past limit_concurrency uvicorn runs its plain-text 503 in the request's place: the
+                # contract's instead (both protocols start a request as cycle.run_asgi(app))
+                run_asgi = value.run_asgi
+                value.run_asgi = lambda app: run_asgi(_over_capacity if app is service_unavailable else app)
 
         def _await_headers(self) -> None:
             self._headers_arrived()

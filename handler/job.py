@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ import numpy as np
 from handler import delivery
 from handler.cancel import JobCancelled, JobControl
 from handler.delivery_plan import DeliveryPlan, Destination, plan_delivery
+from handler.downloads import keep_download
 from handler.errors import FRESH_WORKER_CODES, ErrorCode, JobError, contract_error, from_model_error
 from handler.fetch import fetch_url
 from handler.media import DecodedAudio, decode_audio, decode_base64, decode_image
@@ -25,7 +25,7 @@ from handler.presets import PresetAvatars
 from handler.progress import PERCENT_AFTER_GENERATE, PERCENT_AFTER_INPUTS, ProgressReporter
 from handler.render import StepGuard, render
 from handler.schema import JobRequest, MediaSource, parse_job
-from handler.scratch import scratch_folder
+from handler.scratch import check_free_space, scratch_folder
 from handler.segments import SegmentPlan
 from handler.settings import WorkerSettings
 from handler.streaming import BucketPlaylist, SegmentSinks, StreamItem
@@ -139,6 +139,7 @@ class Worker:
         plan = self._plan(request, sends_stream_items=emit is not None, kept_by_server=keep_video_at is not None)
         stages = _Stages(job_id, control, ProgressReporter(job))
         with scratch_folder() as workdir:
+            check_free_space(workdir, request, self.settings)  # before any input is fetched or written
             with stages.run("decode", percent=0.0):
                 audio = self._load_audio(request, workdir)
                 self._check_time_budget(request, options.mode, audio)
@@ -150,7 +151,7 @@ class Worker:
             with stages.run("upload"):
                 delivered = self._deliver(plan, video, stages)
                 if keep_video_at is not None:
-                    shutil.move(video.path, keep_video_at)
+                    keep_download(video.path, keep_video_at)
         # One job at a time holds the device from its start to its result: that is what it costs.
         held_seconds = round(time.monotonic() - started, 3)
         return self._result(job_id, request, options, video, delivered, stages.timings, held_seconds), plan.destination
@@ -252,11 +253,12 @@ class Worker:
         if not plan.streams:
             return None
         backend = self.loaded_backend
-        segment_plan = SegmentPlan.for_batches(backend.frame_batches(mode), backend.fps)
+        fps = backend.frame_rate(mode)
+        segment_plan = SegmentPlan.for_batches(backend.frame_batches(mode), fps)
         playlist = None
         if plan.playlist_bucket is not None:
             playlist = BucketPlaylist(
-                plan.playlist_bucket, stages.job_id, segment_plan, backend.fps, self.settings.url_expiry_seconds,
+                plan.playlist_bucket, stages.job_id, segment_plan, fps, self.settings.url_expiry_seconds,
                 self.settings.upload_timeout_seconds, self.settings.allow_private_urls,
             )
             cleanup.callback(playlist.close)
@@ -288,8 +290,8 @@ class Worker:
             **video.stream_fields,
             "generation_time_seconds": held_seconds,
             "file_size_bytes": video.file_size_bytes,
-            "duration_seconds": round(video.num_frames / backend.fps, 3),
-            "fps": backend.fps,
+            "duration_seconds": round(video.num_frames / backend.frame_rate(options.mode), 3),
+            "fps": backend.frame_rate(options.mode),
             "width": video.width,
             "height": video.height,
             "num_frames": video.num_frames,

@@ -70,14 +70,15 @@ def render(
 ) -> Rendered:
     """The frames of the whole speech, written as they come: into the MP4 `video`, or with `sinks`
     (a stream job) into segments, handed to the sinks as each is complete, in the sinks' folder."""
-    expected = num_frames_for(audio.speech.duration_seconds, backend.fps)
+    fps = backend.frame_rate(options.mode)
+    expected = num_frames_for(audio.speech.duration_seconds, fps)
     encode_seconds = 0.0
     clock = time.monotonic()
     writer: FfmpegEncoder
     if sinks is None:
-        writer = Mp4Writer(video, portrait.width, portrait.height, backend.fps, audio.mux_wav)
+        writer = Mp4Writer(video, portrait.width, portrait.height, fps, audio.mux_wav)
     else:
-        writer = SegmentWriter(sinks.directory, portrait.width, portrait.height, backend.fps,
+        writer = SegmentWriter(sinks.directory, portrait.width, portrait.height, fps,
                                audio.mux_wav, expected, sinks.plan, sinks)
     with writer:
         # closing(): a failure or a stop closes the generator at once, not whenever it is collected.

@@ -13,6 +13,13 @@ mode it does not offer (TalkingHeadBackend.parse_options), before any media work
 
 RunPod's per-request `s3Config` sits beside `input` on the job, not inside it: accessId,
 accessSecret, bucketName and optionally endpointUrl (any form handler/bucket.py accepts).
+
+No sentence, here or in a backend's options, repeats a client's text unbounded. Before any field
+is judged, the input is screened (`_screen_fields`): a field's name must be letters, digits and
+`_` (at most 64), and a backend's field (whose options repeat a refused value as repr writes it)
+must not be a list or an object, text longer than MAX_TEXT_LENGTH or a whole number past 64 bits.
+What a sentence here repeats of a refused name or value is escaped and cut, and a list or an
+object is named by its kind and length, never walked (handler/client_text.py).
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from handler.bucket import JOB_FIELDS, BucketAddressError, BucketSettings, make_bucket
+from handler.client_text import shown_value
 from handler.errors import ErrorCode, JobError
 from model.base import DEFAULT_PROMPT
-from model.options import MAX_TEXT_LENGTH, InvalidOptionError, Option
+from model.options import MAX_TEXT_LENGTH, InvalidOptionError, Option, json_type
 from model.registry import ALL_MODES
 
 OUTPUT_TYPES = ("auto", "base64", "s3")
@@ -54,6 +62,10 @@ SHARED_OPTIONS: dict[str, Option] = {
 }
 SHARED_FIELDS = frozenset(SHARED_OPTIONS)
 AVATAR_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Every field of the contract, shared or a backend's, is named so; any other name is refused as it is.
+FIELD_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# No field takes a whole number past 64 bits (seed's MAX_SEED is the largest).
+MAX_NUMBER_BITS = 64
 RESOLUTION_PATTERN = re.compile(r"^\s*(\d+)\s*[*xX×]\s*(\d+)\s*$")
 
 
@@ -99,6 +111,7 @@ def parse_job(job: Mapping[str, Any], max_audio_seconds: float, default_mode: st
         raise invalid(
             '"input" must be a JSON object with audio_file (or audio_url) and image_file (or image_url, avatar_id).'
         )
+    _screen_fields(raw)
     audio = _one_source(raw, "audio", {"audio_file": "base64", "audio_url": "url"})
     image = _one_source(raw, "image", {"image_file": "base64", "image_url": "url", "avatar_id": "preset"})
     if image.kind == "preset" and not AVATAR_ID_PATTERN.match(image.value):
@@ -118,6 +131,27 @@ def parse_job(job: Mapping[str, Any], max_audio_seconds: float, default_mode: st
     )
 
 
+def _screen_fields(raw: Mapping[str, Any]) -> None:
+    """Refuse, naming it bounded, a field whose name or value no sentence should repeat as sent.
+
+    A shared field's value is left to its declaration (`_declared` shows it bounded); a backend's
+    field is bounded here, before its options (model/options.py) repeat it.
+    """
+    for name, value in raw.items():
+        if not isinstance(name, str) or not FIELD_NAME_PATTERN.match(name):
+            raise invalid(f"the input has a field named {shown_value(name)}, which no job takes: field names are "
+                          "letters, digits and '_' (docs/CONTRACT.md); leave it out.")
+        if name in SHARED_FIELDS:
+            continue
+        if isinstance(value, (list, dict)):
+            raise invalid(f"{name} must be a string, a number or a boolean, not {json_type(value)}: no field of a "
+                          "job's input takes one (docs/CONTRACT.md).")
+        if isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
+            raise invalid(f"{name} is {len(value)} characters long; keep it under {MAX_TEXT_LENGTH}.")
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_NUMBER_BITS:
+            raise invalid(f"{name} is {shown_value(value)}, larger than any field takes (docs/CONTRACT.md).")
+
+
 def _one_source(raw: Mapping[str, Any], what: str, fields: Mapping[str, str]) -> MediaSource:
     present = [name for name in fields if raw.get(name) not in (None, "")]
     names = ", ".join(fields)
@@ -131,21 +165,29 @@ def _one_source(raw: Mapping[str, Any], what: str, fields: Mapping[str, str]) ->
 
 
 def _declared(raw: Mapping[str, Any], field: str) -> Any:
-    """`raw[field]` checked against its declaration in SHARED_OPTIONS; its default when absent."""
+    """`raw[field]` checked against its declaration in SHARED_OPTIONS; its default when absent.
+
+    The declaration's sentence repeats a refused value as repr writes it: here it is shown escaped
+    and cut instead, and a list or an object (which no shared field takes) is judged as an empty one
+    of its kind, so that repr never walks what a client may have nested a thousand deep.
+    """
+    value = raw.get(field)
+    judged = type(value)() if isinstance(value, (list, dict)) else value
     try:
-        return SHARED_OPTIONS[field].take(raw, field)
+        return SHARED_OPTIONS[field].take({field: judged}, field)
     except InvalidOptionError as error:
-        raise invalid(str(error)) from None
+        raise invalid(str(error).replace(repr(judged), shown_value(value))) from None
 
 
 def parse_resolution_area(value: Any) -> int:
     """The pixel-area budget of a "W*H" resolution string."""
     match = RESOLUTION_PATTERN.match(value) if isinstance(value, str) else None
     if not match:
-        raise invalid(f'resolution must be a string like "832*480" (width*height), not {value!r}.')
+        raise invalid(f'resolution must be a string like "832*480" (width*height), not {shown_value(value)}.')
     width, height = int(match.group(1)), int(match.group(2))
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
-        raise invalid(f"resolution {value!r} is out of range: each side must be between {MIN_SIDE} and {MAX_SIDE}.")
+        raise invalid(f"resolution {shown_value(value)} is out of range: each side must be between {MIN_SIDE} and "
+                      f"{MAX_SIDE}.")
     return width * height
 
 
@@ -158,7 +200,7 @@ def _max_duration(value: Any, worker_limit: float) -> float:
     if value is None:
         return worker_limit
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise invalid(f"max_duration_seconds must be a positive number of seconds, not {value!r}.")
+        raise invalid(f"max_duration_seconds must be a positive number of seconds, not {shown_value(value)}.")
     # A client may lower the worker's cap, never raise it.
     return min(float(value), worker_limit)
 

@@ -26,6 +26,10 @@ MIN_EXECUTION_TIMEOUT_SECONDS = 5
 MAX_EXECUTION_TIMEOUT_SECONDS = 7 * 24 * 3600
 # Every queued job holds its inputs in memory (up to twice MAX_INPUT_BYTES) until it runs.
 MAX_SERVER_QUEUE_SIZE = 100
+# A minimum body rate above a fast uplink's (100 MB/s) would refuse every client.
+MAX_MIN_BODY_BYTES_PER_SECOND = 100_000_000
+DEFAULT_SERVER_DOWNLOAD_MAX_BYTES = 10 * 1024**3
+DEFAULT_SCRATCH_RESERVE_BYTES = 100 * 1024**2
 
 
 # The RunPod SDK's log levels, most verbose first ("NOTSET" silences it). At DEBUG and TRACE it
@@ -57,6 +61,14 @@ WORKER_SETTINGS = (
             "always-on server: how long a finished video stays at its download_url", low=1),
     Setting("SERVER_JOB_TIMEOUT_SECONDS", float, 3600.0,
             "always-on server: a job still running after this long is stopped at its next step"),
+    Setting("SERVER_MIN_BODY_BYTES_PER_SECOND", int, 10_000,
+            "always-on server: a request body arriving slower than this on average (after its first 10 s) is cut; "
+            "0: no minimum", low=0, high=MAX_MIN_BODY_BYTES_PER_SECOND),
+    Setting("SERVER_DOWNLOAD_MAX_BYTES", int, DEFAULT_SERVER_DOWNLOAD_MAX_BYTES,
+            "always-on server: the most bytes of finished videos kept at their download_url (the oldest go first)",
+            low=1024),
+    Setting("SCRATCH_RESERVE_BYTES", int, DEFAULT_SCRATCH_RESERVE_BYTES,
+            "free space the temporary folder's disk keeps beyond the most a job may write there", low=0),
     Setting("STREAM_RESULTS", bool, False, "the RunPod handler streams segments through /stream/{id}"),
     Setting("EXECUTION_TIMEOUT_SECONDS", int, None,
             "the endpoint's execution timeout; a job whose estimated time exceeds it is refused before rendering",
@@ -113,6 +125,14 @@ class WorkerSettings:
     server_download_retention_seconds: int = 3600
     #: the always-on server: a job still running after this long is stopped at its next step
     server_job_timeout_seconds: float = 3600.0
+    #: the always-on server: a request body arriving slower than this many bytes per second, on average
+    #: after its first seconds (http_input.BODY_RATE_GRACE_SECONDS), is cut; 0: no minimum
+    server_min_body_bytes_per_second: int = 10_000
+    #: SERVER_DOWNLOAD_MAX_BYTES: the always-on server keeps at most this many bytes of videos for
+    #: download_url; a new one makes room by removing the oldest (handler/downloads.py)
+    server_download_max_bytes: int = DEFAULT_SERVER_DOWNLOAD_MAX_BYTES
+    #: SCRATCH_RESERVE_BYTES: free space a job's temporary folder keeps beyond its need (handler/scratch.py)
+    scratch_reserve_bytes: int = DEFAULT_SCRATCH_RESERVE_BYTES
     #: STREAM_RESULTS: the RunPod handler is a generator, so that `stream` jobs send segments
     #: through /stream/{id}; it turns every job's final output into the list of what it sent
     stream_results: bool = False

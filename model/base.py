@@ -111,8 +111,6 @@ class TalkingHeadBackend(abc.ABC):
     declaration: ClassVar[BackendDeclaration]
     #: reported to the user as `model`
     name: str
-    #: frame rate of the produced video
-    fps: float
 
     @classmethod
     @abc.abstractmethod
@@ -132,6 +130,11 @@ class TalkingHeadBackend(abc.ABC):
         batch that completes it is made, not when the next one is.
         """
         return tuple(self.declaration.frame_batches[mode])  # type: ignore[return-value]
+
+    def frame_rate(self, mode: str) -> float:
+        """Frames per second of the video `mode` makes, as declared: the speech each frame carries,
+        the MP4's and the segments' rate and the result's `fps`."""
+        return self.declaration.frame_rate(mode)
 
     def default_max_area(self, mode: str) -> int:
         """The pixel-area budget of a job that gives no `resolution` (the contract's 832*480)."""
@@ -192,5 +195,5 @@ class TalkingHeadBackend(abc.ABC):
     ) -> Iterator[np.ndarray]:
         """Yield RGB uint8 frame batches shaped (n, height, width, 3), in order.
 
-        Exactly `num_frames_for(speech.duration_seconds, self.fps)` frames in all.
+        Exactly `num_frames_for(speech.duration_seconds, self.frame_rate(options.mode))` frames in all.
         """

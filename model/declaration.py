@@ -189,13 +189,15 @@ class BackendDeclaration:
 
     `backend_class` is "module:Class" (imported only when chosen); `modes` are the generation
     modes it offers, the first its default; `frame_batches` gives, per mode, the frames of
-    `generate`'s first batch and of each later one (a stream cuts its segments there).
+    `generate`'s first batch and of each later one (a stream cuts its segments there); `fps` is
+    the video's frame rate: one for every mode, or one per mode (`frame_rate(mode)` reads it).
     """
 
     name: str
     backend_class: str
     modes: tuple[str, ...]
     frame_batches: Mapping[str, tuple[int, int]]
+    fps: float | Mapping[str, float]
     deploy: DeployProfile
     settings: tuple[Setting, ...] = ()
     weights: tuple[WeightSpec, ...] = ()
@@ -206,9 +208,18 @@ class BackendDeclaration:
     def default_max_area(self, mode: str) -> int:
         return self.default_areas.get(mode, DEFAULT_MAX_AREA)
 
+    def frame_rate(self, mode: str) -> float:
+        """Frames per second of the video `mode` makes (what its MP4, its segments and the result state)."""
+        return float(self.fps[mode] if isinstance(self.fps, Mapping) else self.fps)
+
     def __post_init__(self) -> None:
         if set(self.frame_batches) != set(self.modes):
             raise ValueError(f"backend {self.name}: frame_batches must name each of its modes {self.modes}")
+        if isinstance(self.fps, Mapping) and set(self.fps) != set(self.modes):
+            raise ValueError(f"backend {self.name}: fps must be one rate or name each of its modes {self.modes}")
+        rates = self.fps.values() if isinstance(self.fps, Mapping) else (self.fps,)
+        if not all(isinstance(rate, (int, float)) and 0 < rate < math.inf for rate in rates):
+            raise ValueError(f"backend {self.name}: every fps must be a positive, finite number")
         if set(self.deploy.speeds) != set(self.modes):
             raise ValueError(f"backend {self.name}: its deploy profile's speeds must name each of its modes")
 

@@ -44,6 +44,8 @@ def _declarations(packages: tuple[str, ...]) -> dict[str, BackendDeclaration]:
 BACKENDS: dict[str, BackendDeclaration] = _declarations(BACKEND_PACKAGES)
 # The backend of a deploy that names none: the first listed.
 DEFAULT_BACKEND = next(iter(BACKENDS))
+# The first backend that runs without a GPU (the embedded default of a machine without one), if any.
+CPU_BACKEND: str | None = next((entry.name for entry in BACKENDS.values() if not entry.needs_gpu), None)
 
 # Every generation mode some backend offers (the contract's `mode`, DEFAULT_MODE's choices).
 ALL_MODES: tuple[str, ...] = tuple(dict.fromkeys(mode for entry in BACKENDS.values() for mode in entry.modes))
@@ -59,8 +61,7 @@ def declaration_of(name: str) -> BackendDeclaration:
 
 def default_backend_name(model_dir: Path) -> str:
     """The first GPU backend whose weights are present when a CUDA GPU is, else the first CPU backend."""
-    cpu_backends = [entry.name for entry in BACKENDS.values() if not entry.needs_gpu]
-    fallback = cpu_backends[0] if cpu_backends else next(iter(BACKENDS))
+    fallback = CPU_BACKEND or DEFAULT_BACKEND
     try:
         import torch
     except ImportError:

@@ -18,24 +18,46 @@ the portrait's encoding, seconds from the start of generation to the first decod
 seconds per second of video over the second clip (steady state: its steps, decodes and the
 history re-encoding), where the attention rings lived, and peak GPU memory.
 
+Every run is split by where its GPU time goes: transformer passes, VAE encodes and decodes, and
+the attention rings' host<->device copies (the fast mode with its rings in host memory), each
+timed between torch.cuda.synchronize() calls by wrappers this script installs for the run
+(SplitTimer); the worker's code is not changed, only serialised a little while it is timed. Each
+run is repeated per attention kernel (WAN_ATTENTION_BACKEND's choices that this GPU can run, see
+--attention) and, with --compile, with the transformer's blocks compiled (WAN_COMPILE).
+
+On a bare GPU machine with no network, one command (scripts/benchmark_gpu.sh) installs the extra
+packages from local wheels (requirements-benchmark.txt) and runs this with the repository root on
+the import path; `python scripts/benchmark_gpu.py` from any folder and
+`python -m scripts.benchmark_gpu` work alike. No weights are needed: the models are random.
+
 Prompt embeddings are cached at worker start, so they are encoded before timing (in the offload
 mode on the GPU, before the text encoder moves to the CPU); the timings are the per-clip work.
 """
 
+# ruff: noqa: E402 - the repository root goes on the import path before the project's imports
+
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python scripts/benchmark_gpu.py` from any folder
+    sys.path.insert(0, str(ROOT))
+
 import argparse
+import contextlib
 import functools
 import gc
 import itertools
 import json
 import statistics
-import sys
 import tempfile
 import time
 import traceback
 import types
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +66,11 @@ from model.wan_common.config import TEXT_LEN, UMT5_XXL_ENCODER_CONFIG
 from model.wan_common.lora import LoraAdapter
 from model.wan_common.memory import GIB, MemoryMode
 from model.wan_common.placement import place_transformer, text_encoder_compute_device, text_encoder_home
+from model.wan_common.vae import StreamingDecoder, WanVideoVAE
+from model.wan_s2v._transformer_block import ATTENTION_KERNELS, attention_kernel
+from model.wan_s2v._transformer_causal import BlockRing
 from model.wan_s2v.config import (
+    FAST_FPS,
     FAST_FRAMES_PER_CLIP,
     FAST_MAX_AREA,
     FAST_SAMPLE_STEPS,
@@ -73,11 +99,79 @@ SPEECH_SECONDS = (FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES) / FPS
 # The fast mode's portrait (the reference's 704*384 budget) and two whole clips of speech: the
 # second clip is the steady state (it pays a history re-encode like every later clip).
 FAST_PORTRAIT = (384, 704)
-FAST_SPEECH_SECONDS = (2 * FAST_FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES) / FPS
+FAST_SPEECH_SECONDS = (2 * FAST_FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES) / FAST_FPS
 LORA_RANK = 128
 # Live Avatar's peft targets, by official name
 LORA_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
                 "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
+
+
+class SplitTimer:
+    """Seconds spent in transformer passes, VAE work and the rings' host<->device copies, each call
+    timed between synchronisations, while `installed()` wraps the worker's methods."""
+
+    PARTS = ("transformer", "vae", "copies")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+        self.durations: dict[str, list[float]] = {part: [] for part in self.PARTS}
+        self._depth = 0  # only the outermost timed call counts (a VAE call inside another, say)
+
+    def timed(self, part: str, function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            if self._depth:
+                return function(*args, **kwargs)
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            self._depth += 1
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                torch.cuda.synchronize()
+                elapsed = time.perf_counter() - started
+                self.seconds[part] += elapsed
+                self.durations[part].append(elapsed)
+
+        return wrapper
+
+    @contextlib.contextmanager
+    def installed(self, transformer: torch.nn.Module) -> Iterator[SplitTimer]:
+        passes = ("forward", "prefill_condition", "forward_block")
+        patches: list[tuple[Any, str, str]] = [(transformer, name, "transformer") for name in passes]
+        patches += [(WanVideoVAE, "encode", "vae"), (WanVideoVAE, "decode", "vae"), (StreamingDecoder, "decode", "vae")]
+        patches += [(BlockRing, "copy_from", "copies"), (BlockRing, "copy_block_from", "copies")]
+        saved = []
+        for owner, name, part in patches:
+            saved.append((owner, name, owner.__dict__.get(name)))
+            setattr(owner, name, self.timed(part, getattr(owner, name)))
+        try:
+            yield self
+        finally:
+            for owner, name, original in reversed(saved):
+                if original is None:
+                    delattr(owner, name)  # an instance's wrapper over its class's method
+                else:
+                    setattr(owner, name, original)
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self.seconds)
+
+
+def available_attention_kernels(device: torch.device, heads: int, head_dim: int) -> dict[str, str]:
+    """For each WAN_ATTENTION_BACKEND choice, "" where SDPA runs that kernel on this GPU for the
+    transformer's head shape in bf16 without falling back, else why not."""
+    query = torch.randn(1, heads, 256, head_dim, device=device, dtype=torch.bfloat16)
+    found = {}
+    for name in ATTENTION_KERNELS:
+        try:
+            with attention_kernel(name, fallback=False):
+                torch.nn.functional.scaled_dot_product_attention(query, query, query)
+            found[name] = ""
+        except Exception as error:  # noqa: BLE001 - the kernel cannot run here: say why and skip it
+            found[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:100] if str(error) else ''}"
+    return found
 
 
 class TokenIdTextEncoder:
@@ -132,8 +226,6 @@ def write_random_lora(folder: Path, config) -> Path:
 def build_pipeline(mode: MemoryMode, device: torch.device, lora_folder: Path) -> tuple[WanS2VPipeline, LoraAdapter]:
     from diffusers import AutoencoderKLWan
     from transformers import UMT5Config, UMT5EncoderModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    from model.wan_common.vae import WanVideoVAE
 
     transformer = build_on_gpu(WanS2VTransformer3DModel, torch.bfloat16, device)
     if mode is not MemoryMode.FULL:
@@ -229,7 +321,9 @@ def benchmark(pipeline: WanS2VPipeline, resolution: str, steps: int, flops_cache
 
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    run_one_clip(SamplingSettings(num_steps=steps), on_progress)
+    started = time.perf_counter()
+    with SplitTimer().installed(pipeline.transformer) as timer:
+        run_one_clip(SamplingSettings(num_steps=steps), on_progress)
     peak = torch.cuda.max_memory_allocated()
     # The first step also carries the speech encoding and the start of the clip: skip it.
     step_seconds = statistics.median(later - earlier for (earlier, _), (later, _) in itertools.pairwise(ticks[:steps]))
@@ -243,6 +337,10 @@ def benchmark(pipeline: WanS2VPipeline, resolution: str, steps: int, flops_cache
     motion_encode_seconds = time.perf_counter() - start
 
     clip_seconds = SAMPLE_STEPS * step_seconds + decode_seconds + motion_encode_seconds
+    video_seconds = FRAMES_PER_CLIP / FPS
+    # one batched transformer call per step; the median leaves the first (warm-up) out
+    transformer_step = statistics.median(timer.durations["transformer"])
+    vae_clip = timer.seconds["vae"] + motion_encode_seconds  # the clip's decode, the next one's history encode
     return {
         "resolution": resolution,
         "height": height,
@@ -250,7 +348,13 @@ def benchmark(pipeline: WanS2VPipeline, resolution: str, steps: int, flops_cache
         "seconds_per_step": step_seconds,
         "decode_seconds_per_clip": decode_seconds,
         "motion_encode_seconds_per_clip": motion_encode_seconds,
-        "gpu_seconds_per_video_second": clip_seconds / (FRAMES_PER_CLIP / FPS),
+        "gpu_seconds_per_video_second": clip_seconds / video_seconds,
+        "transformer_seconds_per_video_second": SAMPLE_STEPS * transformer_step / video_seconds,
+        "vae_seconds_per_video_second": vae_clip / video_seconds,
+        "copies_seconds_per_video_second": timer.seconds["copies"] / video_seconds,
+        # the first clip at SAMPLE_STEPS steps: its first step as timed (with the speech encoding),
+        # the others at the median, then its decode
+        "first_block_seconds": ticks[0][0] - started + (SAMPLE_STEPS - 1) * step_seconds + decode_seconds,
         "peak_gpu_gib": peak / GIB,
         "step_tflop": flops_cache[resolution] / 1e12,
     }
@@ -274,13 +378,19 @@ def benchmark_fast(pipeline: WanS2VPipeline, lora: LoraAdapter) -> dict:
     torch.cuda.reset_peak_memory_stats()
     frames_at: list[tuple[float, int]] = []
     started = time.perf_counter()
-    with lora.active():
+    blocks_per_clip = BLOCKS_PER_CLIP
+    first_clip_split: dict[str, float] = {}
+    with lora.active(), SplitTimer().installed(pipeline.transformer) as timer:
         for frames in sampler.generate(portrait, speech, 42, PROMPT, FAST_SAMPLE_STEPS, lambda *_: None):
             torch.cuda.synchronize()  # frames are on the host already; this only makes the clock honest
             frames_at.append((time.perf_counter() - started, len(frames)))
-    blocks_per_clip = BLOCKS_PER_CLIP
+            if len(frames_at) == blocks_per_clip:
+                first_clip_split = timer.snapshot()
     first_clip_end = frames_at[blocks_per_clip - 1][0]
     second_clip_seconds = frames_at[2 * blocks_per_clip - 1][0] - first_clip_end
+    clip_video_seconds = FAST_FRAMES_PER_CLIP / FAST_FPS
+    split = {f"{part}_seconds_per_video_second": (timer.seconds[part] - first_clip_split[part]) / clip_video_seconds
+             for part in SplitTimer.PARTS}
     rings_on_device = not sampler._host_rings
     return {
         "resolution": "fast",
@@ -289,11 +399,49 @@ def benchmark_fast(pipeline: WanS2VPipeline, lora: LoraAdapter) -> dict:
         "portrait_seconds": portrait_seconds,
         "first_block_seconds": frames_at[0][0],
         "total_seconds": frames_at[-1][0],
-        "video_seconds": sum(count for _, count in frames_at) / FPS,
-        "gpu_seconds_per_video_second": second_clip_seconds / (FAST_FRAMES_PER_CLIP / FPS),
+        "video_seconds": sum(count for _, count in frames_at) / FAST_FPS,
+        "gpu_seconds_per_video_second": second_clip_seconds / clip_video_seconds,
+        **split,
         "attention_rings": f"on {device}" if rings_on_device else "in host memory",
         "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / GIB,
     }
+
+
+GOALS = "goals: fast <= 2.5 GPU s per video s at 25 fps and first block <= 3 s on an H100/H200; quality no slower"
+
+
+def print_tables(results: list[dict], gpu_name: str, peak_for_mfu: float) -> None:
+    """One table per memory mode and generation mode, a row per attention kernel (and compilation)."""
+    print(f"\n{gpu_name}; MFU against {peak_for_mfu / 1e12:.0f} TFLOP/s bf16; quality: {SAMPLE_STEPS} steps per "
+          f"5 s clip at {FPS} fps; fast: {FAST_SAMPLE_STEPS} steps, {FAST_FPS} fps, the second clip (steady state)")
+    print(GOALS)
+    header = (f"{'attention':14} {'size':>9} {'GPU s/video s':>13} {'transformer':>11} {'VAE':>6} {'copies':>6} "
+              f"{'first block s':>13} {'peak GiB':>8}")
+    for mode in dict.fromkeys(row["mode"] for row in results):
+        for generation in ("quality", "fast"):
+            rows = [row for row in results if row["mode"] == mode
+                    and (row.get("resolution") == "fast") == (generation == "fast") and "resolution" in row]
+            if not rows:
+                continue
+            print(f"\n{mode} / {generation}")
+            print(header + ("  rings" if generation == "fast" else f" {'s/step':>6} {'MFU':>5}"))
+            for row in rows:
+                kernel = row["attention"] + (" compiled" if row["compiled"] else "")
+                if "error" in row:
+                    print(f"{kernel:14} {row['resolution']:>9} failed: {row['error'][:80]}")
+                    continue
+                per_video_second = [row[f"{part}_seconds_per_video_second"] for part in ("gpu", *SplitTimer.PARTS)]
+                line = (f"{kernel:14} {row['width']:>4}x{row['height']:<4} {per_video_second[0]:13.2f} "
+                        f"{per_video_second[1]:11.2f} {per_video_second[2]:6.2f} {per_video_second[3]:6.2f} "
+                        f"{row['first_block_seconds']:13.2f} {row['peak_gpu_gib']:8.1f}")
+                if generation == "fast":
+                    line += f"  {row['attention_rings']}"
+                else:
+                    line += f" {row['seconds_per_step']:6.2f} {row['mfu']:5.1%}"
+                print(line)
+    failed = [row for row in results if "resolution" not in row]
+    for row in failed:
+        print(f"{row['mode']}: failed: {row['error'][:100]}")
 
 
 def main() -> int:
@@ -304,6 +452,11 @@ def main() -> int:
     parser.add_argument("--resolutions", nargs="+", default=list(RESOLUTIONS), choices=list(RESOLUTIONS),
                         help="of the quality mode (the fast mode runs at its reference size)")
     parser.add_argument("--steps", type=int, default=3, help="denoising steps timed per run (the first is not counted)")
+    parser.add_argument("--attention", nargs="+", default=list(ATTENTION_KERNELS), choices=list(ATTENTION_KERNELS),
+                        help="the attention kernels (WAN_ATTENTION_BACKEND) to run each benchmark with; those this "
+                             "GPU cannot run are skipped")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run each kernel with the transformer's blocks compiled (WAN_COMPILE)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -338,49 +491,48 @@ def main() -> int:
         resident = torch.cuda.memory_allocated() / GIB
         print(f"{mode.value}: models placed in {time.perf_counter() - started:.0f} s, {resident:.1f} GiB resident",
               flush=True)
-        runs = [(resolution, functools.partial(benchmark, pipeline, resolution, args.steps, flops_cache))
-                for resolution in args.resolutions if "quality" in args.generations]
-        if "fast" in args.generations:
-            runs.append(("fast", functools.partial(benchmark_fast, pipeline, lora)))
-        for name, run in runs:
-            try:
-                row = run()
-            except Exception as error:  # noqa: BLE001
-                traceback.print_exc()
-                print(f"{mode.value} {name}: failed: {type(error).__name__}: {error}", flush=True)
-                results.append({"mode": mode.value, "resolution": name, "error": f"{type(error).__name__}: {error}"})
-                torch.cuda.empty_cache()
-                continue
-            row.update(mode=mode.value, resident_gib=resident)
-            if "step_tflop" in row:
-                row["mfu"] = row["step_tflop"] * 1e12 / row["seconds_per_step"] / peak_for_mfu
-            results.append(row)
-            print(json.dumps(row), flush=True)
-        del pipeline, lora, runs
+        transformer = pipeline.transformer
+        kernels = available_attention_kernels(device, transformer.config.num_attention_heads,
+                                              transformer.config.attention_head_dim)
+        for name, why in kernels.items():
+            if why and name in args.attention:
+                print(f"{mode.value}: attention kernel {name} cannot run here ({why}); skipped", flush=True)
+        variants = [(name, False) for name in args.attention if not kernels[name]]
+        variants += [(name, True) for name, _ in variants] if args.compile else []  # compiled last: it stays
+        blocks_compiled = False
+        for kernel, compiled in variants:
+            transformer.configure_attention(kernel, compile_blocks=compiled and not blocks_compiled)
+            blocks_compiled = blocks_compiled or compiled
+            runs = [(resolution, functools.partial(benchmark, pipeline, resolution, args.steps, flops_cache))
+                    for resolution in args.resolutions if "quality" in args.generations]
+            if "fast" in args.generations:
+                runs.append(("fast", functools.partial(benchmark_fast, pipeline, lora)))
+            for name, run in runs:
+                label = {"mode": mode.value, "resolution": name, "attention": kernel, "compiled": compiled}
+                try:
+                    row = run()
+                except Exception as error:  # noqa: BLE001
+                    traceback.print_exc()
+                    print(f"{mode.value} {name} {kernel}: failed: {type(error).__name__}: {error}", flush=True)
+                    results.append({**label, "error": f"{type(error).__name__}: {error}"})
+                    torch.cuda.empty_cache()
+                    continue
+                row.update(label, resident_gib=resident)
+                if "step_tflop" in row:
+                    row["mfu"] = row["step_tflop"] * 1e12 / row["seconds_per_step"] / peak_for_mfu
+                results.append(row)
+                print(json.dumps(row), flush=True)
+        del pipeline, lora, transformer
         gc.collect()
         torch.cuda.empty_cache()
 
-    print(f"\n{gpu_name}; MFU against {peak_for_mfu / 1e12:.0f} TFLOP/s bf16; "
-          f"quality: {SAMPLE_STEPS} steps per 5 s clip")
-    print(f"{'mode':8} {'size':>9} {'s/step':>7} {'decode s':>8} {'GPU s per video s':>17} {'peak GiB':>8} "
-          f"{'TFLOP/step':>10} {'MFU':>5}")
-    for row in results:
-        if "error" in row:
-            print(f"{row['mode']:8} {row.get('resolution', ''):>9} failed: {row['error'][:80]}")
-        elif "seconds_per_step" in row:
-            print(f"{row['mode']:8} {row['width']:>4}x{row['height']:<4} {row['seconds_per_step']:7.2f} "
-                  f"{row['decode_seconds_per_clip']:8.2f} {row['gpu_seconds_per_video_second']:17.1f} "
-                  f"{row['peak_gpu_gib']:8.1f} {row['step_tflop']:10.0f} {row['mfu']:5.1%}")
-    print(f"\nfast: {FAST_SAMPLE_STEPS} steps, {FAST_SPEECH_SECONDS:.2f} s of video")
-    print(f"{'mode':8} {'size':>9} {'portrait s':>10} {'first block s':>13} {'GPU s per video s':>17} "
-          f"{'peak GiB':>8}  rings")
-    for row in results:
-        if row.get("resolution") == "fast" and "error" not in row:
-            print(f"{row['mode']:8} {row['width']:>4}x{row['height']:<4} {row['portrait_seconds']:10.2f} "
-                  f"{row['first_block_seconds']:13.2f} {row['gpu_seconds_per_video_second']:17.2f} "
-                  f"{row['peak_gpu_gib']:8.1f}  {row['attention_rings']}")
+    print_tables(results, gpu_name, peak_for_mfu)
     if args.json:
-        args.json.write_text(json.dumps({"gpu": gpu_name, "torch": torch.__version__, "results": results}, indent=2))
+        # "results" holds what the worker runs by default (scripts/cost.py prices those), "variants" the others
+        default = [row for row in results if row.get("attention", "auto") == "auto" and not row.get("compiled")]
+        others = [row for row in results if row not in default]
+        args.json.write_text(json.dumps({"gpu": gpu_name, "torch": torch.__version__, "results": default,
+                                         "variants": others}, indent=2))
     return 0
 
 

@@ -19,6 +19,12 @@ from pathlib import Path
 import pytest
 import requests
 
+# One compute thread in every test process and every worker a test starts (they inherit the
+# environment), set before torch is first imported: the suite already runs one process per core,
+# and OpenMP threads that outnumber the free cores spin waiting for each other (on a loaded 2-core
+# machine a tiny-Wan job cost 17-38 CPU-seconds with two threads, 2 with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 

@@ -16,7 +16,16 @@ it skip. Nothing is copied from it: its files are executed from the checkout (lo
 - `CausalWanModel_S2V.__init__` moves its rope table to "cuda": construction maps that device
   to the CPU;
 - `_forward_inference` draws `random.randint(4, 30)` on every call to place the reference
-  image's rope position; `fixed_ref_rope_offsets` fixes (and records) those draws.
+  image's rope position; `fixed_ref_rope_offsets` fixes (and records) those draws;
+- librosa (not installed here) reads the speech file: a stand-in reads 16 kHz mono files only.
+
+The configuration is the reference's own, read at run time (`reference_fast_settings`): the
+pipeline made by its own `WanS2V.__init__` from the s2v-14B config (fps, frames per block, motion
+frames, audio window), its speech encoder (`AudioEncoder`, on the tiny wav2vec2), the arguments
+`infinite_inference_single_gpu.sh` runs it with over the inference script's argparse defaults
+(clip length, steps, solver, size), the training config it names (LoRA rank and alpha), and the
+literals of the calls that fix the Euler shift and the reference image's rope range. Changed for
+a CPU run in float32 only: the config's bfloat16 `param_dtype` and `convert_model_dtype`.
 
 Left as the reference does it (an equal model must do the same to match it closely):
 - the cross-attention input is `norm3(x.to(torch.bfloat16))`: the residual stream is rounded to
@@ -32,12 +41,17 @@ The tiny model has the same weights as our `WanS2VTransformer3DModel` (renamed w
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import dataclasses
+import inspect
 import os
 import random
+import shlex
 import sys
+import textwrap
 import types
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +63,17 @@ from tests.reference_checkout import EasyDict, ReferenceCheckout, plain_module
 from tests.wan_tiny_models import official_transformer_state_dict
 
 REFERENCE_ENV = "LIVEAVATAR_REFERENCE_REPO"
+# The harness's own block-level sizes (tests/test_liveavatar_reference_harness.py checks them
+# against `reference_fast_settings`).
 MOTION_FRAMES = (73, 19)  # video frames of motion context, and their latent frames
 FRAMES_PER_BLOCK = 3  # latent frames denoised together (`num_frames_per_block` in the config)
 NUM_WAV2VEC_LAYERS = 25  # CausalAudioEncoder's layer mix is fixed at 25 hidden states
 REF_ROPE_OFFSET_RANGE = (4, 30)  # `random.randint(4, 30)` in `_forward_inference`
+# How the reference is run: its single-GPU script, the inference script it starts, and the config
+# module behind that script's `--task s2v-14B` (configs/__init__.py's WAN_CONFIGS["s2v-14B"]).
+SINGLE_GPU_SCRIPT = "infinite_inference_single_gpu.sh"
+INFERENCE_SCRIPT = "minimal_inference/s2v_streaming_interact.py"
+S2V_CONFIG_MODULE = "models.wan.wan_2_2.configs.wan_s2v_14B_modified"
 
 
 # --- loading the checkout --------------------------------------------------------------------
@@ -166,10 +187,20 @@ def _stand_in_module(name: str, attributes: dict[str, Any]) -> types.ModuleType:
 # Packages that Live Avatar's files import at top level and that this environment may lack. Only
 # the pipeline file (`reference_generate`) needs more than easydict; nothing here is on the
 # numerical path of the transformer.
+def _read_16k_wav(path, sr=None, **kwargs):
+    """librosa.load for a 16 kHz mono file: its samples as float32, never resampled."""
+    import soundfile
+
+    samples, rate = soundfile.read(path, dtype="float32")
+    if samples.ndim != 1 or (sr is not None and rate != sr) or kwargs:
+        raise ValueError(f"the harness's librosa.load reads 16 kHz mono files as they are, not {path}")
+    return samples, rate
+
+
 _STAND_INS: dict[str, dict[str, Any]] = {
     "easydict": {"EasyDict": EasyDict},
     "decord": {"VideoReader": _Unavailable("decord.VideoReader")},
-    "librosa": {},
+    "librosa": {"load": _read_16k_wav},
     "imageio": {},
     "torchvision": {},
     "torchvision.transforms": {"Resize": _ResizeExact, "CenterCrop": _CenterCropExact, "ToTensor": _ToTensor},
@@ -576,14 +607,14 @@ def reference_block(
 
 
 def reference_scheduler(sampling_steps: int):
-    """The pipeline's sampler: diffusers' FlowMatchEulerDiscreteScheduler(1000, shift=3).
-
-    `generate`'s `shift` argument is not used for "euler"; for 4 steps the timesteps are
-    [1000, 857.69, 602.15, 8.93] (sigmas then 0).
-    """
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3)
+    """The pipeline's sampler: the FlowMatchEulerDiscreteScheduler `generate` makes for "euler",
+    with the shift it writes there (3: its `shift` argument is not used) and the config's
+    training timesteps (1000); for 4 steps the timesteps are [1000, 857.69, 602.15, 8.93]."""
+    pipeline_module = liveavatar_module("models.wan.causal_s2v_pipeline")
+    ((_, keywords),) = literal_call_arguments(pipeline_module.WanS2V.generate, "FlowMatchEulerDiscreteScheduler")
+    scheduler = pipeline_module.FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=reference_s2v_config().num_train_timesteps, shift=keywords["shift"]
+    )
     scheduler.set_timesteps(sampling_steps, device="cpu")
     return scheduler
 
@@ -637,71 +668,224 @@ def reference_clip(
     return output
 
 
-# --- the pipeline's generate -----------------------------------------------------------------
+# --- the reference's own configuration -------------------------------------------------------
 
 
-def reference_generate(
+def reference_run_arguments() -> dict[str, Any]:
+    """The arguments of Live Avatar's single-GPU run, by argparse name: the inference script's
+    argparse defaults, overridden by the flags `infinite_inference_single_gpu.sh` passes (as the
+    shell hands them over: strings, True for a bare flag)."""
+    root = liveavatar_root()
+    arguments = _argparse_defaults(root / INFERENCE_SCRIPT)
+    words = shlex.split((root / SINGLE_GPU_SCRIPT).read_text().replace("\\\n", " "), comments=True)
+    words = words[words.index(INFERENCE_SCRIPT) + 1 :]
+    for index, word in enumerate(words):
+        if word.startswith("--"):
+            value = words[index + 1] if index + 1 < len(words) and not words[index + 1].startswith("--") else True
+            arguments[word[2:].replace("-", "_")] = value
+    return arguments
+
+
+def _argparse_defaults(script: Path) -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            flag = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else None
+            default = next((keyword.value for keyword in node.keywords if keyword.arg == "default"), None)
+            if isinstance(flag, str) and flag.startswith("--"):
+                defaults[flag[2:].replace("-", "_")] = ast.literal_eval(default) if default is not None else None
+    return defaults
+
+
+def literal_call_arguments(function: Callable, callee: str) -> list[tuple[tuple, dict[str, Any]]]:
+    """The literal arguments of each call to `callee` (a name, or the last part of a dotted one)
+    in the source of `function`; arguments that are not literals are left out."""
+    calls = []
+    for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(function)))):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if name == callee:
+                literal = [arg.value for arg in node.args if isinstance(arg, ast.Constant)]
+                keywords = {kw.arg: kw.value.value for kw in node.keywords if isinstance(kw.value, ast.Constant)}
+                calls.append((tuple(literal), keywords))
+    return calls
+
+
+def reference_s2v_config() -> EasyDict:
+    """The s2v-14B config the single-GPU script runs (`--task s2v-14B`)."""
+    return liveavatar_module(S2V_CONFIG_MODULE).s2v_14B
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceFastSettings:
+    """What Live Avatar's single-GPU run uses, each read from where the reference takes it."""
+
+    fps: int  # WanS2V.fps, the config's sample_fps: the speech each frame carries
+    latent_frames_per_block: int  # WanS2V.num_frames_per_block
+    clip_frames: int  # the script's --infer_frames: video frames per clip
+    motion_frames: int  # WanS2V.motion_frames (the config's transformer.motion_frames)
+    audio_window: int  # WanS2V.audio_sample_m: feature columns taken either side of a frame's
+    speech_feature_rate: int  # AudioEncoder.video_rate: wav2vec2's features are resampled to it
+    sampling_steps: int  # the script's --sample_steps
+    solver: str  # the script's --sample_solver
+    guide_scale: float  # the script's --sample_guide_scale
+    shift: float  # the Euler scheduler `generate` makes for that solver
+    num_train_timesteps: int  # WanS2V.num_train_timesteps
+    max_area: int  # the script's --size, as an area
+    lora_rank: int  # the training config the script names (--training_config)
+    lora_alpha: float
+    ref_rope_offsets: tuple[int, int]  # `random.randint(a, b)` in `_forward_inference`
+    num_clips: int  # the script's --num_clip: at most this many clips (the speech decides)
+
+
+def reference_fast_settings(pipeline: Any) -> ReferenceFastSettings:
+    """`ReferenceFastSettings` of the checkout; `pipeline` is a `reference_pipeline`."""
+    arguments = reference_run_arguments()
+    generate = liveavatar_module("models.wan.causal_s2v_pipeline").WanS2V.generate
+    schedulers = literal_call_arguments(generate, "FlowMatchEulerDiscreteScheduler")
+    if arguments["sample_solver"] != "euler" or len(schedulers) != 1:
+        raise RuntimeError("the harness expects Live Avatar's single-GPU run to sample with one Euler scheduler")
+    forward = liveavatar_module("models.wan.causal_model_s2v").CausalWanModel_S2V._forward_inference
+    (rope_range,) = [args for args, _ in literal_call_arguments(forward, "randint")]
+    args_config = liveavatar_module("utils.args_config")
+    training = args_config.parse_args_for_training_config(str(liveavatar_root() / arguments["training_config"]))
+    width, height = (int(side) for side in str(arguments["size"]).split("*"))
+    return ReferenceFastSettings(
+        fps=pipeline.fps,
+        latent_frames_per_block=pipeline.num_frames_per_block,
+        clip_frames=int(arguments["infer_frames"]),
+        motion_frames=pipeline.motion_frames,
+        audio_window=pipeline.audio_sample_m,
+        speech_feature_rate=pipeline.audio_encoder.video_rate,
+        sampling_steps=int(arguments["sample_steps"]),
+        solver=arguments["sample_solver"],
+        guide_scale=float(arguments["sample_guide_scale"]),
+        shift=float(schedulers[0][1]["shift"]),
+        num_train_timesteps=pipeline.num_train_timesteps,
+        max_area=width * height,
+        lora_rank=int(training["lora_rank"]),
+        lora_alpha=float(training["lora_alpha"]),
+        ref_rope_offsets=tuple(rope_range),
+        num_clips=int(arguments["num_clip"]),
+    )
+
+
+def write_reference_wav2vec2(checkpoint_dir: Path, hidden_size: int) -> Path:
+    """The tiny wav2vec2 where the reference's pipeline looks for it (the config's `wav2vec`
+    folder in the checkpoint folder), with the 25 hidden states its audio encoder mixes, its
+    processor and tokenizer. Returns the folder."""
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from tests.wan_tiny_models import write_tiny_wav2vec2
+
+    folder = write_tiny_wav2vec2(Path(checkpoint_dir) / reference_s2v_config().wav2vec, hidden_size=hidden_size)
+    config = Wav2Vec2Config.from_pretrained(folder)
+    config.num_hidden_layers = NUM_WAV2VEC_LAYERS - 1  # + the embeddings' output
+    torch.manual_seed(3)
+    Wav2Vec2ForCTC(config).eval().save_pretrained(folder)
+    return folder
+
+
+def reference_pipeline(
     model: torch.nn.Module,
     *,
     text_encoder: Any,
     vae: Any,
-    audio_encoder: Any,
+    checkpoint_dir: str | os.PathLike,
+    audio_encoder: Any = None,
+) -> Any:
+    """Live Avatar's `WanS2V`, made by its own `__init__` from the s2v-14B config and the switches
+    the single-GPU script gives it, with the tiny models in the checkpoint's place, on CPU in
+    float32.
+
+    Its T5, VAE and transformer are the caller's (`model`: a `reference_causal_model`; the
+    adapters as `reference_generate` describes them); its speech encoder is the reference's own
+    `AudioEncoder` on the wav2vec2 folder in `checkpoint_dir` (`write_reference_wav2vec2`), or
+    `audio_encoder` when given. Left out of the config: its bfloat16 `param_dtype` (float32 here)
+    and the script's `--convert_model_dtype`, and the CUDA device (the CPU).
+    """
+    module = liveavatar_module("models.wan.causal_s2v_pipeline")
+    arguments = reference_run_arguments()
+    with contextlib.ExitStack() as stack:
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        patch.setattr(module, "T5EncoderModel", lambda **kwargs: text_encoder)
+        patch.setattr(module, "Wan2_1_VAE", lambda **kwargs: vae)
+        patch.setattr(module, "CausalWanModel_S2V", types.SimpleNamespace(from_pretrained=lambda *a, **k: model))
+        if audio_encoder is not None:
+            patch.setattr(module, "AudioEncoder", lambda **kwargs: audio_encoder)
+        stack.enter_context(_cuda_is_cpu(torch.Tensor))
+        stack.enter_context(_cuda_is_cpu(torch.nn.Module))
+        pipeline = module.WanS2V(
+            config=reference_s2v_config(),
+            checkpoint_dir=str(checkpoint_dir),
+            device_id=0,
+            rank=0,
+            t5_cpu=bool(arguments["t5_cpu"]),
+            convert_model_dtype=False,
+            single_gpu=True,  # the script's, and what it sets for one process
+            offload_kv_cache=bool(arguments["offload_kv_cache"]),
+        )
+    pipeline.device = torch.device("cpu")
+    pipeline.param_dtype = torch.float32
+    return pipeline
+
+
+def reference_block_speech(pipeline: Any, audio_path: str, clip_frames: int) -> list[torch.Tensor]:
+    """The speech features `WanS2V.generate` hands its transformer, block by block over every clip
+    the speech gets: `encode_audio` (wav2vec2, resampling, `get_audio_embed_bucket_fps` at the
+    pipeline's fps and audio window), cut per clip and per block as `generate` cuts them. Each
+    [1, layers, hidden, 4 * frames per block]."""
+    audio_emb, num_clips = pipeline.encode_audio(audio_path, infer_frames=clip_frames)
+    frames_per_block = pipeline.num_frames_per_block * 4  # generate's `left_idx`/`right_idx`
+    lat_motion_frames = (pipeline.motion_frames + 3) // 4
+    blocks_per_clip = latent_frames_per_clip(clip_frames, (pipeline.motion_frames, lat_motion_frames))
+    blocks_per_clip //= pipeline.num_frames_per_block
+    blocks = []
+    for clip in range(num_clips):
+        clip_audio = audio_emb[..., clip * clip_frames : (clip + 1) * clip_frames]
+        for block in range(blocks_per_clip):
+            blocks.append(clip_audio[..., block * frames_per_block : (block + 1) * frames_per_block])
+    return blocks
+
+
+# --- the pipeline's generate -----------------------------------------------------------------
+
+
+def reference_generate(
+    pipeline: Any,
+    *,
     ref_image_path: str | os.PathLike,
     audio_path: str,
     prompt: str,
     size: tuple[int, int],
-    infer_frames: int,
-    sampling_steps: int,
-    num_clips: int,
     seed: int = 0,
-    fps: int = 16,
+    infer_frames: int | None = None,
+    sampling_steps: int | None = None,
 ) -> torch.Tensor:
     """Run `WanS2V.generate` (Live Avatar's single-GPU streaming pipeline) on CPU in float32.
 
-    The pipeline object is made with object.__new__ (its __init__ loads checkpoints onto CUDA)
-    and given the attributes `generate` reads; while it runs, CUDA devices it names are the CPU,
-    its 40-head x 128 cache allocations take the model's heads and head size, and
-    `dist.get_rank()` is 0. Euler sampler, no guidance, no pose video, deferred decoding, as
-    infinite_inference_single_gpu.sh runs it. Adapters, from the caller, called as the
-    pipeline calls the official objects:
+    `pipeline` is a `reference_pipeline`. The call is the single-GPU script's: its clip length,
+    steps, solver, guidance and clip count (`reference_run_arguments`; `infer_frames` and
+    `sampling_steps` override the first two for smaller runs), deferred decoding, no pose video.
+    While it runs, CUDA devices it names are the CPU, its 40-head x 128 cache allocations take
+    the model's heads and head size, and `dist.get_rank()` is 0. The adapters it calls as it
+    calls the official objects:
     - text_encoder(prompts: list[str], device) -> [Tensor [L, text_dim]]; `.model` (an nn.Module);
     - vae: `.encode(video [1, 3, T, H, W]) -> [latents [C, 1 + (T - 1) // 4, H/8, W/8]]`
       (normalised, as Wan2_1_VAE), `.decode(latents [1, C, T', h, w]) -> [video [3, T, H, W]]`,
       `.model` (nn.Module), `.dtype`, `.device`;
-    - audio_encoder: `.extract_audio_feat(path, return_all_layers=True) -> z` and
+    - a replaced audio_encoder: `.extract_audio_feat(path, return_all_layers=True) -> z` and
       `.get_audio_embed_bucket_fps(z, fps=, batch_frames=, m=) -> (features [T, 25, audio_dim],
       number of clips the audio covers)`; `.model` (nn.Module).
     ref_image_path: an RGB image of exactly `size` (H, W) (the resize/crop are not reproduced).
     Wrap the call in `fixed_ref_rope_offsets` to make it deterministic.
     Returns the video [3, frames, H, W] as `generate` does.
     """
+    arguments = reference_run_arguments()
     pipeline_module = liveavatar_module("models.wan.causal_s2v_pipeline")
-    pipeline = object.__new__(pipeline_module.WanS2V)
-    pipeline.__dict__.update(
-        device=torch.device("cpu"),
-        rank=0,
-        t5_cpu=True,
-        init_on_cpu=False,
-        is_training=False,
-        num_train_timesteps=1000,
-        num_frames_per_block=FRAMES_PER_BLOCK,
-        param_dtype=torch.float32,
-        drop_part_motion_frames=0.0,
-        single_gpu=True,
-        offload_kv_cache=False,
-        text_encoder=text_encoder,
-        vae=vae,
-        audio_encoder=audio_encoder,
-        noise_model=model,
-        sp_size=1,
-        sample_neg_prompt="",
-        motion_frames=MOTION_FRAMES[0],
-        drop_first_motion=False,
-        fps=fps,
-        audio_sample_m=0,
-    )
     pipeline.get_gen_size = lambda *args, **kwargs: tuple(size)
     height, width = size
+    model = pipeline.noise_model
     heads, head_dim = model.num_heads, model.dim // model.num_heads
     with contextlib.ExitStack() as stack:
         patch = stack.enter_context(pytest.MonkeyPatch.context())
@@ -717,18 +901,18 @@ def reference_generate(
             input_prompt=prompt,
             ref_image_path=str(ref_image_path),
             audio_path=audio_path,
-            num_repeat=num_clips,
-            pose_video=None,
+            num_repeat=int(arguments["num_clip"]),
+            pose_video=arguments["pose_video"],
             max_area=height * width,
-            infer_frames=infer_frames,
-            sample_solver="euler",
-            sampling_steps=sampling_steps,
-            guide_scale=0.0,
-            n_prompt=None,
+            infer_frames=infer_frames or int(arguments["infer_frames"]),
+            sample_solver=arguments["sample_solver"],
+            sampling_steps=sampling_steps or int(arguments["sample_steps"]),
+            guide_scale=float(arguments["sample_guide_scale"]),
             seed=seed,
-            offload_model=False,
-            max_repeat=num_clips,
-            enable_online_decode=False,
+            offload_model=False,  # moves models between devices only: all are on the CPU here
+            init_first_frame=bool(arguments["start_from_ref"]),
+            drop_motion_noisy=bool(arguments["drop_motion_noisy"]),
+            enable_online_decode=bool(arguments["enable_online_decode"]),
         )
     return video
 
@@ -771,20 +955,29 @@ __all__ = [
     "MOTION_FRAMES",
     "NUM_WAV2VEC_LAYERS",
     "REFERENCE_ENV",
+    "REF_ROPE_OFFSET_RANGE",
     "RefRopeOffsets",
+    "ReferenceFastSettings",
     "cond_cache_tokens",
     "fixed_ref_rope_offsets",
     "latent_frames_per_clip",
+    "literal_call_arguments",
     "liveavatar_module",
     "liveavatar_root",
     "new_reference_caches",
     "reference_block",
+    "reference_block_speech",
     "reference_causal_model",
     "reference_clip",
     "reference_config",
+    "reference_fast_settings",
     "reference_generate",
+    "reference_pipeline",
     "reference_prefill",
+    "reference_run_arguments",
+    "reference_s2v_config",
     "reference_scheduler",
     "requires_liveavatar",
     "sharpen_attention",
+    "write_reference_wav2vec2",
 ]

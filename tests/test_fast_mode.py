@@ -13,6 +13,7 @@ import torch
 
 from model.base import num_frames_for
 from model.wan_s2v import fast_pipeline
+from model.wan_s2v.config import FAST_FPS
 from model.wan_s2v.fast_pipeline import FastSampler
 from tests.test_wan_pipeline import tiny_pipeline
 from tests.wan_tiny_models import speech_samples
@@ -62,10 +63,19 @@ def test_the_portrait_is_encoded_as_five_frames_and_its_history_as_365(portrait)
     assert portrait.history_latents.shape == (1, 16, 1 + (5 * 73 - 1) // 4, SIDE // 8, SIDE // 8)
 
 
-@pytest.mark.parametrize("seconds", [0.5, 3.1])
+def test_the_fast_mode_runs_at_live_avatars_25_fps_and_the_quality_mode_at_wan_s2vs_16():
+    """The rate each frame's speech, the MP4 and the result follow (the parity suite reads 25 from
+    Live Avatar's config: tests/test_fast_mode_reference.py)."""
+    from model.wan_s2v.backend import WanS2VBackend
+
+    backend = WanS2VBackend.__new__(WanS2VBackend)  # the declaration, asked without loading weights
+    assert (backend.frame_rate("fast"), backend.frame_rate("quality")) == (FAST_FPS, 16) == (25, 16)
+
+
+@pytest.mark.parametrize("seconds", [0.3, 2.0])
 def test_the_video_is_exactly_as_long_as_the_speech_and_leaves_a_block_at_a_time(video_of, seconds):
     blocks = video_of(seconds)
-    expected = num_frames_for(seconds, 16)
+    expected = num_frames_for(seconds, FAST_FPS)  # 8 and 50 frames at 25 fps: one block, and five
     assert sum(len(block) for block in blocks) == expected
     assert all(block.shape[1:] == (SIDE, SIDE, 3) and block.dtype == np.uint8 for block in blocks)
     # 12 frames a block, the first 3 short; the last block is cut at the end of the speech
@@ -86,25 +96,25 @@ def test_a_block_leaves_before_the_next_is_denoised(sampler, portrait, monkeypat
 
 
 def test_same_seed_same_video_other_seed_other_video(sampler, portrait, video_of):
-    first = np.concatenate(video_of(0.5, seed=7)).astype(int)
-    again = np.concatenate(frames_of(sampler, portrait, 0.5, seed=7)).astype(int)  # a run of its own
-    other = np.concatenate(frames_of(sampler, portrait, 0.5, seed=8)).astype(int)
+    first = np.concatenate(video_of(0.3, seed=7)).astype(int)
+    again = np.concatenate(frames_of(sampler, portrait, 0.3, seed=7)).astype(int)  # a run of its own
+    other = np.concatenate(frames_of(sampler, portrait, 0.3, seed=8)).astype(int)
     assert np.array_equal(first, again)
     assert np.abs(first - other).mean() > 1.0
 
 
 def test_progress_counts_steps_and_decodes_with_time_left(generated):
-    _, reports = generated(1.0)
-    blocks = -(-(num_frames_for(1.0, 16) + 3) // 12)
+    _, reports = generated(0.6)
+    blocks = -(-(num_frames_for(0.6, FAST_FPS) + 3) // 12)
     assert len(reports) == blocks * (STEPS + 1)
     assert reports[-1][0] == pytest.approx(1.0)
     assert reports[0][1].startswith(f"block 1/{blocks}, step 1/{STEPS}") and "left" in reports[0][1]
 
 
 def test_rings_kept_in_host_memory_give_the_same_video(sampler, portrait, video_of, monkeypatch):
-    on_device = np.concatenate(video_of(1.0))
+    on_device = np.concatenate(video_of(0.6))
     monkeypatch.setattr(fast_pipeline, "fits_beside_fast_workspace", lambda nbytes, device: False)
-    staged = np.concatenate(frames_of(sampler, portrait, 1.0))
+    staged = np.concatenate(frames_of(sampler, portrait, 0.6))
     assert np.array_equal(on_device, staged)
     assert sampler._host_rings  # kept for the next job of that size
 
@@ -117,20 +127,23 @@ def test_the_fast_mode_runs_its_vae_in_the_compute_dtype_like_live_avatar(sample
 
 def test_a_stream_sends_the_first_block_as_its_first_segment(video_of, tmp_path):
     """Streamed (handler/segments.py), the fast mode's first segment leaves with its first block
-    of 9 frames, and each later one with the block that completes it."""
+    of 9 frames, and each later one with the block that completes it, at 25 fps."""
     from handler.segments import SegmentPlan, SegmentWriter
     from model.wan_s2v.backend import WanS2VBackend
     from tests.mp4_facts import FFMPEG, mp4_facts
 
     speech = tmp_path / "speech.wav"
-    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "sine=d=3.1", str(speech)], check=True)
-    blocks = video_of(3.1)
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "sine=d=2.0", str(speech)], check=True)
+    blocks = video_of(2.0)
     num_frames = sum(len(block) for block in blocks)
     # the backend's declaration, asked without loading any weights
     batches = WanS2VBackend.__new__(WanS2VBackend).frame_batches("fast")
+    fps = WanS2VBackend.__new__(WanS2VBackend).frame_rate("fast")
+    plan = SegmentPlan.for_batches(batches, fps)
+    # docs/CONTRACT.md's arithmetic: 8 frames (0.32 s) first, then 5 blocks (2.4 s) a segment
+    assert (plan.first_cut / fps, plan.step / fps) == (0.32, 2.4)
     handed_at = []
-    with SegmentWriter(tmp_path / "segments", SIDE, SIDE, 16.0, speech, num_frames,
-                       SegmentPlan.for_batches(batches, 16.0),
+    with SegmentWriter(tmp_path / "segments", SIDE, SIDE, fps, speech, num_frames, plan,
                        lambda segment: handed_at.append(writer.frames_written)) as writer:
         for block in blocks:
             writer.write(block)
@@ -138,4 +151,5 @@ def test_a_stream_sends_the_first_block_as_its_first_segment(video_of, tmp_path)
     assert set(handed_at) <= set(np.cumsum([len(block) for block in blocks])), "each with the block ending it"
     joined = tmp_path / "all.ts"
     joined.write_bytes(b"".join(path.read_bytes() for path in sorted((tmp_path / "segments").glob("*.ts"))))
-    assert mp4_facts(joined).num_frames == num_frames
+    facts = mp4_facts(joined)
+    assert (facts.num_frames, facts.fps) == (num_frames, 25.0)

@@ -2,42 +2,57 @@
 
 Both sides run the same tiny random weights in float32 on one CPU thread, with the same draws of
 the reference image's rope distance (the reference takes them from Python's `random` in every
-pass; tests/liveavatar_reference.py fixes them). Compared: the transformer's prediction for every
-block and step with the caches (wrapping around the cache, past the frame where the reference
-image starts to travel), the sampler's schedule and step, and a whole multi-clip generation in
-float pixels. Two deliberate bugs show that the block comparison can fail.
+pass; tests/liveavatar_reference.py fixes them). The reference runs with its own configuration,
+read from the checkout (tests/liveavatar_reference.py, `reference_fast_settings`), never with
+ours. Compared: every constant the fast mode shares with it, the speech features of every block
+(the reference's wav2vec2 extraction and `get_audio_embed_bucket_fps` buckets on the same tiny
+wav2vec2), the transformer's prediction for every block and step with the caches (wrapping
+around the cache, past the frame where the reference image starts to travel), the sampler's
+schedule and step, and a whole multi-clip generation from a speech file in float pixels.
+Deliberate bugs (a frame off in the rope, one cache for all steps, our old 16 fps, a frame's
+speech window one column late) show that the comparisons can fail.
 """
 
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from PIL import Image
 
 from model.wan_common.vae import WanVideoVAE
+from model.wan_s2v import config, fast_pipeline, lora, speech
 from model.wan_s2v._transformer_causal import BlockPosition, BlockRing
-from model.wan_s2v.fast_pipeline import FastSampler, euler_schedule, euler_step
+from model.wan_s2v.fast_pipeline import FastSampler, FastSpeech, euler_schedule, euler_step
 from model.wan_s2v.pipeline import WanS2VPipeline
+from model.wan_s2v.speech import SpeechEncoder
 from tests.liveavatar_reference import (
     FRAMES_PER_BLOCK,
     LIVEAVATAR_TEST_MARKS,
     MOTION_FRAMES,
     NUM_WAV2VEC_LAYERS,
+    ReferenceFastSettings,
     fixed_ref_rope_offsets,
     new_reference_caches,
     reference_block,
+    reference_block_speech,
     reference_causal_model,
+    reference_fast_settings,
     reference_generate,
+    reference_pipeline,
     reference_prefill,
     reference_scheduler,
     sharpen_attention,
+    write_reference_wav2vec2,
 )
 from tests.test_wan_pipeline import FAST_VAE
 from tests.wan_tiny_models import (
     TINY_OFFICIAL_TRANSFORMER_CONFIG,
+    speech_samples,
     tiny_transformer_from_official_config,
     well_conditioned_vae,
 )
@@ -155,34 +170,18 @@ def test_the_schedule_and_the_euler_step_are_the_references():
         assert torch.equal(euler_step(sample, velocity, sigmas[step], sigmas[step + 1]), expected)
 
 
-# --- the whole generation --------------------------------------------------------------------
+# --- the reference, made by its own code from its own configuration ---------------------------
 
 HEIGHT = WIDTH = 8 * LATENT_SIZE
-NUM_FRAMES = 100  # three clips of 48 frames, the last one cut short by the end of the speech
-SPEECH_SECONDS = NUM_FRAMES / 16
+# 4 s of speech: 100 frames at the reference's 25 fps, three clips of 48, the last cut short
+SPEECH_SECONDS = 4.0
 SEED = 11
 
 
-class _Features:
-    """One speech's wav2vec2 features, served to both loops (the speech encoder is compared on
-    its own in the quality mode's tests): ours as `SpeechEncoder.encode`, the reference's as its
-    AudioEncoder's bucketing."""
+class _NoModel(torch.nn.Module):
+    """What both pipelines move around as the text encoder's model: nothing, on the CPU."""
 
-    def __init__(self, frames: int) -> None:
-        generator = torch.Generator().manual_seed(5)
-        self.features = torch.randn(NUM_WAV2VEC_LAYERS, AUDIO_DIM, frames, generator=generator)
-        self.model = torch.nn.Identity()
-
-    def encode(self, samples, fps):
-        return self.features
-
-    def extract_audio_feat(self, path, return_all_layers):
-        return None
-
-    def get_audio_embed_bucket_fps(self, z, fps, batch_frames, m):
-        clips = self.features.shape[-1] // batch_frames + 1
-        padded = torch.nn.functional.pad(self.features, (0, clips * batch_frames - self.features.shape[-1]))
-        return padded.permute(2, 0, 1), clips
+    device = torch.device("cpu")
 
 
 class _Prompt:
@@ -190,7 +189,7 @@ class _Prompt:
 
     def __init__(self) -> None:
         self.embedding = torch.randn(1, 7, TEXT_DIM, generator=torch.Generator().manual_seed(6))
-        self.model = types.SimpleNamespace(device=torch.device("cpu"))
+        self.model = _NoModel()
 
     def encode(self, prompts):
         return self.embedding
@@ -212,33 +211,134 @@ class _ReferenceVAE:
         return [self.vae.decode(latent[None])[0] for latent in latents]
 
 
-def test_a_whole_generation_makes_the_references_frames(models, tmp_path):
-    transformer, reference = models
-    vae = WanVideoVAE(well_conditioned_vae(FAST_VAE))
-    speech, prompt = _Features(NUM_FRAMES), _Prompt()
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory) -> Path:
+    """A checkpoint folder holding only the tiny wav2vec2, where both sides read it."""
+    folder = tmp_path_factory.mktemp("Wan2.2-S2V-14B")
+    write_reference_wav2vec2(folder, AUDIO_DIM)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    soundfile.write(path, speech_samples(SPEECH_SECONDS, seed=4), 16000, subtype="FLOAT")  # read back exactly
+    return path
+
+
+@pytest.fixture(scope="module")
+def vae() -> WanVideoVAE:
+    return WanVideoVAE(well_conditioned_vae(FAST_VAE))
+
+
+@pytest.fixture(scope="module")
+def pipeline(models, vae, checkpoint_dir):
+    """Live Avatar's WanS2V, made by its own __init__ (tests/liveavatar_reference.py)."""
+    return reference_pipeline(models[1], text_encoder=_Prompt(), vae=_ReferenceVAE(vae), checkpoint_dir=checkpoint_dir)
+
+
+@pytest.fixture(scope="module")
+def settings(pipeline) -> ReferenceFastSettings:
+    return reference_fast_settings(pipeline)
+
+
+@pytest.fixture(scope="module")
+def sampler(models, vae, checkpoint_dir) -> FastSampler:
+    """Our fast mode over the same tiny models, its speech encoder on the same wav2vec2 folder."""
+    encoder = SpeechEncoder.from_pretrained(checkpoint_dir / config.WAV2VEC_DIR, "cpu", torch.float32)
+    components = types.SimpleNamespace(transformer=models[0], vae=vae, text_encoder=_Prompt(), speech_encoder=encoder)
+    return FastSampler(WanS2VPipeline(components, torch.device("cpu"), torch.float32))
+
+
+def _constant_mismatches(reference: ReferenceFastSettings) -> list[str]:
+    """Every constant of our fast mode that differs from the reference's, as 'name: ours != theirs'."""
+    sigmas, timesteps = euler_schedule(reference.sampling_steps, torch.device("cpu"))
+    scheduler = reference_scheduler(reference.sampling_steps)
+    ours_and_theirs = {
+        "fps": (config.FAST_FPS, reference.fps),
+        "latent frames per block": (config.FAST_LATENT_FRAMES_PER_BLOCK, reference.latent_frames_per_block),
+        "frames per clip": (config.FAST_FRAMES_PER_CLIP, reference.clip_frames),
+        "motion frames": (config.MOTION_FRAMES, reference.motion_frames),
+        # our features take one column per frame: no neighbours either side
+        "audio window": (0, reference.audio_window),
+        "speech feature rate": (config.SPEECH_FEATURE_RATE, reference.speech_feature_rate),
+        "steps": (config.FAST_SAMPLE_STEPS, reference.sampling_steps),
+        "shift": (config.FAST_SAMPLE_SHIFT, reference.shift),
+        "training timesteps": (config.NUM_TRAIN_TIMESTEPS, reference.num_train_timesteps),
+        "timesteps": (timesteps.tolist(), scheduler.timesteps.tolist()),
+        "sigmas": (sigmas.tolist(), scheduler.sigmas.tolist()),
+        "guidance": (0.0, reference.guide_scale),  # the fast mode has no CFG
+        "max area": (config.FAST_MAX_AREA, reference.max_area),
+        "LoRA alpha": (config.LORA_ALPHA, reference.lora_alpha),
+        "LoRA rank": (lora.LORA_RANK, reference.lora_rank),  # the scale is alpha / rank
+        "reference image distance": (config.FAST_REFERENCE_DISTANCE, reference.ref_rope_offsets),
+    }
+    return [f"{name}: {ours!r} != {theirs!r}" for name, (ours, theirs) in ours_and_theirs.items() if ours != theirs]
+
+
+def _worst_speech_error(sampler: FastSampler, pipeline, settings: ReferenceFastSettings, speech_wav: Path) -> float:
+    """Our speech features of every block against the reference's (its clips beyond the speech
+    are zeros on both sides), relative to their largest value; inf when the counts disagree."""
+    samples, _ = soundfile.read(speech_wav, dtype="float32")
+    ours = FastSpeech.encode(sampler.pipeline.speech_encoder, samples)
+    theirs = reference_block_speech(pipeline, str(speech_wav), settings.clip_frames)
+    if ours.num_frames != round(SPEECH_SECONDS * settings.fps) or ours.num_blocks > len(theirs):
+        return float("inf")
+    scale = max(block.abs().max() for block in theirs)
+    return max(((ours.block(index) - theirs[index]).abs().max() / scale).item() for index in range(ours.num_blocks))
+
+
+def test_our_fast_mode_constants_are_the_references(settings):
+    assert settings.fps == 25  # Live Avatar's own rate, read from its config: not the quality mode's 16
+    assert _constant_mismatches(settings) == []
+
+
+def test_every_blocks_speech_features_are_the_references(sampler, pipeline, settings, speech_wav):
+    assert _worst_speech_error(sampler, pipeline, settings, speech_wav) <= BAR
+
+
+_SOURCE_COLUMNS = speech._source_columns
+
+
+def _one_column_late(resampled_len: int, fps: int) -> np.ndarray:
+    """A bug: each frame's speech taken one 30 fps column after the reference's."""
+    return np.minimum(_SOURCE_COLUMNS(resampled_len, fps) + 1, resampled_len - 1)
+
+
+@pytest.mark.parametrize("bug", ["the quality mode's 16 fps", "a speech window one column late"])
+def test_a_deliberate_bug_in_our_speech_timing_is_caught(sampler, pipeline, settings, speech_wav, monkeypatch, bug):
+    if bug.endswith("16 fps"):
+        monkeypatch.setattr(config, "FAST_FPS", 16)
+        monkeypatch.setattr(fast_pipeline, "FAST_FPS", 16)
+        assert _constant_mismatches(settings) == ["fps: 16 != 25"]
+    else:
+        monkeypatch.setattr(speech, "_source_columns", _one_column_late)
+    assert _worst_speech_error(sampler, pipeline, settings, speech_wav) > 10 * BAR
+
+
+def test_a_whole_generation_makes_the_references_frames(models, sampler, pipeline, settings, speech_wav, tmp_path):
     image = np.random.default_rng(5).integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
     image_path = tmp_path / "portrait.png"
     Image.fromarray(image).save(image_path)
-    distances = _distances(3 * 4 * STEPS, seed=2)
+    distances = _distances(3 * 4 * settings.sampling_steps, seed=2)
 
     with torch.no_grad(), fixed_ref_rope_offsets(distances):
         expected = reference_generate(
-            reference, text_encoder=prompt, vae=_ReferenceVAE(vae), audio_encoder=speech,
-            ref_image_path=image_path, audio_path="speech.wav", prompt="a person speaking",
-            size=(HEIGHT, WIDTH), infer_frames=48, sampling_steps=STEPS, num_clips=3, seed=SEED,
+            pipeline, ref_image_path=image_path, audio_path=str(speech_wav), prompt="a person speaking",
+            size=(HEIGHT, WIDTH), seed=SEED,
         )
 
-    components = types.SimpleNamespace(transformer=transformer, vae=vae, text_encoder=prompt, speech_encoder=speech)
-    sampler = FastSampler(WanS2VPipeline(components, torch.device("cpu"), torch.float32))
     portrait = sampler.encode_portrait(image, HEIGHT, WIDTH)
-    speech_16k = np.zeros(int(SPEECH_SECONDS * 16000), dtype=np.float32)
+    samples, _ = soundfile.read(speech_wav, dtype="float32")
     blocks = list(sampler.generate_pixels(
-        portrait, speech_16k, SEED, "a person speaking", STEPS, lambda *_: None, reference_distances=iter(distances),
+        portrait, samples, SEED, "a person speaking", config.FAST_SAMPLE_STEPS, lambda *_: None,
+        reference_distances=iter(distances),
     ))
     ours = torch.cat(blocks, dim=2)[0]
 
+    num_frames = round(SPEECH_SECONDS * settings.fps)  # 100 at the reference's rate
     assert [block.shape[2] for block in blocks] == [9] + [12] * 7 + [7]
-    assert ours.shape == (3, NUM_FRAMES, HEIGHT, WIDTH)
-    assert expected.shape[1] == 3 * 48 - 3  # the reference generates whole clips
-    difference = (ours - expected[:, :NUM_FRAMES]).abs().max() / expected.abs().max()
+    assert ours.shape == (3, num_frames, HEIGHT, WIDTH)
+    assert expected.shape[1] == 3 * settings.clip_frames - 3  # the reference generates whole clips
+    difference = (ours - expected[:, :num_frames]).abs().max() / expected.abs().max()
     assert difference <= BAR, difference

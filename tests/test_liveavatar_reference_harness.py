@@ -15,6 +15,7 @@ from tests.liveavatar_reference import (
     LIVEAVATAR_TEST_MARKS,
     MOTION_FRAMES,
     NUM_WAV2VEC_LAYERS,
+    REF_ROPE_OFFSET_RANGE,
     cond_cache_tokens,
     fixed_ref_rope_offsets,
     latent_frames_per_clip,
@@ -22,9 +23,13 @@ from tests.liveavatar_reference import (
     reference_block,
     reference_causal_model,
     reference_clip,
+    reference_fast_settings,
     reference_generate,
+    reference_pipeline,
     reference_prefill,
+    reference_run_arguments,
     sharpen_attention,
+    write_reference_wav2vec2,
 )
 from tests.wan_tiny_models import TINY_OFFICIAL_TRANSFORMER_CONFIG, tiny_transformer_from_official_config
 
@@ -196,11 +201,11 @@ def test_generate_runs_the_same_loop(model, tmp_path) -> None:
     text, vae, audio = _FakeText(), _FakeVae(), _FakeAudio(num_clips * infer_frames)
     offsets = [4, 9, 17, 30] * (num_clips * NUM_BLOCKS)
 
+    pipeline = reference_pipeline(model, text_encoder=text, vae=vae, checkpoint_dir=tmp_path, audio_encoder=audio)
     with fixed_ref_rope_offsets(offsets) as used:
         video = reference_generate(
-            model, text_encoder=text, vae=vae, audio_encoder=audio, ref_image_path=image_path,
-            audio_path="speech.wav", prompt="a person speaking", size=(height, width),
-            infer_frames=infer_frames, sampling_steps=NUM_STEPS, num_clips=num_clips, seed=seed,
+            pipeline, ref_image_path=image_path, audio_path="speech.wav", prompt="a person speaking",
+            size=(height, width), seed=seed, infer_frames=infer_frames, sampling_steps=NUM_STEPS,
         )
     assert len(used) == len(offsets)
     assert video.shape == (3, num_clips * infer_frames - 3, height, width)
@@ -225,3 +230,26 @@ def test_generate_runs_the_same_loop(model, tmp_path) -> None:
             )
             decoded = vae.decoded[clip][:, -CLIP_FRAMES:]
             assert torch.equal(decoded, expected[0]), clip
+
+
+# --- the reference's own configuration -------------------------------------------------------
+
+
+def test_the_run_is_the_single_gpu_scripts():
+    """The script's flags over the inference script's argparse defaults."""
+    arguments = reference_run_arguments()
+    assert (arguments["infer_frames"], arguments["sample_steps"], arguments["sample_solver"]) == ("48", "4", "euler")
+    assert arguments["single_gpu"] is True and arguments["enable_online_decode"] is False  # a flag; a default
+
+
+def test_the_harness_sizes_are_the_references(model, tmp_path):
+    write_reference_wav2vec2(tmp_path, AUDIO_DIM)
+    pipeline = reference_pipeline(model, text_encoder=_FakeText(), vae=_FakeVae(), checkpoint_dir=tmp_path)
+    settings = reference_fast_settings(pipeline)
+    assert FRAMES_PER_BLOCK == settings.latent_frames_per_block
+    assert MOTION_FRAMES == (settings.motion_frames, (settings.motion_frames + 3) // 4)
+    assert REF_ROPE_OFFSET_RANGE == settings.ref_rope_offsets
+    assert model.casual_audio_encoder.weights.shape[1] == NUM_WAV2VEC_LAYERS
+    # the pipeline's own audio encoder, on the wav2vec2 written where the config says
+    assert pipeline.audio_encoder.model.config.num_hidden_layers + 1 == NUM_WAV2VEC_LAYERS
+    assert next(pipeline.audio_encoder.model.parameters()).dtype == torch.float32

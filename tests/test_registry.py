@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from model.declaration import Setting, SettingValueError
+from model.declaration import Setting, SettingValueError, Speed
 from model.registry import BACKEND_PACKAGES, BACKENDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +46,7 @@ def test_reading_the_registry_imports_neither_torch_nor_numpy():
 def test_every_declaration_is_consistent():
     for entry in BACKENDS.values():
         assert entry.modes and set(entry.frame_batches) == set(entry.modes), entry.name
+        assert all(entry.frame_rate(mode) > 0 for mode in entry.modes), entry.name
         assert all(first > 0 and later > 0 for first, later in entry.frame_batches.values()), entry.name
         assert entry.deploy.disk_gb_with_volume <= entry.deploy.disk_gb_without_volume, entry.name
         for spec in entry.weights:
@@ -61,6 +63,30 @@ def test_wan_s2vs_declared_frame_batches_are_its_samplers():
     assert declared["quality"] == (FRAMES_PER_CLIP - pipeline.FIRST_CLIP_DROPPED_FRAMES, FRAMES_PER_CLIP)
     block = fast_pipeline.FRAMES_PER_BLOCK
     assert declared["fast"] == (block - fast_pipeline.FIRST_CLIP_DROPPED_FRAMES, block)
+
+
+def test_wan_s2vs_declared_frame_rates_are_its_samplers():
+    """The handler's rate per mode (MP4, segments, result) is the one each sampler times its
+    speech with: Wan2.2-S2V's 16 fps in quality, Live Avatar's 25 in fast."""
+    from model.wan_s2v import config
+
+    declared = BACKENDS["wan-s2v"]
+    assert (declared.frame_rate("quality"), declared.frame_rate("fast")) == (config.FPS, config.FAST_FPS) == (16, 25)
+
+
+def test_a_declaration_states_one_rate_or_one_per_mode():
+    from model.lite.declaration import DECLARATION as LITE
+
+    two_modes = {"modes": ("quality", "fast"), "frame_batches": {"quality": (1, 1), "fast": (1, 1)},
+                 "deploy": dataclasses.replace(LITE.deploy, speeds=dict.fromkeys(("quality", "fast"), Speed(1, 8, 8)))}
+    one_rate = dataclasses.replace(LITE, **two_modes, fps=30)
+    assert (one_rate.frame_rate("quality"), one_rate.frame_rate("fast")) == (30.0, 30.0)
+    per_mode = dataclasses.replace(LITE, **two_modes, fps={"quality": 16, "fast": 25})
+    assert (per_mode.frame_rate("quality"), per_mode.frame_rate("fast")) == (16.0, 25.0)
+    with pytest.raises(ValueError, match="fps must be one rate or name each of its modes"):
+        dataclasses.replace(LITE, **two_modes, fps={"quality": 16})
+    with pytest.raises(ValueError, match="every fps must be a positive, finite number"):
+        dataclasses.replace(LITE, fps=0)
 
 
 @pytest.mark.parametrize(("setting", "raw", "message"), [

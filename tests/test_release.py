@@ -89,11 +89,11 @@ def test_the_release_notes_are_the_versions_changelog_section(tmp_path):
     changelog = ROOT.joinpath("CHANGELOG.md").read_text()
     assert "\n## [Unreleased]\n" in changelog
     released = changelog.replace("## [Unreleased]", "## [Unreleased]\n\n## [0.2.0] - 2027-01-15", 1)
-    (tmp_path / "CHANGELOG.md").write_text(released + "\n## [0.1.0] - 2026-12-01\n\n### Added\n\n- the first\n")
+    (tmp_path / "CHANGELOG.md").write_text(released + "\n## [0.1.0] - 2026-12-01\n\n### Added\n\n- only in 0.1.0\n")
     result, _ = run_step("Release notes from CHANGELOG.md", {"VERSION": "0.2.0"}, tmp_path)
     assert result.returncode == 0, result.stderr
     notes = (tmp_path / "release-notes.md").read_text()
     assert notes.strip() == changelog.split("## [Unreleased]", 1)[1].strip()
-    assert "the first" not in notes and "## [" not in notes
+    assert "an entry of 0.1.0 only" not in notes and "## [" not in notes
     result, _ = run_step("Release notes from CHANGELOG.md", {"VERSION": "9.9.9"}, tmp_path)
     assert result.returncode == 1 and "no section '## [9.9.9]'" in result.stdout

@@ -9,6 +9,7 @@ what is compared is outputs: the adapter's against a copy merged by hand (or by 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 
 import pytest
@@ -16,13 +17,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from model.base import ModelUnavailableError
 from model.wan_common.lora import LoraAdapter, LoraSummary
 from model.wan_common.placement import store_blocks_in_fp8
 from model.wan_s2v.convert_transformer import convert_transformer_config, convert_transformer_state_dict
-from model.wan_s2v.lora import LIVE_AVATAR_LORA
+from model.wan_s2v.lora import LIVE_AVATAR_EXPECTATION, LIVE_AVATAR_LORA, attach_live_avatar_lora, live_avatar_targets
 from model.wan_s2v.memory import FP8_BLOCK_LAYERS
 from model.wan_s2v.transformer import WanS2VTransformer3DModel
 from tests.wan_reference import reference_module, requires_reference
+from tests.wan_tiny_models import official_transformer_state_dict, tiny_live_avatar_lora
 
 TINY = {
     "num_attention_heads": 2,
@@ -504,3 +507,138 @@ def test_our_adapter_gives_the_outputs_of_peft_merge_and_unload_on_the_official_
     print(f"adapter vs peft merge_and_unload: relative error {error:.3g}")
     assert error < 1e-5
     assert relative_error(base, expected) > 1e-2
+
+
+# --- the Live Avatar file checked against what its reference loads (model/wan_s2v/lora.py) --------
+
+# the production expectation at the toy rank of these files
+TINY_EXPECTATION = dataclasses.replace(LIVE_AVATAR_EXPECTATION, rank=RANK)
+FIX = "Replace it with liveavatar.safetensors of Quark-Vision/Live-Avatar"
+
+
+def live_avatar_file(model: WanS2VTransformer3DModel, **options) -> dict[str, torch.Tensor]:
+    return tiny_live_avatar_lora(official_transformer_state_dict(model), rank=RANK, **options)
+
+
+def test_the_expected_layers_are_those_peft_reaches_and_every_one_is_a_linear_layer_of_ours():
+    model = tiny_transformer()
+    targets = live_avatar_targets(model)
+    # the test's own list (TARGETS, from the peft config's suffixes), in the same order as modules
+    assert set(targets) == set(TARGETS) and len(targets) == len(TARGETS)
+    for official in targets:
+        ours = LIVE_AVATAR_LORA.to_parameter(f"{official}.weight")
+        assert isinstance(linear(model, ours), torch.nn.Linear), official
+    with torch.device("meta"):
+        full = WanS2VTransformer3DModel()
+    assert len(live_avatar_targets(full)) == 40 * 10 + 12 * 4  # the 14B model, as lora.py's figures count
+    assert LIVE_AVATAR_EXPECTATION.rank == 128 and LIVE_AVATAR_EXPECTATION.adapter_name == "default"
+
+
+@pytest.mark.parametrize("prefix", ["", "base_model.model."])
+def test_a_file_in_peft_spelling_with_every_layer_at_the_rank_passes_and_attaches(tmp_path, prefix):
+    model = tiny_transformer()
+    path = tmp_path / "liveavatar.safetensors"
+    save_file(live_avatar_file(model, prefix=prefix), str(path))
+    assert TINY_EXPECTATION.problems(path, model, LIVE_AVATAR_LORA) == []
+    lora = attach_live_avatar_lora(model, path, TINY_EXPECTATION)
+    assert isinstance(lora, LoraAdapter) and lora.summary.layers == len(TARGETS)
+    # peft's names for the weights of layers it wraps, and of one it does not, load in the reference too
+    extra = {f"{prefix}blocks.0.self_attn.q.base_layer.weight": torch.randn(24, 24),
+             f"{prefix}blocks.1.norm3.weight": torch.randn(24)}
+    save_file({**live_avatar_file(model, prefix=prefix), **extra}, str(path))
+    assert TINY_EXPECTATION.problems(path, model, LIVE_AVATAR_LORA) == []
+
+
+def _without(tensors: dict[str, torch.Tensor], *fragments: str) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in tensors.items() if not any(fragment in key for fragment in fragments)}
+
+
+def _renamed(tensors: dict[str, torch.Tensor], old: str, new: str) -> dict[str, torch.Tensor]:
+    return {key.replace(old, new): value for key, value in tensors.items()}
+
+
+# each: how the file is made from the good one, and what the refusal must name
+BAD_FILES = {
+    "a targeted layer missing": (
+        lambda good: _without(good, "blocks.1.self_attn.q."),
+        ["blocks.1.self_attn.q: no lora_A/lora_B"],
+    ),
+    "a matrix without its partner": (
+        lambda good: _without(good, "blocks.0.ffn.2.lora_B"),
+        ["blocks.0.ffn.2: lora_A without lora_B"],
+    ),
+    "another rank": (
+        lambda good: {key: (value[:2] if ".lora_A." in key else value[:, :2]).contiguous()
+                      for key, value in good.items()},
+        ["blocks.0.self_attn.q, blocks.0.self_attn.k, blocks.0.self_attn.v and 25 more: rank 2 where 4 is expected"],
+    ),
+    "keys without peft's adapter name": (
+        lambda good: _renamed(good, ".default.weight", ".weight"),
+        ["LoRA keys the reference does not load, which it spells ...lora_A.default.weight: "
+         "audio_injector.injector.0.k.lora_A.weight, audio_injector.injector.0.k.lora_B.weight, "
+         "audio_injector.injector.0.o.lora_A.weight and 53 more", "and 25 more: no lora_A/lora_B"],
+    ),
+    "a pair for a layer peft does not target": (
+        lambda good: {**good, "text_embedding.0.lora_A.default.weight": torch.randn(RANK, 20),
+                      "text_embedding.0.lora_B.default.weight": torch.randn(24, RANK)},
+        ["LoRA keys of layers the LoRA does not target: text_embedding.0.lora_A.default.weight, "
+         "text_embedding.0.lora_B.default.weight"],
+    ),
+    "a wrapped layer's weight under its plain name": (
+        lambda good: {**good, "blocks.0.self_attn.q.weight": torch.randn(24, 24)},
+        ["unexpected key blocks.0.self_attn.q.weight (peft names the wrapped layer's weight "
+         "blocks.0.self_attn.q.base_layer.weight)"],
+    ),
+    "a key of no parameter": (
+        lambda good: {**good, "blocks.0.self_attn.qkv.weight": torch.randn(24, 24)},
+        ["unexpected key blocks.0.self_attn.qkv.weight (names no parameter of the official Wan2.2-S2V-14B"],
+    ),
+    "the model prefix on some keys only": (
+        lambda good: {("base_model.model." + key if "blocks.0." in key else key): value for key, value in good.items()},
+        ["keys carry peft's model prefix 'base_model.model.' and the others not"],
+    ),
+    "a shape that does not fit the transformer": (
+        lambda good: {**good, "blocks.0.ffn.2.lora_A.default.weight": torch.randn(RANK, 24)},
+        ["blocks.0.ffn.2.lora_A.default.weight and blocks.0.ffn.2.lora_B.default.weight have shapes (4, 24)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_a_file_that_is_not_live_avatars_leaves_the_fast_mode_unavailable_naming_what_differs(tmp_path, kind):
+    model = tiny_transformer()
+    clean = lora_state(model)
+    make, named = BAD_FILES[kind]
+    path = tmp_path / "liveavatar.safetensors"
+    save_file(make(live_avatar_file(model)), str(path))
+    refusal = attach_live_avatar_lora(model, path, TINY_EXPECTATION)
+    assert isinstance(refusal, ModelUnavailableError), kind
+    message = str(refusal)
+    assert message.startswith(f"the Live Avatar LoRA of the fast mode at {path} is not the one Live Avatar publishes")
+    assert all(part in message for part in named), message
+    assert FIX in message and "quality jobs are unaffected" in message
+    assert lora_state(model) == clean  # nothing attached
+
+
+def test_a_file_that_is_not_safetensors_leaves_the_fast_mode_unavailable(tmp_path):
+    model = tiny_transformer()
+    path = tmp_path / "liveavatar.safetensors"
+    path.write_bytes(b"<html>rate limited</html>" * 10)  # what a proxy may leave instead
+    refusal = attach_live_avatar_lora(model, path, TINY_EXPECTATION)
+    assert isinstance(refusal, ModelUnavailableError)
+    assert "it is not a readable safetensors file (SafetensorError" in str(refusal) and FIX in str(refusal)
+    truncated = tmp_path / "truncated.safetensors"  # a download cut short
+    save_file(live_avatar_file(model), str(truncated))
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    assert "file not fully covered" in str(attach_live_avatar_lora(model, truncated, TINY_EXPECTATION))
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, str(empty))
+    assert "the file holds no tensors" in str(attach_live_avatar_lora(model, empty, TINY_EXPECTATION))
+
+
+def test_the_production_expectation_refuses_a_file_of_the_toy_rank(tmp_path):
+    model = tiny_transformer()
+    path = tmp_path / "liveavatar.safetensors"
+    save_file(live_avatar_file(model), str(path))
+    refusal = attach_live_avatar_lora(model, path)
+    assert isinstance(refusal, ModelUnavailableError) and "rank 4 where 128 is expected" in str(refusal)

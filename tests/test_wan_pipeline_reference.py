@@ -23,7 +23,15 @@ from transformers import AutoTokenizer
 from model.wan_common.frames import fit_portrait
 from model.wan_common.text import TextEncoder
 from model.wan_common.vae import WanVideoVAE
-from model.wan_s2v.config import NEGATIVE_PROMPT
+from model.wan_s2v.config import (
+    DROP_FIRST_MOTION,
+    FPS,
+    GUIDANCE_SCALE,
+    MOTION_FRAMES,
+    NEGATIVE_PROMPT,
+    SAMPLE_SHIFT,
+    SAMPLE_STEPS,
+)
 from model.wan_s2v.pipeline import SamplingSettings, WanS2VPipeline
 from model.wan_s2v.sizing import output_size
 from model.wan_s2v.speech import SpeechEncoder
@@ -117,6 +125,7 @@ def test_our_loop_makes_the_official_loops_video(tmp_path, monkeypatch, one_cpu_
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")  # t5.py evaluates it at import
     official = reference_module("speech2video")
+    config = reference_module("configs.wan_s2v_14B").s2v_14B
     audio_encoder_module = reference_module("modules.s2v.audio_encoder")
     # Another test may have loaded audio_encoder.py first, with a librosa of its own.
     monkeypatch.setattr(audio_encoder_module, "librosa", stand_ins["librosa"])
@@ -135,13 +144,16 @@ def test_our_loop_makes_the_official_loops_video(tmp_path, monkeypatch, one_cpu_
         param_dtype=torch.float32, text_encoder=OfficialTextEncoder(text), vae=OfficialVAE(vae),
         noise_model=OfficialNoiseModel(transformer),
         audio_encoder=audio_encoder_module.AudioEncoder(model_id=str(wav2vec)),
-        sample_neg_prompt=NEGATIVE_PROMPT, motion_frames=73, drop_first_motion=True, fps=16, audio_sample_m=0,
+        # what the official __init__ sets from its config, read from the checkout's config
+        sample_neg_prompt=config.sample_neg_prompt, motion_frames=config.transformer.motion_frames,
+        drop_first_motion=config.drop_first_motion, fps=config.sample_fps, audio_sample_m=0,
     )
     with torch.no_grad():
         expected = reference.generate(
             "a person speaking", str(image_path), speech_path, enable_tts=False, tts_prompt_audio=None,
             tts_prompt_text=None, tts_text=None, num_repeat=None, pose_video=None, max_area=MAX_AREA,
-            infer_frames=80, shift=3.0, sample_solver="unipc", sampling_steps=STEPS, guide_scale=4.5,
+            infer_frames=80, shift=config.sample_shift, sample_solver="unipc", sampling_steps=STEPS,
+            guide_scale=config.sample_guide_scale,
             n_prompt="", seed=SEED, offload_model=False,
         )
 
@@ -154,8 +166,21 @@ def test_our_loop_makes_the_official_loops_video(tmp_path, monkeypatch, one_cpu_
         SamplingSettings(num_steps=STEPS), lambda *_: None,
     )), dim=2)[0]
 
-    assert ours.shape == (3, round(SECONDS * 16), height, width)
+    assert ours.shape == (3, round(SECONDS * config.sample_fps), height, width)
     assert expected.shape[1] >= ours.shape[1]  # the official loop does not trim to the speech
     # Compared in float: the sampler and the speech features match the official ones to ~1e-6.
     difference = (ours - expected[:, : ours.shape[1]]).abs().max() / expected.abs().max()
     assert difference <= 1e-4, difference
+
+
+def test_our_quality_mode_constants_are_the_official_configs():
+    """The constants our quality mode shares with the official release, against its own config."""
+    config = reference_module("configs.wan_s2v_14B").s2v_14B
+    ours = {"fps": FPS, "motion frames": MOTION_FRAMES, "drop first motion": DROP_FIRST_MOTION,
+            "shift": SAMPLE_SHIFT, "steps": SAMPLE_STEPS, "guidance": GUIDANCE_SCALE,
+            "negative prompt": NEGATIVE_PROMPT}
+    official = {"fps": config.sample_fps, "motion frames": config.transformer.motion_frames,
+                "drop first motion": config.drop_first_motion, "shift": config.sample_shift,
+                "steps": config.sample_steps, "guidance": config.sample_guide_scale,
+                "negative prompt": config.sample_neg_prompt}
+    assert ours == official

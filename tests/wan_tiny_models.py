@@ -362,3 +362,38 @@ def write_official_checkpoint(
     write_tiny_tokenizer(folder / config.T5_TOKENIZER_DIR)
     write_tiny_wav2vec2(folder / config.WAV2VEC_DIR, hidden_size=wav2vec_hidden_size)
     return folder
+
+
+# --- the Live Avatar LoRA --------------------------------------------------------------------
+
+# The layers Live Avatar's peft config (target_modules "q,k,v,o,ffn.0,ffn.2", matched by suffix)
+# reaches in the official model, by their weights' official names.
+LIVE_AVATAR_LORA_TARGETS = re.compile(
+    r"(blocks\.\d+\.(self_attn|cross_attn)\.[qkvo]|blocks\.\d+\.ffn\.[02]|audio_injector\.injector\.\d+\.[qkvo])\.weight"
+)
+
+
+def tiny_live_avatar_lora(
+    official_weights: dict[str, torch.Tensor], rank: int = 128, seed: int = 2, prefix: str = "",
+    adapter: str = ".default",
+) -> dict[str, torch.Tensor]:
+    """A random LoRA of every targeted layer of `official_weights` (an official state dict), spelled
+    as peft's model names it (`[base_model.model.]blocks.0.self_attn.q.lora_A.default.weight`), at
+    Live Avatar's rank 128 unless told otherwise. Edit the dict for a file that differs."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for key, weight in official_weights.items():
+        if LIVE_AVATAR_LORA_TARGETS.fullmatch(key):
+            name = f"{prefix}{key.removesuffix('.weight')}"
+            out_features, in_features = weight.shape
+            tensors[f"{name}.lora_A{adapter}.weight"] = torch.randn(rank, in_features, generator=generator) * 0.1
+            tensors[f"{name}.lora_B{adapter}.weight"] = torch.randn(out_features, rank, generator=generator) * 0.1
+    return tensors
+
+
+def write_tiny_live_avatar_lora(path: Path, official_weights: dict[str, torch.Tensor], **options) -> Path:
+    """`tiny_live_avatar_lora(official_weights, **options)` written as a safetensors file at `path`."""
+    from safetensors.torch import save_file
+
+    save_file(tiny_live_avatar_lora(official_weights, **options), str(path))
+    return path

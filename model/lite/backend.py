@@ -20,7 +20,7 @@ from model.base import (
     fit_to_area,
     num_frames_for,
 )
-from model.lite.declaration import DECLARATION, FRAMES_PER_BATCH
+from model.lite.declaration import DECLARATION, FPS, FRAMES_PER_BATCH
 from model.lite.landmarks import FaceLandmarker, FaceLandmarks
 from model.lite.motion import blink_track, head_track, seeded_generators
 from model.lite.renderer import FramePose, FrameRenderer, PortraitRig
@@ -42,7 +42,8 @@ MIN_REFIT_FACE_PIXELS = 48.0
 class LiteBackend(TalkingHeadBackend):
     declaration = DECLARATION
     name = "lite"
-    fps = 25.0
+    # its one mode's rate, as declared (the handler reads `frame_rate(mode)`)
+    fps = FPS
 
     def __init__(self) -> None:
         self._landmarker = FaceLandmarker()

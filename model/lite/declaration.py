@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from model.declaration import BackendDeclaration, CpuNeed, DeployProfile, LiveSupport, Speed
 
-# frames `generate` yields at a time: one second at 25 fps
+FPS = 25.0
+# frames `generate` yields at a time: one second
 FRAMES_PER_BATCH = 25
 
 DECLARATION = BackendDeclaration(
@@ -12,6 +13,7 @@ DECLARATION = BackendDeclaration(
     backend_class="model.lite.backend:LiteBackend",
     modes=("quality",),
     frame_batches={"quality": (FRAMES_PER_BATCH, FRAMES_PER_BATCH)},
+    fps=FPS,
     deploy=DeployProfile(
         # compute-optimised flavours, the newer generation first
         compute=CpuNeed(flavors=("cpu5c", "cpu3c"), vcpus=4),

@@ -33,6 +33,10 @@ not in their weights.
 
 The whole file is checked before the model is touched, so a file that does not fit leaves the
 transformer as it was. Tensors are read one at a time from the memory-mapped file.
+
+`attach` takes any file that fits the transformer. A model whose published LoRA is known declares
+a `LoraExpectation` (the layers it adapts, its rank, peft's adapter name in its keys) and checks a
+file against it first: `LoraExpectation.problems` lists what differs, from the file's header alone.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ _PEFT_PREFIX = "base_model.model."
 # peft wraps each target layer and moves its original parameters under `base_layer`.
 _PEFT_BASE_LAYER = ".base_layer."
 _LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])(?:\.default)?\.weight")
+# any adapter name, or none, for telling a file's spelling from the expected one
+_ANY_LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])(?:\.(?P<adapter>[^.]+))?\.weight")
 _ATTACHABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Buffer names on the targeted modules.
 _DOWN, _UP = "lora_down", "lora_up"
@@ -73,6 +79,110 @@ class LoraFormat:
     model: str
     #: a file that fits, as refusals suggest it ("liveavatar.safetensors of Quark-Vision/Live-Avatar")
     example: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraExpectation:
+    """The one LoRA file a model's reference loads whole, as peft's `load_state_dict` over its model takes it.
+
+    peft wraps each targeted layer, so the reference's model has exactly these LoRA parameters:
+    `[base_model.model.]{target}.lora_A.{adapter_name}.weight` ([rank, in]) and `...lora_B...`
+    ([out, rank]) for every target, the wrapped layer's own weight as `{target}.base_layer.weight`,
+    and every other parameter under its plain name. A non-strict load skips any other key without a
+    word, and the reference adds the model prefix to all keys or none, as the first key says.
+    """
+
+    #: the official names of the modules the file adapts, for a transformer of this shape
+    targets: Callable[[nn.Module], tuple[str, ...]]
+    rank: int
+    #: peft's adapter name, which the reference's model carries in every LoRA parameter's name
+    adapter_name: str = "default"
+
+    def problems(self, path: Path, transformer: nn.Module, lora_format: LoraFormat) -> list[str]:
+        """What in the file at `path` differs from this expectation for `transformer`, a sentence per
+        kind of difference naming the layers or keys (empty: the file is the expected one). Reads the
+        file's header only; raises what safetensors raises for a file that is not one."""
+        targets = self.targets(transformer)
+        wanted = set(targets)
+        parameters = dict(transformer.named_parameters())
+        with safe_open(path, framework="pt", device="cpu") as reader:
+            keys = list(reader.keys())
+            shapes = {key: tuple(reader.get_slice(key).get_shape()) for key in keys}
+        problems: list[str] = []  # the file's spelling first: a misspelt file lacks every layer too
+        if not keys:
+            problems.append("the file holds no tensors")
+        prefixed = [key for key in keys if key.startswith(_PEFT_PREFIX)]
+        if prefixed and len(prefixed) < len(keys):
+            plain = next(key for key in keys if not key.startswith(_PEFT_PREFIX))
+            problems.append(
+                f"{len(prefixed)} of its {len(keys)} keys carry peft's model prefix {_PEFT_PREFIX!r} and the "
+                f"others not ({prefixed[0]}, {plain}); the reference prefixes all keys or none, as the first says"
+            )
+        found: dict[str, dict[str, tuple[int, ...]]] = {}
+        misspelt, untargeted, unexpected = [], [], []
+        for key in keys:
+            official = key.removeprefix(_PEFT_PREFIX)
+            match = _ANY_LORA_KEY.fullmatch(official)
+            if match is None:
+                reason = self._unloadable(official, wanted, parameters, lora_format)
+                if reason:
+                    unexpected.append(f"unexpected key {key} ({reason})")
+            elif match["adapter"] != self.adapter_name:
+                misspelt.append(key)
+            elif match["module"] not in wanted:
+                untargeted.append(key)
+            else:
+                found.setdefault(match["module"], {})[match["part"]] = shapes[key]
+        if misspelt:
+            problems.append(
+                f"LoRA keys the reference does not load, which it spells "
+                f"...lora_A.{self.adapter_name}.weight: {_some(misspelt)}"
+            )
+        if untargeted:
+            problems.append(f"LoRA keys of layers the LoRA does not target: {_some(untargeted)}")
+        problems.extend(unexpected)
+
+        missing: list[str] = []
+        lone: dict[str, list[str]] = {}
+        ranks: dict[tuple[int | None, int | None], list[str]] = {}
+        for target in targets:
+            parts = found.get(target, {})
+            if not parts:
+                missing.append(target)
+            elif len(parts) == 1:
+                lone.setdefault(next(iter(parts)), []).append(target)
+            else:
+                a, b = parts["A"], parts["B"]
+                rank = (a[0] if len(a) == 2 else None, b[1] if len(b) == 2 else None)
+                if rank != (self.rank, self.rank):
+                    ranks.setdefault(rank, []).append(target)
+        if missing:
+            problems.append(f"{_some(missing)}: no lora_A/lora_B")
+        for part, layers in lone.items():
+            problems.append(f"{_some(layers)}: lora_{part} without lora_{'B' if part == 'A' else 'A'}")
+        for (rank_a, rank_b), layers in ranks.items():
+            found_rank = f"{rank_a}" if rank_a == rank_b else f"{rank_a} (lora_A) and {rank_b} (lora_B)"
+            problems.append(f"{_some(layers)}: rank {found_rank} where {self.rank} is expected")
+        return problems
+
+    def _unloadable(
+        self, official: str, wanted: set[str], parameters: dict[str, nn.Parameter], lora_format: LoraFormat
+    ) -> str | None:
+        """Why the reference's model has no parameter of this (non-LoRA) name, or None."""
+        module, _, attribute = official.rpartition(".")
+        if _PEFT_BASE_LAYER in f"{module}.":
+            wrapped = module.removesuffix(".base_layer")
+            if wrapped not in wanted:
+                return f"peft wraps only the targeted layers, and {wrapped} is not one"
+        elif module in wanted:
+            return f"peft names the wrapped layer's {attribute} {module}.base_layer.{attribute}"
+        try:
+            name = lora_format.to_parameter(official.replace(_PEFT_BASE_LAYER, "."))
+        except KeyError:
+            return f"names no parameter of the official {lora_format.model} transformer"
+        if name not in parameters:
+            return f"is for {name}, which this transformer does not have"
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +367,13 @@ class LoraAdapter:
             kept = replacement.module.get_buffer(name)
             replacement.module._buffers[name] = replacement.parameter.data
             replacement.parameter.data = kept
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """'a, b, c and 5 more', for sentences that name many layers or keys."""
+    if len(names) <= shown + 1:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
 
 
 def _module_name(parameter: str) -> str:

@@ -145,3 +145,64 @@ class StreamingDecoder:
             )
             self._frames_seen += 1
         return torch.cat(frames, dim=2).clamp(-1, 1).float()
+
+
+def decoder_history_latents(config) -> int:
+    """How many latent frames before a latent the causal decoder's output for it depends on.
+
+    Derived from an AutoencoderKLWan config (Wan2.1 layout): every causal convolution has a
+    temporal kernel of 3 (it looks 2 frames back at its rate); the norms, the mid-block attention
+    and the 1x1 shortcuts are per frame. Walking back from a latent's first pixel frame (at 2^u
+    pixel frames per latent, u temporal upsamplings) through conv_out, the up blocks (each
+    num_res_blocks + 1 residual blocks of 2 convolutions, and a temporal upsampling whose 3-tap
+    time convolution runs at the lower rate), the mid block (2 residual blocks) and conv_in.
+    Wan2.1's VAE (4 levels, 2 residual blocks, temporal upsampling in the first two up blocks): 38.
+    Decoding from a fresh state at least this many latents before the first latent wanted gives
+    that latent's pixels exactly as a decode from the start (tests/test_fast_mode_vae_history.py).
+    """
+    _wan21_layout(config)
+    levels = len(config.dim_mult)
+    upsample = list(config.temperal_downsample)[::-1]
+    layers = ["conv"] + ["conv"] * 4  # conv_in; the mid block's 2 residual blocks
+    for level in range(levels):
+        layers += ["conv"] * 2 * (config.num_res_blocks + 1)
+        if level != levels - 1 and upsample[level]:
+            layers.append("up")
+    layers.append("conv")  # conv_out
+    latent = 1 << 20  # far from the start: the steady state
+    frame = latent * (1 << sum(1 for layer in layers if layer == "up"))
+    for layer in reversed(layers):
+        frame = frame - 2 if layer == "conv" else frame // 2 - 2
+    return latent - frame
+
+
+def encoder_history_latents(config) -> int:
+    """m such that, encoding a video from any frame on (that frame alone, then 4 at a time), its
+    latents from the m-th after the first on equal those of an encode from earlier frames.
+
+    Derived like `decoder_history_latents`: walking back from a latent's last pixel frame through
+    conv_out, the mid block (2 residual blocks), each level's num_res_blocks residual blocks of 2
+    convolutions behind its downsampling, whose temporal one (kernel 3, stride 2) reads the 2
+    frames it makes and the frame before them, and conv_in, a latent depends on L pixel frames
+    before its last; m = ceil(L / frames per latent). Wan2.1's VAE: L = 112, m = 28.
+    """
+    _wan21_layout(config)
+    levels = len(config.dim_mult)
+    layers = ["conv"]  # conv_in
+    for level in range(levels):
+        layers += ["conv"] * 2 * config.num_res_blocks
+        if level != levels - 1 and config.temperal_downsample[level]:
+            layers.append("down")
+    layers += ["conv"] * 4 + ["conv"]  # the mid block's 2 residual blocks; conv_out
+    stride = 1 << sum(1 for layer in layers if layer == "down")
+    latent = 1 << 20
+    frame = latent
+    for layer in reversed(layers):
+        frame = frame - 2 if layer == "conv" else 2 * frame - 2
+    lookback = latent * stride - frame
+    return -(-lookback // stride)
+
+
+def _wan21_layout(config) -> None:
+    if getattr(config, "is_residual", False) or getattr(config, "patch_size", None) is not None:
+        raise NotImplementedError("receptive fields derived for the Wan2.1 VAE layout only")

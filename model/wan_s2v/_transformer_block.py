@@ -11,6 +11,7 @@ text cross-attention's norm, as its reference does: the distilled weights were t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -18,10 +19,35 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # Token segments of the sequence: the noisy video tokens, then the conditioning tokens (reference
 # image and motion), which are modulated with their own timestep (zero in the official model).
 VIDEO, CONDITION = 0, 1
+
+# WAN_ATTENTION_BACKEND's choices: "auto" leaves the kernel to torch's SDPA dispatcher (it picks
+# FlashAttention, memory-efficient or cuDNN per GPU and input); another names the one kernel to
+# prefer, with the math kernel as the fallback wherever that one cannot take the inputs.
+ATTENTION_KERNELS: dict[str, SDPBackend | None] = {
+    "auto": None,
+    "math": SDPBackend.MATH,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+
+
+def attention_kernel(name: str, fallback: bool = True) -> contextlib.AbstractContextManager:
+    """The context every attention of a pass runs in for the kernel `name` (ATTENTION_KERNELS);
+    without `fallback`, SDPA raises where the kernel cannot run (the benchmark's probe)."""
+    if name not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel {name!r} is not one of {', '.join(ATTENTION_KERNELS)}")
+    kernel = ATTENTION_KERNELS[name]
+    if kernel is None:
+        return contextlib.nullcontext()
+    kernels = [kernel] if kernel is SDPBackend.MATH or not fallback else [kernel, SDPBackend.MATH]
+    return sdpa_kernel(kernels, set_priority=True)
+
 
 # (the block's self-attention module, its normalised and modulated input) -> the attention output
 SelfAttention = Callable[[WanAttention, torch.Tensor], torch.Tensor]

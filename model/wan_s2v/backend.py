@@ -7,7 +7,8 @@ job pays no loading cost.
 Two modes share those models: `quality` (the reference's 40 steps with guidance, pipeline.py) and
 `fast` (Live Avatar's 4 distilled steps, fast_pipeline.py), whose LoRA is attached beside the
 weights and active only while a fast job runs (model/wan_common/lora.py). Without the LoRA, fast jobs fail with
-MODEL_UNAVAILABLE saying where it was looked for, and quality jobs go on.
+MODEL_UNAVAILABLE saying where it was looked for, and quality jobs go on; so they do with a LoRA file
+that is not Live Avatar's (model/wan_s2v/lora.py checks it), naming what differs.
 """
 
 from __future__ import annotations
@@ -51,20 +52,26 @@ from model.weights import ensure
 
 from .config import (
     FAST_SAMPLE_STEPS,
-    FPS,
     FRAMES_PER_CLIP,
     GUIDANCE_SCALE,
-    LORA_ALPHA,
     NEGATIVE_PROMPT,
     SAMPLE_SHIFT,
     SAMPLE_SOLVER,
     SAMPLE_STEPS,
 )
-from .declaration import CHECKPOINT_WEIGHTS, DECLARATION, LORA_FILE, LORA_WEIGHTS, MEMORY_MODE_SETTING
+from .declaration import (
+    ATTENTION_BACKEND_SETTING,
+    CHECKPOINT_WEIGHTS,
+    COMPILE_SETTING,
+    DECLARATION,
+    LORA_FILE,
+    LORA_WEIGHTS,
+    MEMORY_MODE_SETTING,
+)
 from .fast_pipeline import FIRST_CLIP_DROPPED_FRAMES as FAST_DROPPED_FRAMES
 from .fast_pipeline import FRAMES_PER_BLOCK, FastPortrait, FastSampler
 from .loader import load_components
-from .lora import LIVE_AVATAR_LORA
+from .lora import attach_live_avatar_lora
 from .memory import FP8_BLOCK_LAYERS, MIN_FREE_BYTES
 from .options import FAST, QUALITY, WanS2VOptions
 from .pipeline import FIRST_CLIP_DROPPED_FRAMES as QUALITY_DROPPED_FRAMES
@@ -95,7 +102,6 @@ class WanPortrait:
 class WanS2VBackend(TorchBackend):
     declaration = DECLARATION
     name = "wan2.2-s2v-14b"
-    fps = FPS
     options_class = WanS2VOptions
 
     def __init__(
@@ -122,6 +128,9 @@ class WanS2VBackend(TorchBackend):
         )
         with load_failures_as_host_unfit("Wan2.2-S2V", weights, too_big):
             pipeline, lora = _load_pipeline(weights, lora_file, device, dtype, mode)
+        pipeline.transformer.configure_attention(
+            settings.get(ATTENTION_BACKEND_SETTING) or "auto", bool(settings.get(COMPILE_SETTING))
+        )
         backend = cls(pipeline, mode, lora)
         backend.warm_up()
         log.info(
@@ -255,9 +264,10 @@ def _load_pipeline(
     # the CPU (cast to fp8, or pinned for streaming) so that its bf16 copy never sits on the GPU.
     load_device = device if mode is MemoryMode.FULL else torch.device("cpu")
     components = load_components(weights, load_device, dtype)
-    # Attached before the memory mode places the transformer, so that its buffers go with it.
-    lora = lora_file if isinstance(lora_file, ModelUnavailableError) else LoraAdapter.attach(
-        components.transformer, lora_file, LORA_ALPHA, LIVE_AVATAR_LORA
+    # Attached before the memory mode places the transformer, so that its buffers go with it. A bad
+    # file is the fast mode's fault alone: it comes back as the error fast jobs fail with.
+    lora = lora_file if isinstance(lora_file, ModelUnavailableError) else attach_live_avatar_lora(
+        components.transformer, lora_file
     )
     place_transformer(components.transformer, mode, device, FP8_BLOCK_LAYERS)
     components.text_encoder.model.to(text_encoder_home(mode, device))

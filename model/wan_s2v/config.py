@@ -18,14 +18,17 @@ from model.wan_common.config import TRANSFORMER_INDEX_FILE as TRANSFORMER_INDEX_
 from model.wan_common.config import VAE_CHECKPOINT_FILE as VAE_CHECKPOINT_FILE
 from model.wan_common.config import VAE_STRIDE as VAE_STRIDE
 
-# the checkpoint's and the Live Avatar LoRA's file names, declared with their weight specs
-from .declaration import FAST_DEFAULT_AREA
+# the checkpoint's and the Live Avatar LoRA's file names, declared with their weight specs, and
+# each mode's frame rate (FPS the quality mode's: the official Wan2.2's `wan/configs/shared_config.py`;
+# FAST_FPS Live Avatar's `liveavatar/models/wan/wan_2_2/configs/shared_config.py`), declared with the modes
+from .declaration import FAST_DEFAULT_AREA, QUALITY_FPS
+from .declaration import FAST_FPS as FAST_FPS
 from .declaration import LORA_FILE as LORA_FILE
 from .declaration import LORA_REPO_ID as LORA_REPO_ID
 from .declaration import WAV2VEC_DIR as WAV2VEC_DIR
 
 # --- video -----------------------------------------------------------------------------------
-FPS = 16
+FPS = QUALITY_FPS
 FRAMES_PER_CLIP = 80
 MOTION_FRAMES = 73
 # The first clip has no real motion history: the reference drops its motion frames.
@@ -45,8 +48,9 @@ NEGATIVE_PROMPT = (
 )
 
 # --- fast mode (Live Avatar, `infinite_inference_single_gpu.sh`) ------------------------------
-# 4 Euler steps without guidance on a shifted flow-matching schedule, 48-frame clips generated
-# 3 latent frames (12 video frames) at a time, each step against its own cache of one clip.
+# 4 Euler steps without guidance on a shifted flow-matching schedule, 48-frame clips (1.92 s at
+# FAST_FPS) generated 3 latent frames (12 video frames) at a time, each step against its own cache
+# of one clip.
 FAST_SAMPLE_STEPS = 4
 FAST_SAMPLE_SHIFT = 3.0
 FAST_FRAMES_PER_CLIP = 48

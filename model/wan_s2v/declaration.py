@@ -84,17 +84,30 @@ LORA_WEIGHTS = WeightSpec(
 
 # the fast mode's default video area: Live Avatar's 704x384
 FAST_DEFAULT_AREA = 704 * 384
+# Frames per second, which decide how much speech each frame carries: the quality mode's is the
+# official Wan2.2's (`wan/configs/shared_config.py`, sample_fps), the fast mode's Live Avatar's
+# (`liveavatar/models/wan/wan_2_2/configs/shared_config.py`, sample_fps). The parity suite reads
+# both from the references (tests/test_fast_mode_reference.py, tests/test_wan_pipeline_reference.py).
+QUALITY_FPS = 16
+FAST_FPS = 25
+
+# The attention kernel and torch.compile of the transformer's blocks (model/wan_s2v/transformer.py,
+# configure_attention; the choices are _transformer_block.ATTENTION_KERNELS', which a test checks).
+ATTENTION_BACKEND_SETTING = "WAN_ATTENTION_BACKEND"
+ATTENTION_BACKENDS = ("auto", "math", "flash", "efficient", "cudnn")
+COMPILE_SETTING = "WAN_COMPILE"
 
 DECLARATION = BackendDeclaration(
     name="wan-s2v",
     backend_class="model.wan_s2v.backend:WanS2VBackend",
     modes=("quality", "fast"),
     default_areas={"fast": FAST_DEFAULT_AREA},
-    # quality: a clip of 80 frames at a time, the first clip less its 3 dropped motion frames;
-    # fast: a block of 12 frames (3 latents) at a time, the first less the 3 the VAE adds.
-    # model/wan_s2v/pipeline.py and fast_pipeline.py derive theirs from the reference's config;
-    # tests/test_registry.py checks that they agree with these.
+    # quality: a clip of 80 frames (5 s at 16 fps) at a time, the first clip less its 3 dropped
+    # motion frames; fast: a block of 12 frames (3 latents, 0.48 s at 25 fps) at a time, the
+    # first less the 3 the VAE adds. model/wan_s2v/pipeline.py and fast_pipeline.py derive theirs
+    # from the reference's config; tests/test_registry.py checks that they agree with these.
     frame_batches={"quality": (77, 80), "fast": (9, 12)},
+    fps={"quality": QUALITY_FPS, "fast": FAST_FPS},
     weights=(CHECKPOINT_WEIGHTS, LORA_WEIGHTS),
     settings=(
         Setting(
@@ -102,6 +115,16 @@ DECLARATION = BackendDeclaration(
             "GPU memory mode: full (80 GB), fp8 (48 GB) or offload (24 GB); empty: the largest that fits "
             "the GPU's free memory",
             choices=tuple(MEMORY_MODE_GPU_GB),
+        ),
+        Setting(
+            ATTENTION_BACKEND_SETTING, str, "auto",
+            "the attention kernel: auto (torch's SDPA picks per GPU), math, flash, efficient or cudnn (that "
+            "kernel, the math one where it cannot run); scripts/benchmark_gpu.py measures each",
+            choices=ATTENTION_BACKENDS,
+        ),
+        Setting(
+            COMPILE_SETTING, bool, False,
+            "compile the transformer's blocks with torch.compile (slower start; off until measured)",
         ),
     ),
     deploy=DeployProfile(
@@ -117,9 +140,9 @@ DECLARATION = BackendDeclaration(
         # For GPUs data/costs.toml has no figure for. quality: 8x the H100's measured 50 GPU-s a
         # video-second at 832x448, which covers the 48 GB Ampere cards (about a sixth of an H100's
         # bf16 throughput) and offload mode on 24 GB cards; fast: nothing measured anywhere yet,
-        # 8x the estimate of ~6 GPU-s at 704x384 on an H100 (the FLOPs of the 4 steps, the VAE
-        # and the cache copies).
-        speeds={"quality": Speed(400.0, 832, 448), "fast": Speed(50.0, 704, 384)},
+        # 8x the estimate of ~9.4 GPU-s a video-second at 704x384 and 25 fps on an H100 (the FLOPs
+        # of the 4 steps, the VAE and the cache copies: ~6 at 16 fps, times 25 / 16).
+        speeds={"quality": Speed(400.0, 832, 448), "fast": Speed(75.0, 704, 384)},
         # the portrait's encoding, the prompt's, the last clip's decode and the upload
         job_overhead_seconds=120.0,
         # without a network volume the ~49 GB of weights land on the container disk

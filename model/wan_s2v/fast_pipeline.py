@@ -6,6 +6,8 @@ The behaviour is the reference's single-GPU path (Alibaba-Quark/LiveAvatar,
 - the portrait, encoded as 5 identical frames, gives the reference latent (their second latent);
   encoded as 5 x 73 identical frames, the motion history; both go through the transformer once
   per job at timestep zero, and every layer keeps their keys and values;
+- the video runs at Live Avatar's 25 fps (the quality mode: Wan2.2-S2V's 16), so a frame carries
+  0.04 s of speech and a clip of 48 frames 1.92 s;
 - the speech is cut into clips of 48 frames (12 latent frames), each with noise from its own seed
   (job seed + clip index); a clip is denoised 3 latent frames (one block) at a time, 4 Euler steps
   without guidance, each step attending to its own cache of the last 12 latent frames;
@@ -33,23 +35,28 @@ from model.base import SPEECH_SAMPLE_RATE, ProgressCallback, num_frames_for
 from model.wan_common.frames import fit_portrait, to_pixels, to_uint8_frames
 from model.wan_common.memory import GIB
 from model.wan_common.progress import ProgressClock
-from model.wan_common.vae import StreamingDecoder, WanVideoVAE
+from model.wan_common.vae import (
+    StreamingDecoder,
+    WanVideoVAE,
+    decoder_history_latents,
+    encoder_history_latents,
+)
 
 from ._transformer_causal import BlockPosition, BlockRing, StepRings
 from .config import (
+    FAST_FPS,
     FAST_FRAMES_PER_CLIP,
     FAST_LATENT_FRAMES_PER_BLOCK,
     FAST_PORTRAIT_REPEATS,
     FAST_REFERENCE_DISTANCE,
     FAST_SAMPLE_SHIFT,
-    FPS,
     MOTION_FRAMES,
     NUM_TRAIN_TIMESTEPS,
     VAE_STRIDE,
 )
 from .memory import fits_beside_fast_workspace
 from .pipeline import LATENT_MOTION_FRAMES, WanS2VPipeline
-from .speech import bucket_clip_features
+from .speech import SpeechEncoder, bucket_clip_features
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,32 @@ class FastPortrait:
     @property
     def width(self) -> int:
         return self.pixels.shape[4]
+
+
+@dataclasses.dataclass(frozen=True)
+class FastSpeech:
+    """A speech's features as the fast mode's blocks take them, and the video it makes."""
+
+    features: torch.Tensor  # [layers, hidden, frames with speech]: one column per video frame at FAST_FPS
+    num_frames: int  # the video's: as long as the speech at FAST_FPS
+
+    @classmethod
+    def encode(cls, encoder: SpeechEncoder, speech_16k: np.ndarray) -> FastSpeech:
+        # In float32 on purpose, where Live Avatar casts wav2vec2 to bf16 on a GPU (WanS2V.generate):
+        # the encoder is the quality mode's too, whose reference keeps it in float32, and a bf16 copy
+        # would sit beside the caches. Measured on the parity suite's tiny wav2vec2 (24 layers, 4 s
+        # and 10 s of test speech): bf16 features differ by 2.6-2.8 % of their largest value (rms
+        # 0.8 %), against 0.2 % for the bf16 rounding every block's features get before the transformer.
+        num_frames = num_frames_for(len(speech_16k) / SPEECH_SAMPLE_RATE, FAST_FPS)
+        return cls(encoder.encode(speech_16k, fps=FAST_FPS), num_frames)
+
+    @property
+    def num_blocks(self) -> int:
+        return _blocks_for(self.num_frames)
+
+    def block(self, index: int) -> torch.Tensor:
+        """Block `index`'s features [1, layers, hidden, FRAMES_PER_BLOCK], zeros past the speech."""
+        return bucket_clip_features(self.features, index, FRAMES_PER_BLOCK)
 
 
 class FastSampler:
@@ -130,12 +163,11 @@ class FastSampler:
         by default they are drawn from the job's seed.
         """
         pipe = self.pipeline
-        num_frames = num_frames_for(len(speech_16k) / SPEECH_SAMPLE_RATE, FPS)
-        speech = pipe.speech_encoder.encode(speech_16k, fps=FPS)
+        speech = FastSpeech.encode(pipe.speech_encoder, speech_16k)
         context = pipe.encode_prompt(prompt)
         distances = reference_distances if reference_distances is not None else _seeded_distances(seed)
         sigmas, timesteps = euler_schedule(num_steps, pipe.device)
-        num_blocks = _blocks_for(num_frames)
+        num_blocks = speech.num_blocks
         clock = ProgressClock(num_blocks * (num_steps + 1), on_progress)
 
         transformer = pipe.transformer
@@ -144,14 +176,14 @@ class FastSampler:
         )
         rings = self._step_rings(portrait, num_steps)
         decoder = _ClipDecoder(self.vae, portrait)
-        remaining = num_frames
+        remaining = speech.num_frames
         for block in range(num_blocks):
             clip, block_in_clip = divmod(block, BLOCKS_PER_CLIP)
             if block_in_clip == 0:
                 noise = self._clip_noise(portrait, seed + clip)
             first = block_in_clip * FAST_LATENT_FRAMES_PER_BLOCK
             latents = noise[:, :, first : first + FAST_LATENT_FRAMES_PER_BLOCK]
-            audio = bucket_clip_features(speech, block, FRAMES_PER_BLOCK).to(pipe.device, pipe.dtype)
+            audio = speech.block(block).to(pipe.device, pipe.dtype)
             position = BlockPosition(block * FAST_LATENT_FRAMES_PER_BLOCK, FAST_LATENT_FRAMES_PER_BLOCK)
             for step, t in enumerate(timesteps):
                 with rings.for_step(step, position) as ring:
@@ -211,7 +243,13 @@ def _vae_in(vae: WanVideoVAE, dtype: torch.dtype) -> WanVideoVAE:
     """The VAE the fast mode runs: in the compute dtype, as Live Avatar runs its own (bf16 on a
     GPU; the quality mode's reference keeps it in float32). Twice as fast, and the fast mode's
     per-clip VAE work (a 365-frame history encoded and decoded per 48-frame clip) outweighs its
-    denoising. A copy of 0.25 GB in bf16; the same VAE when the dtypes agree."""
+    denoising. A copy of 0.25 GB in bf16; the same VAE when the dtypes agree.
+
+    The latents' normalisation (mean, 1 / std) stays in float32 (WanVideoVAE), where Live
+    Avatar's bf16 Wan2_1_VAE keeps both constants and the arithmetic in bf16. Measured on a tiny
+    bf16 VAE with Wan2.1's 16 constants: encoded latents differ by 0.7 % of their largest value
+    (rms 0.3 %; bf16's own rounding of them: 0.25 %); unit-variance latents de-normalised for
+    decoding by 0.5 % (rms 0.4 %), their decoded pixels by 1.0 % rms."""
     if vae.dtype == dtype:
         return vae
     return WanVideoVAE(copy.deepcopy(vae.model).to(dtype))
@@ -219,21 +257,39 @@ def _vae_in(vae: WanVideoVAE, dtype: torch.dtype) -> WanVideoVAE:
 
 class _ClipDecoder:
     """Decodes a block as soon as it is denoised: each clip behind the latents of the video's last
-    365 frames (the portrait's, before the first clip), the first clip's first frames dropped."""
+    365 frames (the portrait's, before the first clip), the first clip's first frames dropped.
 
-    def __init__(self, vae: WanVideoVAE, portrait: FastPortrait) -> None:
+    Only the history that reaches the clip's pixels is encoded and decoded: the decoder is causal
+    with a finite temporal reach (`decoder_history_latents`: 38 latents for Wan2.1's VAE), so the
+    clip is decoded behind the last that many of the 92 history latents; those are the last latents
+    of an encode of the history's last 1 + 4k frames, k past them by the encoder's reach
+    (`encoder_history_latents`: 28), so 261 of the 365 frames are encoded. Both are exact, not
+    approximations: the clip's pixels are those of the full history's decode to the bit
+    (tests/test_fast_mode_vae_history.py). `full_history` runs the reference's whole-history way.
+    """
+
+    def __init__(self, vae: WanVideoVAE, portrait: FastPortrait, full_history: bool = False) -> None:
         self.vae = vae
         self.portrait = portrait
         self.history = portrait.pixels.expand(-1, -1, HISTORY_FRAMES, -1, -1)
         self._decoder: StreamingDecoder | None = None
         self._clip_frames: list[torch.Tensor] = []
+        history_latents = portrait.history_latents.shape[2]
+        if full_history:
+            self.decoded_latents, self.encoded_frames = history_latents, HISTORY_FRAMES
+        else:
+            self.decoded_latents, self.encoded_frames = history_window(vae, history_latents)
 
     def decode(self, latents: torch.Tensor, block: int) -> torch.Tensor:
         """Float pixels [1, 3, n, H, W] of the block's latents."""
         clip, block_in_clip = divmod(block, BLOCKS_PER_CLIP)
         if block_in_clip == 0:
+            if clip == 0:
+                history = self.portrait.history_latents
+            else:
+                history = self.vae.encode(self.history[:, :, -self.encoded_frames :])
             self._decoder = StreamingDecoder(self.vae)
-            self._decoder.decode(self.portrait.history_latents if clip == 0 else self.vae.encode(self.history))
+            self._decoder.decode(history[:, :, -self.decoded_latents :])
         assert self._decoder is not None, "a clip's blocks are decoded in order, from its first"
         pixels = self._decoder.decode(latents)
         if block == 0:
@@ -243,6 +299,18 @@ class _ClipDecoder:
             self.history = torch.cat([self.history, *self._clip_frames], dim=2)[:, :, -HISTORY_FRAMES:]
             self._clip_frames = []
         return pixels
+
+
+def history_window(vae: WanVideoVAE, history_latents: int) -> tuple[int, int]:
+    """(history latents decoded before a clip, history frames encoded for them): the last latents
+    the decoder's reach needs, and the last 1 + 4k history frames whose encode gives those
+    latents exactly (its first latent, that frame alone, and the encoder's reach after it
+    differ). The whole history where it is shorter."""
+    config = vae.model.config
+    decoded = min(decoder_history_latents(config), history_latents)
+    latents = decoded - 1 + encoder_history_latents(config)  # after the encode's first
+    frames_per_latent = VAE_STRIDE[0]
+    return decoded, min(1 + frames_per_latent * latents, HISTORY_FRAMES)
 
 
 def euler_schedule(num_steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,7 +67,8 @@ class SpeechEncoder(ModelMixin):
     def encode(self, samples_16k: np.ndarray, fps: int = FPS) -> torch.Tensor:
         """Features of mono 16 kHz speech: float32 [num_layers, hidden_size, num_speech_frames].
 
-        Column i belongs to video frame i; frames after the last column have no speech.
+        Column i belongs to video frame i at `fps` (the quality mode's 16 by default; the fast
+        mode's is Live Avatar's 25); frames after the last column have no speech.
         """
         inputs = self.feature_extractor(
             np.asarray(samples_16k, dtype=np.float32),

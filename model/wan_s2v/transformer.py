@@ -24,7 +24,7 @@ from diffusers.models.normalization import FP32LayerNorm
 from torch import nn
 
 from model.wan_s2v._transformer_audio import AudioEmbeddings, AudioInjector, CausalAudioEncoder
-from model.wan_s2v._transformer_block import WanS2VTransformerBlock
+from model.wan_s2v._transformer_block import ATTENTION_KERNELS, WanS2VTransformerBlock, attention_kernel
 from model.wan_s2v._transformer_causal import (
     BlockPosition,
     BlockRing,
@@ -170,10 +170,11 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         num_video = sequence.num_video_tokens
 
         injectors = dict(zip(self.audio_inject_layers, self.audio_injectors, strict=True))
-        for index, block in enumerate(self.blocks):
-            hidden = block(hidden, text_states, timestep_modulation, num_video, rotary_emb)
-            if index in injectors:
-                self._inject_audio(injectors[index], hidden, num_video, grid[0], audio)
+        with attention_kernel(self.attention_kernel):
+            for index, block in enumerate(self.blocks):
+                hidden = block(hidden, text_states, timestep_modulation, num_video, rotary_emb)
+                if index in injectors:
+                    self._inject_audio(injectors[index], hidden, num_video, grid[0], audio)
 
         return self._unpatchify(self._head(hidden[:, :num_video], time_embedding), grid)
 
@@ -190,11 +191,12 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         text_states = self._embed_text(encoder_hidden_states)
         cache = ConditionCache()
         attention = PrefillAttention(cache, self.rope(grids, hidden.device, half_precision=True))
-        for block in self.blocks:
-            hidden = block(
-                hidden, text_states, modulation, 0, self_attention=attention, round_cross_attention_input=True
-            )
-            hidden = self._round_to_weights_dtype(hidden)
+        with attention_kernel(self.attention_kernel):
+            for block in self.blocks:
+                hidden = block(
+                    hidden, text_states, modulation, 0, self_attention=attention, round_cross_attention_input=True
+                )
+                hidden = self._round_to_weights_dtype(hidden)
         return cache
 
     def forward_block(
@@ -243,17 +245,33 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         condition_rotary = self.rope(condition_grids, hidden.device, half_precision=True)
 
         injectors = dict(zip(self.audio_inject_layers, self.audio_injectors, strict=True))
-        for index, block in enumerate(self.blocks):
-            attention = CachedBlockAttention(index, ring, condition, position, block_rotary, condition_rotary)
-            hidden = block(
-                hidden, text_states, modulation, hidden.shape[1],
-                self_attention=attention, round_cross_attention_input=True,
-            )
-            hidden = self._round_to_weights_dtype(hidden)
-            if index in injectors:
-                self._inject_audio(injectors[index], hidden, hidden.shape[1], grid[0], audio)
+        with attention_kernel(self.attention_kernel):
+            for index, block in enumerate(self.blocks):
+                attention = CachedBlockAttention(index, ring, condition, position, block_rotary, condition_rotary)
+                hidden = block(
+                    hidden, text_states, modulation, hidden.shape[1],
+                    self_attention=attention, round_cross_attention_input=True,
+                )
                 hidden = self._round_to_weights_dtype(hidden)
+                if index in injectors:
+                    self._inject_audio(injectors[index], hidden, hidden.shape[1], grid[0], audio)
+                    hidden = self._round_to_weights_dtype(hidden)
         return self._unpatchify(self._head(hidden, time_embedding), grid)
+
+    # --- attention kernel and compilation (WAN_ATTENTION_BACKEND, WAN_COMPILE) -------------------
+
+    # the SDPA kernel every attention runs with (ATTENTION_KERNELS); "auto": torch's choice
+    attention_kernel = "auto"
+
+    def configure_attention(self, kernel: str = "auto", compile_blocks: bool = False) -> None:
+        """Run every attention with the SDPA kernel `kernel`, and with `compile_blocks` compile
+        each block with torch.compile (in place; its first passes per shape pay the compilation)."""
+        if kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"attention kernel {kernel!r} is not one of {', '.join(ATTENTION_KERNELS)}")
+        self.attention_kernel = kernel
+        if compile_blocks:
+            for block in self.blocks:
+                block.compile()
 
     def _round_to_weights_dtype(self, hidden: torch.Tensor) -> torch.Tensor:
         # Live Avatar's blocks hand their output on in the weights' dtype (bf16 on a GPU); its
