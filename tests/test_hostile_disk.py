@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, S3_ACCESS_KEY, free_port
+from tests.conftest import ROOT, S3_ACCESS_KEY
 from tests.hostile_servers import drip_server
 from tests.test_server import PORTRAIT, SAMPLE_FILES, ServerProcess
 
@@ -66,25 +66,7 @@ class SeamServer(ServerProcess):
         for folder in (self.seam_dir, site):
             folder.mkdir(parents=True)
         (site / "sitecustomize.py").write_text(SEAM)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.tmpdir = workdir / "tmp"
-        self.tmpdir.mkdir()
-        self.log_path = workdir / "server.log"
-        full_env = {key: value for key, value in os.environ.items() if not key.startswith(("BUCKET_", "RUNPOD_",
-                                                                                            "SERVER_"))}
-        full_env.update(env, TMPDIR=str(self.tmpdir), PYTHONPATH=os.pathsep.join((str(ROOT), str(site))),
-                        DISK_SEAM_DIR=str(self.seam_dir))
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "handler.http_server", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=workdir, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 120
-        while not self._answers():
-            assert self.process.poll() is None, f"the server exited:\n{self.log()}"
-            assert time.monotonic() < deadline, f"the server did not start within 120 s:\n{self.log()}"
-            time.sleep(0.2)
+        super().__init__({**env, "DISK_SEAM_DIR": str(self.seam_dir)}, workdir, python_path=(str(site),))
 
     def job_folders(self) -> list[Path]:
         return sorted(self.tmpdir.glob("talking-head-job-*"))

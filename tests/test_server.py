@@ -60,7 +60,7 @@ server.main(sys.argv[2:])
 class ServerProcess:
     """`python -m handler.http_server` on 127.0.0.1 with its own TMPDIR and log."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, python_path: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmpdir = workdir / "tmp"
@@ -68,7 +68,7 @@ class ServerProcess:
         self.log_path = workdir / "server.log"
         ours = ("BUCKET_", "RUNPOD_", "SERVER_")
         full_env = {key: value for key, value in os.environ.items() if not key.startswith(ours)}
-        full_env.update(env, TMPDIR=str(self.tmpdir), PYTHONPATH=str(ROOT))
+        full_env.update(env, TMPDIR=str(self.tmpdir), PYTHONPATH=os.pathsep.join((str(ROOT), *python_path)))
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "handler.http_server", "--host", "127.0.0.1", "--port", str(self.port)],
