@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-import os
 import secrets
 import shutil
 import tempfile
@@ -26,7 +25,6 @@ from pathlib import Path
 
 from handler.errors import ErrorCode, JobError
 from handler.scratch import DOWNLOADS_PREFIX, hold
-from model.declaration import SettingValueError
 from model.utc import utc_now, utc_text
 
 log = logging.getLogger(__name__)
@@ -48,10 +46,10 @@ _STORES_LOCK = threading.Lock()
 
 
 class DownloadStore:
-    def __init__(self, retention_seconds: int, parent: Path | None = None, max_bytes: int | None = None) -> None:
+    def __init__(self, retention_seconds: int, max_bytes: int, parent: Path | None = None) -> None:
         self.retention_seconds = retention_seconds
-        #: SERVER_DOWNLOAD_MAX_BYTES (read from the environment when not given)
-        self.max_bytes = configured_max_bytes() if max_bytes is None else max_bytes
+        #: SERVER_DOWNLOAD_MAX_BYTES
+        self.max_bytes = max_bytes
         self.folder = Path(tempfile.mkdtemp(prefix=DOWNLOADS_PREFIX, dir=parent))
         # held until close(): a server killed with its videos leaves a folder the next start removes
         self._held = contextlib.ExitStack()
@@ -164,14 +162,3 @@ def keep_download(video: Path, destination: Path) -> None:
         store.admit(destination.stem, video.stat().st_size)
     shutil.move(video, destination)
 
-
-def configured_max_bytes() -> int:
-    """SERVER_DOWNLOAD_MAX_BYTES as the worker's settings read it (a value they refused fails every
-    job at start already; the store then keeps the default)."""
-    from handler.settings import WORKER_SETTINGS
-
-    setting = next(setting for setting in WORKER_SETTINGS if setting.env == MAX_BYTES_ENV)
-    try:
-        return int(setting.read(os.environ))
-    except SettingValueError:
-        return int(setting.default)

@@ -124,7 +124,7 @@ def create_app(worker: Worker) -> FastAPI:
     settings = worker.settings
     backend_field_types = worker.backend.options_class.field_types() if worker.backend is not None else {}
     queue = JobQueue(worker, settings.server_queue_size)
-    store = DownloadStore(settings.server_download_retention_seconds)
+    store = DownloadStore(settings.server_download_retention_seconds, settings.server_download_max_bytes)
     stop = WorkerStop()
     max_body = body_limit(settings.max_input_bytes)
     # bodies being received at once: more than the jobs the server can hold (running and waiting) would only wait
