@@ -5,7 +5,7 @@ The id is the only thing that grants access to a video (like a presigned URL), s
 A video being sent when its retention ends is removed once it has been sent.
 
 All of them together stay under SERVER_DOWNLOAD_MAX_BYTES: a job's video enters the folder through
-`keep_download`, which first makes room by removing the oldest videos (their download_url then
+`DownloadSlot.keep`, which first makes room by removing the oldest videos (their download_url then
 answers 404 as after their retention); a video larger than the whole cap fails its job
 OUTPUT_TOO_LARGE, naming the setting.
 """
@@ -40,11 +40,6 @@ class _Entry:
     sending: int = 0
 
 
-# The open stores by folder: a job finds the store its video goes to from the path it was given.
-_STORES: dict[Path, DownloadStore] = {}
-_STORES_LOCK = threading.Lock()
-
-
 class DownloadStore:
     def __init__(self, retention_seconds: int, max_bytes: int, parent: Path | None = None) -> None:
         self.retention_seconds = retention_seconds
@@ -55,15 +50,17 @@ class DownloadStore:
         self._held = contextlib.ExitStack()
         self._held.enter_context(hold(self.folder))
         self._entries: dict[str, _Entry] = {}
-        #: bytes of videos admitted (`keep_download`) and not yet published or discarded
+        #: bytes of videos admitted (`DownloadSlot.keep`) and not yet published or discarded
         self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
-        with _STORES_LOCK:
-            _STORES[self.folder] = self
 
     @staticmethod
     def new_id() -> str:
         return secrets.token_urlsafe(24)
+
+    def slot(self, download_id: str) -> DownloadSlot:
+        """Where a job puts the video it makes for `download_id`."""
+        return DownloadSlot(self, download_id)
 
     def path_for(self, download_id: str) -> Path:
         """Where a job puts the video it makes for `download_id`."""
@@ -144,8 +141,6 @@ class DownloadStore:
         return len(paths)
 
     def close(self) -> None:
-        with _STORES_LOCK:
-            _STORES.pop(self.folder, None)
         with self._lock:
             self._entries.clear()
             self._pending.clear()
@@ -153,12 +148,15 @@ class DownloadStore:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def keep_download(video: Path, destination: Path) -> None:
-    """Move a job's finished video to `destination` in a store's folder, once the store has room
-    for it (DownloadStore.admit); a destination outside every store is a plain move."""
-    with _STORES_LOCK:
-        store = _STORES.get(destination.parent)
-    if store is not None:
-        store.admit(destination.stem, video.stat().st_size)
-    shutil.move(video, destination)
 
+@dataclasses.dataclass(frozen=True)
+class DownloadSlot:
+    """Where one job's finished video goes in a store."""
+
+    store: DownloadStore
+    download_id: str
+
+    def keep(self, video: Path) -> None:
+        """Move the video in, once the store has made room for it (DownloadStore.admit)."""
+        self.store.admit(self.download_id, video.stat().st_size)
+        shutil.move(video, self.store.path_for(self.download_id))

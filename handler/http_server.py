@@ -185,7 +185,7 @@ def create_app(worker: Worker) -> FastAPI:
             uploads[0] -= 1
         download_id = store.new_id()
         try:
-            ticket = queue.submit(job, store.path_for(download_id))
+            ticket = queue.submit(job, store.slot(download_id))
         except QueueFull as full:
             log.info("job %s refused: the queue is full (retry after %d s)", job_id, full.retry_after)
             return _failure(job_id, JobError(ErrorCode.INTERNAL, str(full)), status=429,

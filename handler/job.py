@@ -17,7 +17,7 @@ import numpy as np
 from handler import delivery
 from handler.cancel import JobCancelled, JobControl
 from handler.delivery_plan import DeliveryPlan, Destination, plan_delivery
-from handler.downloads import keep_download
+from handler.downloads import DownloadSlot
 from handler.errors import FRESH_WORKER_CODES, ErrorCode, JobError, contract_error, from_model_error
 from handler.fetch import fetch_url
 from handler.media import DecodedAudio, decode_audio, decode_base64, decode_image
@@ -67,13 +67,13 @@ class Worker:
         return self.backend.device_name if self.backend is not None else "cpu"
 
     def handle(
-        self, job: dict[str, Any], control: JobControl | None = None, keep_video_at: Path | None = None,
+        self, job: dict[str, Any], control: JobControl | None = None, download_slot: DownloadSlot | None = None,
         emit: Callable[[StreamItem], None] | None = None,
     ) -> dict[str, Any]:
         """Run one job. Never raises: failures become `{"error": "CODE: sentence"}`.
 
         `control` stops the job at its next step when asked to (handler/cancel.py). With
-        `keep_video_at` (the always-on server, which serves the file itself) a finished MP4 is
+        `download_slot` (the always-on server, which serves the file itself) a finished MP4 is
         moved there, and `output_type` "auto" without a bucket keeps it there only, neither
         inline nor uploaded; "base64" and "s3" deliver it as well. `emit` (a generator handler,
         STREAM_RESULTS) takes a `stream` job's segments as stream items while it renders; the
@@ -82,7 +82,7 @@ class Worker:
         job_id = str(job.get("id") or "local")
         control = control or JobControl()
         try:
-            return self._outcome(job, job_id, control, keep_video_at, emit)
+            return self._outcome(job, job_id, control, download_slot, emit)
         except JobCancelled as stop:
             reason = stop.reason
         # Out of the except clause, the exception and the frames its traceback held are gone.
@@ -95,7 +95,7 @@ class Worker:
         return {"error": str(JobError(ErrorCode.INTERNAL, message))}
 
     def _outcome(
-        self, job: dict[str, Any], job_id: str, control: JobControl, keep_video_at: Path | None,
+        self, job: dict[str, Any], job_id: str, control: JobControl, download_slot: DownloadSlot | None,
         emit: Callable[[StreamItem], None] | None,
     ) -> dict[str, Any]:
         """The job's result, or its failure as the contract's error (JobCancelled passes through)."""
@@ -103,7 +103,7 @@ class Worker:
         try:
             if self.startup_error is not None:
                 raise self.startup_error
-            result, destination = self._run(job, job_id, started, control, keep_video_at, emit)
+            result, destination = self._run(job, job_id, started, control, download_slot, emit)
         except Exception as error:  # noqa: BLE001 - the worker must survive anything a job does
             return self._failure(job_id, error)
         log.info("job %s done in %.2f s: %dx%d, %d frames, %d bytes, %s", job_id,
@@ -130,13 +130,13 @@ class Worker:
         return output
 
     def _run(
-        self, job: dict[str, Any], job_id: str, started: float, control: JobControl, keep_video_at: Path | None,
+        self, job: dict[str, Any], job_id: str, started: float, control: JobControl, download_slot: DownloadSlot | None,
         emit: Callable[[StreamItem], None] | None,
     ) -> tuple[dict[str, Any], Destination]:
         request = parse_job(job, self.settings.max_audio_seconds, self.default_mode)
         # Before any media is fetched or decoded: a job that cannot succeed costs nothing.
         options = self._options(request)
-        plan = self._plan(request, sends_stream_items=emit is not None, kept_by_server=keep_video_at is not None)
+        plan = self._plan(request, sends_stream_items=emit is not None, kept_by_server=download_slot is not None)
         stages = _Stages(job_id, control, ProgressReporter(job))
         with scratch_folder() as workdir:
             check_free_space(workdir, request, self.settings)  # before any input is fetched or written
@@ -150,8 +150,8 @@ class Worker:
             video = self._render(plan, options, portrait, audio, workdir / "video.mp4", stages, emit)
             with stages.run("upload"):
                 delivered = self._deliver(plan, video, stages)
-                if keep_video_at is not None:
-                    keep_download(video.path, keep_video_at)
+                if download_slot is not None:
+                    download_slot.keep(video.path)
         # One job at a time holds the device from its start to its result: that is what it costs.
         held_seconds = round(time.monotonic() - started, 3)
         return self._result(job_id, request, options, video, delivered, stages.timings, held_seconds), plan.destination

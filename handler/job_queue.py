@@ -19,10 +19,10 @@ import math
 import statistics
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from handler.cancel import JobControl
+from handler.downloads import DownloadSlot
 from handler.errors import ErrorCode, JobError
 from handler.job import Worker
 
@@ -69,7 +69,7 @@ class JobQueue:
             running = sum(1 for ticket in self._admitted if ticket.started_at is not None)
             return running > 0, len(self._admitted) - running
 
-    def submit(self, job: dict[str, Any], keep_video_at: Path) -> Ticket:
+    def submit(self, job: dict[str, Any], download_slot: DownloadSlot) -> Ticket:
         """Admit a job (from the event loop's thread) or raise QueueFull."""
         with self._lock:
             waiting = sum(1 for ticket in self._admitted if ticket.started_at is None)
@@ -78,7 +78,7 @@ class JobQueue:
             ticket = Ticket(job_id=str(job["id"]), control=JobControl())
             self._admitted.append(ticket)
         loop = asyncio.get_running_loop()
-        ticket.future = loop.run_in_executor(self._executor, self._run, ticket, job, keep_video_at)
+        ticket.future = loop.run_in_executor(self._executor, self._run, ticket, job, download_slot)
         return ticket
 
     def stop_all(self, reason: str) -> None:
@@ -95,7 +95,7 @@ class JobQueue:
         while self.state()[0] and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def _run(self, ticket: Ticket, job: dict[str, Any], keep_video_at: Path) -> dict[str, Any]:
+    def _run(self, ticket: Ticket, job: dict[str, Any], download_slot: DownloadSlot) -> dict[str, Any]:
         started_at = time.monotonic()
         with self._lock:
             ticket.started_at = started_at
@@ -103,7 +103,7 @@ class JobQueue:
             if ticket.control.stopped:
                 message = f"the job was stopped before it started: {ticket.control.reason}. Submit it again."
                 return {"error": str(JobError(ErrorCode.INTERNAL, message))}
-            return self._worker.handle(job, ticket.control, keep_video_at)
+            return self._worker.handle(job, ticket.control, download_slot)
         finally:
             with self._lock:
                 self._recent_seconds.append(time.monotonic() - started_at)
