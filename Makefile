@@ -40,7 +40,7 @@ $(DEMO_STAMP): pyproject.toml Makefile
 $(TEST_STAMP): $(DEMO_STAMP) scripts/torch_pin.py
 	torch=$$($(PY) scripts/torch_pin.py) && \
 		$(PY) -m pip install --quiet "$$torch" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install --quiet -e '.[wan,test]'
+	$(PY) -m pip install --quiet -e '.[wan,live,livekit,test]'
 	touch $@
 
 clean:

@@ -20,9 +20,8 @@ REQUESTED_SDK_LOG_LEVEL = requested_sdk_log_level()
 SDK_LOG_LEVEL = sdk_log_level(REQUESTED_SDK_LOG_LEVEL, RUNS_ONE_LOCAL_JOB)
 set_sdk_log_level(SDK_LOG_LEVEL)
 
-import runpod  # noqa: E402
-
 from handler.runpod_handler import AGGREGATE_FLAG, RunPodHandler  # noqa: E402
+from handler.runpod_sdk import runpod  # noqa: E402
 from handler.startup import start_worker  # noqa: E402
 
 log = logging.getLogger("handler")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 
 from model.base import BackendOutOfMemoryError, InvalidOptionError, ModelUnavailableError, NoFaceError
+from model.live import LiveUnsupportedError
 
 
 class ErrorCode(enum.StrEnum):
@@ -19,6 +20,9 @@ class ErrorCode(enum.StrEnum):
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
     INTERNAL = "INTERNAL"
+    # live sessions: the backend renders finished recordings only; the worker holds all the sessions it may
+    LIVE_UNSUPPORTED = "LIVE_UNSUPPORTED"
+    SESSION_LIMIT = "SESSION_LIMIT"
 
 
 class JobError(Exception):
@@ -40,6 +44,7 @@ MODEL_ERROR_CODES: dict[type[Exception], ErrorCode] = {
     NoFaceError: ErrorCode.NO_FACE,
     ModelUnavailableError: ErrorCode.MODEL_UNAVAILABLE,
     BackendOutOfMemoryError: ErrorCode.OUT_OF_MEMORY,
+    LiveUnsupportedError: ErrorCode.LIVE_UNSUPPORTED,
 }
 
 #: A job that fails with one of these asks RunPod for a fresh worker: the allocator of a process

@@ -19,8 +19,15 @@ with its environment variables, limits and error codes; the model is loaded once
                          503 when the model could not load or a job broke the GPU
     GET /ping            as RunPod's load-balancing endpoints read it: 204 while the model loads,
                          200 once the server takes jobs, 503 when it never will
+    POST /sessions       a live session over WebRTC: {"sdp": <offer>, "type": "offer", image_file |
+                         image_url | avatar_id, resolution?} answers {"sdp": <answer>, "type": "answer",
+                         "session_id"} (handler/webrtc_door.py); the contract's JSON error before any
+                         media work for a bad offer, a backend that cannot go live (501), a full worker
+                         (429 with Retry-After), bad portrait fields, no face
+    DELETE /sessions/<id>  ends that session (404 if there is none)
+    GET /live            the page where a person picks a portrait, speaks, and watches the avatar say it
 
-With SERVER_API_KEY set, /generate and /download answer 401 unless the request carries
+With SERVER_API_KEY set, /generate, /download and /sessions answer 401 unless the request carries
 `Authorization: Bearer <key>` (one of the comma-separated keys, compared in constant time);
 /health and /ping stay open for probes. Without a key the server listens only on loopback,
 unless started with --no-api-key.
@@ -64,6 +71,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -82,6 +90,7 @@ from handler.errors import ErrorCode, JobError
 from handler.http_input import RequestRefused, body_limit, read_job
 from handler.job import Worker
 from handler.job_queue import JobQueue, QueueFull, Ticket
+from handler.live_session import LiveSessions, SessionLimitError
 from handler.settings import WORKER_SETTINGS, SettingsError, split_api_keys
 from handler.startup import start_worker
 
@@ -99,6 +108,8 @@ STATUS_BY_CODE = {
     ErrorCode.OUT_OF_MEMORY: 503,
     ErrorCode.MODEL_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.LIVE_UNSUPPORTED: 501,  # this worker's backend cannot render live: no request can fix that here
+    ErrorCode.SESSION_LIMIT: 429,
 }
 # How often a waiting request checks whether its client is still there and its deadline.
 WATCH_SECONDS = 0.5
@@ -117,7 +128,10 @@ MAX_CONNECTIONS = 200
 # What a /generate refused because as many bodies as the server can hold jobs are arriving is told.
 UPLOADS_RETRY_SECONDS = 5
 # What the server answers, for a client that asked for something else.
-ROUTES = "POST /generate, GET /download/<id>, GET /health and GET /ping"
+ROUTES = ("POST /generate, GET /download/<id>, GET /health, GET /ping, POST /sessions, DELETE /sessions/<id> "
+          "and GET /live")
+# The page of GET /live (written beside the server).
+LIVE_PAGE = Path(__file__).resolve().parent / "static" / "live.html"
 
 
 def create_app(worker: Worker) -> FastAPI:
@@ -132,6 +146,8 @@ def create_app(worker: Worker) -> FastAPI:
     uploads = [0]
     #: why the server should be restarted, once a job asked for a fresh worker (a broken GPU)
     broken: list[str] = []
+    sessions = LiveSessions(worker, settings)
+    app_doors = _LiveDoors(sessions, settings.live_ice_servers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -142,6 +158,8 @@ def create_app(worker: Worker) -> FastAPI:
             yield
         finally:
             sweeper.cancel()
+            await sessions.close_all("the server is shutting down")
+            await app_doors.close_all()
             queue.stop_all("the server is shutting down")
             await asyncio.to_thread(queue.close, STOP_WAIT_SECONDS)
             store.close()
@@ -220,6 +238,53 @@ def create_app(worker: Worker) -> FastAPI:
             return JSONResponse(body, status_code=404)
         return _SentOnce(path, lambda: store.release(download_id))
 
+    @app.post("/sessions")
+    async def open_session(request: Request) -> JSONResponse:
+        if not _authorized(request, api_keys):
+            return _unauthorized(None)
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            message = (f"Content-Type {shown(media_type) if media_type else 'none'} is not accepted; send "
+                       'application/json: {"sdp": <offer>, "type": "offer", "image_file" (or image_url, avatar_id)}.')
+            return _error_answer(JobError(ErrorCode.INVALID_INPUT, message), 415)
+        try:
+            # before the body is read: a refusal that no offer can change costs nothing
+            sessions.check_can_open()
+            job = await asyncio.wait_for(
+                read_job(request, "session", max_body, {}, settings.server_min_body_bytes_per_second),
+                BODY_READ_SECONDS)
+            door = app_doors.webrtc()
+            answer = await door.answer(job["input"])
+        except TimeoutError:
+            message = f"the request body did not arrive within {BODY_READ_SECONDS:g} s; send the portrait as image_url."
+            return _error_answer(JobError(ErrorCode.INVALID_INPUT, message), 408, headers={"Connection": "close"})
+        except SessionLimitError as full:
+            log.info("a live session was refused: %s", full.code.value)
+            return _error_answer(full, 429, headers={"Retry-After": str(full.retry_after)})
+        except JobError as error:
+            log.info("a live session was refused: %s", error.code.value)
+            status = error.status if isinstance(error, RequestRefused) else STATUS_BY_CODE[error.code]
+            return _error_answer(error, status)
+        return _ErrorJSON(answer)
+
+    @app.delete("/sessions/{session_id}")
+    async def end_session(session_id: str, request: Request) -> Response:
+        if not _authorized(request, api_keys):
+            return _unauthorized(None)
+        session = sessions.get(session_id)
+        if session is None:
+            message = "there is no live session with this id: it ended already, or never was; open a new one."
+            return _error_answer(JobError(ErrorCode.INVALID_INPUT, message), 404)
+        await session.end("the client ended it (DELETE /sessions)")
+        return Response(status_code=204)
+
+    @app.get("/live")
+    async def live_page() -> Response:
+        if not LIVE_PAGE.is_file():
+            message = "this server has no live page (handler/static/live.html is missing); reinstall the worker."
+            return _error_answer(JobError(ErrorCode.INTERNAL, message), 404)
+        return FileResponse(LIVE_PAGE, media_type="text/html")
+
     @app.get("/ping")
     async def ping() -> Response:
         healthy = worker.startup_error is None and not broken
@@ -242,7 +307,8 @@ def create_app(worker: Worker) -> FastAPI:
     async def health() -> JSONResponse:
         busy, queued = queue.state()
         body: dict[str, Any] = {"status": "ok", "busy": busy, "queued": queued, "queue_size": queue.max_waiting,
-                                "receiving": uploads[0]}
+                                "receiving": uploads[0], "live_sessions": sessions.active,
+                                "live_capacity": sessions.capacity}
         if worker.backend is not None:
             body.update(backend=worker.backend.name, gpu=worker.device, modes=list(worker.backend.modes),
                         default_mode=worker.default_mode)
@@ -252,6 +318,31 @@ def create_app(worker: Worker) -> FastAPI:
         return JSONResponse({**body, "status": "unavailable", "error": problem}, status_code=503)
 
     return app
+
+
+class _LiveDoors:
+    """The live sessions' doors the server opens: WebRTC's, made (and aiortc imported) at the first offer."""
+
+    def __init__(self, sessions: LiveSessions, ice_servers: tuple[dict[str, Any], ...]) -> None:
+        self._sessions = sessions
+        #: LIVE_ICE_SERVERS, checked at start: {"urls", "username"?, "credential"?} each
+        self._ice_servers = ice_servers
+        self._webrtc: Any = None
+
+    def webrtc(self) -> Any:
+        if self._webrtc is None:
+            try:
+                from handler.webrtc_door import WebRTCDoor
+            except ImportError:
+                raise JobError(ErrorCode.LIVE_UNSUPPORTED, (
+                    "this worker was installed without WebRTC support; install the `live` extra "
+                    "(pip install 'talking-head-worker[live]') and restart it.")) from None
+            self._webrtc = WebRTCDoor(self._sessions, self._ice_servers)
+        return self._webrtc
+
+    async def close_all(self) -> None:
+        if self._webrtc is not None:
+            await self._webrtc.close_all()
 
 
 class _Starting:

@@ -6,9 +6,10 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from handler.media import DecodedAudio, decode_audio, decode_base64, decode_imag
 from handler.presets import PresetAvatars
 from handler.progress import PERCENT_AFTER_GENERATE, PERCENT_AFTER_INPUTS, ProgressReporter
 from handler.render import StepGuard, render
-from handler.schema import JobRequest, MediaSource, parse_job
+from handler.schema import SHARED_FIELDS, JobRequest, MediaSource, parse_job
 from handler.scratch import check_free_space, scratch_folder
 from handler.segments import SegmentPlan
 from handler.settings import WorkerSettings
@@ -33,6 +34,11 @@ from model.base import GenerationOptions, NoFaceError, PreparedPortrait, Talking
 from model.speed import estimate
 
 log = logging.getLogger(__name__)
+
+# The fields a live session's portrait takes (docs/CONTRACT.md, "Live sessions"); its speech arrives on the stream.
+LIVE_PORTRAIT_FIELDS = frozenset({"image_file", "image_url", "avatar_id", "resolution", "seed", "mode"})
+# Stands in for the speech a live session has none of, so that its fields are judged by the job's own schema.
+_NO_SPEECH = {"audio_file": "-"}
 
 
 @dataclasses.dataclass
@@ -47,6 +53,9 @@ class Worker:
     #: set when this machine cannot run the model (no usable GPU, too little memory, weights that
     #: do not load): RunPod should replace the worker (handler/__main__.py), not feed it jobs
     host_fault: str | None = None
+    #: held while the backend prepares a portrait: a job's and a live session's may come at once, and a
+    #: backend's face models (one interpreter) are not shared between threads
+    portrait_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     @property
     def loaded_backend(self) -> TalkingHeadBackend:
@@ -217,12 +226,47 @@ class Worker:
                     ErrorCode.INVALID_INPUT,
                     "avatar_id was given but this endpoint has no presets (PRESET_AVATARS_DIR); send image_file.",
                 )
-            return self.presets.prepared(request.image.value, max_area)
+            with self.portrait_lock:
+                return self.presets.prepared(request.image.value, max_area)
         assert image is not None, "a job's own portrait is decoded before it is prepared"
         try:
-            return backend.prepare_portrait(image, max_area)
+            with self.portrait_lock:
+                return backend.prepare_portrait(image, max_area)
         except NoFaceError as error:
             raise from_model_error(error, request.image.field) from None
+
+    def live_request(self, fields: Mapping[str, Any]) -> JobRequest:
+        """A live session's portrait fields judged as a job's (handler/schema.py), with no media work.
+
+        Raises JobError(INVALID_INPUT) naming a field a session does not take (its speech arrives on
+        the stream; it has no output to deliver) or a field with a bad value.
+        """
+        if self.startup_error is not None:
+            raise self.startup_error
+        for name in fields:
+            if name in SHARED_FIELDS and name not in LIVE_PORTRAIT_FIELDS:
+                raise JobError(ErrorCode.INVALID_INPUT, (
+                    f"{name} is a field of a rendering job, not of a live session: a session's speech arrives on "
+                    f"its stream and its video leaves on it. Leave {name} out; a session takes "
+                    f"{', '.join(sorted(LIVE_PORTRAIT_FIELDS))}."))
+        request = parse_job({"input": {**fields, **_NO_SPEECH}}, self.settings.max_audio_seconds, self.default_mode)
+        self._options(request)  # the backend's own fields, refused by name before any media work
+        return request
+
+    def live_options(self, fields: Mapping[str, Any]) -> GenerationOptions:
+        """The generation options of a live session with these portrait fields (see `live_request`)."""
+        return self._options(self.live_request(fields))
+
+    def prepare_live_portrait(self, fields: Mapping[str, Any]) -> PreparedPortrait:
+        """A live session's portrait: `fields` (image_file / image_url / avatar_id, resolution, seed,
+        mode) parsed, fetched, decoded and prepared with a job's schema, guards and limits.
+
+        Blocks (fetches, decodes, runs the face models under `portrait_lock`): call it in a thread.
+        Raises JobError: a field a session does not take, a bad value, a fetch that fails, no face.
+        """
+        request = self.live_request(fields)
+        image = None if request.image.kind == "preset" else self._load_image(request.image)
+        return self._prepare(request, request.mode, image)
 
     def _render(
         self, plan: DeliveryPlan, options: GenerationOptions, portrait: PreparedPortrait, audio: DecodedAudio,

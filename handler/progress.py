@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import runpod
-
+from handler.runpod_sdk import runpod
 from handler.settings import runs_on_runpod
 
 log = logging.getLogger(__name__)

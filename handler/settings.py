@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from handler.bucket import ENV_FIELDS, BucketAddressError, BucketSettings, make_bucket
+from handler.ice_servers import parse_ice_servers
 from model.declaration import Setting, SettingValueError
 from model.registry import ALL_MODES, BACKENDS
 
@@ -77,6 +78,13 @@ WORKER_SETTINGS = (
             "always-on server: the bearer token(s), comma-separated, that /generate and /download require"),
     Setting("SERVER_PUBLIC_URL", str, None,
             "always-on server: the base of every download_url (empty: the address the request reached)"),
+    Setting("LIVE_MAX_SESSIONS", int, None,
+            "live sessions one worker holds at once (empty: the backend's own figure; 0: none)", low=0, high=1000),
+    Setting("LIVE_MAX_SESSION_SECONDS", float, 3600.0, "a live session is ended after this long"),
+    Setting("LIVE_IDLE_TIMEOUT_SECONDS", float, 300.0,
+            "a live session that receives no speech for this long is ended"),
+    Setting("LIVE_ICE_SERVERS", str, None,
+            "WebRTC sessions: STUN/TURN servers, JSON as a browser's RTCConfiguration.iceServers (empty: none)"),
 )
 # Read outside WORKER_SETTINGS: which model and where its weights are, the presets, the SDK's log level.
 OTHER_ENV_NAMES = ("MODEL_BACKEND", "MODEL_DIR", "PRESET_AVATARS_DIR", "RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL")
@@ -143,6 +151,14 @@ class WorkerSettings:
     server_api_key: str | None = dataclasses.field(default=None, repr=False)
     #: SERVER_PUBLIC_URL: where clients reach the always-on server, e.g. https://talk.example.com
     server_public_url: str | None = None
+    #: LIVE_MAX_SESSIONS: live sessions held at once; None: the backend's declared `live.max_sessions`
+    live_max_sessions: int | None = None
+    #: LIVE_MAX_SESSION_SECONDS: a live session ends after this long, whatever it is doing
+    live_max_session_seconds: float = 3600.0
+    #: LIVE_IDLE_TIMEOUT_SECONDS: a live session that receives no speech for this long ends
+    live_idle_timeout_seconds: float = 300.0
+    #: LIVE_ICE_SERVERS, parsed (handler/ice_servers.py); TURN entries hold credentials, so never in a repr
+    live_ice_servers: tuple[dict[str, Any], ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def server_api_keys(self) -> tuple[str, ...]:
@@ -161,6 +177,10 @@ class WorkerSettings:
         except SettingValueError as error:
             raise SettingsError(str(error)) from None
         _check_public_url(values["server_public_url"])
+        try:
+            values["live_ice_servers"] = parse_ice_servers(values["live_ice_servers"])
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
         return cls(
             model_backend=backend,
             model_dir=_model_dir(env),

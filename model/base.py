@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from model.declaration import DEFAULT_MAX_AREA as DEFAULT_MAX_AREA
 from model.declaration import BackendDeclaration
 from model.options import BackendOptions as BackendOptions
 from model.options import InvalidOptionError as InvalidOptionError
+
+if TYPE_CHECKING:
+    from model.live import LiveGenerator
 
 SPEECH_SAMPLE_RATE = 16_000
 # The contract's default `prompt`.
@@ -197,3 +200,10 @@ class TalkingHeadBackend(abc.ABC):
 
         Exactly `num_frames_for(speech.duration_seconds, self.frame_rate(options.mode))` frames in all.
         """
+
+    def open_live(self, portrait: PreparedPortrait, options: GenerationOptions) -> LiveGenerator:
+        """A live generator for `portrait` (model/live.py), for a backend whose declaration's `live`
+        says it can go live. Raises LiveUnsupportedError otherwise, with the declaration's reason."""
+        from model.live import LiveUnsupportedError
+
+        raise LiveUnsupportedError(f"{self.name} cannot render live sessions: {self.declaration.live.why_not}.")

@@ -1,12 +1,14 @@
 """Load a reference implementation's modules from its checkout, for parity tests.
 
-`wan_reference.py` (the official Wan2.2 repository) and `liveavatar_reference.py` (Live Avatar)
-both run files of a checkout found through an environment variable, and skip without it. Their
-package `__init__` files import every pipeline (and with them decord, librosa, the TTS stack...),
-so the packages are registered bare and only the requested files are executed; optional imports
-this environment lacks are replaced by stand-ins. Nothing stays registered in `sys.modules` after
-an import: the loaded modules keep working through their own globals, and are kept here so that
-later imports share them (one class per name, not one per call).
+`wan_reference.py` (the official Wan2.2 repository), `liveavatar_reference.py` (Live Avatar)
+and `infinitetalk_reference.py` (InfiniteTalk) run files of a checkout found through an
+environment variable, and skip without it. Their package `__init__` files import every pipeline
+(and with them decord, librosa, the TTS stack...), so the packages are registered bare and only
+the requested files are executed; optional imports this environment lacks are replaced by
+stand-ins. A checkout may have several top packages (InfiniteTalk: `wan` and `src`) and top-level
+scripts (`generate_infinitetalk.py`), loaded the same way. Nothing stays registered in
+`sys.modules` after an import: the loaded modules keep working through their own globals, and
+are kept here so that later imports share them (one class per name, not one per call).
 
 Each checkout must be at the commit `reference_pins.toml` pins for it; at another, or where git
 cannot tell, its tests fail saying which commit to check out.
@@ -90,7 +92,8 @@ class ReferenceCheckout:
 
     pin: its key in reference_pins.toml (the commit the checkout must be at); env:
     the variable naming the checkout; what: its name in skip messages; package: the top
-    package (`wan`); marker: a file (relative to the root) that only such a checkout has;
+    package (`wan`), or several (the first is the one `module` names); marker: a file (relative
+    to the root) that only such a checkout has;
     package_dirs(root): the folders registered as bare packages; stand_ins: module name ->
     attributes, registered (by `stand_in_module`) only where the real package is not installed;
     while_importing: a context around each fresh import; after_import(loaded): called after it,
@@ -103,7 +106,7 @@ class ReferenceCheckout:
         pin: str,
         env: str,
         what: str,
-        package: str,
+        package: str | tuple[str, ...],
         marker: str,
         package_dirs: Callable[[Path], Iterable[Path]],
         stand_ins: Mapping[str, dict[str, Any]],
@@ -111,7 +114,8 @@ class ReferenceCheckout:
         while_importing: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
         after_import: Callable[[dict[str, types.ModuleType]], None] | None = None,
     ):
-        self.env, self.what, self.package, self.marker = env, what, package, marker
+        self.packages = (package,) if isinstance(package, str) else tuple(package)
+        self.env, self.what, self.package, self.marker = env, what, self.packages[0], marker
         #: the commit this checkout must be at (reference_pins.toml)
         self.repository, self.commit = reference_pins()[pin]["repository"], reference_pins()[pin]["commit"]
         assert reference_pins()[pin]["env"] == env, f"reference_pins.toml names another variable for {pin}"
@@ -145,21 +149,48 @@ class ReferenceCheckout:
 
     def module(self, name: str) -> types.ModuleType:
         """Import `<package>.<name>` from the checkout (skips as `root` does, or without einops)."""
+        return self.import_module(f"{self.package}.{name}")
+
+    def import_module(self, full_name: str) -> types.ModuleType:
+        """Import `full_name` (in any of the checkout's top packages) as `module` does."""
+        if full_name.split(".")[0] not in self.packages:
+            raise ValueError(f"{full_name} is not in the packages {self.packages} of {self.what}")
         if importlib.util.find_spec("einops") is None:
             pytest.skip(f"the code of {self.what} needs einops (in the project's test dependencies)")
-        return self._import(self.root(), f"{self.package}.{name}")
+        return self._import(self.root(), full_name, lambda: importlib.import_module(full_name))
 
-    def _import(self, root: Path, full_name: str) -> types.ModuleType:
+    def script(self, stem: str) -> types.ModuleType:
+        """Execute the checkout's top-level `<stem>.py` (skips as `root` does) as module `stem`,
+        with its imports of the checkout's packages loaded as `module` loads them."""
+        root = self.root()
+        if importlib.util.find_spec("einops") is None:
+            pytest.skip(f"the code of {self.what} needs einops (in the project's test dependencies)")
+
+        def run() -> None:
+            spec = importlib.util.spec_from_file_location(stem, root / f"{stem}.py")
+            assert spec is not None and spec.loader is not None, f"{root / stem}.py cannot be loaded"
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[stem] = module
+            spec.loader.exec_module(module)
+
+        return self._import(root, stem, run, script=True)
+
+    def _import(
+        self, root: Path, full_name: str, run: Callable[[], object], script: bool = False
+    ) -> types.ModuleType:
         if full_name in self.loaded:
             return self.loaded[full_name]
         added = [key for key in self.loaded if key not in sys.modules]
         sys.modules.update({key: self.loaded[key] for key in added})
+        if script:
+            added.append(full_name)
         try:
             with self._while_importing():
                 added += self._register_bare_packages(root)
                 added += self._register_stand_ins()
-                importlib.import_module(full_name)
-            for key in [key for key in sys.modules if key == self.package or key.startswith(f"{self.package}.")]:
+                run()
+            ours = [key for key in sys.modules if key.split(".")[0] in self.packages or (script and key == full_name)]
+            for key in ours:
                 if key not in self.loaded:
                     self.loaded[key] = sys.modules[key]
                     added.append(key)

@@ -133,7 +133,7 @@ def test_blocked_urls_without_opt_in(tmp_path_factory):
 def test_worker_keeps_serving_after_failures(plain_worker):
     for case in BAD_INPUTS[:5]:
         plain_worker.runsync(case[1] if isinstance(case[1], dict) else {"x": 1})
-    reply = plain_worker.runsync(_sample(resolution="256*256"))
+    reply = plain_worker.runsync(_sample(resolution="128*128"))
     assert reply["status"] == "COMPLETED", reply
     assert reply["output"]["success"] is True
     assert len(base64.b64decode(reply["output"]["video_base64"])) == reply["output"]["file_size_bytes"]
@@ -141,6 +141,6 @@ def test_worker_keeps_serving_after_failures(plain_worker):
 
 def test_no_temporary_files_left_behind(plain_worker):
     plain_worker.runsync(_sample(audio_file=_b64(b"junk" * 100)))
-    plain_worker.runsync(_sample(resolution="256*256"))
+    plain_worker.runsync(_sample(resolution="128*128"))
     leftovers = [path for path in plain_worker.tmpdir.rglob("*")]
     assert leftovers == []

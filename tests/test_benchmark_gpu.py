@@ -48,31 +48,17 @@ def test_the_random_lora_covers_every_target_and_attaches(benchmark_gpu, tmp_pat
     assert adapter.summary.layers == layers * 10 + len(transformer.config.audio_inject_layers) * 4
 
 
-def test_the_fast_run_reports_every_figure(benchmark_gpu, tmp_path, monkeypatch):
+def test_the_fast_run_reports_every_figure_split_and_runs_the_chosen_kernel(benchmark_gpu, tmp_path, monkeypatch,
+                                                                           capsys):
+    """One two-clip run (the model tests' time is these runs): every figure, the time split into
+    transformer / VAE / copies, and the attention kernel configured (math; `auto` gives the same
+    results: test_auto_and_math_attention_give_the_same_block_output) is the one entered."""
     for name in ("synchronize", "reset_peak_memory_stats"):
         monkeypatch.setattr(torch.cuda, name, lambda *args: None)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *args: 0)
     monkeypatch.setattr(benchmark_gpu, "FAST_PORTRAIT", (80, 72))  # a 64x64 video
     monkeypatch.setattr(benchmark_gpu, "FAST_MAX_AREA", 64 * 64)
     monkeypatch.setattr(benchmark_gpu, "FAST_SAMPLE_STEPS", 2)  # the run's shape does not depend on it; time does
-    transformer = tiny_transformer()
-    lora = LoraAdapter.attach(transformer, benchmark_gpu.write_random_lora(tmp_path, transformer.config), 64.0,
-                                LIVE_AVATAR_LORA)
-    row = benchmark_gpu.benchmark_fast(tiny_pipeline(tmp_path, transformer), lora)
-    assert (row["height"], row["width"]) == (64, 64)
-    assert row["video_seconds"] == pytest.approx(benchmark_gpu.FAST_SPEECH_SECONDS)
-    assert 0 < row["first_block_seconds"] < row["total_seconds"]
-    assert np.isfinite(row["gpu_seconds_per_video_second"]) and row["gpu_seconds_per_video_second"] > 0
-    assert row["attention_rings"] == "on cpu" and not lora.is_active
-
-
-def test_the_fast_run_splits_its_time_and_runs_the_chosen_kernel(benchmark_gpu, tmp_path, monkeypatch, capsys):
-    for name in ("synchronize", "reset_peak_memory_stats"):
-        monkeypatch.setattr(torch.cuda, name, lambda *args: None)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *args: 0)
-    monkeypatch.setattr(benchmark_gpu, "FAST_PORTRAIT", (80, 72))
-    monkeypatch.setattr(benchmark_gpu, "FAST_MAX_AREA", 64 * 64)
-    monkeypatch.setattr(benchmark_gpu, "FAST_SAMPLE_STEPS", 2)
     entered = []
     original_kernel = transformer_module.attention_kernel
     monkeypatch.setattr(transformer_module, "attention_kernel", lambda name: entered.append(name) or
@@ -81,8 +67,12 @@ def test_the_fast_run_splits_its_time_and_runs_the_chosen_kernel(benchmark_gpu, 
     transformer.configure_attention("math")
     lora = LoraAdapter.attach(transformer, benchmark_gpu.write_random_lora(tmp_path, transformer.config), 64.0,
                               LIVE_AVATAR_LORA)
-    pipeline = tiny_pipeline(tmp_path, transformer)
-    row = benchmark_gpu.benchmark_fast(pipeline, lora)
+    row = benchmark_gpu.benchmark_fast(tiny_pipeline(tmp_path, transformer), lora)
+    assert (row["height"], row["width"]) == (64, 64)
+    assert row["video_seconds"] == pytest.approx(benchmark_gpu.FAST_SPEECH_SECONDS)
+    assert 0 < row["first_block_seconds"] < row["total_seconds"]
+    assert np.isfinite(row["gpu_seconds_per_video_second"]) and row["gpu_seconds_per_video_second"] > 0
+    assert row["attention_rings"] == "on cpu" and not lora.is_active
     assert set(entered) == {"math"}
     # the wrappers are gone again: the worker's own methods
     assert "forward_block" not in vars(transformer) and "forward" not in vars(transformer)

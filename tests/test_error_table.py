@@ -32,6 +32,7 @@ from model.base import (
     Speech,
 )
 from model.lite.backend import LiteBackend
+from model.live import LiveUnsupportedError
 
 MODEL_ERRORS = [
     (InvalidOptionError("guidance_scale", "guidance_scale has no meaning in mode 'fast'."), ErrorCode.INVALID_INPUT),
@@ -40,6 +41,8 @@ MODEL_ERRORS = [
     (HostUnfitError("no CUDA device on this machine."), ErrorCode.MODEL_UNAVAILABLE),
     (BackendOutOfMemoryError("out of GPU memory in memory mode 'fp8'; set WAN_MEMORY_MODE=offload."),
      ErrorCode.OUT_OF_MEMORY),
+    (LiveUnsupportedError("wan-s2v cannot render live sessions: it renders finished recordings only."),
+     ErrorCode.LIVE_UNSUPPORTED),
 ]
 
 
@@ -50,7 +53,8 @@ def test_each_model_exception_has_its_contract_code(error, code):
 
 
 def test_the_table_covers_every_exception_of_the_model_interface():
-    assert set(MODEL_ERROR_CODES) == {InvalidOptionError, NoFaceError, ModelUnavailableError, BackendOutOfMemoryError}
+    assert set(MODEL_ERROR_CODES) == {InvalidOptionError, NoFaceError, ModelUnavailableError, BackendOutOfMemoryError,
+                                      LiveUnsupportedError}
 
 
 def test_a_job_error_is_itself_and_anything_else_is_a_crash():

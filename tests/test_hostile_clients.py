@@ -11,6 +11,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -26,24 +27,30 @@ def _url_job(audio_url: str) -> dict:
     return {"input": {"audio_url": audio_url, "image_file": base64.b64encode(PORTRAIT).decode()}}
 
 
-def test_a_slow_drip_url_is_cut_at_fetch_timeout_and_the_next_job_runs(tmp_path):
-    server = ServerProcess({"MODEL_BACKEND": "lite", "ALLOW_PRIVATE_URLS": "1", "FETCH_TIMEOUT_SECONDS": "2"},
-                           tmp_path)
-    try:
-        with drip_server(b"x" * DRIP_BYTES, DRIP_SECONDS) as drip:
-            reply = requests.post(f"{server.url}/generate", json=_url_job(drip.url), timeout=120)
-            cut = drip.wait_hung_up(timeout=30)
-        assert reply.status_code == 422, reply.text
-        assert reply.json()["error"] == ("FETCH_FAILED: audio_url did not finish downloading within "
-                                         "FETCH_TIMEOUT_SECONDS=2 s; use a faster host or send the file as base64.")
-        assert cut.sent < DRIP_BYTES // 2
-        assert server.health()["busy"] is False
-        following = requests.post(f"{server.url}/generate", files=SAMPLE_FILES, data={"resolution": "128*128"},
-                                  timeout=120)
-        assert following.status_code == 200, following.text
-    finally:
-        server.stop()
-    assert server.leftovers() == []
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """One server for the tests whose settings do not meet (a server process is most of a test's CPU
+    time): URLs to 127.0.0.1 fetched within 2 s, and one job waiting at most. Stopped, it leaves
+    nothing in its TMPDIR: not the scratch of any of their jobs, refused or done, nor a kept video."""
+    process = ServerProcess({"MODEL_BACKEND": "lite", "ALLOW_PRIVATE_URLS": "1", "FETCH_TIMEOUT_SECONDS": "2",
+                             "SERVER_QUEUE_SIZE": "1"}, tmp_path_factory.mktemp("server"))
+    yield process
+    process.stop()
+    assert process.leftovers() == []
+
+
+def test_a_slow_drip_url_is_cut_at_fetch_timeout_and_the_next_job_runs(server):
+    with drip_server(b"x" * DRIP_BYTES, DRIP_SECONDS) as drip:
+        reply = requests.post(f"{server.url}/generate", json=_url_job(drip.url), timeout=120)
+        cut = drip.wait_hung_up(timeout=30)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["error"] == ("FETCH_FAILED: audio_url did not finish downloading within "
+                                     "FETCH_TIMEOUT_SECONDS=2 s; use a faster host or send the file as base64.")
+    assert cut.sent < DRIP_BYTES // 2
+    assert server.health()["busy"] is False
+    following = requests.post(f"{server.url}/generate", files=SAMPLE_FILES, data={"resolution": "128*128"},
+                              timeout=120)
+    assert following.status_code == 200, following.text
 
 
 def test_sigterm_stops_a_slow_download_and_the_server_exits(tmp_path):
@@ -136,10 +143,9 @@ def _closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
-def test_idle_and_slow_header_sockets_leave_health_answering_and_are_closed_by_the_deadlines(tmp_path):
+def test_idle_and_slow_header_sockets_leave_health_answering_and_are_closed_by_the_deadlines(server):
     from handler.http_server import HEADER_TIMEOUT_SECONDS, KEEP_ALIVE_SECONDS, MAX_CONNECTIONS
 
-    server = ServerProcess({"MODEL_BACKEND": "lite"}, tmp_path)
     sockets: list[socket.socket] = []
     others: list[socket.socket] = []
     try:
@@ -199,7 +205,6 @@ def test_idle_and_slow_header_sockets_leave_health_answering_and_are_closed_by_t
     finally:
         for sock in sockets + others:
             sock.close()
-        server.stop()
     assert "Exceeded concurrency limit" not in server.log()
 
 
@@ -223,8 +228,7 @@ def _start_upload(port: int, size: int) -> socket.socket:
     return sock
 
 
-def test_uploads_in_flight_are_bounded_and_the_next_is_refused_before_its_body(tmp_path):
-    server = ServerProcess({"MODEL_BACKEND": "lite", "SERVER_QUEUE_SIZE": "1"}, tmp_path)
+def test_uploads_in_flight_are_bounded_and_the_next_is_refused_before_its_body(server):
     uploading: list[socket.socket] = []
     try:
         # SERVER_QUEUE_SIZE=1: two jobs at most (one running, one waiting), so two bodies at once
@@ -248,8 +252,6 @@ def test_uploads_in_flight_are_bounded_and_the_next_is_refused_before_its_body(t
     finally:
         for sock in uploading:
             sock.close()
-        server.stop()
-    assert server.leftovers() == []
 
 
 def test_a_body_past_the_limit_without_content_length_is_refused_once_the_limit_is_read(tmp_path):
@@ -298,18 +300,17 @@ def test_while_the_model_loads_the_api_key_is_checked_before_the_starting_answer
     assert API_KEYS[0] not in (tmp_path / "server.log").read_text()
 
 
-def test_download_urls_come_from_the_server_not_the_clients_host_header(tmp_path):
+def test_download_urls_come_from_the_server_not_the_clients_host_header(server, tmp_path):
     """A client's Host header never reaches download_url: SERVER_PUBLIC_URL's base, else the
-    address the connection reached."""
-    cases = (("plain", {}, None), ("public", {"SERVER_PUBLIC_URL": "https://talk.example.com/"}, "https://talk.example.com"))
-    for name, env, expected in cases:
-        server = ServerProcess({"MODEL_BACKEND": "lite", **env}, tmp_path / name)
-        try:
-            reply = requests.post(f"{server.url}/generate", files=SAMPLE_FILES, data={"resolution": "128*128"},
+    address the connection reached (the module's server: no SERVER_PUBLIC_URL)."""
+    public = ServerProcess({"MODEL_BACKEND": "lite", "SERVER_PUBLIC_URL": "https://talk.example.com/"}, tmp_path)
+    try:
+        for reached, expected in ((server, server.url), (public, "https://talk.example.com")):
+            reply = requests.post(f"{reached.url}/generate", files=SAMPLE_FILES, data={"resolution": "128*128"},
                                   headers={"Host": "evil.example:666"}, timeout=120)
             assert reply.status_code == 200, reply.text
             url = reply.json()["download_url"]
             assert "evil.example" not in url
-            assert url.startswith(f"{expected or server.url}/download/"), url
-        finally:
-            server.stop()
+            assert url.startswith(f"{expected}/download/"), url
+    finally:
+        public.stop()

@@ -52,7 +52,7 @@ def test_the_local_run_logs_no_media_and_no_presigned_url(s3_server, tmp_path, o
     if log_level:
         env["RUNPOD_LOG_LEVEL"] = log_level  # asks the SDK to log every input and output
     before = _bucket_objects(s3_server)
-    process, log_path, tmpdir = _start(tmp_path, sample_job_input(output_type=output_type, resolution="256*256"), env)
+    process, log_path, tmpdir = _start(tmp_path, sample_job_input(output_type=output_type, resolution="128*128"), env)
     assert process.wait(timeout=120) == 0, log_path.read_text()
     log = log_path.read_text()
 

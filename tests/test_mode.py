@@ -61,7 +61,7 @@ def test_a_mode_that_is_not_a_mode(plain_worker, value):
 @pytest.mark.parametrize("job_mode", [None, "quality"])
 def test_a_good_job_reports_its_mode(plain_worker, job_mode):
     extra = {} if job_mode is None else {"mode": job_mode}
-    reply = plain_worker.runsync(sample_job_input(resolution="256*256", **extra))
+    reply = plain_worker.runsync(sample_job_input(resolution="128*128", **extra))
     assert reply["status"] == "COMPLETED", reply
     assert reply["output"]["mode"] == "quality"
 

@@ -75,7 +75,7 @@ def test_the_deploy_tool_plans_an_endpoint_for_it(project):
 def test_the_worker_runs_a_job_with_it(project, tmp_path):
     worker = WorkerProcess({"MODEL_BACKEND": NEW, "MODEL_DIR": str(tmp_path / "models")}, tmp_path, root=project)
     try:
-        reply = worker.runsync(sample_job_input())
+        reply = worker.runsync(sample_job_input(resolution="128*128"))
         assert "model.lite_copy" in worker.log() or "loading backend lite-copy" in worker.log()
     finally:
         worker.stop()

@@ -13,13 +13,16 @@ import pytest
 from tests.reference_checkout import PINS_FILE, ReferenceCheckout, ReferencePinWarning, pin_problem, reference_pins
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-PIN_KEYS = ("wan", "liveavatar")
+# each reference the parity suites read, and the variable that points them at its checkout
+PIN_VARIABLES = {"wan": "WAN_REFERENCE_REPO", "liveavatar": "LIVEAVATAR_REFERENCE_REPO",
+                 "infinitetalk": "INFINITETALK_REFERENCE_REPO", "omniavatar": "OMNIAVATAR_REFERENCE_REPO"}
+PIN_KEYS = tuple(PIN_VARIABLES)
 
 
 def test_each_reference_is_pinned_to_a_full_commit_with_its_variable():
     pins = reference_pins()
     assert sorted(pins) == sorted(PIN_KEYS), PINS_FILE
-    assert {pins[key]["env"] for key in PIN_KEYS} == {"WAN_REFERENCE_REPO", "LIVEAVATAR_REFERENCE_REPO"}
+    assert {key: pins[key]["env"] for key in PIN_KEYS} == PIN_VARIABLES
     for key in PIN_KEYS:
         assert re.fullmatch(r"[0-9a-f]{40}", pins[key]["commit"]), pins[key]
         assert pins[key]["repository"].startswith("https://github.com/"), pins[key]

@@ -22,7 +22,7 @@ def _s3(endpoint: str):
 
 
 def test_auto_uploads_when_a_bucket_is_configured(worker, s3_server, tmp_path):
-    reply = worker.runsync(sample_job_input(output_type="auto", resolution="256*256"))
+    reply = worker.runsync(sample_job_input(output_type="auto", resolution="128*128"))
     assert reply["status"] == "COMPLETED", reply
     output = reply["output"]
     assert "video_base64" not in output
@@ -58,7 +58,7 @@ def test_job_s3_config_overrides_the_environment(bucketless_worker, s3_server):
     _s3(s3_server).create_bucket(Bucket="per-job-bucket")
     s3_config = {"accessId": S3_ACCESS_KEY, "accessSecret": S3_SECRET_KEY,
                  "bucketName": "per-job-bucket", "endpointUrl": s3_server}
-    job = {"id": "job-1", "input": sample_job_input(output_type="auto", resolution="256*256"), "s3Config": s3_config}
+    job = {"id": "job-1", "input": sample_job_input(output_type="auto", resolution="128*128"), "s3Config": s3_config}
     output = bucketless_worker.handle(job)
     assert output.get("success"), output
     key = output["video_s3_key"]
@@ -69,7 +69,7 @@ def test_job_s3_config_overrides_the_environment(bucketless_worker, s3_server):
 def test_upload_failure_is_clear_and_secret_free(bucketless_worker, s3_server, caplog):
     s3_config = {"accessId": S3_ACCESS_KEY, "accessSecret": "a-secret-that-must-not-leak",
                  "bucketName": "no-such-bucket", "endpointUrl": s3_server}
-    job = {"id": "job-2", "input": sample_job_input(output_type="s3", resolution="256*256"), "s3Config": s3_config}
+    job = {"id": "job-2", "input": sample_job_input(output_type="s3", resolution="128*128"), "s3Config": s3_config}
     with caplog.at_level(logging.DEBUG):
         output = bucketless_worker.handle(job)
     assert output["error"].startswith("UPLOAD_FAILED: ") and "no-such-bucket" in output["error"]
@@ -83,13 +83,13 @@ def test_malformed_s3_config(bucketless_worker):
 
 
 def test_base64_still_available_with_a_bucket(worker):
-    reply = worker.runsync(sample_job_input(output_type="base64", resolution="256*256"))
+    reply = worker.runsync(sample_job_input(output_type="base64", resolution="128*128"))
     assert reply["status"] == "COMPLETED"
     assert base64.b64decode(reply["output"]["video_base64"])[4:8] == b"ftyp"
 
 
 def test_logs_hold_no_secret_and_no_presigned_url(worker):
-    reply = worker.runsync(sample_job_input(output_type="s3", resolution="256*256"))
+    reply = worker.runsync(sample_job_input(output_type="s3", resolution="128*128"))
     url = reply["output"]["video_url"]
     log = worker.log()
     assert "progress" in log or "done" in log, "the worker does log"

@@ -225,7 +225,8 @@ def test_output_type_base64_also_comes_inline(server, tmp_path):
 def test_health_while_a_job_runs_and_the_full_queue_gets_429(server, long_speech):
     before = server.health()
     assert before == {"status": "ok", "busy": False, "queued": 0, "queue_size": 1, "receiving": 0, "backend": "lite",
-                      "gpu": "cpu", "modes": ["quality"], "default_mode": "quality"}
+                      "gpu": "cpu", "modes": ["quality"], "default_mode": "quality",
+                      "live_sessions": 0, "live_capacity": 4}
     running = _start_client(server, long_speech)
     waiting = None
     try:

@@ -52,3 +52,29 @@ def test_a_server_public_url_that_is_not_a_base_url_is_refused_at_start(raw):
     with pytest.raises(SettingsError, match=r"^SERVER_PUBLIC_URL=.* is not a base URL; set it to e\.g\. https://"):
         WorkerSettings.from_env({"SERVER_PUBLIC_URL": raw})
     assert WorkerSettings.from_env({"SERVER_PUBLIC_URL": "https://talk.example.com/base"}).server_public_url
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("stun:stun.example.com", "is not JSON"),
+    ('{"urls": "stun:a"}', "must be a list of at most 4"),
+    ('[{"urls": "http://a"}]', "each server needs \"urls\""),
+    ('[{"url": "stun:a"}]', "each server needs \"urls\""),
+    ('[{"urls": "stun:a"}, {"urls": "stun:b"}, {"urls": "stun:c"}, {"urls": "stun:d"}, {"urls": "stun:e"}]',
+     "at most 4"),
+])
+def test_live_ice_servers_that_cannot_be_used_are_refused_at_start_without_repeating_them(raw, message):
+    with pytest.raises(SettingsError, match=message) as refused:
+        WorkerSettings.from_env({"LIVE_ICE_SERVERS": raw.replace("stun:a", "stun:secret-host")})
+    assert "secret-host" not in str(refused.value)
+
+
+def test_live_ice_servers_are_read_as_a_browser_takes_them_and_kept_out_of_the_repr():
+    settings = WorkerSettings.from_env({"LIVE_ICE_SERVERS": (
+        '[{"urls": "stun:stun.example.com:3478"}, '
+        '{"urls": ["turn:turn.example.com:3478"], "username": "u", "credential": "hunter2"}]')})
+    assert settings.live_ice_servers == (
+        {"urls": ["stun:stun.example.com:3478"]},
+        {"urls": ["turn:turn.example.com:3478"], "username": "u", "credential": "hunter2"},
+    )
+    assert "hunter2" not in repr(settings)
+    assert WorkerSettings.from_env({}).live_ice_servers == ()

@@ -89,7 +89,7 @@ def test_a_cancelled_job_stops_within_a_frame_batch_and_the_worker_takes_the_nex
         assert job_id not in platform.results, "a cancelled job sends no result"
 
         # The same worker takes the next job and finishes it.
-        done = client.wait(client.submit(sample_job_input(resolution="256*256")), 60)
+        done = client.wait(client.submit(sample_job_input(resolution="128*128")), 60)
         assert done["status"] == "COMPLETED", done
         assert base64.b64decode(done["output"]["video_base64"])[4:8] == b"ftyp"
         assert worker.leftovers() == []

@@ -149,7 +149,7 @@ def _s3_config(
 
 
 def _run(platform: RunPodPlatform, s3_config: dict) -> tuple[str, dict, float]:
-    job_id = platform.submit(sample_job_input(resolution="256*256", output_type="s3"), s3Config=s3_config)
+    job_id = platform.submit(sample_job_input(resolution="128*128", output_type="s3"), s3Config=s3_config)
     started = time.monotonic()
     result = platform.wait_for(lambda: platform.results.get(job_id), 60, "the job's result")
     return job_id, result, time.monotonic() - started
@@ -180,7 +180,7 @@ def test_a_bucket_that_never_answers_costs_the_deadline_and_the_worker_goes_on(p
     assert attempts == 1, "an attempt the deadline cut is not retried"
     assert_ended_by_the_deadline(upload_seconds, UPLOAD_TIMEOUT_SECONDS)
 
-    good_id = platform.submit(sample_job_input(resolution="256*256", output_type="base64"))
+    good_id = platform.submit(sample_job_input(resolution="128*128", output_type="base64"))
     good = platform.wait_for(lambda: platform.results.get(good_id), 60, "the next job's result")
     assert good.get("output", {}).get("success") is True, good
     assert worker.leftovers() == []
@@ -349,7 +349,7 @@ def test_sigterm_stops_an_upload_and_its_retries_at_once(store, request, tmp_pat
     platform = RunPodPlatform()  # its own: the module's worker takes no job of this one
     worker = QueueWorker(platform, env, tmp_path)
     try:
-        job_id = platform.submit(sample_job_input(resolution="256*256", output_type="s3"),
+        job_id = platform.submit(sample_job_input(resolution="128*128", output_type="s3"),
                                  s3Config=_s3_config(endpoint, bucket="stopped"))
         platform.wait_for(lambda: any(isinstance(update, dict) and update.get("stage") == "upload"
                                           for update in platform.progress.get(job_id, [])),

@@ -40,6 +40,10 @@ from tests.wan_tiny_models import (
 # 16 latent channels like the real one: the official loop hard-codes them.
 FAST_VAE = dict(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                 latents_mean=[0.1 * (i % 5) - 0.2 for i in range(16)], latents_std=[0.5 + 0.1 * i for i in range(16)])
+# The generation loops' tests' VAE: no residual block in the encoder's levels and one in the
+# decoder's (num_res_blocks + 1), half FAST_VAE's CPU time; causal in time all the same. FAST_VAE
+# stays what the parity suites compare with the references.
+LEAN_VAE = dict(FAST_VAE, num_res_blocks=0)
 # Small enough that a clip takes well under a second on a CPU core.
 TINY_TRANSFORMER = dict(
     in_channels=FAST_VAE["z_dim"], out_channels=FAST_VAE["z_dim"], pose_channels=FAST_VAE["z_dim"],
@@ -64,7 +68,7 @@ def tiny_pipeline(folder: Path, transformer: WanS2VTransformer3DModel | None = N
     """The generation loop on CPU in float32 over tiny random models (tokenizer and wav2vec2 in `folder`)."""
     components = types.SimpleNamespace(
         transformer=transformer or tiny_transformer(),
-        vae=WanVideoVAE(tiny_vae(config=FAST_VAE)),
+        vae=WanVideoVAE(tiny_vae(config=LEAN_VAE)),
         text_encoder=TextEncoder(tiny_umt5(), AutoTokenizer.from_pretrained(write_tiny_tokenizer(folder / "tok")),
                                  text_len=TINY_TEXT_LEN),
         speech_encoder=SpeechEncoder.from_pretrained(write_tiny_wav2vec2(folder / "w2v")),

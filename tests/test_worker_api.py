@@ -77,7 +77,7 @@ def test_mouth_moves_with_speech_and_rests_in_silence(plain_worker, tmp_path):
 
 
 def test_run_then_status(plain_worker, tmp_path):
-    job = requests.post(f"{plain_worker.url}/run", json={"input": sample_job_input(resolution="256*256")}, timeout=30)
+    job = requests.post(f"{plain_worker.url}/run", json={"input": sample_job_input(resolution="128*128")}, timeout=30)
     job.raise_for_status()
     assert job.json()["status"] == "IN_PROGRESS"
     # The SDK's local server runs the job when its status is asked for, and only answers POST.
@@ -117,7 +117,7 @@ def test_url_inputs_stereo_mp3_and_large_rotated_photo(plain_worker, media_serve
 def test_audio_formats(plain_worker, tmp_path, suffix, args):
     encoded = convert_audio(ASSETS / "speech.wav", tmp_path / f"speech.{suffix}", *args)
     data_uri = f"data:audio/{suffix};base64," + base64.b64encode(encoded.read_bytes()).decode()
-    reply = plain_worker.runsync(sample_job_input(audio_file=data_uri, resolution="256*256"))
+    reply = plain_worker.runsync(sample_job_input(audio_file=data_uri, resolution="128*128"))
     path = _save_video(reply, tmp_path)
     # lossy codecs pad a few ms; the video follows the decoded audio
     facts = mp4_facts(path)
@@ -149,8 +149,8 @@ def test_an_unknown_preset_is_refused_without_naming_the_others(worker):
 
 
 def test_same_seed_same_video(plain_worker, tmp_path):
-    first = plain_worker.runsync(sample_job_input(resolution="256*256", seed=5))["output"]["video_base64"]
-    again = plain_worker.runsync(sample_job_input(resolution="256*256", seed=5))["output"]["video_base64"]
-    other = plain_worker.runsync(sample_job_input(resolution="256*256", seed=6))["output"]["video_base64"]
+    first = plain_worker.runsync(sample_job_input(resolution="128*128", seed=5))["output"]["video_base64"]
+    again = plain_worker.runsync(sample_job_input(resolution="128*128", seed=5))["output"]["video_base64"]
+    other = plain_worker.runsync(sample_job_input(resolution="128*128", seed=6))["output"]["video_base64"]
     assert first == again
     assert first != other

@@ -22,6 +22,7 @@ from model.base import (
 )
 from model.lite.declaration import DECLARATION, FPS, FRAMES_PER_BATCH
 from model.lite.landmarks import FaceLandmarker, FaceLandmarks
+from model.lite.live import LiteLiveGenerator
 from model.lite.motion import blink_track, head_track, seeded_generators
 from model.lite.renderer import FramePose, FrameRenderer, PortraitRig
 from model.lite.speech_features import mouth_track
@@ -88,6 +89,13 @@ class LiteBackend(TalkingHeadBackend):
     def _refit(self, image: np.ndarray, points: np.ndarray) -> np.ndarray | None:
         again = self._landmarker.refit(image, FaceLandmarks(points, 1.0))
         return None if again is None else again.points
+
+    def open_live(self, portrait: PreparedPortrait, options: GenerationOptions) -> LiteLiveGenerator:
+        """Frames one at a time from speech pushed as it is spoken (model/lite/live.py)."""
+        rig = portrait.features
+        if not isinstance(rig, PortraitRig):
+            raise TypeError("this portrait was prepared by another backend")
+        return LiteLiveGenerator(rig, self.fps, options.seed)
 
     def generate(
         self,

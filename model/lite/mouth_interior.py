@@ -69,6 +69,8 @@ class MouthInteriorPainter:
     inner_corner_u: float
     max_opening: float
     colours: MouthColours
+    # the photo's own teeth rest above and below the gap (a smile): only the dark inside is painted
+    own_teeth: bool = False
 
     def paint(self, image: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> None:
         """Paint the gap between the inner lip contours (each (n, 2), corner to corner) in place."""
@@ -133,6 +135,8 @@ class MouthInteriorPainter:
 
         colour = cavity
         colour = colour + tongue[..., None] * (colours.tongue * 0.8 - colour)
+        if self.own_teeth:
+            return colour.astype(np.float32)
         colour = colour + inner_lip[..., None] * (colours.tongue - colour)
         colour = colour + lower_teeth[..., None] * (teeth * 0.75 - colour)
         colour = colour + upper_teeth[..., None] * (teeth - colour)

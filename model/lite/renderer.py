@@ -19,7 +19,7 @@ from model.lite.eye_rig import EyeRig
 from model.lite.head_rig import HeadRig
 from model.lite.landmarks import FaceLandmarks
 from model.lite.mouth_interior import MouthColours, MouthInteriorPainter
-from model.lite.mouth_rig import MouthRig, Refit, close_mouth
+from model.lite.mouth_rig import MouthRig, Refit, close_mouth, resting_smile, teeth_between_lips
 
 # below this jaw drop (px) the lips still touch and there is no inside to paint
 MIN_PAINTED_OPENING = 0.3
@@ -59,7 +59,13 @@ class PortraitRig:
         face mesh, so that a mouth open wide is closed in as many passes as it takes."""
         height, width = image.shape[:2]
         colours = MouthColours.sample(image, landmarks.points)
-        closed, points = close_mouth(image, landmarks.points, refit)
+        smiling = resting_smile(image, landmarks.points)
+        if smiling is None:
+            # the mesh of a smile closed once still sees its teeth as a gap: no further passes
+            teeth = teeth_between_lips(image, landmarks.points)
+            closed, points = close_mouth(image, landmarks.points, None if teeth else refit)
+        else:
+            closed, points = image, smiling
         mouth = MouthRig.from_points(points)
         jaw, lip_spread = mouth.bases(height, width)
         eyes = (
@@ -84,6 +90,7 @@ class PortraitRig:
                 inner_corner_u=mouth.inner_corner_u,
                 max_opening=mouth.max_opening,
                 colours=colours,
+                own_teeth=smiling is not None,
             ),
         )
 

@@ -1,0 +1,48 @@
+"""From the reference's `WanModel` layout (wan_video_dit.py) to `OmniAvatarTransformer3DModel`.
+
+The published weights are Wan2.1-T2V's shards (official names) plus OmniAvatar's
+`pytorch_model.pt` (the LoRA, the widened patch embedding and the audio modules). The Wan2.1 names
+become diffusers' (model/infinitetalk/convert_transformer.py's rules: the official names are the
+same for T2V and I2V); the audio modules' names say what they are. Tensors are never reshaped:
+only names change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from model.infinitetalk.convert_transformer import convert_transformer_key as _convert_wan_key
+
+_AUDIO_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"audio_proj\.proj\.(?P<p>weight|bias)", "audio_injection.pack.proj.{p}"),
+        (r"audio_proj\.norm_out\.(?P<p>weight|bias)", "audio_injection.pack.norm.{p}"),
+        (r"audio_cond_projs\.(?P<i>\d+)\.(?P<p>weight|bias)", "audio_injection.block_projections.{i}.{p}"),
+    )
+)
+# the reference's I2V-only parts (image cross-attention, CLIP embedding): not in a T2V model
+_IMAGE_ONLY = re.compile(r"(img_emb\..*|blocks\.\d+\.cross_attn\.(k_img|v_img|norm_k_img)\..*)")
+
+
+def convert_transformer_key(published_key: str) -> str:
+    """Our parameter name for a reference one; KeyError for a name OmniAvatar's model does not have."""
+    for pattern, replacement in _AUDIO_RULES:
+        match = pattern.fullmatch(published_key)
+        if match:
+            return replacement.format(**match.groupdict())
+    if _IMAGE_ONLY.fullmatch(published_key):
+        raise KeyError(f"OmniAvatar's transformer is Wan2.1-T2V: {published_key!r} belongs to an I2V model")
+    try:
+        return _convert_wan_key(published_key)
+    except KeyError:
+        raise KeyError(f"not a parameter of OmniAvatar's transformer: {published_key!r}") from None
+
+
+def convert_transformer_state_dict(published: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The reference's state dict under our names (the same tensors, not copies)."""
+    return {convert_transformer_key(key): tensor for key, tensor in published.items()}
+
