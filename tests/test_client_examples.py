@@ -17,16 +17,17 @@ SPEECH_SECONDS = 123472 / 16000  # assets/speech.wav
 
 def test_runsync_async_and_batch(plain_worker, tmp_path):
     client = TalkingHeadClient(plain_worker.url, api_key="unused-locally")
-    job = client.job_input(str(ASSETS / "portrait.jpg"), str(ASSETS / "speech.wav"), resolution="256*256", seed=1)
+    job = client.job_input(str(ASSETS / "portrait.jpg"), str(ASSETS / "speech.wav"), resolution="128*128", seed=1)
 
     sync = client.runsync(job)
     queued = client.wait(client.submit(job))
-    second = client.job_input(str(ASSETS / "portrait.jpg"), str(ASSETS / "speech.wav"), resolution="128*128")
+    second = client.job_input(str(ASSETS / "portrait.jpg"), str(ASSETS / "speech.wav"), resolution="256*256")
     batch = client.batch([job, second])
     for status in (sync, queued, *batch):
         path = save_video(status, tmp_path)
         assert mp4_facts(path).num_frames == status["output"]["num_frames"]
-    assert batch[1]["output"]["width"] <= 128
+    # each job of a batch with its own options
+    assert batch[0]["output"]["width"] <= 128 < batch[1]["output"]["width"]
 
 
 def test_command_line_reports_failures(plain_worker, tmp_path):

@@ -75,31 +75,49 @@ def test_sigterm_stops_a_slow_download_and_the_server_exits(tmp_path):
 
 
 API_KEYS = ("first-key-never-logged", "second-key-never-logged")
+KEYED_MAX_INPUT_BYTES = 1024 * 1024
+PUBLIC_URL = "https://talk.example.com"
 
 
-def test_with_server_api_key_only_a_bearer_of_a_key_renders_and_downloads(tmp_path):
-    server = ServerProcess({"MODEL_BACKEND": "lite", "SERVER_API_KEY": ",".join(API_KEYS)}, tmp_path)
-    try:
-        generate = f"{server.url}/generate"
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEYS[0]}"},
-                        {"Authorization": API_KEYS[0]}):
-            refused = requests.post(generate, files=SAMPLE_FILES, headers=headers, timeout=60)
-            assert refused.status_code == 401, refused.text
-            assert refused.headers["WWW-Authenticate"] == "Bearer"
-            assert refused.json()["error"] == (
-                "INVALID_INPUT: this server requires an API key (SERVER_API_KEY): send the header "
-                "Authorization: Bearer <key> with one of its keys.")
-        assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
-        assert requests.get(f"{server.url}/ping", timeout=10).status_code == 200
-        reply = requests.post(generate, files=SAMPLE_FILES, data={"resolution": "128*128"},
-                              headers={"Authorization": f"Bearer {API_KEYS[1]}"}, timeout=120)
-        assert reply.status_code == 200, reply.text
-        download = reply.json()["download_url"]
-        assert requests.get(download, timeout=30).status_code == 401
-        video = requests.get(download, headers={"Authorization": f"Bearer {API_KEYS[0]}"}, timeout=30)
-        assert video.status_code == 200 and video.headers["Content-Type"] == "video/mp4"
-    finally:
-        server.stop()
+def _bearer(key: str = API_KEYS[0]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """The second server, for the tests whose settings meet without getting in each other's way: two API
+    keys, a 1 MiB input limit and a public URL. Stopped, its log holds neither key."""
+    process = ServerProcess({"MODEL_BACKEND": "lite", "SERVER_API_KEY": ",".join(API_KEYS),
+                             "MAX_INPUT_BYTES": str(KEYED_MAX_INPUT_BYTES), "SERVER_PUBLIC_URL": f"{PUBLIC_URL}/"},
+                            tmp_path_factory.mktemp("keyed-server"))
+    yield process
+    process.stop()
+    log = process.log()
+    assert not any(key in log for key in API_KEYS)
+
+
+def test_with_server_api_key_only_a_bearer_of_a_key_renders_and_downloads(keyed_server):
+    server = keyed_server
+    generate = f"{server.url}/generate"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEYS[0]}"},
+                    {"Authorization": API_KEYS[0]}):
+        refused = requests.post(generate, files=SAMPLE_FILES, headers=headers, timeout=60)
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["WWW-Authenticate"] == "Bearer"
+        assert refused.json()["error"] == (
+            "INVALID_INPUT: this server requires an API key (SERVER_API_KEY): send the header "
+            "Authorization: Bearer <key> with one of its keys.")
+    assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+    assert requests.get(f"{server.url}/ping", timeout=10).status_code == 200
+    reply = requests.post(generate, files=SAMPLE_FILES, data={"resolution": "128*128"},
+                          headers=_bearer(API_KEYS[1]), timeout=120)
+    assert reply.status_code == 200, reply.text
+    # the public base (SERVER_PUBLIC_URL) is not this test's to reach: the same path on the server itself
+    path = reply.json()["download_url"].removeprefix(PUBLIC_URL)
+    assert path.startswith("/download/")
+    assert requests.get(f"{server.url}{path}", timeout=30).status_code == 401
+    video = requests.get(f"{server.url}{path}", headers=_bearer(API_KEYS[0]), timeout=30)
+    assert video.status_code == 200 and video.headers["Content-Type"] == "video/mp4"
     log = server.log()
     assert not any(key in log for key in API_KEYS)
 
@@ -254,15 +272,14 @@ def test_uploads_in_flight_are_bounded_and_the_next_is_refused_before_its_body(s
             sock.close()
 
 
-def test_a_body_past_the_limit_without_content_length_is_refused_once_the_limit_is_read(tmp_path):
+def test_a_body_past_the_limit_without_content_length_is_refused_once_the_limit_is_read(keyed_server):
     from handler.http_input import body_limit
 
-    max_input = 1024 * 1024
-    limit = body_limit(max_input)
-    server = ServerProcess({"MODEL_BACKEND": "lite", "MAX_INPUT_BYTES": str(max_input)}, tmp_path)
-    try:
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    limit = body_limit(KEYED_MAX_INPUT_BYTES)
+    server = keyed_server
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
         sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + API_KEYS[0].encode() + b"\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
         chunk, sent = b"[{}," * 16384, 0
         with contextlib.suppress(OSError):  # the server closes the connection once it has answered
@@ -270,20 +287,17 @@ def test_a_body_past_the_limit_without_content_length_is_refused_once_the_limit_
                 sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 sent += len(chunk)
         status, headers, body = _answer(sock)
-        sock.close()
-        assert status == 413, body
-        assert headers["connection"] == "close"
-        assert json.loads(body)["error"].startswith("TOO_LARGE: the request body is larger than")
-        assert sent < 3 * limit, "refused while the body still came, not at its end"
-        assert server.health()["receiving"] == 0
-    finally:
-        server.stop()
+    assert status == 413, body
+    assert headers["connection"] == "close"
+    assert json.loads(body)["error"].startswith("TOO_LARGE: the request body is larger than")
+    assert sent < 3 * limit, "refused while the body still came, not at its end"
+    assert server.health()["receiving"] == 0
 
 
-def test_while_the_model_loads_the_api_key_is_checked_before_the_starting_answer(tmp_path):
+def test_while_the_model_loads_the_api_key_is_checked_before_the_starting_answer_and_a_stop_ends_it(tmp_path):
     from tests.test_server import _held_server
 
-    with _held_server(tmp_path, {"SERVER_API_KEY": API_KEYS[0]}) as (url, gate, _):
+    with _held_server(tmp_path, {"SERVER_API_KEY": API_KEYS[0]}) as (url, gate, process):
         for request in (lambda headers: requests.post(f"{url}/generate", files=SAMPLE_FILES, headers=headers,
                                                       timeout=60),
                         lambda headers: requests.get(f"{url}/download/anything", headers=headers, timeout=60)):
@@ -297,20 +311,21 @@ def test_while_the_model_loads_the_api_key_is_checked_before_the_starting_answer
         assert requests.get(f"{url}/health", timeout=10).json()["status"] == "starting"  # open, as once loaded
         assert requests.get(f"{url}/ping", timeout=10).status_code == 204
         assert not gate.exists(), "all of it while the model loads"
-    assert API_KEYS[0] not in (tmp_path / "server.log").read_text()
+        # a stop while the model loads ends the server
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    log = (tmp_path / "server.log").read_text()
+    assert "Finished server process" in log, "uvicorn's own shutdown ran"
+    assert API_KEYS[0] not in log
 
 
-def test_download_urls_come_from_the_server_not_the_clients_host_header(server, tmp_path):
+def test_download_urls_come_from_the_server_not_the_clients_host_header(server, keyed_server):
     """A client's Host header never reaches download_url: SERVER_PUBLIC_URL's base, else the
     address the connection reached (the module's server: no SERVER_PUBLIC_URL)."""
-    public = ServerProcess({"MODEL_BACKEND": "lite", "SERVER_PUBLIC_URL": "https://talk.example.com/"}, tmp_path)
-    try:
-        for reached, expected in ((server, server.url), (public, "https://talk.example.com")):
-            reply = requests.post(f"{reached.url}/generate", files=SAMPLE_FILES, data={"resolution": "128*128"},
-                                  headers={"Host": "evil.example:666"}, timeout=120)
-            assert reply.status_code == 200, reply.text
-            url = reply.json()["download_url"]
-            assert "evil.example" not in url
-            assert url.startswith(f"{expected}/download/"), url
-    finally:
-        public.stop()
+    for reached, expected, headers in ((server, server.url, {}), (keyed_server, PUBLIC_URL, _bearer())):
+        reply = requests.post(f"{reached.url}/generate", files=SAMPLE_FILES, data={"resolution": "128*128"},
+                              headers={"Host": "evil.example:666", **headers}, timeout=120)
+        assert reply.status_code == 200, reply.text
+        url = reply.json()["download_url"]
+        assert "evil.example" not in url
+        assert url.startswith(f"{expected}/download/"), url

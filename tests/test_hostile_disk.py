@@ -190,8 +190,9 @@ def _longer_speech(times: int) -> bytes:
 
 
 def test_a_video_larger_than_the_whole_cap_fails_clearly_and_the_next_job_runs(server):
-    files = {"audio_file": _longer_speech(3), "image_file": PORTRAIT}  # 23 s of speech: about 600 kB at 256x256
-    reply = requests.post(f"{server.url}/generate", files=files, data={"resolution": "256*256"}, timeout=120)
+    # 31 s of speech at this module's 128x128: about 4 of its 94 kB sample videos, past the cap's 2.5
+    files = {"audio_file": _longer_speech(4), "image_file": PORTRAIT}
+    reply = requests.post(f"{server.url}/generate", files=files, data={"resolution": "128*128"}, timeout=120)
     assert reply.status_code == 422, reply.text
     error = reply.json()["error"]
     assert error.startswith("OUTPUT_TOO_LARGE: the video is "), error

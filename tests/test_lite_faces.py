@@ -10,6 +10,7 @@ the worker over RunPod's local HTTP API and measures the decoded MP4s.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from pathlib import Path
 
@@ -81,8 +82,15 @@ class Scene:
             centre_px = tuple(int(v) for v in head.mean(axis=0).round())
             axes = tuple(int(v) for v in ((head[1] - head[0]) / 2).round())
             cv2.ellipse(mask, centre_px, axes, 0.0, 0.0, 360.0, 1.0, -1)
-        cover = cv2.warpAffine(mask, turn, (width, height))[..., None]
-        self.image = np.clip(warped * cover + self.image * (1 - cover) + 0.5, 0, 255).astype(np.uint8)
+        cover = cv2.warpAffine(mask, turn, (width, height))
+        # blended only where the copy lands (elsewhere the photo stays as it is): a 4000x3000 photo
+        # blended whole in float64 cost a CPU-second
+        rows, cols = np.flatnonzero(cover.any(axis=1)), np.flatnonzero(cover.any(axis=0))
+        if len(rows):
+            region = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            share = cover[region][..., None]
+            blended = warped[region] * share + self.image[region] * (1 - share) + 0.5
+            self.image[region] = np.clip(blended, 0, 255).astype(np.uint8)
         self.placements.append(np.hstack([turn[:, :2] @ shrink, turn[:, 2:]]))
         return self
 
@@ -179,8 +187,9 @@ def test_several_faces_the_most_prominent_is_chosen(landmarker, astronaut, refer
     assert len(faces) == 2
     assert mesh_error(faces[0], scene.expected(reference, chosen)) < 0.02
     assert mesh_error(faces[1], scene.expected(reference, 1 - chosen)) < 0.02
-    again = landmarker.find_faces(scene.image.copy())
-    assert np.array_equal(again[0].points, faces[0].points), "the choice is deterministic"
+    if left_share == right_share:  # where a tie is broken, once: the same search on every photo
+        again = landmarker.find_faces(scene.image.copy())
+        assert np.array_equal(again[0].points, faces[0].points), "the choice is deterministic"
 
 
 def face_free_scenes() -> dict[str, np.ndarray]:
@@ -214,13 +223,15 @@ def drawn_face() -> np.ndarray:
     return image
 
 
-def painted(image: np.ndarray) -> np.ndarray:
-    return cv2.stylization(image, sigma_s=60, sigma_r=0.45)
+@functools.cache
+def painted_astronaut() -> np.ndarray:
+    """The astronaut through an oil-paint filter (a third of a CPU-second: made once)."""
+    return cv2.stylization(data.astronaut(), sigma_s=60, sigma_r=0.45)
 
 
 @pytest.mark.parametrize("name, make", [
     ("cat", lambda: data.chelsea()),
-    ("painting", lambda: painted(data.astronaut())),
+    ("painting", lambda: painted_astronaut().copy()),
     ("drawing", drawn_face),
     ("thin strip", lambda: np.ascontiguousarray(cv2.resize(data.astronaut(), (3000, 64)))),
     ("tall strip", lambda: np.ascontiguousarray(cv2.resize(data.astronaut(), (64, 3000)))),
@@ -232,13 +243,15 @@ def test_odd_portraits_are_animated_or_refused_never_crash(backend, name, make):
     except NoFaceError as error:
         assert "send a photo" in str(error)
         return
-    frames = np.concatenate(list(backend.generate(prepared, speech_with_pauses(), options(), lambda *_: None)))
-    assert frames.shape[1:] == (prepared.height, prepared.width, 3)
+    # the pause's end and the first bursts: the mouth at rest, opening and closing
+    speech = Speech(speech_samples()[int((SILENCE_SECONDS - 0.2) * RATE) : int((SILENCE_SECONDS + 0.6) * RATE)])
+    frames = np.concatenate(list(backend.generate(prepared, speech, options(), lambda *_: None)))
+    assert frames.shape == (20, prepared.height, prepared.width, 3)
 
 
 def test_the_painting_is_animated(backend):
     """A painted portrait is still a human face: it is found."""
-    prepared = backend.prepare_portrait(painted(data.astronaut()), 512 * 512)
+    prepared = backend.prepare_portrait(painted_astronaut().copy(), 512 * 512)
     assert (prepared.width, prepared.height) == (512, 512)
 
 

@@ -38,8 +38,14 @@ def _assert_plays_everywhere(path: Path, output: dict, speech_seconds: float) ->
     assert output["duration_seconds"] == pytest.approx(facts.video_seconds, abs=1e-3)
 
 
-def test_runsync_sample_job(plain_worker, tmp_path):
-    reply = plain_worker.runsync(sample_job_input())
+@pytest.fixture(scope="module")
+def sample_reply(plain_worker) -> dict:
+    """The sample job at its default size, once: what it gives is checked by two tests."""
+    return plain_worker.runsync(sample_job_input())
+
+
+def test_runsync_sample_job(sample_reply, tmp_path):
+    reply = sample_reply
     path = _save_video(reply, tmp_path)
     output = reply["output"]
     _assert_plays_everywhere(path, output, SPEECH_SECONDS)
@@ -50,10 +56,10 @@ def test_runsync_sample_job(plain_worker, tmp_path):
     assert output["generation_time_seconds"] >= sum(output["timings"].values()) - 0.01
 
 
-def test_mouth_moves_with_speech_and_rests_in_silence(plain_worker, tmp_path):
+def test_mouth_moves_with_speech_and_rests_in_silence(sample_reply, tmp_path):
     from model.lite.landmarks import FaceLandmarker
 
-    reply = plain_worker.runsync(sample_job_input())
+    reply = sample_reply
     path = _save_video(reply, tmp_path)
     output = reply["output"]
     frames = read_frames(path, output["width"], output["height"])
