@@ -166,8 +166,10 @@ class TalkingHeadBackend(abc.ABC):
         """Give back accelerator memory a stopped job left unreachable; nothing on a CPU."""
         return None
 
-    #: the job fields this backend takes besides the shared ones (model/options.py)
-    options_class: type[BackendOptions] = BackendOptions
+    @property
+    def options_class(self) -> type[BackendOptions]:
+        """The job fields this backend takes besides the shared ones: its declaration's `options_class`."""
+        return self.declaration.load_options_class()
 
     def parse_options(self, fields: Mapping[str, Any], mode: str) -> BackendOptions:
         """Validate, before any work, the job's mode and the fields the shared schema does not take.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from model.base import TalkingHeadBackend
+    from model.options import BackendOptions
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 # The contract's default `resolution`, "832*480", as an area; a backend may declare its own per mode.
@@ -202,6 +203,9 @@ class BackendDeclaration:
     settings: tuple[Setting, ...] = ()
     weights: tuple[WeightSpec, ...] = ()
     live: LiveSupport = LiveSupport()
+    #: "module:Class" of the job fields it takes besides the shared ones (its backend's
+    #: `options_class`), importable without the backend; empty: none
+    options_class: str = ""
     #: the pixel-area budget of a job that gives no `resolution`, per mode (else DEFAULT_MAX_AREA)
     default_areas: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
@@ -231,6 +235,16 @@ class BackendDeclaration:
         module, _, class_name = self.backend_class.partition(":")
         backend_class: type[TalkingHeadBackend] = getattr(importlib.import_module(module), class_name)
         return backend_class
+
+    def load_options_class(self) -> type[BackendOptions]:
+        """The backend's own job fields (model/options.py), without importing the backend."""
+        from model.options import BackendOptions
+
+        if not self.options_class:
+            return BackendOptions
+        module, _, class_name = self.options_class.partition(":")
+        options_class: type[BackendOptions] = getattr(importlib.import_module(module), class_name)
+        return options_class
 
     def read_settings(self, env: Mapping[str, str]) -> dict[str, Any]:
         """This backend's settings from `env`, by variable name. Raises SettingValueError."""

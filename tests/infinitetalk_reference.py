@@ -40,37 +40,24 @@ import pytest
 import torch
 
 from tests import wan_reference
-from tests.reference_checkout import EasyDict, ReferenceCheckout, plain_module
+from tests.reference_checkout import EasyDict, ReferenceCheckout
+from tests.reference_harness import (
+    Transformers4Encoder,
+    import_before_stand_ins,
+    no_bytecode,
+    randomize_,
+    run_statements,
+    stand_in_module_factory,
+    statement_bodies,
+    statements_between,
+)
 
 REFERENCE_ENV = "INFINITETALK_REFERENCE_REPO"
 SCRIPT = "generate_infinitetalk"
 
 
-class _Unavailable:
-    """A name from a package this environment lacks; fails clearly if the harness path uses it."""
-
-    def __init__(self, name: str):
-        self._name = name
-
-    def __call__(self, *args, **kwargs):
-        raise RuntimeError(f"{self._name} is a stand-in: the InfiniteTalk harness does not provide it")
-
-    def __getattr__(self, key: str):
-        if key.startswith("__"):
-            raise AttributeError(key)
-        return _Unavailable(f"{self._name}.{key}")
-
-
-def _stand_in_module(name: str, attributes: dict[str, Any]) -> types.ModuleType:
-    module = plain_module(name, attributes)
-
-    def missing(key: str):
-        if key.startswith("__"):
-            raise AttributeError(key)
-        return _Unavailable(f"{name}.{key}")
-
-    module.__getattr__ = missing  # type: ignore[method-assign]
-    return module
+_HARNESS = "InfiniteTalk"
+_stand_in_module = stand_in_module_factory(_HARNESS)
 
 
 def _memory_efficient_attention(q, k, v, attn_bias=None, op=None, scale=None):
@@ -171,15 +158,7 @@ def _package_dirs(root: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def _importing_without_compile() -> Iterator[None]:
-    # Imported before any stand-in is registered: both probe for torchvision when they load, and a
-    # stand-in (with no import spec) would make that probe fail.
-    import diffusers.models.modeling_utils  # noqa: F401
-    import transformers.models.wav2vec2.modeling_wav2vec2  # noqa: F401
-    from transformers import Wav2Vec2FeatureExtractor  # noqa: F401
-
-    # the checkout stays as it was: no __pycache__ folders written into it
-    saved_dont_write_bytecode = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
+    import_before_stand_ins()
     original = torch.compile
 
     def no_compile(function=None, *args, **kwargs):
@@ -194,10 +173,10 @@ def _importing_without_compile() -> Iterator[None]:
     if added_argspec:
         inspect.ArgSpec = inspect.FullArgSpec  # type: ignore[attr-defined]
     try:
-        yield
+        with no_bytecode():
+            yield
     finally:
         torch.compile = original  # type: ignore[assignment]
-        sys.dont_write_bytecode = saved_dont_write_bytecode
         torch.cuda.current_device = current_device  # type: ignore[assignment]
         if added_argspec:
             del inspect.ArgSpec  # type: ignore[attr-defined]
@@ -274,36 +253,6 @@ def reference_run_arguments() -> Any:
     return parsed_arguments([])
 
 
-class _Transformers4Encoder(torch.nn.Module):
-    """A wav2vec2 encoder keeping transformers 4's contract, which `src/audio_analysis/wav2vec2.py`
-    relies on: with `output_hidden_states`, the input of every layer and then the final output.
-
-    transformers 5 records hidden states only in the decorated top-level forward, which the
-    reference's subclass replaces, so its encoder call would return none.
-    """
-
-    def __init__(self, encoder: torch.nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, hidden_states, attention_mask=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        from transformers.modeling_outputs import BaseModelOutput
-
-        layer_inputs: list[torch.Tensor] = []
-        hooks = [
-            layer.register_forward_pre_hook(lambda module, args: layer_inputs.append(args[0]))
-            for layer in self.encoder.layers
-        ]
-        try:
-            last = self.encoder(hidden_states, attention_mask=attention_mask).last_hidden_state
-        finally:
-            for hook in hooks:
-                hook.remove()
-        hidden = (*layer_inputs, last) if output_hidden_states else None
-        return BaseModelOutput(last_hidden_state=last, hidden_states=hidden)
-
-
 def reference_speech_features(wav2vec_folder: Path, samples) -> torch.Tensor:
     """The script's `get_embedding` on 16 kHz `samples`, with the encoder its `custom_init` loads
     from `wav2vec_folder`: [frames, layers, hidden].
@@ -314,15 +263,13 @@ def reference_speech_features(wav2vec_folder: Path, samples) -> torch.Tensor:
     script = generate_script()
     feature_extractor, audio_encoder = script.custom_init("cpu", str(wav2vec_folder))
     audio_encoder.config._attn_implementation = "eager"
-    audio_encoder.encoder = _Transformers4Encoder(audio_encoder.encoder)
+    audio_encoder.encoder = Transformers4Encoder(audio_encoder.encoder)
     return script.get_embedding(samples, feature_extractor, audio_encoder)
 
 
 def reference_transformer(arguments: dict[str, Any], seed: int = 0) -> torch.nn.Module:
     """The reference's `WanModel` (multitalk_model.py) made with `arguments`, its weights drawn by
-    `infinitetalk_tiny_models.randomize_`, in float32, eval, TeaCache off."""
-    from tests.infinitetalk_tiny_models import randomize_
-
+    `reference_harness.randomize_`, in float32, eval, TeaCache off."""
     model = infinitetalk_module("wan.modules.multitalk_model").WanModel(**arguments)
     randomize_(model, seed)
     model.disable_teacache()
@@ -355,8 +302,6 @@ def reference_clip_visual(arguments: dict[str, Any], frames: torch.Tensor, seed:
     """The official image features: `clip_xlm_roberta_vit_h_14` (wan/modules/clip.py) built with
     `arguments` over its defaults, weights drawn by `randomize_`, and its `CLIPModel.visual` on
     `frames` [batch, 3, 1, height, width] in [-1, 1]. Returns (features, the CLIP's state dict)."""
-    from tests.infinitetalk_tiny_models import randomize_
-
     clip = infinitetalk_module("wan.modules.clip")
     model, transforms = clip.clip_xlm_roberta_vit_h_14(
         pretrained=False, return_transforms=True, return_tokenizer=False, dtype=torch.float32, device="cpu",
@@ -381,23 +326,10 @@ def _generate_source() -> tuple[ast.Module, str]:
     return ast.parse(textwrap.dedent(inspect.getsource(generate))), filename
 
 
-def _bodies(tree: ast.AST) -> Iterator[list[ast.stmt]]:
-    for node in ast.walk(tree):
-        for field in ("body", "orelse"):
-            body = getattr(node, field, None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
-                yield body
-
-
 def _assigns(statement: ast.stmt, name: str) -> bool:
     return isinstance(statement, ast.Assign) and any(
         isinstance(target, ast.Name) and target.id == name for target in statement.targets
     )
-
-
-def _run(statements: list[ast.stmt], filename: str, namespace: dict[str, Any]) -> dict[str, Any]:
-    exec(compile(ast.Module(body=statements, type_ignores=[]), filename, "exec"), namespace)  # noqa: S102
-    return namespace
 
 
 def _pipeline_self() -> types.SimpleNamespace:
@@ -416,7 +348,7 @@ def reference_schedule(steps: int, shift: float) -> list[torch.Tensor]:
     import numpy as np
 
     tree, filename = _generate_source()
-    for body in _bodies(tree):
+    for body in statement_bodies(tree):
         starts = [index for index, statement in enumerate(body) if _assigns(statement, "timesteps")]
         if starts:
             stop = next(index for index, statement in enumerate(body) if _assigns(statement, "latent"))
@@ -428,7 +360,7 @@ def reference_schedule(steps: int, shift: float) -> list[torch.Tensor]:
         "np": np, "torch": torch, "self": _pipeline_self(), "sampling_steps": steps, "shift": shift,
         "timestep_transform": infinitetalk_module("wan.multitalk").timestep_transform,
     }
-    return _run(statements, filename, namespace)["timesteps"]
+    return run_statements(statements, filename, namespace)["timesteps"]
 
 
 def reference_guidance(predictions: dict[str, torch.Tensor], text_scale: float, audio_scale: float) -> torch.Tensor:
@@ -444,13 +376,13 @@ def reference_guidance(predictions: dict[str, torch.Tensor], text_scale: float, 
     if len(mixes) != 1:
         raise RuntimeError(f"expected one vanilla guidance mix in generate_infinitetalk, found {len(mixes)}")
     namespace = {"math": math, "text_guide_scale": text_scale, "audio_guide_scale": audio_scale, **predictions}
-    return _run([mixes[0]], filename, namespace)["noise_pred"]
+    return run_statements([mixes[0]], filename, namespace)["noise_pred"]
 
 
 def reference_euler_update(latent: torch.Tensor, noise_pred: torch.Tensor, timesteps: list, step: int) -> torch.Tensor:
     """The loop's update of `latent` from the mixed `noise_pred` at step `step` of `timesteps`."""
     tree, filename = _generate_source()
-    for body in _bodies(tree):
+    for body in statement_bodies(tree):
         starts = [
             index for index, statement in enumerate(body) if ast.unparse(statement) == "noise_pred = -noise_pred"
         ]
@@ -464,20 +396,17 @@ def reference_euler_update(latent: torch.Tensor, noise_pred: torch.Tensor, times
     namespace = {
         "noise_pred": noise_pred, "latent": latent, "timesteps": timesteps, "i": step, "self": _pipeline_self(),
     }
-    return _run(statements, filename, namespace)["latent"]
+    return run_statements(statements, filename, namespace)["latent"]
 
 
 def _statements_between(first: str, last: str) -> tuple[list[ast.stmt], str]:
     """The statements of one block of `generate_infinitetalk` from the one whose source starts with
     `first` to the one starting with `last`, both included."""
     tree, filename = _generate_source()
-    for body in _bodies(tree):
-        sources = [ast.unparse(statement) for statement in body]
-        starts = [index for index, source in enumerate(sources) if source.startswith(first)]
-        stops = [index for index, source in enumerate(sources) if source.startswith(last)]
-        if starts and stops and stops[-1] >= starts[0]:
-            return body[starts[0] : stops[-1] + 1], filename
-    raise RuntimeError(f"generate_infinitetalk no longer has a block from {first!r} to {last!r}")
+    statements = statements_between(tree, first, last)
+    if statements is None:
+        raise RuntimeError(f"generate_infinitetalk no longer has a block from {first!r} to {last!r}")
+    return statements, filename
 
 
 def reference_bucket_size(height: int, width: int, bucket: str) -> tuple[int, int]:
@@ -488,7 +417,7 @@ def reference_bucket_size(height: int, width: int, bucket: str) -> tuple[int, in
         "importlib": types.SimpleNamespace(import_module=infinitetalk_module), "size_buckget": bucket,
         "cond_image": types.SimpleNamespace(height=height, width=width),
     }
-    namespace = _run(statements, filename, namespace)
+    namespace = run_statements(statements, filename, namespace)
     return namespace["target_h"], namespace["target_w"]
 
 
@@ -509,7 +438,7 @@ def reference_speaker_masks(
         "y": torch.zeros(1, 1, 1, *latent_size), "self": _pipeline_self(),
         "resize_and_centercrop": infinitetalk_module("wan.multitalk").resize_and_centercrop,
     }
-    return _run(statements, filename, namespace)["ref_target_masks"]
+    return run_statements(statements, filename, namespace)["ref_target_masks"]
 
 
 def reference_cover_and_crop(image, size: tuple[int, int]) -> torch.Tensor:

@@ -8,36 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
+from transformers import Wav2Vec2ForPreTraining
+
+from tests.reference_harness import write_tiny_wav2vec2
 
 
 def write_tiny_chinese_wav2vec2(folder: Path, seed: int = 0, hidden_size: int = 32, layers: int = 3) -> Path:
     """A wav2vec2 folder shaped like `TencentGameMate/chinese-wav2vec2-base` (a pre-training
     checkpoint with group-normalised convolutions and post-layer-norm transformer layers, the
     standard 320-sample hop), at toy sizes."""
-    torch.manual_seed(seed)
-    config = Wav2Vec2Config(
-        hidden_size=hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=48,
-        conv_dim=(16,) * 7,
-        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        conv_stride=(5, 2, 2, 2, 2, 2, 2),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        feat_extract_norm="group",
-        do_stable_layer_norm=False,
-        conv_bias=False,
-        codevector_dim=16,
-        proj_codevector_dim=16,
-        num_codevectors_per_group=8,
+    return write_tiny_wav2vec2(
+        folder, Wav2Vec2ForPreTraining, seed, conv_channels=16, hidden_size=hidden_size, num_hidden_layers=layers,
+        intermediate_size=48, codevector_dim=16, proj_codevector_dim=16, num_codevectors_per_group=8,
     )
-    Wav2Vec2ForPreTraining(config).eval().save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
-    ).save_pretrained(folder)
-    return folder
 
 
 # --- transformer -------------------------------------------------------------------------------
@@ -72,22 +55,6 @@ TINY_TRANSFORMER = {
 }
 IMAGE_TOKENS, IMAGE_DIM = 257, 1280
 AUDIO_LAYERS, AUDIO_CHANNELS = 12, 768
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05, qk_norm_scale: float = 1.5) -> None:
-    """Every parameter drawn anew, in place: N(0, scale), so that no layer is the identity or zero
-    (the reference zeroes its output head), and the q/k RMSNorm weights near `qk_norm_scale`,
-    so that attention logits are O(1) and rotary positions (the speakers' above all) matter."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in sorted(model.named_parameters()):
-            noise = torch.randn(parameter.shape, generator=generator)
-            if name.rsplit(".", 1)[-1] == "weight" and ("norm_q" in name or "norm_k" in name):
-                parameter.copy_(qk_norm_scale * (1.0 + 0.1 * noise))
-            elif "norm" in name and name.endswith("weight"):
-                parameter.copy_(1.0 + 0.1 * noise)
-            else:
-                parameter.copy_(scale * noise)
 
 
 def transformer_inputs(

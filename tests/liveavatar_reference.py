@@ -59,7 +59,8 @@ import pytest
 import torch
 
 from tests import wan_reference
-from tests.reference_checkout import EasyDict, ReferenceCheckout, plain_module
+from tests.reference_checkout import EasyDict, ReferenceCheckout
+from tests.reference_harness import Unavailable, stand_in_module_factory
 from tests.wan_tiny_models import official_transformer_state_dict
 
 REFERENCE_ENV = "LIVEAVATAR_REFERENCE_REPO"
@@ -123,21 +124,6 @@ def _package_dirs(root: Path) -> list[Path]:
     )
 
 
-class _Unavailable:
-    """A name from a package this environment lacks; fails clearly if the harness path uses it."""
-
-    def __init__(self, name: str):
-        self._name = name
-
-    def __call__(self, *args, **kwargs):
-        raise RuntimeError(f"{self._name} is a stand-in: the Live Avatar harness does not provide it")
-
-    def __getattr__(self, key: str):
-        if key.startswith("__"):
-            raise AttributeError(key)
-        return _Unavailable(f"{self._name}.{key}")
-
-
 class _ResizeExact:
     """torchvision.transforms.Resize(size) for images already at the size: identity, else refuses.
 
@@ -172,16 +158,8 @@ class _ToTensor:
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def _stand_in_module(name: str, attributes: dict[str, Any]) -> types.ModuleType:
-    module = plain_module(name, attributes)
-
-    def missing(key: str):
-        if key.startswith("__"):
-            raise AttributeError(key)
-        return _Unavailable(f"{name}.{key}")
-
-    module.__getattr__ = missing  # type: ignore[method-assign]
-    return module
+_HARNESS = "Live Avatar"
+_stand_in_module = stand_in_module_factory(_HARNESS)
 
 
 # Packages that Live Avatar's files import at top level and that this environment may lack. Only
@@ -199,7 +177,7 @@ def _read_16k_wav(path, sr=None, **kwargs):
 
 _STAND_INS: dict[str, dict[str, Any]] = {
     "easydict": {"EasyDict": EasyDict},
-    "decord": {"VideoReader": _Unavailable("decord.VideoReader")},
+    "decord": {"VideoReader": Unavailable("decord.VideoReader", _HARNESS)},
     "librosa": {"load": _read_16k_wav},
     "imageio": {},
     "torchvision": {},

@@ -15,7 +15,7 @@ need it skip. Nothing is copied from it: its files are executed from the checkou
   and run on their own, with the names they read handed to them;
 - its wav2vec2 subclass runs with eager attention (its forward sets `config.output_attentions`,
   which transformers 5 refuses under SDPA; the numbers are the same) and with the encoder keeping
-  transformers 4's hidden states (`infinitetalk_reference._Transformers4Encoder`).
+  transformers 4's hidden states (`reference_harness.Transformers4Encoder`).
 
 The run's settings are read from the reference's yaml at test time, never handed to both sides.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,33 +34,22 @@ import numpy as np
 import torch
 import yaml
 
-from tests.reference_checkout import ReferenceCheckout, plain_module
+from tests.reference_checkout import ReferenceCheckout
+from tests.reference_harness import (
+    Transformers4Encoder,
+    import_before_stand_ins,
+    no_bytecode,
+    randomize_,
+    run_statements,
+    stand_in_module_factory,
+    statements_between,
+)
 
 REFERENCE_ENV = "OMNIAVATAR_REFERENCE_REPO"
 INFERENCE_SCRIPT = "scripts/inference.py"
 
 
-class _Unavailable:
-    """A name from a package this environment lacks; fails clearly if the harness path uses it."""
-
-    def __init__(self, name: str):
-        self._name = name
-
-    def __call__(self, *args, **kwargs):
-        raise RuntimeError(f"{self._name} is a stand-in: the OmniAvatar harness does not provide it")
-
-
-def _stand_in_module(name: str, attributes: dict[str, Any]) -> types.ModuleType:
-    module = plain_module(name, attributes)
-
-    def missing(key: str):
-        if key.startswith("__"):
-            raise AttributeError(key)
-        return _Unavailable(f"{name}.{key}")
-
-    module.__getattr__ = missing  # type: ignore[method-assign]
-    return module
-
+_stand_in_module = stand_in_module_factory("OmniAvatar")
 
 _STAND_INS: dict[str, dict[str, Any]] = {
     "xfuser": {},
@@ -87,19 +75,12 @@ def _package_dirs(root: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def _importing() -> Iterator[None]:
-    # imported before any stand-in is registered: they probe for torchvision when they load, and a
-    # stand-in (with no import spec) would make that probe fail
-    import diffusers.models.modeling_utils  # noqa: F401
-    import transformers.models.wav2vec2.modeling_wav2vec2  # noqa: F401
-    from transformers import AutoTokenizer, Wav2Vec2FeatureExtractor  # noqa: F401
+    import_before_stand_ins()
+    # it too probes for torchvision when it loads
+    from transformers import AutoTokenizer  # noqa: F401
 
-    # the checkout stays as it was: no __pycache__ folders written into it
-    saved = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
-    try:
+    with no_bytecode():
         yield
-    finally:
-        sys.dont_write_bytecode = saved
 
 
 _CHECKOUT = ReferenceCheckout(
@@ -140,31 +121,14 @@ def _inference_tree() -> tuple[ast.Module, str]:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path)), str(path)
 
 
-def _bodies(tree: ast.AST) -> Iterator[list[ast.stmt]]:
-    for node in ast.walk(tree):
-        for field in ("body", "orelse", "finalbody"):
-            body = getattr(node, field, None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
-                yield body
-
-
-def _run(statements: list[ast.stmt], filename: str, namespace: dict[str, Any]) -> dict[str, Any]:
-    code = compile(ast.Module(body=statements, type_ignores=[]), filename, "exec")
-    exec(code, namespace)  # noqa: S102 - the pinned reference's own statements
-    return namespace
-
-
 def _statements_between(first: str, last: str) -> tuple[list[ast.stmt], str]:
     """The statements of one block of the script from the one whose source starts with `first`
     to the one starting with `last`, both included."""
     tree, filename = _inference_tree()
-    for body in _bodies(tree):
-        sources = [ast.unparse(statement) for statement in body]
-        starts = [index for index, source in enumerate(sources) if source.startswith(first)]
-        stops = [index for index, source in enumerate(sources) if source.startswith(last)]
-        if starts and stops and stops[-1] >= starts[0]:
-            return body[starts[0] : stops[-1] + 1], filename
-    raise RuntimeError(f"{INFERENCE_SCRIPT} no longer has a block from {first!r} to {last!r}")
+    statements = statements_between(tree, first, last)
+    if statements is None:
+        raise RuntimeError(f"{INFERENCE_SCRIPT} no longer has a block from {first!r} to {last!r}")
+    return statements, filename
 
 
 def _function(name: str) -> Any:
@@ -172,7 +136,7 @@ def _function(name: str) -> Any:
     found = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name]
     if len(found) != 1:
         raise RuntimeError(f"{INFERENCE_SCRIPT} no longer defines one {name}()")
-    return _run(found, filename, {})[name]
+    return run_statements(found, filename, {})[name]
 
 
 def reference_size(height: int, width: int, sizes: list[list[int]]) -> list[int]:
@@ -184,7 +148,7 @@ def reference_chunk_frames(size: list[int], max_tokens: int) -> int:
     """The video frames per chunk (`L`) the script computes for `size`."""
     statements, filename = _statements_between("L = int(args.max_tokens", "L = L // 4")
     namespace = {"args": types.SimpleNamespace(max_tokens=max_tokens), "select_size": size}
-    return _run(statements, filename, namespace)["L"]
+    return run_statements(statements, filename, namespace)["L"]
 
 
 def reference_fixed_frames(overlap_frame: int, random_prefix_frames: bool) -> tuple[int, int]:
@@ -194,18 +158,16 @@ def reference_fixed_frames(overlap_frame: int, random_prefix_frames: bool) -> tu
         "self": types.SimpleNamespace(args=types.SimpleNamespace(i2v=True, random_prefix_frames=random_prefix_frames)),
         "overlap_frame": overlap_frame,
     }
-    namespace = _run(statements, filename, namespace)
+    namespace = run_statements(statements, filename, namespace)
     return namespace["fixed_frame"], namespace["first_fixed_frame"]
 
 
 def reference_speech_encoder(wav2vec_folder: Path) -> Any:
     """The reference's `Wav2VecModel` loaded from `wav2vec_folder` as its pipeline loads it."""
-    from tests.infinitetalk_reference import _Transformers4Encoder
-
     wav2vec = omniavatar_module("models.wav2vec")
     encoder = wav2vec.Wav2VecModel.from_pretrained(str(wav2vec_folder), local_files_only=True)
     encoder.config._attn_implementation = "eager"
-    encoder.encoder = _Transformers4Encoder(encoder.encoder)
+    encoder.encoder = Transformers4Encoder(encoder.encoder)
     return encoder.eval()
 
 
@@ -231,7 +193,7 @@ def reference_speech_features(
         "self": pipeline, "audio": audio, "np": np, "torch": torch, "F": torch.nn.functional, "math": math,
         "L": chunk, "fixed_frame": fixed_frame, "first_fixed_frame": first_fixed_frame,
     }
-    namespace = _run(statements, filename, namespace)
+    namespace = run_statements(statements, filename, namespace)
     return namespace["audio_embeddings"], namespace["ori_audio_len"]
 
 
@@ -248,9 +210,7 @@ def dit_module(**run_settings: Any) -> types.ModuleType:
 
 def reference_transformer(arguments: dict[str, Any], seed: int = 0) -> torch.nn.Module:
     """The reference's `WanModel` (wan_video_dit.py) with audio, made with `arguments`, its weights
-    drawn by `omniavatar_tiny_models.randomize_`, in float32, eval."""
-    from tests.omniavatar_tiny_models import randomize_
-
+    drawn by `reference_harness.randomize_`, in float32, eval."""
     model = dit_module().WanModel(**arguments)
     randomize_(model, seed)
     return model.float().eval()
@@ -279,7 +239,7 @@ def _method(class_name: str, name: str) -> Any:
         "LoraConfig": LoraConfig, "inject_adapter_in_model": inject_adapter_in_model,
         "load_state_dict": omniavatar_module("utils.io_utils").load_state_dict,
     }
-    return _run(methods, filename, namespace)[name]
+    return run_statements(methods, filename, namespace)[name]
 
 
 def reference_add_lora(model: torch.nn.Module, settings: dict[str, Any], lora_path: Path | None) -> None:
@@ -333,7 +293,7 @@ def reference_chunk_speech(
     """The speech rows the script hands to each chunk (`audio_emb["audio_emb"]`), its chunk
     count (`times`) computed as it computes it from the padded rows."""
     count_statements, filename = _statements_between("times = (seq_len - L", "if times * (L - fixed_frame)")
-    namespace = _run(count_statements, filename, {
+    namespace = run_statements(count_statements, filename, {
         "seq_len": audio_embeddings.shape[0], "L": chunk, "fixed_frame": fixed_frame,
         "first_fixed_frame": first_fixed_frame,
     })
@@ -349,6 +309,6 @@ def reference_chunk_speech(
     chunks = []
     for t in range(namespace["times"]):
         namespace["t"] = t
-        namespace = _run(statements, filename, namespace)
+        namespace = run_statements(statements, filename, namespace)
         chunks.append(namespace["audio_emb"]["audio_emb"][0])
     return chunks

@@ -8,49 +8,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+from transformers import Wav2Vec2ForCTC
+
+from model.omniavatar.convert_transformer import convert_transformer_state_dict
+from model.omniavatar.transformer import OmniAvatarTransformer3DModel
+from tests.reference_harness import write_tiny_wav2vec2
 
 
 def write_tiny_wav2vec2_960h(folder: Path, seed: int = 0, hidden_size: int = 16, layers: int = 2) -> Path:
     """A wav2vec2 folder shaped like `facebook/wav2vec2-base-960h` (a CTC checkpoint with
     group-normalised convolutions, post-layer-norm transformer layers, the standard 320-sample
     hop, a normalising feature extractor), at toy sizes."""
-    torch.manual_seed(seed)
-    config = Wav2Vec2Config(
-        vocab_size=8,
-        hidden_size=hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=24,
-        conv_dim=(8,) * 7,
-        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        conv_stride=(5, 2, 2, 2, 2, 2, 2),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        feat_extract_norm="group",
-        do_stable_layer_norm=False,
-        conv_bias=False,
+    return write_tiny_wav2vec2(
+        folder, Wav2Vec2ForCTC, seed, conv_channels=8, vocab_size=8, hidden_size=hidden_size,
+        num_hidden_layers=layers, intermediate_size=24,
     )
-    Wav2Vec2ForCTC(config).eval().save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
-    ).save_pretrained(folder)
-    return folder
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05, qk_norm_scale: float = 1.5) -> None:
-    """Every parameter drawn anew, in place: N(0, scale), so that no layer is the identity or zero,
-    norm weights near 1 and the q/k RMSNorm weights near `qk_norm_scale` (attention logits O(1))."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in sorted(model.named_parameters()):
-            noise = torch.randn(parameter.shape, generator=generator)
-            if name.endswith("weight") and ("norm_q" in name or "norm_k" in name):
-                parameter.copy_(qk_norm_scale * (1.0 + 0.1 * noise))
-            elif "norm" in name and name.endswith("weight"):
-                parameter.copy_(1.0 + 0.1 * noise)
-            else:
-                parameter.copy_(scale * noise)
 
 
 # --- transformer -------------------------------------------------------------------------------
@@ -91,6 +63,24 @@ def our_transformer_arguments(reference: dict) -> dict:
         "eps": reference["eps"],
         "audio_hidden_size": reference["audio_hidden_size"],
     }
+
+
+def our_transformer(reference_state: dict[str, torch.Tensor]) -> OmniAvatarTransformer3DModel:
+    """`OmniAvatarTransformer3DModel` at TINY_TRANSFORMER's sizes with the reference's weights, float32, eval."""
+    model = OmniAvatarTransformer3DModel(
+        **our_transformer_arguments(TINY_TRANSFORMER), audio_feature_dim=SPEECH_FEATURE_DIM
+    )
+    model.load_state_dict(convert_transformer_state_dict(reference_state), strict=True)
+    return model.float().eval()
+
+
+def our_prediction(model: OmniAvatarTransformer3DModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One call of our model on `transformer_inputs`: the latents beside the condition, as the reference's `y`."""
+    with torch.no_grad():
+        return model(
+            torch.cat([inputs["latents"], inputs["condition"]], dim=1), inputs["timestep"], inputs["text"],
+            inputs["speech"], return_dict=False,
+        )[0]
 
 
 def transformer_inputs(latent_frames: int = 3, height: int = 6, width: int = 8, seed: int = 0) -> dict:

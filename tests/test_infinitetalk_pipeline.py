@@ -41,8 +41,8 @@ from tests.infinitetalk_tiny_models import (
     IMAGE_DIM,
     IMAGE_TOKENS,
     TINY_TRANSFORMER,
-    randomize_,
 )
+from tests.reference_harness import randomize_
 from tests.wan_tiny_models import TINY_VAE, well_conditioned_vae
 
 # the published latent width (16 channels): the reference draws its noise with 16 channels

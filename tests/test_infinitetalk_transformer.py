@@ -18,7 +18,8 @@ from model.infinitetalk.convert_transformer import (
 from model.infinitetalk.speaker_attention import AudioCrossAttention, rotate_1d, speaker_rope_positions
 from model.infinitetalk.transformer import InfiniteTalkTransformer3DModel
 from tests.infinitetalk_reference import reference_prediction, reference_transformer, requires_infinitetalk
-from tests.infinitetalk_tiny_models import TINY_TRANSFORMER, randomize_, transformer_inputs, two_speaker_regions
+from tests.infinitetalk_tiny_models import TINY_TRANSFORMER, transformer_inputs, two_speaker_regions
+from tests.reference_harness import randomize_
 
 HEIGHT, WIDTH = 8, 12
 

@@ -96,13 +96,13 @@ class TwoModeBackend(TalkingHeadBackend):
 
     declaration = dataclasses.replace(
         LITE_DECLARATION, name="two-mode", backend_class="tests.test_mode:TwoModeBackend",
+        options_class="tests.test_mode:TwoModeOptions",
         modes=("quality", "fast"), frame_batches={"quality": (25, 25), "fast": (25, 25)},
         deploy=dataclasses.replace(LITE_DECLARATION.deploy, speeds={
             "quality": LITE_DECLARATION.deploy.speeds["quality"], "fast": LITE_DECLARATION.deploy.speeds["quality"]}),
     )
     name = "two-mode"
     fps = 25.0
-    options_class = TwoModeOptions
 
     def __init__(self, events: list[str]) -> None:
         self.events = events

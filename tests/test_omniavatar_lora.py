@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from model.omniavatar import config
-from model.omniavatar.convert_transformer import convert_transformer_state_dict
 from model.omniavatar.lora import merge_lora_
 from model.omniavatar.transformer import OmniAvatarTransformer3DModel
 from tests.omniavatar_reference import (
@@ -18,8 +17,9 @@ from tests.omniavatar_reference import (
     requires_omniavatar,
 )
 from tests.omniavatar_tiny_models import (
-    SPEECH_FEATURE_DIM,
     TINY_TRANSFORMER,
+    our_prediction,
+    our_transformer,
     our_transformer_arguments,
     transformer_inputs,
 )
@@ -32,22 +32,6 @@ LORA_SETTINGS = {
     "lora_target_modules": ",".join(config.LORA_TARGETS),
     "init_lora_weights": "kaiming",
 }
-
-
-def _ours(state: dict[str, torch.Tensor]) -> OmniAvatarTransformer3DModel:
-    model = OmniAvatarTransformer3DModel(
-        **our_transformer_arguments(TINY_TRANSFORMER), audio_feature_dim=SPEECH_FEATURE_DIM
-    )
-    model.load_state_dict(convert_transformer_state_dict(state), strict=True)
-    return model.float().eval()
-
-
-def _predict(model: OmniAvatarTransformer3DModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(
-            torch.cat([inputs["latents"], inputs["condition"]], dim=1), inputs["timestep"], inputs["text"],
-            inputs["speech"], return_dict=False,
-        )[0]
 
 
 def _published_file(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -71,8 +55,8 @@ def test_merged_prediction_is_the_wrapped_reference_one(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     path, trained = _published_file(tmp_path)
     reference = reference_transformer(TINY_TRANSFORMER)
-    ours = _ours(reference.state_dict())
-    before = _predict(ours, transformer_inputs())
+    ours = our_transformer(reference.state_dict())
+    before = our_prediction(ours, transformer_inputs())
     reference_add_lora(reference, LORA_SETTINGS, path)
     summary = merge_lora_(ours, torch.load(path, weights_only=True), LORA_SETTINGS["lora_alpha"])
 
@@ -81,7 +65,7 @@ def test_merged_prediction_is_the_wrapped_reference_one(tmp_path: Path) -> None:
     assert summary.rank == RANK
     assert summary.replaced_tensors == len([key for key in trained if "lora_" not in key])
     inputs = transformer_inputs()
-    found = _predict(ours, inputs)
+    found = our_prediction(ours, inputs)
     torch.testing.assert_close(found, reference_prediction(reference, inputs), rtol=1e-4, atol=1e-5)
     assert (found - before).abs().max() > 1e-3
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.omniavatar.audio_pack import AudioPack
-from model.omniavatar.convert_transformer import convert_transformer_key, convert_transformer_state_dict
+from model.omniavatar.convert_transformer import convert_transformer_key
 from model.omniavatar.transformer import OmniAvatarTransformer3DModel
 from tests.omniavatar_reference import (
     omniavatar_module,
@@ -18,33 +18,19 @@ from tests.omniavatar_reference import (
 from tests.omniavatar_tiny_models import (
     SPEECH_FEATURE_DIM,
     TINY_TRANSFORMER,
+    our_prediction,
+    our_transformer,
     our_transformer_arguments,
-    randomize_,
     transformer_inputs,
 )
-
-
-def _ours(state: dict[str, torch.Tensor]) -> OmniAvatarTransformer3DModel:
-    model = OmniAvatarTransformer3DModel(
-        **our_transformer_arguments(TINY_TRANSFORMER), audio_feature_dim=SPEECH_FEATURE_DIM
-    )
-    model.load_state_dict(convert_transformer_state_dict(state), strict=True)
-    return model.float().eval()
-
-
-def _predict(model: OmniAvatarTransformer3DModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(
-            torch.cat([inputs["latents"], inputs["condition"]], dim=1), inputs["timestep"], inputs["text"],
-            inputs["speech"], return_dict=False,
-        )[0]
+from tests.reference_harness import randomize_
 
 
 @pytest.fixture(scope="module")
 def models() -> tuple[torch.nn.Module, OmniAvatarTransformer3DModel]:
     torch.set_num_threads(1)
     reference = reference_transformer(TINY_TRANSFORMER)
-    return reference, _ours(reference.state_dict())
+    return reference, our_transformer(reference.state_dict())
 
 
 @requires_omniavatar
@@ -52,7 +38,7 @@ def test_prediction_is_the_reference_one(models) -> None:
     reference, ours = models
     inputs = transformer_inputs()
     expected = reference_prediction(reference, inputs)
-    found = _predict(ours, inputs)
+    found = our_prediction(ours, inputs)
     assert found.shape == expected.shape == inputs["latents"].shape
     torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-5)
 
@@ -63,7 +49,7 @@ def test_speech_and_silence_both_match_and_differ(models) -> None:
     inputs = transformer_inputs(latent_frames=2, height=4, width=6, seed=1)
     # the audio guidance's pass: the same call with the speech rows zeroed
     silent = {**inputs, "speech": torch.zeros_like(inputs["speech"])}
-    spoken, quiet = _predict(ours, inputs), _predict(ours, silent)
+    spoken, quiet = our_prediction(ours, inputs), our_prediction(ours, silent)
     torch.testing.assert_close(spoken, reference_prediction(reference, inputs), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(quiet, reference_prediction(reference, silent), rtol=1e-4, atol=1e-5)
     assert (spoken - quiet).abs().max() > 1e-3

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = ROOT / "docs" / "CONTRACT.md"
 KIND_NAMES = {str: "string", int: "int", float: "float", bool: "bool"}
 OPTIONS_CLASSES: dict[str, type[BackendOptions]] = {
-    name: entry.load_class().options_class for name, entry in BACKENDS.items()
+    name: entry.load_options_class() for name, entry in BACKENDS.items()
 }
 BACKEND_OPTIONS = [
     (backend, name, declared)

@@ -3,32 +3,21 @@
 The published weights are the reference's `WanModel` state dict (`wan/modules/multitalk_model.py`):
 Wan2.1-I2V-14B's shards (`Wan-AI/Wan2.1-I2V-14B-480P`) plus InfiniteTalk's file
 (`MeiGen-AI/InfiniteTalk`, single/ or multi/) holding the audio modules. The Wan2.1 names become
-diffusers' (as its own single-file converter names them); the audio modules' names say what they
+diffusers' (model/wan_common/convert_wan21.py); the audio modules' names say what they
 are. Tensors are never reshaped: only names change, so a loader can rename one tensor at a time.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from model.wan_common.convert_wan21 import compile_rules, convert_wan21_key
+
 from .config import TEXT_LEN
 
-_ATTENTION = {
-    "q": "to_q",
-    "k": "to_k",
-    "v": "to_v",
-    "o": "to_out.0",
-    "norm_q": "norm_q",
-    "norm_k": "norm_k",
-    "k_img": "add_k_proj",
-    "v_img": "add_v_proj",
-    "norm_k_img": "norm_added_k",
-}
-_ATTENTION_PART = r"(?P<attn>q|k|v|o|norm_q|norm_k|k_img|v_img|norm_k_img)"
 _AUDIO_ATTENTION = {"q_linear": "to_q", "kv_linear": "to_kv", "proj": "to_out"}
 _AUDIO_PROJECTION = {
     "proj1": "first_frame_in",
@@ -37,55 +26,25 @@ _AUDIO_PROJECTION = {
     "proj3": "tokens_out",
     "norm": "norm",
 }
-_IMAGE_EMBEDDING = {"0": "norm1", "1": "ff.net.0.proj", "3": "ff.net.2", "4": "norm2"}
 
-# (published name pattern, our name); named groups `attn`, `audio`, `layer`, `mlp` go through the tables above
-_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), replacement)
-    for pattern, replacement in (
-        (r"patch_embedding\.(?P<p>weight|bias)", "patch_embedding.{p}"),
-        (r"text_embedding\.0\.(?P<p>weight|bias)", "condition_embedder.text_embedder.linear_1.{p}"),
-        (r"text_embedding\.2\.(?P<p>weight|bias)", "condition_embedder.text_embedder.linear_2.{p}"),
-        (r"time_embedding\.0\.(?P<p>weight|bias)", "condition_embedder.time_embedder.linear_1.{p}"),
-        (r"time_embedding\.2\.(?P<p>weight|bias)", "condition_embedder.time_embedder.linear_2.{p}"),
-        (r"time_projection\.1\.(?P<p>weight|bias)", "condition_embedder.time_proj.{p}"),
-        (r"img_emb\.proj\.(?P<mlp>[0134])\.(?P<p>weight|bias)", "condition_embedder.image_embedder.{mlp}.{p}"),
-        (
-            r"blocks\.(?P<i>\d+)\.self_attn\." + _ATTENTION_PART + r"\.(?P<p>weight|bias)",
-            "blocks.{i}.attn1.{attn}.{p}",
-        ),
-        (
-            r"blocks\.(?P<i>\d+)\.cross_attn\." + _ATTENTION_PART + r"\.(?P<p>weight|bias)",
-            "blocks.{i}.attn2.{attn}.{p}",
-        ),
-        (r"blocks\.(?P<i>\d+)\.norm3\.(?P<p>weight|bias)", "blocks.{i}.norm2.{p}"),
-        (r"blocks\.(?P<i>\d+)\.ffn\.0\.(?P<p>weight|bias)", "blocks.{i}.ffn.net.0.proj.{p}"),
-        (r"blocks\.(?P<i>\d+)\.ffn\.2\.(?P<p>weight|bias)", "blocks.{i}.ffn.net.2.{p}"),
-        (r"blocks\.(?P<i>\d+)\.modulation", "blocks.{i}.scale_shift_table"),
+# (published name pattern, our name) for InfiniteTalk's own modules; named groups `audio` and
+# `layer` go through the tables above
+_AUDIO_RULES = compile_rules(
+    (
         (r"blocks\.(?P<i>\d+)\.norm_x\.(?P<p>weight|bias)", "blocks.{i}.norm_audio.{p}"),
         (
             r"blocks\.(?P<i>\d+)\.audio_cross_attn\.(?P<audio>q_linear|kv_linear|proj)\.(?P<p>weight|bias)",
             "blocks.{i}.audio_attn.{audio}.{p}",
         ),
         (r"audio_proj\.(?P<layer>proj1|proj1_vf|proj2|proj3|norm)\.(?P<p>weight|bias)", "audio_projection.{layer}.{p}"),
-        (r"head\.head\.(?P<p>weight|bias)", "proj_out.{p}"),
-        (r"head\.modulation", "scale_shift_table"),
     )
 )
-_TABLES = {"attn": _ATTENTION, "audio": _AUDIO_ATTENTION, "layer": _AUDIO_PROJECTION, "mlp": _IMAGE_EMBEDDING}
+_AUDIO_TABLES = {"audio": _AUDIO_ATTENTION, "layer": _AUDIO_PROJECTION}
 
 
 def convert_transformer_key(published_key: str) -> str:
     """Our parameter name for a published one; KeyError for a name the published model does not have."""
-    for pattern, replacement in _RULES:
-        match = pattern.fullmatch(published_key)
-        if match:
-            groups = match.groupdict()
-            for group, table in _TABLES.items():
-                if group in groups:
-                    groups[group] = table[groups[group]]
-            return replacement.format(**groups)
-    raise KeyError(f"not a parameter of the published InfiniteTalk transformer: {published_key!r}")
+    return convert_wan21_key(published_key, _AUDIO_RULES, _AUDIO_TABLES, "the published InfiniteTalk transformer")
 
 
 def convert_transformer_state_dict(published: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

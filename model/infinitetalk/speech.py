@@ -8,38 +8,22 @@ video's rate. The output of every transformer layer is kept (not the embeddings'
 the first): [frames, layers, hidden]. The transformer then sees, for each video frame, the rows
 of the AUDIO_WINDOW frames centred on it, clamped at the ends of the speech (`frame_windows`).
 
-The feature extractor's settings (normalisation) are read from the wav2vec2 folder, as the
-reference's `Wav2Vec2FeatureExtractor.from_pretrained` reads them.
+The wav2vec2 run itself is model/wan_common/wav2vec2_frames.py's.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-import torch.nn.functional as F
-from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from model.base import SPEECH_SAMPLE_RATE
+from model.wan_common.wav2vec2_frames import FrameRateSpeechEncoder
 
 from .config import AUDIO_WINDOW, FPS
 
 
-class SpeechEncoder:
-    """wav2vec2 (any pre-training head in the folder is not needed) run as InfiniteTalk runs it."""
-
-    def __init__(self, model: Wav2Vec2Model, feature_extractor: Wav2Vec2FeatureExtractor) -> None:
-        self.model = model.eval().requires_grad_(False)
-        self.feature_extractor = feature_extractor
-
-    @classmethod
-    def from_pretrained(
-        cls, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> SpeechEncoder:
-        """Load a transformers wav2vec2 folder such as `chinese-wav2vec2-base/`."""
-        model = Wav2Vec2Model.from_pretrained(folder, dtype=dtype).to(device)
-        return cls(model, Wav2Vec2FeatureExtractor.from_pretrained(folder))
+class SpeechEncoder(FrameRateSpeechEncoder):
+    """wav2vec2 (such as `chinese-wav2vec2-base/`) run as InfiniteTalk runs it."""
 
     @property
     def num_layers(self) -> int:
@@ -57,25 +41,9 @@ class SpeechEncoder:
         frames = self.num_frames(len(samples_16k), fps)
         if frames < 1:
             raise ValueError(f"speech of {len(samples_16k)} samples is shorter than one video frame at {fps} fps")
-        inputs = self.feature_extractor(
-            np.asarray(samples_16k, dtype=np.float32), sampling_rate=SPEECH_SAMPLE_RATE, return_tensors="pt"
-        ).input_values
-        model = self.model
-        conv = model.feature_extractor(inputs.to(model.device, model.dtype))  # [1, channels, 50 Hz rows]
-        conv = F.interpolate(conv, size=frames, mode="linear", align_corners=True).transpose(1, 2)
-        hidden, _ = model.feature_projection(conv)
-        layer_outputs: list[torch.Tensor] = []
-
-        def keep(_module, _inputs, output):
-            layer_outputs.append(output[0] if isinstance(output, tuple) else output)
-
-        hooks = [layer.register_forward_hook(keep) for layer in model.encoder.layers]
-        try:
-            last = model.encoder(hidden).last_hidden_state
-        finally:
-            for hook in hooks:
-                hook.remove()
-        if model.config.do_stable_layer_norm:
+        hidden = self.frame_states(self.normalised(samples_16k), frames)
+        last, layer_outputs = self.run_layers(hidden, keep="outputs")
+        if self.model.config.do_stable_layer_norm:
             # that encoder normalises only its final output; the reference keeps it so
             layer_outputs[-1] = last
         return torch.stack(layer_outputs, dim=2)[0].float()

@@ -27,6 +27,8 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanAttention, WanTransformer3DModel, WanTransformerBlock
 
+from model.wan_common.wan21_transformer import Wan21Transformer3DModel
+
 from .audio_projection import AudioProjection
 from .config import TEXT_LEN
 from .speaker_attention import AudioCrossAttention, speaker_attention_map, speaker_rope_positions
@@ -114,7 +116,7 @@ class InfiniteTalkBlock(WanTransformerBlock):
         return (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
 
 
-class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
+class InfiniteTalkTransformer3DModel(Wan21Transformer3DModel):
     """Wan2.1-I2V-14B (`WanTransformer3DModel` with image embeddings) with InfiniteTalk's audio modules.
 
     The defaults are the published 14B model's (`Wan-AI/Wan2.1-I2V-14B-480P` + `MeiGen-AI/InfiniteTalk`).
@@ -214,23 +216,23 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
         speaker_regions: with two speakers, [3, h, w] masks at the latent size (speaker 1,
         speaker 2, background), else ignored.
         """
-        batch, _, frames, height, width = hidden_states.shape
-        p_t, p_h, p_w = self.config.patch_size
-        grid = (frames // p_t, height // p_h, width // p_w)
+        batch = hidden_states.shape[0]
+        grid = self.patch_grid(hidden_states)
         speakers = audio.shape[0]
         if not 1 <= speakers <= MAX_SPEAKERS:
             raise ValueError(f"InfiniteTalk animates one or two speakers, got audio for {speakers}")
         if speakers > 1 and batch != 1:
             raise ValueError("two speakers are generated one sample at a time (batch 1)")
 
-        rotary_emb = self.rope(hidden_states)
-        hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
+        hidden_states, rotary_emb = self.embed_patches(hidden_states)
+        hidden_states = hidden_states.contiguous()
         text = encoder_hidden_states
         if text.shape[1] > TEXT_LEN:
             raise ValueError(f"text states have {text.shape[1]} tokens, more than the model's {TEXT_LEN}")
         text = F.pad(text, (0, 0, 0, TEXT_LEN - text.shape[1]))
-        temb, timestep_proj, text, image = self.condition_embedder(timestep, text, encoder_hidden_states_image)
-        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+        temb, timestep_proj, text, image = self.embed_conditions(timestep, text, encoder_hidden_states_image)
+        if image is None:
+            raise ValueError("InfiniteTalk's transformer is Wan2.1-I2V: it needs image_dim (CLIP's 1280)")
         context = torch.cat([image, text], dim=1)
 
         # [speakers, latent frames, tokens, dim] -> each latent frame's tokens of every speaker
@@ -246,12 +248,4 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
         for block in self.blocks:
             hidden_states = block(hidden_states, context, timestep_proj, rotary_emb, audio_tokens, grid[0], regions)
 
-        shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
-        hidden_states = (self.norm_out(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
-        hidden_states = self.proj_out(hidden_states)
-        hidden_states = hidden_states.reshape(batch, *grid, p_t, p_h, p_w, -1)
-        output = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
-        if not return_dict:
-            return (output,)  # type: ignore[return-value]
-        return Transformer2DModelOutput(sample=output)
-
+        return self.video_output(hidden_states, temb, grid, return_dict)

@@ -2,8 +2,8 @@
 
 The published weights are Wan2.1-T2V's shards (official names) plus OmniAvatar's
 `pytorch_model.pt` (the LoRA, the widened patch embedding and the audio modules). The Wan2.1 names
-become diffusers' (model/infinitetalk/convert_transformer.py's rules: the official names are the
-same for T2V and I2V); the audio modules' names say what they are. Tensors are never reshaped:
+become diffusers' (model/wan_common/convert_wan21.py: the official names are the same for T2V
+and I2V); the audio modules' names say what they are. Tensors are never reshaped:
 only names change.
 """
 
@@ -14,11 +14,10 @@ from collections.abc import Mapping
 
 import torch
 
-from model.infinitetalk.convert_transformer import convert_transformer_key as _convert_wan_key
+from model.wan_common.convert_wan21 import compile_rules, convert_wan21_key
 
-_AUDIO_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), replacement)
-    for pattern, replacement in (
+_AUDIO_RULES = compile_rules(
+    (
         (r"audio_proj\.proj\.(?P<p>weight|bias)", "audio_injection.pack.proj.{p}"),
         (r"audio_proj\.norm_out\.(?P<p>weight|bias)", "audio_injection.pack.norm.{p}"),
         (r"audio_cond_projs\.(?P<i>\d+)\.(?P<p>weight|bias)", "audio_injection.block_projections.{i}.{p}"),
@@ -30,16 +29,9 @@ _IMAGE_ONLY = re.compile(r"(img_emb\..*|blocks\.\d+\.cross_attn\.(k_img|v_img|no
 
 def convert_transformer_key(published_key: str) -> str:
     """Our parameter name for a reference one; KeyError for a name OmniAvatar's model does not have."""
-    for pattern, replacement in _AUDIO_RULES:
-        match = pattern.fullmatch(published_key)
-        if match:
-            return replacement.format(**match.groupdict())
     if _IMAGE_ONLY.fullmatch(published_key):
         raise KeyError(f"OmniAvatar's transformer is Wan2.1-T2V: {published_key!r} belongs to an I2V model")
-    try:
-        return _convert_wan_key(published_key)
-    except KeyError:
-        raise KeyError(f"not a parameter of OmniAvatar's transformer: {published_key!r}") from None
+    return convert_wan21_key(published_key, _AUDIO_RULES, model="OmniAvatar's transformer")
 
 
 def convert_transformer_state_dict(published: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,19 +9,19 @@ transformer layers run. A row is the encoder's output followed by every hidden s
 transformers reports (the input of each layer, then the output of the last), side by side:
 [frames, 768 * 14] for the base model.
 
-The feature extractor's settings (normalisation) are read from the wav2vec2 folder, as the
-reference's `Wav2Vec2FeatureExtractor.from_pretrained` reads them.
+The wav2vec2 run itself is model/wan_common/wav2vec2_frames.py's.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+from model.wan_common.wav2vec2_frames import FrameRateSpeechEncoder
 
 from .config import FPS, LEADING_SILENCE_SECONDS, SAMPLE_RATE
 
@@ -37,23 +37,14 @@ def speech_frames(num_samples: int, fps: int = FPS) -> int:
     return math.ceil(num_samples / SAMPLE_RATE * fps)
 
 
-class SpeechEncoder:
-    """wav2vec2 (a CTC head in the folder is not needed) run as OmniAvatar runs it."""
+class SpeechEncoder(FrameRateSpeechEncoder):
+    """wav2vec2 (such as `wav2vec2-base-960h/`) run as OmniAvatar runs it."""
 
     def __init__(self, model: Wav2Vec2Model, feature_extractor: Wav2Vec2FeatureExtractor) -> None:
         if model.config.do_stable_layer_norm:
             # its hidden states would be others (the last normalised, the layers' inputs not)
             raise ValueError("OmniAvatar's speech model is wav2vec2-base-960h-like: do_stable_layer_norm=False")
-        self.model = model.eval().requires_grad_(False)
-        self.feature_extractor = feature_extractor
-
-    @classmethod
-    def from_pretrained(
-        cls, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> SpeechEncoder:
-        """Load a transformers wav2vec2 folder such as `wav2vec2-base-960h/`."""
-        model = Wav2Vec2Model.from_pretrained(folder, dtype=dtype).to(device)
-        return cls(model, Wav2Vec2FeatureExtractor.from_pretrained(folder))
+        super().__init__(model, feature_extractor)
 
     @property
     def feature_dim(self) -> int:
@@ -69,23 +60,8 @@ class SpeechEncoder:
             raise ValueError("the speech is empty: OmniAvatar needs at least one video frame of it")
         if frames < covered:
             raise ValueError(f"{frames} frames cannot hold speech of {covered} frames at {fps} fps")
-        inputs = self.feature_extractor(
-            np.asarray(samples_16k, dtype=np.float32), sampling_rate=SAMPLE_RATE, return_tensors="pt"
-        ).input_values
+        inputs = self.normalised(samples_16k)
         # the padding comes after the normalisation: true silence, whatever the speech's level
         inputs = F.pad(inputs, (0, frames * (SAMPLE_RATE // fps) - inputs.shape[1]))
-        model = self.model
-        conv = model.feature_extractor(inputs.to(model.device, model.dtype))  # [1, channels, 50 Hz rows]
-        conv = F.interpolate(conv, size=frames, mode="linear", align_corners=True).transpose(1, 2)
-        hidden, _ = model.feature_projection(conv)
-        layer_inputs: list[torch.Tensor] = []
-        hooks = [
-            layer.register_forward_pre_hook(lambda _module, args: layer_inputs.append(args[0]))
-            for layer in model.encoder.layers
-        ]
-        try:
-            last = model.encoder(hidden).last_hidden_state
-        finally:
-            for hook in hooks:
-                hook.remove()
+        last, layer_inputs = self.run_layers(self.frame_states(inputs, frames), keep="inputs")
         return torch.cat([last, *layer_inputs, last], dim=-1)[0].float()

@@ -19,13 +19,14 @@ from typing import Any
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
-from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+
+from model.wan_common.wan21_transformer import Wan21Transformer3DModel
 
 from .audio_pack import AudioInjection
 from .config import AUDIO_FEATURE_DIM, AUDIO_HIDDEN_SIZE, IN_CHANNELS, audio_blocks
 
 
-class OmniAvatarTransformer3DModel(WanTransformer3DModel):
+class OmniAvatarTransformer3DModel(Wan21Transformer3DModel):
     """Wan2.1-T2V (no image embeddings) with OmniAvatar's audio modules; defaults: the 14B model."""
 
     @register_to_config
@@ -86,21 +87,18 @@ class OmniAvatarTransformer3DModel(WanTransformer3DModel):
         frames, audio_feature_dim] (`speech.SpeechEncoder` rows, video frames = 1 + 4 (latent
         frames - 1)).
         """
-        batch, _, frames, height, width = hidden_states.shape
-        p_t, p_h, p_w = self.config.patch_size
-        grid = (frames // p_t, height // p_h, width // p_w)
+        batch, _, frames = hidden_states.shape[:3]
+        grid = self.patch_grid(hidden_states)
         if speech.shape[0] != batch or speech.shape[1] != 1 + 4 * (frames - 1):
             raise ValueError(
                 f"speech of shape {tuple(speech.shape)} does not fit {batch} samples of {frames} latent frames: "
                 f"it needs [{batch}, {1 + 4 * (frames - 1)}, features]"
             )
-        if p_t != 1:
+        if self.config.patch_size[0] != 1:
             raise ValueError("OmniAvatar's audio is added per latent frame: patch_size must keep time (1, h, w)")
 
-        rotary_emb = self.rope(hidden_states)
-        hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2)
-        temb, timestep_proj, text, _ = self.condition_embedder(timestep, encoder_hidden_states, None)
-        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+        hidden_states, rotary_emb = self.embed_patches(hidden_states)
+        temb, timestep_proj, text, _ = self.embed_conditions(timestep, encoder_hidden_states)
 
         # [blocks, batch, latent frames, dim] -> the same vector for every token of a latent frame
         audio = self.audio_injection(speech.to(hidden_states.dtype))
@@ -112,11 +110,4 @@ class OmniAvatarTransformer3DModel(WanTransformer3DModel):
                 hidden_states = hidden_states + audio_by_block[index].repeat_interleave(tokens_per_frame, dim=1)
             hidden_states = block(hidden_states, text, timestep_proj, rotary_emb)
 
-        shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
-        hidden_states = (self.norm_out(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
-        hidden_states = self.proj_out(hidden_states)
-        hidden_states = hidden_states.reshape(batch, *grid, p_t, p_h, p_w, -1)
-        output = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
-        if not return_dict:
-            return (output,)  # type: ignore[return-value]
-        return Transformer2DModelOutput(sample=output)
+        return self.video_output(hidden_states, temb, grid, return_dict)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 # --- sampling --------------------------------------------------------------------------------
 NUM_TRAIN_TIMESTEPS = 1000
+# the flow-matching solvers a job may name (`sample_solver`); model/wan_common/scheduler.py builds them
+SOLVERS = ("unipc", "dpm++")
 
 # --- the Wan2.1 VAE --------------------------------------------------------------------------
 # (time, height, width) compression.

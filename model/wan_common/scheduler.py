@@ -13,9 +13,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .config import NUM_TRAIN_TIMESTEPS
-
-SOLVERS = ("unipc", "dpm++")
+from .config import NUM_TRAIN_TIMESTEPS, SOLVERS
 
 
 def make_scheduler(

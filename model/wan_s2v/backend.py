@@ -102,7 +102,6 @@ class WanPortrait:
 class WanS2VBackend(TorchBackend):
     declaration = DECLARATION
     name = "wan2.2-s2v-14b"
-    options_class = WanS2VOptions
 
     def __init__(
         self, pipeline: WanS2VPipeline, memory_mode: MemoryMode, lora: LoraAdapter | ModelUnavailableError

@@ -100,6 +100,7 @@ COMPILE_SETTING = "WAN_COMPILE"
 DECLARATION = BackendDeclaration(
     name="wan-s2v",
     backend_class="model.wan_s2v.backend:WanS2VBackend",
+    options_class="model.wan_s2v.options:WanS2VOptions",
     modes=("quality", "fast"),
     default_areas={"fast": FAST_DEFAULT_AREA},
     # quality: a clip of 80 frames (5 s at 16 fps) at a time, the first clip less its 3 dropped

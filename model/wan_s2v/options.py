@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from model.options import MAX_TEXT_LENGTH, BackendOptions, InvalidOptionError, option
-from model.wan_common.scheduler import SOLVERS
+from model.wan_common.config import SOLVERS
 
 from .config import FAST_MAX_STEPS, FAST_SAMPLE_STEPS
 
