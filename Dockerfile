@@ -81,12 +81,14 @@ CMD ["python", "-u", "-m", "handler"]
 # (model/wan_common/text.py), and only the shards and their index reach the baked image.
 FROM worker AS text-encoder-shards
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
-    python scripts/download_models.py --only 'models_t5_*.pth'
+    python scripts/download_models.py --backend wan-s2v --only 'models_t5_*.pth'
 COPY scripts/shard_text_encoder.py scripts/
 RUN python scripts/shard_text_encoder.py /models/Wan2.2-S2V-14B --shards 3
 
 
 FROM worker AS baked
+# The layers below are laid out for wan-s2v's files; the other GPU backends' weights come from a
+# network volume or RunPod's cached models (the deploy tool refuses --bake-weights for them).
 # Into the script's default folder, /models: the checkpoint in /models/Wan2.2-S2V-14B and the fast
 # mode's LoRA in /models/Live-Avatar, each with its finished-marker, where the worker looks.
 # One layer per component rather than one ~50 GB layer: registries cap a layer's size (GHCR at
@@ -100,29 +102,29 @@ FROM worker AS baked
 # these commands only: it is in no layer, no build argument and no image history. It is optional
 # because the weights are public; it lifts the download rate limit.
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
-    python scripts/download_models.py --only config.json \
+    python scripts/download_models.py --backend wan-s2v --only config.json \
         diffusion_pytorch_model.safetensors.index.json 'diffusion_pytorch_model-00001-of-*.safetensors'
 # hadolint ignore=DL3059
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
-    python scripts/download_models.py --only 'diffusion_pytorch_model-00002-of-*.safetensors'
+    python scripts/download_models.py --backend wan-s2v --only 'diffusion_pytorch_model-00002-of-*.safetensors'
 # hadolint ignore=DL3059
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
-    python scripts/download_models.py --only 'diffusion_pytorch_model-00003-of-*.safetensors'
+    python scripts/download_models.py --backend wan-s2v --only 'diffusion_pytorch_model-00003-of-*.safetensors'
 # hadolint ignore=DL3059
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
-    python scripts/download_models.py --only 'diffusion_pytorch_model-00004-of-*.safetensors'
+    python scripts/download_models.py --backend wan-s2v --only 'diffusion_pytorch_model-00004-of-*.safetensors'
 # hadolint ignore=DL3059
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
-    python scripts/download_models.py --only 'Wan2.1_VAE.pth' 'google/*' 'wav2vec2-*'
+    python scripts/download_models.py --backend wan-s2v --only 'Wan2.1_VAE.pth' 'google/*' 'wav2vec2-*'
 # hadolint ignore=DL3059
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
-    python scripts/download_models.py --only liveavatar.safetensors
+    python scripts/download_models.py --backend wan-s2v --only liveavatar.safetensors
 COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00001-of-00003.safetensors /models/Wan2.2-S2V-14B/
 COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00002-of-00003.safetensors /models/Wan2.2-S2V-14B/
 COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00003-of-00003.safetensors /models/Wan2.2-S2V-14B/
 COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16.safetensors.index.json /models/Wan2.2-S2V-14B/
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
-    python scripts/download_models.py
+    python scripts/download_models.py --backend wan-s2v
 
 
 # The default target: the worker without weights, which finds them on the network volume.

@@ -14,10 +14,17 @@ TORCH_INDEX_URL ?=
 demo: $(DEMO_STAMP)
 	$(PY) scripts/demo.py
 
+# Python caches each module's compiled code (and pytest each test file's rewritten asserts) beside
+# it; an environment that turns that off makes every worker and every subprocess compile them again.
+unexport PYTHONDONTWRITEBYTECODE
+
 # the lint gate first: a change that does not pass it does not land. Test files run in parallel,
-# one process per core, each file whole in one process (its module fixtures are made once).
+# each file whole in one process (its module fixtures are made once), one process more than the
+# cores: much of the suite waits on workers, servers, ffmpeg and a browser it starts, and the
+# extra process keeps the cores busy meanwhile.
+TEST_PROCESSES ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 1)')
 test: lint
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 
 # ruff and mypy as configured in pyproject.toml (mypy checks handler/, model/ and scripts/)
 lint: $(TEST_STAMP)

@@ -1,8 +1,9 @@
 """A `POST /generate` request as a job: the old box's multipart form, or the contract's JSON body.
 
 Only the envelope is translated here; the fields are the job's own and handler/schema.py judges
-them, with the same sentences as on RunPod. The form's two files become the base64 the job
-takes (`curl -F audio_file=@speech.wav -F image_file=@face.jpg -F prompt=...`); form values are
+them, with the same sentences as on RunPod. The form's files become the base64 the job takes
+(`curl -F audio_file=@speech.wav -F image_file=@face.jpg -F prompt=...`; a dubbing backend's
+`video_file` and a second speaker's `audio_file_2` too); form values are
 text, so the contract's numbers and booleans are read as such when they can be, and otherwise
 handed on as sent for the schema to refuse. A JSON body is `{"input": {...}}` (RunPod's envelope,
 with `s3Config` beside it) or the input object itself (the old box's).
@@ -34,9 +35,9 @@ from handler.client_text import shown, shown_value
 from handler.delivery import base64_size
 from handler.errors import ErrorCode, JobError
 from handler.schema import SHARED_OPTIONS
-from model.declaration import TRUE_WORDS
+from model.declaration import TRUE_WORDS, InputSupport
 
-FILE_FIELDS = ("audio_file", "image_file")
+FILE_FIELDS = ("audio_file", "image_file", "video_file", "audio_file_2")
 # Each shared field's value type, from its declaration; a backend's own fields say theirs
 # (BackendOptions.field_types).
 SHARED_FIELD_TYPES: dict[str, type] = {name: declared.kind for name, declared in SHARED_OPTIONS.items()}
@@ -44,7 +45,7 @@ SHARED_FIELD_TYPES: dict[str, type] = {name: declared.kind for name, declared in
 # text is handed on as sent, for the job's validation to refuse.
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-# Room beside the two media files for the other fields and the multipart framing.
+# Room beside the media files for the other fields and the multipart framing.
 ENVELOPE_BYTES = 1024 * 1024
 # A JSON job is one object of a few fields, its bulk two base64 strings, which hold none of ",[{": past
 # this many of them (about a byte each, parsed into about 60 bytes each) the body is refused unparsed.
@@ -94,9 +95,15 @@ class _CheckedMultiPartParser(MultiPartParser):
         self.ended = True
 
 
-def body_limit(max_input_bytes: int) -> int:
-    """The largest request body: both media files at MAX_INPUT_BYTES, as base64 (the larger form)."""
-    return 2 * base64_size(max_input_bytes) + ENVELOPE_BYTES
+# a backend that takes one portrait and one speech
+PLAIN_INPUTS = InputSupport()
+
+
+def body_limit(max_input_bytes: int, inputs: InputSupport = PLAIN_INPUTS, max_video_bytes: int = 0) -> int:
+    """The largest request body: each media file the backend takes at its cap, as base64 (the larger
+    form): a speech per speaker, and a portrait or, where it dubs, a video of up to MAX_VIDEO_BYTES."""
+    portrait = max(max_input_bytes, max_video_bytes if inputs.video else 0)
+    return inputs.speakers * base64_size(max_input_bytes) + base64_size(portrait) + ENVELOPE_BYTES
 
 
 async def read_job(
@@ -200,7 +207,7 @@ async def _form_input(items: list[tuple[str, Any]], field_types: Mapping[str, ty
         if isinstance(value, UploadFile):
             if name not in FILE_FIELDS:
                 raise JobError(ErrorCode.INVALID_INPUT,
-                               f"the form field {shown(name)} is a file, but only {' and '.join(FILE_FIELDS)} take "
+                               f"the form field {shown(name)} is a file, but only {', '.join(FILE_FIELDS)} take "
                                f"files; send {shown(name)} as text.")
             job_input[name] = base64.b64encode(await value.read()).decode("ascii")
         elif value != "":
@@ -272,6 +279,6 @@ def _not_stored(error: OSError) -> RequestRefused:
 
 
 def _too_large(limit: int) -> JobError:
-    return JobError(ErrorCode.TOO_LARGE, f"the request body is larger than {limit / 1e6:.1f} MB (two media files "
-                                         "at MAX_INPUT_BYTES); send smaller files, or large ones as audio_url and "
-                                         "image_url.")
+    return JobError(ErrorCode.TOO_LARGE, f"the request body is larger than {limit / 1e6:.1f} MB (each media file "
+                                         "at its cap: MAX_INPUT_BYTES, MAX_VIDEO_BYTES for a video); send smaller "
+                                         "files, or large ones as audio_url, image_url or video_url.")

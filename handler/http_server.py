@@ -4,7 +4,8 @@ For a GPU box that runs all day, as the Thunder-era deployment did, or beside a 
 while clients move over (MIGRATION.md). The jobs are the RunPod worker's own (handler/job.py),
 with its environment variables, limits and error codes; the model is loaded once, at start.
 
-    POST /generate       the old box's multipart form (audio_file and image_file as files, prompt and
+    POST /generate       the old box's multipart form (audio_file and image_file as files, and a
+                         dubbing or two-speaker backend's video_file and audio_file_2; prompt and
                          the contract's other fields as form fields) or the contract's JSON body;
                          answers once the video is made:
                          200 {"success": true, "request_id", "download_url", "download_expires_at",
@@ -93,6 +94,7 @@ from handler.job_queue import JobQueue, QueueFull, Ticket
 from handler.live_session import LiveSessions, SessionLimitError
 from handler.settings import WORKER_SETTINGS, SettingsError, split_api_keys
 from handler.startup import start_worker
+from model.declaration import InputSupport
 
 log = logging.getLogger("handler.http_server")
 
@@ -140,7 +142,8 @@ def create_app(worker: Worker) -> FastAPI:
     queue = JobQueue(worker, settings.server_queue_size)
     store = DownloadStore(settings.server_download_retention_seconds, settings.server_download_max_bytes)
     stop = WorkerStop()
-    max_body = body_limit(settings.max_input_bytes)
+    inputs = worker.backend.declaration.inputs if worker.backend is not None else InputSupport()
+    max_body = body_limit(settings.max_input_bytes, inputs, settings.max_video_bytes)
     # bodies being received at once: more than the jobs the server can hold (running and waiting) would only wait
     max_uploads = settings.server_queue_size + 1
     uploads = [0]

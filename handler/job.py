@@ -21,14 +21,16 @@ from handler.delivery_plan import DeliveryPlan, Destination, plan_delivery
 from handler.downloads import DownloadSlot
 from handler.errors import FRESH_WORKER_CODES, ErrorCode, JobError, contract_error, from_model_error
 from handler.fetch import fetch_url
-from handler.media import DecodedAudio, decode_audio, decode_base64, decode_image
+from handler.media import DecodedAudio, check_duration, decode_audio, decode_base64, decode_image
 from handler.presets import PresetAvatars
 from handler.progress import PERCENT_AFTER_GENERATE, PERCENT_AFTER_INPUTS, ProgressReporter
 from handler.render import StepGuard, render
-from handler.schema import SHARED_FIELDS, JobRequest, MediaSource, parse_job
+from handler.schema import SHARED_FIELDS, JobRequest, MediaSource, check_backend_inputs, parse_job
 from handler.scratch import check_free_space, scratch_folder
 from handler.segments import SegmentPlan
 from handler.settings import WorkerSettings
+from handler.source_video import VideoLimits, open_source_video
+from handler.speakers import lay_out, write_wav
 from handler.streaming import BucketPlaylist, SegmentSinks, StreamItem
 from model.base import GenerationOptions, NoFaceError, PreparedPortrait, TalkingHeadBackend
 from model.speed import estimate
@@ -147,12 +149,13 @@ class Worker:
         options = self._options(request)
         plan = self._plan(request, sends_stream_items=emit is not None, kept_by_server=download_slot is not None)
         stages = _Stages(job_id, control, ProgressReporter(job))
-        with scratch_folder() as workdir:
+        with scratch_folder() as workdir, contextlib.ExitStack() as inputs:
             check_free_space(workdir, request, self.settings)  # before any input is fetched or written
             with stages.run("decode", percent=0.0):
-                audio = self._load_audio(request, workdir)
+                audio, options = self._load_speech(request, options, workdir)
                 self._check_time_budget(request, options.mode, audio)
-                image = None if request.image.kind == "preset" else self._load_image(request.image)
+                options = self._load_video(request, options, workdir, inputs)
+                image = self._portrait_image(request, options)
             with stages.run("prepare", percent=PERCENT_AFTER_INPUTS):
                 portrait = self._prepare(request, options.mode, image)
             log.info("job %s: portrait ready (%s) in %.2f s", job_id, request.image.field, stages.timings["prepare"])
@@ -166,8 +169,11 @@ class Worker:
         return self._result(job_id, request, options, video, delivered, stages.timings, held_seconds), plan.destination
 
     def _options(self, request: JobRequest) -> GenerationOptions:
-        """The job's generation options, once the backend has accepted them (else InvalidOptionError)."""
-        backend_options = self.loaded_backend.parse_options(request.backend_fields, request.mode)
+        """The job's generation options, once the backend has accepted them and the inputs it was
+        sent (else InvalidOptionError, or JobError naming a video or second speech it does not take)."""
+        backend = self.loaded_backend
+        check_backend_inputs(request, backend.declaration.inputs, backend.name)
+        backend_options = backend.parse_options(request.backend_fields, request.mode)
         return GenerationOptions(
             seed=request.seed, mode=request.mode, prompt=request.prompt, backend_options=backend_options
         )
@@ -195,27 +201,63 @@ class Worker:
             return
         longest = expected.longest_speech(budget)
         raise JobError(ErrorCode.TOO_LARGE, (
-            f"{request.audio.field}: the speech is {audio.duration_seconds:.1f} s, and this endpoint's execution "
+            f"{request.speech_fields}: the speech is {audio.duration_seconds:.1f} s, and this endpoint's execution "
             f"timeout (EXECUTION_TIMEOUT_SECONDS={budget}) fits at most {longest:.1f} s of it in mode {mode} at up "
             f"to {area} pixels ({expected.overhead_seconds:.0f} s + {expected.seconds_per_video_second:.3g} s per "
             f"second of speech, {expected.basis}); send at most {longest:.1f} s of speech or a smaller resolution, "
             "or raise the endpoint's execution timeout and EXECUTION_TIMEOUT_SECONDS with it."
         ))
 
-    def _load_audio(self, request: JobRequest, workdir: Path) -> DecodedAudio:
-        data = self._read_source(request.audio)
-        return decode_audio(data, request.audio.field, workdir, request.max_duration_seconds)
+    def _load_speech(
+        self, request: JobRequest, options: GenerationOptions, workdir: Path,
+    ) -> tuple[DecodedAudio, GenerationOptions]:
+        """The job's speech; with a second speaker, both laid out by `speaker_timing`, the options'
+        `speakers` their tracks and the job's speech their mix (handler/speakers.py)."""
+        first = self._load_audio(request.audio, request, workdir)
+        if request.audio_2 is None:
+            return first, options
+        second_folder = workdir / "speaker-2"
+        second_folder.mkdir()
+        second = self._load_audio(request.audio_2, request, second_folder)
+        layout = lay_out(first.speech, second.speech, request.speaker_timing)
+        laid_out = f"{request.speech_fields} laid out as speaker_timing {request.speaker_timing!r}"
+        check_duration(layout.mix.duration_seconds, laid_out, request.max_duration_seconds)
+        mix = DecodedAudio(layout.mix, write_wav(layout.mix, workdir / "speakers-mix.wav"),
+                           layout.mix.duration_seconds)
+        return mix, dataclasses.replace(options, speakers=layout.tracks)
+
+    def _load_audio(self, source: MediaSource, request: JobRequest, workdir: Path) -> DecodedAudio:
+        data = self._read_source(source)
+        return decode_audio(data, source.field, workdir, request.max_duration_seconds)
+
+    def _load_video(
+        self, request: JobRequest, options: GenerationOptions, workdir: Path, cleanup: contextlib.ExitStack,
+    ) -> GenerationOptions:
+        """The options with the job's video to dub (its decoders ended by `cleanup`); unchanged without one."""
+        source = request.video
+        if source is None:
+            return options
+        data = self._read_source(source, self.settings.max_video_bytes)
+        limits = VideoLimits(self.settings.max_video_seconds, self.settings.max_video_pixels)
+        video = cleanup.enter_context(open_source_video(data, source.field, workdir, limits))
+        return dataclasses.replace(options, source_video=video)
+
+    def _portrait_image(self, request: JobRequest, options: GenerationOptions) -> np.ndarray | None:
+        """The portrait to prepare: the video's first frame, the job's image, or None for a preset."""
+        if options.source_video is not None:
+            return options.source_video.first_frame()
+        return None if request.image.kind == "preset" else self._load_image(request.image)
 
     def _load_image(self, source: MediaSource) -> np.ndarray:
         return decode_image(self._read_source(source), source.field, self.settings.max_image_pixels)
 
-    def _read_source(self, source: MediaSource) -> bytes:
+    def _read_source(self, source: MediaSource, max_bytes: int | None = None) -> bytes:
+        """The bytes of a base64 or URL input, at most `max_bytes` (default MAX_INPUT_BYTES)."""
+        limit = self.settings.max_input_bytes if max_bytes is None else max_bytes
         if source.kind == "url":
-            return fetch_url(
-                source.value, source.field, self.settings.max_input_bytes,
-                self.settings.fetch_timeout_seconds, self.settings.allow_private_urls,
-            )
-        return decode_base64(source.value, source.field, self.settings.max_input_bytes)
+            return fetch_url(source.value, source.field, limit, self.settings.fetch_timeout_seconds,
+                             self.settings.allow_private_urls)
+        return decode_base64(source.value, source.field, limit)
 
     def _prepare(self, request: JobRequest, mode: str, image: np.ndarray | None) -> PreparedPortrait:
         backend = self.loaded_backend
@@ -233,6 +275,10 @@ class Worker:
             with self.portrait_lock:
                 return backend.prepare_portrait(image, max_area)
         except NoFaceError as error:
+            if request.video is not None:
+                raise JobError(ErrorCode.NO_FACE, (
+                    f"{request.video.field}: the video's first frame has no face to animate ({error}); send a "
+                    "video whose first frame shows the face.")) from None
             raise from_model_error(error, request.image.field) from None
 
     def live_request(self, fields: Mapping[str, Any]) -> JobRequest:
@@ -286,7 +332,7 @@ class Worker:
             if sinks.playlist is not None:
                 streamed.update(playlist_url=sinks.playlist.url, playlist_expires_at=sinks.playlist.expires_at)
         size = path.stat().st_size if path.exists() else sinks.bytes if sinks is not None else 0
-        return _Video(path, rendered.num_frames, portrait.width, portrait.height, size, streamed)
+        return _Video(path, rendered.num_frames, rendered.width, rendered.height, size, streamed)
 
     def _segment_sinks(
         self, plan: DeliveryPlan, mode: str, directory: Path, stages: _Stages,

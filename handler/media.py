@@ -43,13 +43,18 @@ class DecodedAudio:
     duration_seconds: float
 
 
+def byte_size(num_bytes: int) -> str:
+    """A limit in bytes as a sentence gives it: whole MiB, or bytes below one."""
+    return f"{num_bytes // (1024 * 1024)} MiB" if num_bytes >= 1024 * 1024 else f"{num_bytes} bytes"
+
+
 def decode_base64(value: str, field: str, max_bytes: int) -> bytes:
     payload = DATA_URI_PREFIX.sub("", value, count=1)
     payload = re.sub(r"\s+", "", payload)
     if len(payload) * 3 // 4 > max_bytes:
         raise JobError(
             ErrorCode.TOO_LARGE,
-            f"{field} decodes to more than {max_bytes // (1024 * 1024)} MiB; send a smaller file or a URL.",
+            f"{field} decodes to more than {byte_size(max_bytes)}; send a smaller file or a URL.",
         )
     if "-" in payload or "_" in payload:
         payload = payload.replace("-", "+").replace("_", "/")
@@ -87,7 +92,7 @@ def decode_audio(data: bytes, field: str, workdir: Path, max_seconds: float) -> 
             ErrorCode.UNSUPPORTED_MEDIA,
             f"{field} holds only {duration:.2f} s of audio; send at least {MIN_SPEECH_SECONDS} s of speech.",
         )
-    _check_duration(duration, field, max_seconds)
+    check_duration(duration, field, max_seconds)
     samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0).clip(-1.0, 1.0)
     return DecodedAudio(speech=Speech(samples=samples), mux_wav=mux_wav, duration_seconds=duration)
 
@@ -124,7 +129,7 @@ def _probe_audio(source: Path, field: str, max_seconds: float) -> tuple[int, int
     if declared is not None:
         hours, minutes, rest = declared.groups()
         seconds = int(hours) * 3600 + int(minutes) * 60 + float(rest)
-        _check_duration(seconds, field, max_seconds)
+        check_duration(seconds, field, max_seconds)
     # However many channels and however fast, no more samples than MAX_DECODED_CHANNEL_RATE's worth:
     # what a file that declares no duration may decode is bounded by the decoding's own cut.
     decoded = channels * rate * min(seconds, max_seconds + 1)
@@ -171,7 +176,7 @@ def _run_ffmpeg(command: list[str], field: str) -> subprocess.CompletedProcess[b
         ) from None
 
 
-def _check_duration(seconds: float, field: str, max_seconds: float) -> None:
+def check_duration(seconds: float, field: str, max_seconds: float) -> None:
     if seconds > max_seconds:
         raise JobError(
             ErrorCode.TOO_LARGE,

@@ -20,7 +20,7 @@ from handler.media import DecodedAudio
 from handler.progress import PERCENT_AFTER_GENERATE, PERCENT_AFTER_PREPARE, ProgressReporter
 from handler.segments import SegmentWriter
 from handler.streaming import SegmentSinks
-from handler.video import FfmpegEncoder, Mp4Writer
+from handler.video import FfmpegEncoder, Mp4Writer, output_size
 from model.base import GenerationOptions, PreparedPortrait, TalkingHeadBackend, num_frames_for
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class StepGuard:
 @dataclasses.dataclass(frozen=True)
 class Rendered:
     num_frames: int
+    #: the encoded video's frame size (handler/video.py's `output_size`)
+    width: int
+    height: int
     generate_seconds: float
     encode_seconds: float
 
@@ -75,11 +78,12 @@ def render(
     encode_seconds = 0.0
     clock = time.monotonic()
     writer: FfmpegEncoder
+    size = output_size(portrait, options.source_video)
     if sinks is None:
-        writer = Mp4Writer(video, portrait.width, portrait.height, fps, audio.mux_wav)
+        writer = Mp4Writer(video, portrait.width, portrait.height, fps, audio.mux_wav, size)
     else:
         writer = SegmentWriter(sinks.directory, portrait.width, portrait.height, fps,
-                               audio.mux_wav, expected, sinks.plan, sinks)
+                               audio.mux_wav, expected, sinks.plan, sinks, size)
     with writer:
         # closing(): a failure or a stop closes the generator at once, not whenever it is collected.
         # The interface promises an Iterator; every backend's generate() is a generator function.
@@ -95,4 +99,4 @@ def render(
             raise RuntimeError(f"backend produced {writer.frames_written} frames, expected {expected}")
         finish_started = time.monotonic()
     encode_seconds += time.monotonic() - finish_started
-    return Rendered(writer.frames_written, time.monotonic() - clock - encode_seconds, encode_seconds)
+    return Rendered(writer.frames_written, *size, time.monotonic() - clock - encode_seconds, encode_seconds)

@@ -2,10 +2,13 @@
 
 `SHARED_OPTIONS` declares the fields every backend shares (model/options.py's Option: type, bounds,
 choices, default, description); the simple ones are validated from their declarations, the
-structured ones (exactly one audio and one image source, `resolution`'s "W*H", the worker's cap on
-`max_duration_seconds`) by the rules below. A default the declaration leaves as None is decided
-here or by the worker: a random seed, the endpoint's DEFAULT_MODE, the backend's resolution for the
-mode, the endpoint's MAX_AUDIO_SECONDS.
+structured ones (exactly one audio and one image source, a video to dub counting as the image, at
+most one second speech and only beside a first, `speaker_timing` only with a second speech,
+`resolution`'s "W*H", the worker's cap on `max_duration_seconds`) by the rules below. Whether the
+endpoint's backend takes a video or a second speech (its declaration's `inputs`) is judged by
+`check_backend_inputs`, which the worker calls as soon as it knows the backend, before any media
+work. A default the declaration leaves as None is decided here or by the worker: a random seed,
+the endpoint's DEFAULT_MODE, the backend's resolution for the mode, the endpoint's MAX_AUDIO_SECONDS.
 
 Every other field is the backend's (`backend_fields`): its options class (model/options.py)
 takes them, refusing a field it does not take or that has no meaning in the job's mode, and a
@@ -27,15 +30,16 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from handler.bucket import JOB_FIELDS, BucketAddressError, BucketSettings, make_bucket
 from handler.client_text import shown_value
 from handler.errors import ErrorCode, JobError
 from model.base import DEFAULT_PROMPT
+from model.declaration import InputSupport
 from model.options import MAX_TEXT_LENGTH, InvalidOptionError, Option, json_type
-from model.registry import ALL_MODES
+from model.registry import ALL_MODES, BACKENDS
 
 OUTPUT_TYPES = ("auto", "base64", "s3")
 #: every generation mode the contract knows; which of them an endpoint offers is its backend's `modes`
@@ -44,6 +48,13 @@ MAX_SEED = 2**63 - 1
 # a job without a seed gets a random one below this (docs/CONTRACT.md, `seed`)
 RANDOM_SEED_LIMIT = 2**31
 MIN_SIDE, MAX_SIDE = 64, 4096
+# Two speakers (handler/speakers.py): over the same time, or the second once the first has ended.
+SPEAKER_TIMINGS = ("parallel", "sequential")
+# Where the portrait may come from: an image, a preset, or a video to dub (its first frame).
+PORTRAIT_SOURCES = {"image_file": "base64", "image_url": "url", "avatar_id": "preset",
+                    "video_file": "base64", "video_url": "url"}
+VIDEO_FIELDS = frozenset({"video_file", "video_url"})
+SECOND_SPEECH_SOURCES = {"audio_file_2": "base64", "audio_url_2": "url"}
 
 # The fields every backend shares; the rest of a job's fields are its backend's own.
 SHARED_OPTIONS: dict[str, Option] = {
@@ -52,6 +63,12 @@ SHARED_OPTIONS: dict[str, Option] = {
     "image_file": Option(str, "the portrait, base64"),
     "image_url": Option(str, "http(s) URL of the portrait"),
     "avatar_id": Option(str, "a preset portrait from PRESET_AVATARS_DIR/<avatar_id>/"),
+    "video_file": Option(str, "a video to dub, base64, in place of the portrait"),
+    "video_url": Option(str, "http(s) URL of a video to dub, in place of the portrait"),
+    "audio_file_2": Option(str, "the second speaker's speech, base64"),
+    "audio_url_2": Option(str, "http(s) URL of the second speaker's speech"),
+    "speaker_timing": Option(str, "how two speakers' speeches are laid out in time", default="parallel",
+                             choices=SPEAKER_TIMINGS),
     "prompt": Option(str, "text guidance (diffusion backends)", default=DEFAULT_PROMPT, max_length=MAX_TEXT_LENGTH),
     "resolution": Option(str, "a pixel area budget"),
     "seed": Option(int, "the random seed, reported back so a result can be reproduced", low=0, high=MAX_SEED),
@@ -81,6 +98,7 @@ class MediaSource:
 @dataclasses.dataclass(frozen=True)
 class JobRequest:
     audio: MediaSource
+    #: the portrait's source: an image, a preset, or a video to dub (`video`)
     image: MediaSource
     prompt: str
     #: the pixel-area budget of `resolution`; None: the backend's default for the job's mode
@@ -95,6 +113,20 @@ class JobRequest:
     stream: bool
     #: the job's own bucket (RunPod's s3Config), which overrides the endpoint's
     s3_override: BucketSettings | None
+    #: the second speaker's speech (audio_file_2 / audio_url_2); None: one speaker
+    audio_2: MediaSource | None = None
+    #: how two speeches are laid out in time, one of SPEAKER_TIMINGS (meaningless for one)
+    speaker_timing: str = SPEAKER_TIMINGS[0]
+
+    @property
+    def video(self) -> MediaSource | None:
+        """The video to dub (video_file / video_url), which is also where the portrait comes from."""
+        return self.image if self.image.field in VIDEO_FIELDS else None
+
+    @property
+    def speech_fields(self) -> str:
+        """The fields the job's speech comes from, as a sentence names them."""
+        return self.audio.field if self.audio_2 is None else f"{self.audio.field} with {self.audio_2.field}"
 
 
 def invalid(message: str) -> JobError:
@@ -109,11 +141,13 @@ def parse_job(job: Mapping[str, Any], max_audio_seconds: float, default_mode: st
     raw = job.get("input")
     if not isinstance(raw, dict):
         raise invalid(
-            '"input" must be a JSON object with audio_file (or audio_url) and image_file (or image_url, avatar_id).'
+            '"input" must be a JSON object with audio_file (or audio_url) and image_file (or image_url, avatar_id, '
+            'video_file, video_url).'
         )
     _screen_fields(raw)
+    audio_2 = _second_speech(raw)
     audio = _one_source(raw, "audio", {"audio_file": "base64", "audio_url": "url"})
-    image = _one_source(raw, "image", {"image_file": "base64", "image_url": "url", "avatar_id": "preset"})
+    image = _one_source(raw, "image", PORTRAIT_SOURCES)
     if image.kind == "preset" and not AVATAR_ID_PATTERN.match(image.value):
         raise invalid("avatar_id may contain only letters, digits, '.', '_' and '-'; use the id of a preset avatar.")
     return JobRequest(
@@ -128,7 +162,47 @@ def parse_job(job: Mapping[str, Any], max_audio_seconds: float, default_mode: st
         max_duration_seconds=_max_duration(raw.get("max_duration_seconds"), max_audio_seconds),
         stream=_declared(raw, "stream"),
         s3_override=_s3_override(job.get("s3Config")),
+        audio_2=audio_2,
+        speaker_timing=_declared(raw, "speaker_timing"),
     )
+
+
+def _second_speech(raw: Mapping[str, Any]) -> MediaSource | None:
+    """The second speaker's speech, if any; refuses a second speech without a first, and
+    `speaker_timing` without a second speech (it would say nothing)."""
+    given = [name for name in SECOND_SPEECH_SOURCES if raw.get(name) not in (None, "")]
+    if not given:
+        if raw.get("speaker_timing") is not None:
+            raise invalid("speaker_timing lays out two speakers' speeches in time, and this job sends one: send the "
+                          "second speaker's as audio_file_2 or audio_url_2, or leave speaker_timing out.")
+        return None
+    if all(raw.get(name) in (None, "") for name in ("audio_file", "audio_url")):
+        raise invalid(f"{given[0]} is the second speaker's speech, and no first speech was given: send the first "
+                      "speaker's as audio_file or audio_url (a single speech goes there, not in "
+                      f"{given[0]}).")
+    return _one_source(raw, "second speech", SECOND_SPEECH_SOURCES)
+
+
+def check_backend_inputs(request: JobRequest, inputs: InputSupport, backend: str) -> None:
+    """Refuse, before any media work, a video or a second speech the endpoint's backend does not
+    take (its declaration's `inputs`), naming the field and what the backend takes instead."""
+    video = request.video
+    if video is not None and not inputs.video:
+        others = _backends_taking(lambda support: support.video)
+        raise invalid(f"{video.field} is a video to dub, and this endpoint's backend ({backend}) takes no video: it "
+                      "animates one portrait. Send image_file, image_url or avatar_id instead"
+                      f"{others and f' (a video is taken by {others} endpoints)'}.")
+    if request.audio_2 is not None and inputs.speakers < 2:
+        others = _backends_taking(lambda support: support.speakers >= 2)
+        raise invalid(f"{request.audio_2.field} is a second speaker's speech, and this endpoint's backend ({backend}) "
+                      "animates one speaker: send one speech (audio_file or audio_url) and leave "
+                      f"{request.audio_2.field} and speaker_timing out"
+                      f"{others and f' (two speakers are taken by {others} endpoints)'}.")
+
+
+def _backends_taking(takes: Callable[[InputSupport], bool]) -> str:
+    """The registry's backends whose declared inputs `takes` accepts, as a sentence lists them."""
+    return " and ".join(name for name, entry in BACKENDS.items() if takes(entry.inputs))
 
 
 def _screen_fields(raw: Mapping[str, Any]) -> None:

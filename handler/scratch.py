@@ -71,7 +71,7 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def job_scratch_bytes(request: JobRequest, max_input_bytes: int) -> int:
+def job_scratch_bytes(request: JobRequest, max_input_bytes: int, max_video_bytes: int = 0) -> int:
     """The most a job writes to its scratch folder: its speech input (the base64's own size, or
     MAX_INPUT_BYTES for a URL), the muxing WAV and the MP4 for the longest speech it may send, and
     as much again for a stream's segments. (The portrait is decoded in memory.)"""
@@ -79,12 +79,27 @@ def job_scratch_bytes(request: JobRequest, max_input_bytes: int) -> int:
     input_bytes = len(audio.value) * 3 // 4 if audio.kind == "base64" else max_input_bytes
     seconds = request.max_duration_seconds
     output = seconds * OUTPUT_BYTES_PER_SECOND * (2 if request.stream else 1)
-    return int(min(input_bytes, max_input_bytes) + seconds * MUX_WAV_BYTES_PER_SECOND + output)
+    return int(min(input_bytes, max_input_bytes) + seconds * MUX_WAV_BYTES_PER_SECOND + output
+               + _dubbing_bytes(request, max_input_bytes, max_video_bytes))
+
+
+def _dubbing_bytes(request: JobRequest, max_input_bytes: int, max_video_bytes: int) -> int:
+    """What a video to dub and a second speaker add: the video file, the second speech's input and
+    muxing WAV, and the 16 kHz 16-bit mix of the two (handler/speakers.py), twice the longest speech."""
+    extra = 0
+    if request.video is not None:
+        extra += min(len(request.video.value) * 3 // 4 if request.video.kind == "base64" else max_video_bytes,
+                     max_video_bytes)
+    if request.audio_2 is not None:
+        second = request.audio_2
+        extra += min(len(second.value) * 3 // 4 if second.kind == "base64" else max_input_bytes, max_input_bytes)
+        extra += int(request.max_duration_seconds * (MUX_WAV_BYTES_PER_SECOND + 2 * 2 * 16_000))
+    return extra
 
 
 def check_free_space(folder: Path, request: JobRequest, settings: WorkerSettings) -> None:
     """Before the job's costly work: its disk has room for what it may write, plus the reserve."""
-    need = job_scratch_bytes(request, settings.max_input_bytes)
+    need = job_scratch_bytes(request, settings.max_input_bytes, settings.max_video_bytes)
     reserve = settings.scratch_reserve_bytes
     free = free_bytes(folder)
     if free >= need + reserve:

@@ -97,7 +97,7 @@ class SegmentWriter(FfmpegEncoder):
 
     def __init__(
         self, directory: Path, width: int, height: int, fps: float, audio_wav: Path, num_frames: int,
-        plan: SegmentPlan, on_segment: Callable[[Segment], None],
+        plan: SegmentPlan, on_segment: Callable[[Segment], None], output: tuple[int, int] | None = None,
     ) -> None:
         self.directory = directory
         self.playlist = directory / PLAYLIST_NAME
@@ -107,7 +107,7 @@ class SegmentWriter(FfmpegEncoder):
         self._on_segment = on_segment
         self.segments_done = 0
         directory.mkdir(parents=True, exist_ok=True)
-        super().__init__(width, height, fps, audio_wav)
+        super().__init__(width, height, fps, audio_wav, output)
 
     def _output_arguments(self) -> list[str]:
         # Keyframes only where the plan cuts; a target duration below any segment's, so that the

@@ -31,6 +31,12 @@ MAX_SERVER_QUEUE_SIZE = 100
 MAX_MIN_BODY_BYTES_PER_SECOND = 100_000_000
 DEFAULT_SERVER_DOWNLOAD_MAX_BYTES = 10 * 1024**3
 DEFAULT_SCRATCH_RESERVE_BYTES = 100 * 1024**2
+# A video to dub: five minutes of 1080p phone video at its usual 5 Mbit/s is under 200 MB.
+DEFAULT_MAX_VIDEO_BYTES = 200 * 1000**2
+# 4K UHD: what phones record. The result keeps the video's frame size, so its MP4 is encoded at
+# it, and each decoded frame is 25 MB of RGB, one at a time; past 4K that buys nothing a 480p or
+# 720p model can show.
+DEFAULT_MAX_VIDEO_PIXELS = 3840 * 2160
 
 
 # The RunPod SDK's log levels, most verbose first ("NOTSET" silences it). At DEBUG and TRACE it
@@ -50,6 +56,11 @@ WORKER_SETTINGS = (
     Setting("MAX_AUDIO_SECONDS", float, 300.0, "the longest speech a job may send"),
     Setting("MAX_INPUT_BYTES", int, 50 * 1024 * 1024, "the largest input a job may send or link to", low=1024),
     Setting("MAX_IMAGE_PIXELS", int, 50_000_000, "the largest portrait (width x height) a job may send", low=1),
+    Setting("MAX_VIDEO_BYTES", int, DEFAULT_MAX_VIDEO_BYTES, "the largest video to dub a job may send or link to",
+            low=1024),
+    Setting("MAX_VIDEO_SECONDS", float, 300.0, "the longest video to dub a job may send"),
+    Setting("MAX_VIDEO_PIXELS", int, DEFAULT_MAX_VIDEO_PIXELS,
+            "the largest frame (width x height, as displayed) of a video to dub", low=1),
     Setting("MAX_INLINE_RESULT_BYTES", int, 10_000_000, "the largest MP4 returned inline as base64", low=1024),
     Setting("ALLOW_PRIVATE_URLS", bool, False, "let jobs fetch URLs on private addresses"),
     Setting("FETCH_TIMEOUT_SECONDS", float, 30.0, "the deadline of one URL download"),
@@ -139,6 +150,10 @@ class WorkerSettings:
     #: SERVER_DOWNLOAD_MAX_BYTES: the always-on server keeps at most this many bytes of videos for
     #: download_url; a new one makes room by removing the oldest (handler/downloads.py)
     server_download_max_bytes: int = DEFAULT_SERVER_DOWNLOAD_MAX_BYTES
+    #: MAX_VIDEO_BYTES, MAX_VIDEO_SECONDS, MAX_VIDEO_PIXELS: a video to dub (handler/source_video.py)
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
+    max_video_seconds: float = 300.0
+    max_video_pixels: int = DEFAULT_MAX_VIDEO_PIXELS
     #: SCRATCH_RESERVE_BYTES: free space a job's temporary folder keeps beyond its need (handler/scratch.py)
     scratch_reserve_bytes: int = DEFAULT_SCRATCH_RESERVE_BYTES
     #: STREAM_RESULTS: the RunPod handler is a generator, so that `stream` jobs send segments

@@ -66,6 +66,27 @@ class Speech:
         return len(self.samples) / SPEECH_SAMPLE_RATE
 
 
+class SourceVideo(abc.ABC):
+    """A video to dub (a job's `video_file`/`video_url`), already probed and within the worker's limits.
+
+    Its frames are decoded on demand, never held whole: `frames(fps)` streams them from the start,
+    resampled in time to `fps` (a frame every 1/fps s, as ffmpeg's fps filter picks them), at the
+    video's own size, RGB uint8 (height, width, 3), until the video ends. Its own audio is never used.
+    """
+
+    width: int
+    height: int
+    duration_seconds: float
+
+    @abc.abstractmethod
+    def first_frame(self) -> np.ndarray:
+        """The video's first frame (what the portrait checks and the video size start from)."""
+
+    @abc.abstractmethod
+    def frames(self, fps: float) -> Iterator[np.ndarray]:
+        """The video's frames at `fps`, from its start to its end, one at a time."""
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions:
     """Per-job knobs: the shared ones, and the backend's own (its `options_class`, parsed by
@@ -76,6 +97,12 @@ class GenerationOptions:
     mode: str = "quality"
     prompt: str = DEFAULT_PROMPT
     backend_options: BackendOptions = dataclasses.field(default_factory=BackendOptions)
+    #: with two speakers (InputSupport.speakers): each speaker's own speech, placed in time as the
+    #: job's `speaker_timing` says and padded with silence to the job's speech, which is their mix;
+    #: empty for one speaker
+    speakers: tuple[Speech, ...] = ()
+    #: the video to dub, for a backend whose InputSupport takes one (the portrait is its first frame)
+    source_video: SourceVideo | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -102,7 +102,9 @@ class WeightSpec:
     from each `any_of` group the file the folder already holds, else the first the repository
     has (the baked image holds the text encoder as shards). `revision` pins a commit, branch
     or tag (None: the default branch). `optional` weights serve only `modes`: without them the
-    backend starts and jobs in those modes fail with MODEL_UNAVAILABLE.
+    backend starts and jobs in those modes fail with MODEL_UNAVAILABLE. `when` (setting, value)
+    says they are needed only while the backend's setting of that name has that value (a model
+    size, say); None: always (BackendDeclaration.weights_for chooses).
     """
 
     name: str
@@ -118,6 +120,7 @@ class WeightSpec:
     any_of: tuple[tuple[str, ...], ...] = ()
     optional: bool = False
     modes: tuple[str, ...] = ()
+    when: tuple[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +163,8 @@ class DeployProfile:
     are the container disk with and without a network volume holding the weights; `weights_hint`
     is what the deploy tool's help says about where the weights come from, `cold_start_hint` what
     it says after deploying an endpoint with neither a volume nor baked weights; `image_extras`
-    are the pyproject extras the image needs for this backend.
+    are the pyproject extras the image needs for this backend; `bakes_into_image` says whether the
+    Dockerfile's `baked` target holds its weights (its layers are laid out file by file, for one backend).
     """
 
     compute: GpuNeed | CpuNeed
@@ -173,6 +177,7 @@ class DeployProfile:
     weights_hint: str = ""
     cold_start_hint: str = ""
     image_extras: tuple[str, ...] = ()
+    bakes_into_image: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +187,19 @@ class LiveSupport:
     can_go_live: bool = False
     max_sessions: int = 0
     why_not: str = "this backend renders finished recordings only"
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSupport:
+    """Which inputs beyond one portrait and one speech a backend takes (docs/CONTRACT.md, "Job input").
+
+    `video`: a video to dub (`video_file`/`video_url`) in place of the portrait; `speakers`: how
+    many speeches one job may carry (2 takes `audio_file_2`/`audio_url_2` and `speaker_timing`).
+    A job giving an input its backend does not take is refused naming the field.
+    """
+
+    video: bool = False
+    speakers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +221,7 @@ class BackendDeclaration:
     settings: tuple[Setting, ...] = ()
     weights: tuple[WeightSpec, ...] = ()
     live: LiveSupport = LiveSupport()
+    inputs: InputSupport = InputSupport()
     #: "module:Class" of the job fields it takes besides the shared ones (its backend's
     #: `options_class`), importable without the backend; empty: none
     options_class: str = ""
@@ -249,3 +268,8 @@ class BackendDeclaration:
     def read_settings(self, env: Mapping[str, str]) -> dict[str, Any]:
         """This backend's settings from `env`, by variable name. Raises SettingValueError."""
         return {setting.env: setting.read(env) for setting in self.settings}
+
+    def weights_for(self, settings: Mapping[str, Any]) -> tuple[WeightSpec, ...]:
+        """The weights it needs with these settings (`read_settings`' values): all but those whose
+        `when` names another value of its setting."""
+        return tuple(spec for spec in self.weights if spec.when is None or settings.get(spec.when[0]) == spec.when[1])

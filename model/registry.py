@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.declaration import BackendDeclaration
+from model.declaration import BackendDeclaration, SettingValueError
 
 if TYPE_CHECKING:
     from model.base import TalkingHeadBackend
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 # (the first GPU backend whose weights are present, else the first CPU one).
 BACKEND_PACKAGES = (
     "model.wan_s2v",
+    "model.infinitetalk",
+    "model.omniavatar",
     "model.lite",
 )
 
@@ -71,7 +74,12 @@ def default_backend_name(model_dir: Path) -> str:
     from model.weights import weights_present
 
     for entry in BACKENDS.values():
-        required = [spec for spec in entry.weights if not spec.optional]
+        try:
+            # the weights its settings choose (a model size's), as the worker would load them
+            chosen = entry.weights_for(entry.read_settings(os.environ))
+        except SettingValueError:
+            continue  # the worker's start refuses the setting, naming it
+        required = [spec for spec in chosen if not spec.optional]
         if entry.needs_gpu and required and all(weights_present(spec, model_dir) for spec in required):
             return entry.name
     return fallback

@@ -341,6 +341,11 @@ def check_prerequisites(settings: Mapping[str, str], image: str | None, dry_run:
         else:
             problems.append("IMAGE_REPOSITORY is not set: put your registry's repository in .env, "
                             "e.g. IMAGE_REPOSITORY=docker.io/you/talking-head")
+    backend = settings.get("MODEL_BACKEND") or DEFAULT_BACKEND
+    if settings.get("BAKE_WEIGHTS") == "1" and backend in BACKENDS and not BACKENDS[backend].deploy.bakes_into_image:
+        bakeable = ", ".join(name for name, entry in BACKENDS.items() if entry.deploy.bakes_into_image)
+        problems.append(f"--bake-weights: the image's baked target holds the weights of {bakeable} only, not "
+                        f"{backend}'s; leave it out and use --network-volume, or RunPod's cached models")
     if importlib.util.find_spec("requests") is None:
         problems.append(f"{sys.executable} cannot import requests: run 'make install' (or pip install requests)")
     if not dry_run:

@@ -1,6 +1,8 @@
-"""Fetch the weights the worker reads into a models folder: every weight spec the backends declare
+"""Fetch the weights the worker reads into a models folder: every weight spec a backend declares
 (model/declaration.py, WeightSpec), each into DIR/<its folder>, exactly as a worker with
-MODEL_DIR=DIR downloads them at its first start.
+MODEL_DIR=DIR downloads them at its first start. The backend is the one MODEL_BACKEND names, else
+the registry's default (model/registry.py), unless --backend names others: each GPU backend's
+weights are tens of GB, so none is fetched that the endpoint will not run.
 
     python scripts/download_models.py                                 # into /models, the image's folder
                                                                       # (the Dockerfile's `baked` stage)
@@ -8,7 +10,11 @@ MODEL_DIR=DIR downloads them at its first start.
                                                                       # a pod (pods mount it at /workspace,
                                                                       # workers at /runpod-volume: they
                                                                       # read /runpod-volume/models)
-    python scripts/download_models.py --backend NAME                  # one backend's weights only
+    python scripts/download_models.py --backend NAME                  # that backend's weights (repeat
+                                                                      # --backend for several)
+    OMNIAVATAR_SIZE=1.3B python scripts/download_models.py --backend omniavatar
+                                                                      # the weights a backend's settings
+                                                                      # choose (here a model size)
     python scripts/download_models.py --required-only                 # without optional weights, such as
                                                                       # a fast mode's LoRA (also --no-lora)
     python scripts/download_models.py --only 'models_t5_*'            # only the files that match, folder
@@ -30,14 +36,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from model.declaration import WeightSpec
-from model.registry import BACKENDS
+from model.declaration import SettingValueError, WeightSpec
+from model.registry import BACKENDS, DEFAULT_BACKEND
 from model.weights import IMAGE_MODEL_DIR, download_into, download_subset, failure_reason
 
-WITH_WEIGHTS = [entry.name for entry in BACKENDS.values() if entry.weights]
+
+def default_backend(env: Mapping[str, str]) -> str:
+    """The backend whose weights to fetch when --backend names none: MODEL_BACKEND's, else the
+    registry's default. Raises SettingValueError for a MODEL_BACKEND the registry lacks."""
+    name = env.get("MODEL_BACKEND", "").strip() or DEFAULT_BACKEND
+    if name not in BACKENDS:
+        raise SettingValueError(f"MODEL_BACKEND={name!r} is unknown; set it to one of {', '.join(BACKENDS)}, "
+                                "or name the weights' backend with --backend.")
+    return name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backend", choices=list(BACKENDS), action="append",
-        help="a backend whose weights to fetch; repeat for several (default: every backend that declares weights)",
+        help="a backend whose weights to fetch; repeat for several (default: MODEL_BACKEND's, else "
+             f"{DEFAULT_BACKEND})",
     )
     parser.add_argument(
         "--required-only", "--no-lora", dest="required_only", action="store_true",
@@ -62,9 +79,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def chosen_specs(backends: list[str] | None, required_only: bool) -> list[WeightSpec]:
-    """The weight specs to fetch, each once, in the backends' order."""
-    specs = [spec for name in backends or WITH_WEIGHTS for spec in BACKENDS[name].weights]
+def chosen_specs(
+    backends: list[str] | None, required_only: bool, env: Mapping[str, str] | None = None
+) -> list[WeightSpec]:
+    """The weight specs to fetch, each once, in the backends' order: those the backends' settings
+    in `env` (default: this process's environment) need, such as one model size's."""
+    env = os.environ if env is None else env
+    specs = [
+        spec for name in backends or [default_backend(env)]
+        for spec in BACKENDS[name].weights_for(BACKENDS[name].read_settings(env))
+    ]
     return list(dict.fromkeys(spec for spec in specs if not (required_only and spec.optional)))
 
 
@@ -75,8 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.backend or ():
         if not BACKENDS[name].weights:
             print(f"{name} declares no weights: nothing to fetch for it")
+    try:
+        specs = chosen_specs(args.backend, args.required_only)
+    except SettingValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     matched = False
-    for spec in chosen_specs(args.backend, args.required_only):
+    for spec in specs:
         try:
             if args.only:
                 names = download_subset(spec, args.model_dir, args.only)

@@ -30,11 +30,16 @@ PASSED_THROUGH_ENV = (
     "MAX_AUDIO_SECONDS",
     "MAX_INPUT_BYTES",
     "MAX_IMAGE_PIXELS",
+    "MAX_VIDEO_BYTES",
+    "MAX_VIDEO_SECONDS",
+    "MAX_VIDEO_PIXELS",
     "MAX_INLINE_RESULT_BYTES",
     "FETCH_TIMEOUT_SECONDS",
     "PRESET_AVATARS_DIR",
     "DEFAULT_MODE",
     "STREAM_RESULTS",
+    "LIVE_MAX_SESSION_SECONDS",
+    "LIVE_IDLE_TIMEOUT_SECONDS",
 )
 # The modes each backend offers (its declaration's `modes`): the worker refuses to start with a
 # DEFAULT_MODE its backend lacks, so the tool refuses to deploy one.

@@ -312,3 +312,82 @@ def reference_chunk_speech(
         namespace = run_statements(statements, filename, namespace)
         chunks.append(namespace["audio_emb"]["audio_emb"][0])
     return chunks
+
+
+# --- the whole chunk loop (WanInferencePipeline.forward) --------------------------------------
+
+
+def _script_definitions(names: tuple[str, ...], namespace: dict[str, Any]) -> dict[str, Any]:
+    """The script's top-level functions and classes named `names`, defined in `namespace`."""
+    tree, filename = _inference_tree()
+    found = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names]
+    if sorted(node.name for node in found) != sorted(names):
+        raise RuntimeError(f"{INFERENCE_SCRIPT} no longer defines each of {names}")
+    return run_statements(found, filename, namespace)
+
+
+def reference_video(
+    model: torch.nn.Module, vae: Any, wav2vec_folder: Path, portrait_path: Path, audio: np.ndarray,
+    states: dict[str, torch.Tensor], settings: dict[str, Any], seed: int,
+) -> torch.Tensor:
+    """`WanInferencePipeline.forward`'s video [1, frames, 3, H, W] in [0, 1]: its size choice, its
+    speech features and padding, its chunk loop with `WanVideoPipeline.log_video` driving `model`,
+    on CPU in float32, after `torch.manual_seed(seed)`.
+
+    `vae` (encode / decode of pixels in [-1, 1] and latents, as ours) stands in for the pipeline's
+    (tiled) VAE, whose own parity is tested elsewhere; `states` are the prompts' umT5 states by
+    prompt ("prompt", and the negative prompt's text); `audio` is 16 kHz with the silence already
+    added (the script's ffmpeg step, librosa's load); `settings` are the run's (the reference's
+    yaml with the test's overrides: max_tokens, overlap_frame, num_steps, image_sizes_720).
+    The one torchvision step, the portrait's resize, must be a no-op: the portrait has a listed size.
+    """
+    from PIL import Image
+    from transformers import Wav2Vec2FeatureExtractor
+
+    dit_module()
+    pipeline = omniavatar_module("wan_video").WanVideoPipeline(device="cpu", torch_dtype=torch.float32)
+    pipeline.dit = model
+    pipeline.encode_prompt = lambda prompt, positive=True: {"context": states[prompt]}
+    pipeline.load_models_to_device = lambda names: None
+    pipeline.encode_video = lambda video, **tiling: vae.encode(video)
+    pipeline.decode_video = lambda latents, **tiling: vae.decode(latents)
+
+    def resize(size: list[int]) -> Any:
+        def same(image: torch.Tensor) -> torch.Tensor:
+            if list(image.shape[-2:]) != list(size):
+                raise AssertionError(f"the harness resizes nothing: a {list(image.shape[-2:])} portrait for {size}")
+            return image
+        return same
+
+    run = types.SimpleNamespace(**{**settings, "i2v": True, "random_prefix_frames": True, "use_audio": True,
+                                   "tea_cache_l1_thresh": 0})
+    namespace: dict[str, Any] = {
+        "torch": torch, "np": np, "math": __import__("math"), "F": torch.nn.functional, "args": run,
+        "transforms": types.SimpleNamespace(Resize=lambda size: resize(size)),
+        "librosa": types.SimpleNamespace(load=lambda path, sr: (audio, sr)),
+        "nn": torch.nn,
+    }
+    _script_definitions(("match_size", "resize_pad"), namespace)
+    forward = _method_in("WanInferencePipeline", "forward", namespace)
+
+    def to_tensor(image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)
+
+    inference = types.SimpleNamespace(
+        args=run, device="cpu", dtype=torch.float32, pipe=pipeline, transform=to_tensor,
+        wav_feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(str(wav2vec_folder)),
+        audio_encoder=reference_speech_encoder(wav2vec_folder),
+    )
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return forward(inference, "prompt", image_path=str(portrait_path), audio_path="speech.wav")
+
+
+def _method_in(class_name: str, name: str, namespace: dict[str, Any]) -> Any:
+    tree, filename = _inference_tree()
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name]
+    methods = [node for node in classes[0].body if isinstance(node, ast.FunctionDef) and node.name == name] if (
+        len(classes) == 1) else []
+    if len(methods) != 1:
+        raise RuntimeError(f"{INFERENCE_SCRIPT} no longer defines one {class_name}.{name}()")
+    return run_statements(methods, filename, namespace)[name]

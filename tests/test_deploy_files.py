@@ -171,7 +171,8 @@ def test_make_test_adds_the_pyproject_torch_pin_first_from_the_chosen_index_then
     assert torch_install.endswith('pip install --quiet "$torch" --index-url https://example.invalid/whl/cpu')
     assert extras == ".venv/bin/python -m pip install --quiet -e '.[wan,live,livekit,test]'"
     assert commands.index(extras) < commands.index(".venv/bin/python -m ruff check .")
-    assert commands[-1] == ".venv/bin/python -m pytest -q -n auto --dist loadfile"
+    cores = len(os.sched_getaffinity(0))
+    assert commands[-1] == f".venv/bin/python -m pytest -q -n {cores + 1} --dist loadfile"
     lookup = torch_install.split(" && ")[0].replace(".venv/bin/python", shlex.quote(sys.executable))
     shell = subprocess.run(["sh", "-c", f'{lookup} && echo "$torch"'], cwd=ROOT, capture_output=True, text=True,
                            check=True)
@@ -405,7 +406,8 @@ def test_a_download_pattern_that_matches_nothing_is_refused(tmp_path):
     try:
         # README.md is in the repository, but no download takes it
         result = subprocess.run([sys.executable, "scripts/download_models.py", "--model-dir", str(tmp_path / "m"),
-                                 "--only", "README.md", "*.gguf"], cwd=ROOT, capture_output=True, text=True,
+                                 "--backend", "wan-s2v", "--only", "README.md", "*.gguf"], cwd=ROOT,
+                                capture_output=True, text=True,
                                 env={**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")},
                                 timeout=120)
     finally:
@@ -645,7 +647,7 @@ def test_every_doc_that_fills_a_volume_from_a_pod_gives_the_pods_path_and_the_wo
         "README.md", "MIGRATION.md", "./deploy_runpod.sh --help", "scripts/download_models.py --help"}
     for name, found in passages.items():
         for passage in found:
-            targets = re.findall(r"download_models\.py --model-dir (\S+?)[`\s]", passage + " ")
+            targets = re.findall(r"download_models\.py (?:--backend \S+ )*--model-dir (\S+?)[`\s]", passage + " ")
             assert targets, (name, passage)
             for target in targets:
                 assert target.startswith("/workspace/"), (name, target)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from model.registry import BACKENDS
 from tests.test_deploy_endpoint import API_KEY, FakeRunPodApi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,16 @@ def test_missing_prerequisites_are_reported_together(tmp_path):
     assert result.returncode == 1
     for message in ("IMAGE_REPOSITORY is not set", "RUNPOD_API_KEY is not set", "docker is not installed"):
         assert message in result.stderr
+
+
+def test_baking_the_weights_of_a_backend_the_baked_target_does_not_hold_is_refused_before_the_build(tmp_path, env_file):
+    baked_ones = [name for name, entry in BACKENDS.items() if entry.deploy.bakes_into_image]
+    other = next(name for name, entry in BACKENDS.items() if entry.needs_gpu and not entry.deploy.bakes_into_image)
+    result = run_deploy(tmp_path, "--env-file", str(env_file), "--dry-run", "--bake-weights", "--backend", other)
+    assert result.returncode == 1
+    assert (f"--bake-weights: the image's baked target holds the weights of {', '.join(baked_ones)} only, not "
+            f"{other}'s; leave it out and use --network-volume") in result.stderr
+    assert "buildx build" not in result.stderr + result.stdout
 
 
 @pytest.fixture
@@ -239,7 +250,7 @@ def test_help_shows_the_three_ways_to_have_the_weights():
     text = " ".join(result.stdout.split())
     for way in ("1. RunPod's cached models", "set Model to Wan-AI/Wan2.2-S2V-14B", "2. A network volume",
                 "pod mounts the volume at /workspace",
-                "python scripts/download_models.py --model-dir /workspace/models",
+                "python scripts/download_models.py --backend wan-s2v --model-dir /workspace/models",
                 "the workers find the weights at /runpod-volume/models", "3. Baked into the image",
                 "RUNPOD_INIT_TIMEOUT=3600"):
         assert way in text, way

@@ -117,8 +117,13 @@ def test_the_avatar_says_what_the_microphone_speaks_at_25_fps(live_page, server)
     # on a 2-core machine at load 6-10; the same mouth series moved round by 30-70 % of the window (its
     # values and dynamics kept, its timing unrelated to the speech) 0.03-0.33 over the same lag search.
     assert figures.carried.correlation >= 0.6, figures
-    unrelated = analyse(_mouth_moved(recording))
-    assert unrelated.carried.correlation < 0.45, unrelated
+    # The control: the mouth series moved round by 30, 50 and 70 % of the window keeps its values and
+    # dynamics but not its timing, and the lag search still picks its best lag, so one of them may land
+    # on a stretch of like rhythm (0.47 once, at load 3 with the suite beside it): each stays below the
+    # true alignment, and their median below 0.45.
+    controls = sorted(analyse(_mouth_moved(recording, part)).carried.correlation for part in (0.3, 0.5, 0.7))
+    assert controls[-1] < figures.carried.correlation - 0.1, (controls, figures)
+    assert controls[1] < 0.45, controls
     # As seen and heard (figures.sync: playout times) and from speech sent to lips shown (figures.mouth)
     # the figures are printed, not asserted: on a loaded machine the session falls behind and those
     # delays drift within the window (speech sent to lips 0.3 to 1.5 s at load 9), and the lips were
@@ -163,12 +168,13 @@ def test_the_measurement_agrees_with_the_browsers_own_call(browser, server):
     assert figures.mouth.correlation >= 0.8 and figures.mouth.delay <= 0.15, figures
 
 
-def _mouth_moved(recording: dict) -> dict:
-    """The recording with its mouth series moved round by half the window: the same values and
+def _mouth_moved(recording: dict, part: float) -> dict:
+    """The recording with its mouth series moved round by `part` of the window: the same values and
     dynamics, no longer with the speech they were drawn for."""
     rows = recording["frames"]
     darkness = [row[5] for row in rows]
-    darkness = darkness[len(darkness) // 2:] + darkness[:len(darkness) // 2]
+    cut = round(len(darkness) * part)
+    darkness = darkness[cut:] + darkness[:cut]
     return {**recording, "frames": [[*row[:5], dark, *row[6:]] for row, dark in zip(rows, darkness, strict=True)]}
 
 

@@ -282,6 +282,9 @@ def test_bad_inputs_get_the_contracts_code_and_a_4xx(server, tmp_path):
         (_post_form(server, {"audio_file": too_long, "image_file": portrait}), 413, "TOO_LARGE: audio_file"),
         (_post_form(server, {"audio_file": speech, "image_file": portrait, "video": b"x"}), 400,
          "INVALID_INPUT: the form field video is a file"),
+        # a dubbing backend's file field is taken as a file, then refused by name before it is decoded
+        (_post_form(server, {"audio_file": speech, "video_file": b"not a video"}), 400,
+         "INVALID_INPUT: video_file is a video to dub, and this endpoint's backend (lite) takes no video"),
         (requests.post(f"{server.url}/generate", data=b"{not json", headers=json_type, timeout=30), 400,
          "INVALID_INPUT: the request body is not valid JSON"),
         (requests.post(f"{server.url}/generate", data=b"hello", headers=text_type, timeout=30), 415,

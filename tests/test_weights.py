@@ -12,11 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from huggingface_hub.utils import filter_repo_objects
 
 from model import weights
 from model.declaration import WeightSpec
-from model.registry import BACKENDS
+from model.registry import BACKENDS, DEFAULT_BACKEND
 from model.weights import FINISHED_MARKER_NAME, download_patterns, is_finished, locate, missing, not_found_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,13 +127,26 @@ def test_the_module_imports_without_torch():
     assert result.stdout.strip() == "False"
 
 
-def test_the_download_script_fetches_every_declared_spec_unless_told_otherwise():
+def test_the_download_script_fetches_the_deployed_backends_specs_unless_told_otherwise():
+    from model.declaration import SettingValueError
     from scripts.download_models import chosen_specs, parse_args
 
-    declared = [spec for entry in BACKENDS.values() for spec in entry.weights]
-    assert declared and chosen_specs(None, False) == list(dict.fromkeys(declared))
-    assert chosen_specs(None, True) == [spec for spec in dict.fromkeys(declared) if not spec.optional]
-    name = next(entry.name for entry in BACKENDS.values() if entry.weights)
+    def declared(*names: str) -> list:
+        # with the settings' defaults (a backend with sizes declares each size's weights: the default's are fetched)
+        return list(dict.fromkeys(spec for name in names
+                                  for spec in BACKENDS[name].weights_for(BACKENDS[name].read_settings({}))))
+
+    with_weights = [entry.name for entry in BACKENDS.values() if entry.weights]
+    first, *others = with_weights
+    assert others, "the registry has more than one backend with weights"
+    assert chosen_specs(None, False, {}) == declared(DEFAULT_BACKEND)
+    assert chosen_specs(None, True, {}) == [spec for spec in declared(DEFAULT_BACKEND) if not spec.optional]
+    # MODEL_BACKEND's backend, as on the endpoint it is deployed for; --backend names others
+    assert chosen_specs(None, False, {"MODEL_BACKEND": others[0]}) == declared(others[0])
+    assert chosen_specs([first, *others], False, {}) == declared(first, *others)
+    with pytest.raises(SettingValueError, match="MODEL_BACKEND='nope' is unknown"):
+        chosen_specs(None, False, {"MODEL_BACKEND": "nope"})
+    name = first
     assert chosen_specs([name], False) == list(BACKENDS[name].weights)
     assert parse_args(["--no-lora"]).required_only and parse_args(["--required-only"]).required_only
     assert parse_args(["--backend", name]).backend == [name]

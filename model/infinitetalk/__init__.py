@@ -4,6 +4,7 @@ Its model parts so far: constants (config.py), speech features (speech.py), the 
 its audio modules (transformer.py, audio_projection.py, speaker_attention.py) and the published
 layout's conversion (convert_transformer.py), the sampler's arithmetic (sampling.py), the frame
 layout (layout.py), one clip's denoising and the chaining of clips (pipeline.py) and the colour
-correction between clips (colour.py). Not yet a backend: it is not in model/registry.py until its
-declaration, weights and docs are there.
+correction between clips (colour.py); the backend: its declaration (declaration.py), job fields
+(options.py), memory-mode figures (memory.py), loading from the published layouts (loader.py),
+the fast mode's LoRA (lora.py) and the backend itself (backend.py), listed in model/registry.py.
 """

@@ -162,7 +162,7 @@ default being 7 minutes, after which a worker counts as unhealthy):
   2. A network volume (--network-volume): filled once, by its first worker or beforehand from a
      pod with the volume attached. A pod mounts the volume at /workspace, a serverless worker at
      /runpod-volume: on the pod run
-       python scripts/download_models.py --model-dir /workspace/models
+       python scripts/download_models.py --backend wan-s2v --model-dir /workspace/models
      and the workers find the weights at /runpod-volume/models. Workers that start together
      download it once (a lock on the volume); later starts read the ~50 GB from the volume.
      One volume per data centre, each filled once.
@@ -176,5 +176,6 @@ Weights: this endpoint has no network volume and its image is not a baked one (t
 console link above > Manage > Edit Endpoint, set Model to Wan-AI/Wan2.2-S2V-14B (RunPod's cached
 models) and save; or deploy again with --network-volume or --bake-weights.""",
         image_extras=("wan",),
+        bakes_into_image=True,
     ),
 )
