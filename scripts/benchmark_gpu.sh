@@ -4,6 +4,9 @@
 #   bash scripts/benchmark_gpu.sh prepare [PYTHON_VERSION...]   # here, with a network: wheels/ for
 #                                                               # Linux x86_64, by default Python 3.12
 #   bash scripts/benchmark_gpu.sh [benchmark_gpu.py arguments]  # there: install from wheels/, then run
+#   BACKENDS="wan-s2v infinitetalk omniavatar" bash scripts/benchmark_gpu.sh   # the three backends
+#   bash scripts/benchmark_gpu.sh infinitetalk [its arguments]  # one backend: wan-s2v, infinitetalk,
+#                                                               # omniavatar, or all
 #
 # `prepare` downloads every line of requirements-benchmark.txt (about 60 MB) but those SKIP names
 # (SKIP="numpy pillow" leaves the GPU image's own, and 20 MB, out). The second form installs
@@ -14,7 +17,11 @@
 # quality and fast, every attention kernel the GPU can run; it prints one table per memory mode and
 # generation mode and writes benchmark-gpu.json. No weights are needed: the models have the real
 # 14B shapes with random weights, and the LoRA is written at random (its cost does not depend on
-# the values).
+# the values). BACKENDS (or a first argument naming a backend) picks the benchmarks, by default
+# wan-s2v's alone: infinitetalk runs scripts/benchmark_infinitetalk.py (writes
+# benchmark-infinitetalk.json), omniavatar scripts/benchmark_omniavatar.py (benchmark-omniavatar.json),
+# each by default in the full and fp8 modes; arguments given go to every benchmark chosen. One
+# benchmark failing does not stop the others; the exit status is the last failure's.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -69,7 +76,20 @@ PICK
 fi
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.__version__, torch.cuda.get_device_name())"
 
-if [[ $# -eq 0 ]]; then
-    set -- --modes full fp8 --json "$ROOT/benchmark-gpu.json"
-fi
-exec "$PYTHON" "$ROOT/scripts/benchmark_gpu.py" "$@"
+case "${1:-}" in
+    wan-s2v|infinitetalk|omniavatar) BACKENDS="$1"; shift ;;
+    all) BACKENDS="wan-s2v infinitetalk omniavatar"; shift ;;
+esac
+status=0
+for backend in ${BACKENDS:-wan-s2v}; do
+    case "$backend" in
+        wan-s2v) script=benchmark_gpu.py; output=benchmark-gpu.json ;;
+        infinitetalk|omniavatar) script="benchmark_$backend.py"; output="benchmark-$backend.json" ;;
+        *) echo "BACKENDS names '$backend': the benchmarks are wan-s2v, infinitetalk and omniavatar" >&2; exit 1 ;;
+    esac
+    arguments=("$@")
+    [[ ${#arguments[@]} -gt 0 ]] || arguments=(--modes full fp8 --json "$ROOT/$output")
+    echo "== $backend: scripts/$script ${arguments[*]}"
+    "$PYTHON" "$ROOT/scripts/$script" "${arguments[@]}" || status=$?
+done
+exit "$status"

@@ -14,8 +14,10 @@ from model.declaration import Setting, SettingValueError, Speed
 from model.registry import BACKEND_PACKAGES, BACKENDS
 
 ROOT = Path(__file__).resolve().parent.parent
-# Scripts that measure one model's own internals, and say which in their name or docstring.
-MODEL_SPECIFIC_SCRIPTS = {"benchmark_gpu.py", "benchmark_lite.py", "measure_loader_memory.py"}
+# Scripts that measure one model's own internals, and say which in their name or docstring
+# (benchmark_gpu.sh runs the GPU ones by their backends' names).
+MODEL_SPECIFIC_SCRIPTS = {"benchmark_gpu.py", "benchmark_gpu.sh", "benchmark_infinitetalk.py",
+                          "benchmark_omniavatar.py", "benchmark_lite.py", "measure_loader_memory.py"}
 
 
 def test_handler_and_scripts_name_no_backend():
