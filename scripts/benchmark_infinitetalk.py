@@ -208,7 +208,7 @@ def benchmark(rig: Rig, size: str, generation: str, speakers: int, steps: int) -
         for _ in generate_clips(
             rig.transformer, rig.vae, lambda pixels: rig.image_tokens, lambda start: portrait, rig.prompts, speech,
             sampling, 42, speaker_regions=regions, clip_frames=clip_frames, motion_frames=motion_frames,
-            on_step=clock.tick,
+            on_step=clock.tick, device=rig.device,
         ):
             clip_ends.append(clock.now())
             if len(clip_ends) == 1:

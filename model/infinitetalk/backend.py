@@ -248,6 +248,7 @@ class InfiniteTalkBackend(TorchBackend):
                     self.components.transformer, self.components.vae, self.components.image_encoder.encode,
                     conditioning, prompts, speech_features, sampling, options.seed, speaker_regions=regions,
                     on_step=lambda clip, step: clock.tick(f"clip {clip + 1} of {clips}, step {step + 1}"),
+                    device=self._device,
                 ):
                     yield to_uint8_frames(clip[None])
 

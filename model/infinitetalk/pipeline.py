@@ -269,6 +269,7 @@ def generate_clips(
     max_frames: int | None = None,
     colour_strength: float = COLOUR_CORRECTION_STRENGTH,
     on_step: Callable[[int, int], None] | None = None,
+    device: torch.device | None = None,
 ) -> Iterator[torch.Tensor]:
     """Video frames [3, n, H, W] in [-1, 1], clip by clip, their n adding up to the speech's frames.
 
@@ -278,14 +279,15 @@ def generate_clips(
     noise comes from a generator seeded with `seed` on the transformer's device, drawn in the
     reference's order. Each decoded clip's colours are matched to the first clip's conditioning
     frame by `colour_strength` (colour.py) before it is kept or carried. `on_step(clip, step)`
-    follows the denoising.
+    follows the denoising. `device` is where the transformer computes (default: where its first
+    parameter is, which a memory mode that streams blocks from host memory leaves on the CPU).
     """
     lengths = {features.shape[0] for features in speech_features}
     if len(lengths) != 1:
         raise ValueError(f"the speakers' speech must be equally long, got {sorted(lengths)} frames")
     plan = plan_clips(lengths.pop(), clip_frames, motion_frames, max_frames)
     speakers = [pad_speech_end(features, plan.padded_to) for features in speech_features]
-    device = next(transformer.parameters()).device
+    device = device or next(transformer.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
     motion_pixels: torch.Tensor | None = None
     cached: tuple[torch.Tensor, FrameCondition] | None = None
