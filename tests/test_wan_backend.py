@@ -130,14 +130,15 @@ def test_fast_mode_sizes_a_job_without_resolution_like_the_reference():
 
 def test_the_real_model_on_a_machine_without_cuda_makes_the_worker_leave_the_pool(tmp_path, monkeypatch):
     from model.base import HostUnfitError
-    from model.wan_s2v import backend as wan_backend
+    from model.wan_common.placement import execution_target
+    from model.wan_s2v.memory import MIN_FREE_BYTES
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     (tmp_path / "config.json").write_text('{"dim": 5120, "num_layers": 40}')
     with pytest.raises(HostUnfitError, match="no usable CUDA GPU, and Wan2.2-S2V-14B needs one"):
-        wan_backend._execution_target(tmp_path)
+        execution_target("Wan2.2-S2V-14B", tmp_path, None, MIN_FREE_BYTES)
     (tmp_path / "config.json").write_text('{"dim": 24, "num_layers": 2}')  # the tests' tiny checkpoints run
-    assert wan_backend._execution_target(tmp_path)[0] == torch.device("cpu")
+    assert execution_target("Wan2.2-S2V-14B", tmp_path, None, MIN_FREE_BYTES)[0] == torch.device("cpu")
 
 
 @pytest.mark.parametrize("fields, field", [

@@ -23,22 +23,18 @@ from model.base import (
     DEFAULT_PROMPT,
     GenerationOptions,
     InvalidOptionError,
-    ModelUnavailableError,
     PreparedPortrait,
     ProgressCallback,
     Speech,
 )
-from model.torch_backend import TorchBackend, check_cpu_can_run, load_failures_as_host_unfit
-from model.wan_common.checkpoint import transformer_width
+from model.torch_backend import TorchBackend, load_failures_as_host_unfit
 from model.wan_common.memory import (
     MemoryMode,
-    MemoryModeError,
-    choose_memory_mode,
     out_of_memory_message,
     smaller_mode_advice,
 )
 from model.wan_common.placement import (
-    free_gpu_bytes,
+    execution_target,
     place_transformer,
     text_encoder_compute_device,
     text_encoder_home,
@@ -82,7 +78,8 @@ class OmniAvatarBackend(TorchBackend):
         wan_dir = ensure(wan_spec, model_dir)
         omniavatar_dir = ensure(omniavatar_spec, model_dir)
         wav2vec_dir = ensure(WAV2VEC_WEIGHTS, model_dir)
-        device, dtype, mode = _execution_target(wan_dir, size, settings.get(MEMORY_MODE_SETTING))
+        device, dtype, mode = execution_target(
+            f"OmniAvatar-{size}", wan_dir, settings.get(MEMORY_MODE_SETTING), MIN_FREE_BYTES[size])
         too_big = (
             f"OmniAvatar-{size} does not fit in this GPU's free memory in memory mode {mode.value!r}; "
             + smaller_mode_advice(mode)
@@ -154,19 +151,3 @@ class OmniAvatarBackend(TorchBackend):
             yield from self.pipeline.generate(
                 latent, speech.samples, options.seed, options.prompt, settings, on_progress
             )
-
-
-def _execution_target(
-    wan_dir: Path, size: str, memory_mode: str | None
-) -> tuple[torch.device, torch.dtype, MemoryMode]:
-    if not torch.cuda.is_available():
-        check_cpu_can_run(f"OmniAvatar-{size}", transformer_width(wan_dir))
-        return torch.device("cpu"), torch.float32, MemoryMode.FULL
-    device = torch.device("cuda", torch.cuda.current_device())
-    free = free_gpu_bytes(device)
-    try:
-        mode = choose_memory_mode(free, memory_mode, MIN_FREE_BYTES[size])
-    except MemoryModeError as error:
-        raise ModelUnavailableError(str(error)) from None
-    log.info("%.1f GiB of GPU memory free: memory mode %s", free / 1024**3, mode.value)
-    return device, torch.bfloat16, mode

@@ -10,17 +10,46 @@ torchao's row-wise float8 with dynamic activation scaling was not measured again
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import cast
 
 import torch
 from diffusers.models.modeling_utils import ModelMixin
 
-from .memory import MemoryMode
+from .memory import MemoryMode, MemoryModeError, choose_memory_mode
 
 # The float8 storage format; e4m3 keeps more mantissa than e5m2, which is what weights need.
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_STORAGE_DTYPE).max
+
+log = logging.getLogger(__name__)
+
+
+def execution_target(
+    model: str, weights: Path, memory_mode: str | None, min_free_bytes: Mapping[MemoryMode, int],
+) -> tuple[torch.device, torch.dtype, MemoryMode]:
+    """Where and in what dtype `model` runs, and its memory mode: WAN_MEMORY_MODE's value (`memory_mode`),
+    else the largest whose `min_free_bytes` the GPU has free. Without CUDA: float32 on the CPU for a
+    tiny test checkpoint (its config in `weights`), HostUnfitError for a real one.
+    Raises ModelUnavailableError for a mode that does not fit."""
+    from model.base import ModelUnavailableError
+    from model.torch_backend import check_cpu_can_run
+
+    from .checkpoint import transformer_width
+
+    if not torch.cuda.is_available():
+        check_cpu_can_run(model, transformer_width(weights))
+        return torch.device("cpu"), torch.float32, MemoryMode.FULL
+    device = torch.device("cuda", torch.cuda.current_device())
+    free = free_gpu_bytes(device)
+    try:
+        mode = choose_memory_mode(free, memory_mode, min_free_bytes)
+    except MemoryModeError as error:
+        raise ModelUnavailableError(str(error)) from None
+    log.info("%.1f GiB of GPU memory free: memory mode %s", free / 1024**3, mode.value)
+    return device, torch.bfloat16, mode
 
 
 def free_gpu_bytes(device: torch.device) -> int:

@@ -31,19 +31,16 @@ from model.base import (
     ProgressCallback,
     Speech,
 )
-from model.torch_backend import TorchBackend, check_cpu_can_run, load_failures_as_host_unfit
-from model.wan_common.checkpoint import transformer_width
+from model.torch_backend import TorchBackend, load_failures_as_host_unfit
 from model.wan_common.frames import fit_portrait
 from model.wan_common.lora import LoraAdapter
 from model.wan_common.memory import (
     MemoryMode,
-    MemoryModeError,
-    choose_memory_mode,
     out_of_memory_message,
     smaller_mode_advice,
 )
 from model.wan_common.placement import (
-    free_gpu_bytes,
+    execution_target,
     place_transformer,
     text_encoder_compute_device,
     text_encoder_home,
@@ -120,7 +117,7 @@ class WanS2VBackend(TorchBackend):
         started = time.monotonic()
         weights = ensure(CHECKPOINT_WEIGHTS, model_dir)
         lora_file = _find_lora(model_dir)
-        device, dtype, mode = _execution_target(weights, memory_mode)
+        device, dtype, mode = execution_target("Wan2.2-S2V-14B", weights, memory_mode, MIN_FREE_BYTES)
         too_big = (
             f"the Wan2.2-S2V models do not fit in this GPU's free memory in memory mode {mode.value!r}; "
             + smaller_mode_advice(mode)
@@ -241,18 +238,6 @@ class WanS2VBackend(TorchBackend):
             )
 
 
-def _execution_target(weights: Path, memory_mode: str | None = None) -> tuple[torch.device, torch.dtype, MemoryMode]:
-    if not torch.cuda.is_available():
-        check_cpu_can_run("Wan2.2-S2V-14B", transformer_width(weights))
-        return torch.device("cpu"), torch.float32, MemoryMode.FULL
-    device = torch.device("cuda", torch.cuda.current_device())
-    free = free_gpu_bytes(device)
-    try:
-        mode = choose_memory_mode(free, memory_mode, MIN_FREE_BYTES)
-    except MemoryModeError as error:
-        raise ModelUnavailableError(str(error)) from None
-    log.info("%.1f GiB of GPU memory free: memory mode %s", free / 1024**3, mode.value)
-    return device, torch.bfloat16, mode
 
 
 def _load_pipeline(
