@@ -22,7 +22,8 @@ unexport PYTHONDONTWRITEBYTECODE
 # each file whole in one process (its module fixtures are made once), one process more than the
 # cores: much of the suite waits on workers, servers, ffmpeg and a browser it starts, and the
 # extra process keeps the cores busy meanwhile.
-TEST_PROCESSES ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 1)')
+# (the cores this process may use; macOS has no sched_getaffinity, so all of them there)
+TEST_PROCESSES ?= $(shell $(PYTHON) -c 'import os; print(len(getattr(os, "sched_getaffinity", lambda _: range(os.cpu_count() or 1))(0)) + 1)')
 test: lint
 	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 
