@@ -12,39 +12,12 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from model.wan_common.memory import GIB
-from scripts.benchmark_gpu import SplitTimer
 
 NO_CUDA = "no CUDA GPU: this benchmark needs one"
-
-
-class PartTimer(SplitTimer):
-    """SplitTimer over the (owner, method name, part) triples a backend's run passes through."""
-
-    def __init__(self, parts: Sequence[str]) -> None:
-        self.PARTS = tuple(parts)  # type: ignore[assignment]  # SplitTimer names wan-s2v's three
-        self.seconds = dict.fromkeys(self.PARTS, 0.0)
-        self.durations = {part: [] for part in self.PARTS}
-        self._depth = 0
-
-    @contextlib.contextmanager
-    def patched(self, patches: Sequence[tuple[Any, str, str]]) -> Iterator[PartTimer]:
-        saved = []
-        for owner, name, part in patches:
-            saved.append((owner, name, vars(owner).get(name)))
-            setattr(owner, name, self.timed(part, getattr(owner, name)))
-        try:
-            yield self
-        finally:
-            for owner, name, original in reversed(saved):
-                if original is None:
-                    delattr(owner, name)  # an instance's wrapper over its class's method
-                else:
-                    setattr(owner, name, original)
 
 
 class StepClock:

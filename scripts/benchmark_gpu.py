@@ -56,7 +56,7 @@ import tempfile
 import time
 import traceback
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -112,9 +112,10 @@ class SplitTimer:
 
     PARTS = ("transformer", "vae", "copies")
 
-    def __init__(self) -> None:
-        self.seconds = dict.fromkeys(self.PARTS, 0.0)
-        self.durations: dict[str, list[float]] = {part: [] for part in self.PARTS}
+    def __init__(self, parts: Sequence[str] = PARTS) -> None:
+        self.parts = tuple(parts)
+        self.seconds = dict.fromkeys(self.parts, 0.0)
+        self.durations: dict[str, list[float]] = {part: [] for part in self.parts}
         self._depth = 0  # only the outermost timed call counts (a VAE call inside another, say)
 
     def timed(self, part: str, function: Callable) -> Callable:
@@ -142,6 +143,12 @@ class SplitTimer:
         patches: list[tuple[Any, str, str]] = [(transformer, name, "transformer") for name in passes]
         patches += [(WanVideoVAE, "encode", "vae"), (WanVideoVAE, "decode", "vae"), (StreamingDecoder, "decode", "vae")]
         patches += [(BlockRing, "copy_from", "copies"), (BlockRing, "copy_block_from", "copies")]
+        with self.patched(patches):
+            yield self
+
+    @contextlib.contextmanager
+    def patched(self, patches: Sequence[tuple[Any, str, str]]) -> Iterator[SplitTimer]:
+        """Each (owner, method name, part) timed as that part while it lasts."""
         saved = []
         for owner, name, part in patches:
             saved.append((owner, name, owner.__dict__.get(name)))

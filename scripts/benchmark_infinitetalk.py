@@ -65,7 +65,6 @@ from model.wan_common.memory import MemoryMode
 from model.wan_common.placement import place_transformer
 from model.wan_common.vae import WanVideoVAE
 from scripts.benchmark_common import (
-    PartTimer,
     StepClock,
     cpu_stand_ins,
     device_name,
@@ -73,7 +72,7 @@ from scripts.benchmark_common import (
     refuse_without_cuda,
     write_json,
 )
-from scripts.benchmark_gpu import build_on_gpu
+from scripts.benchmark_gpu import SplitTimer, build_on_gpu
 
 # (height, width) of the 480p bucket's sizes the issue names
 SIZES = {"640x640": (640, 640), "832x448": (448, 832)}
@@ -193,7 +192,7 @@ def benchmark(rig: Rig, size: str, generation: str, speakers: int, steps: int) -
     sampling = FAST if generation == "fast" else dataclasses.replace(QUALITY, steps=steps)
     counted = SAMPLE_STEPS if generation == "quality" else sampling.steps
 
-    timer = PartTimer(("transformer", "vae", "colour"))
+    timer = SplitTimer(("transformer", "vae", "colour"))
     patches = [(rig.transformer, "forward", "transformer"), (WanVideoVAE, "encode", "vae"),
                (WanVideoVAE, "decode", "vae"), (pipeline_module, "match_colours", "colour")]
     clock = StepClock()
@@ -223,7 +222,7 @@ def benchmark(rig: Rig, size: str, generation: str, speakers: int, steps: int) -
     first_clip = overheads[0] + counted * step_seconds
     second_clip = overheads[1] + counted * step_seconds
     video_seconds = new_frames / FPS
-    second = {part: timer.seconds[part] - split_after_first[part] for part in timer.PARTS}
+    second = {part: timer.seconds[part] - split_after_first[part] for part in timer.parts}
     # the second clip's passes at their median, as many as `counted` steps run
     passes = timer.durations["transformer"][passes_before_second:]
     second["transformer"] = statistics.median(passes) * len(passes) * counted / sampling.steps

@@ -67,14 +67,13 @@ from model.wan_common.memory import MemoryMode
 from model.wan_common.placement import place_transformer
 from model.wan_common.vae import StreamingDecoder, WanVideoVAE
 from scripts.benchmark_common import (
-    PartTimer,
     cpu_stand_ins,
     device_name,
     peak_gib,
     refuse_without_cuda,
     write_json,
 )
-from scripts.benchmark_gpu import build_on_gpu
+from scripts.benchmark_gpu import SplitTimer, build_on_gpu
 
 GOAL_14B_SECONDS_PER_STEP = 8.0
 GOAL_1_3B_SPEED_UP = 8.0
@@ -173,7 +172,7 @@ def benchmark(pipeline: OmniAvatarPipeline, geometry: Geometry, steps: int) -> d
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     portrait = pipeline.encode_portrait(image)
     samples = np.zeros(int(chunk / FPS * SAMPLE_RATE), dtype=np.float32)
-    timer = PartTimer(("transformer", "vae"))
+    timer = SplitTimer(("transformer", "vae"))
     patches = [(pipeline.transformer, "forward", "transformer"), (WanVideoVAE, "encode", "vae"),
                (WanVideoVAE, "decode", "vae"), (StreamingDecoder, "decode", "vae")]
     # a VAE round trip of a chunk first: its convolutions pick their kernels at this shape untimed

@@ -141,3 +141,24 @@ def test_sharding_refuses_more_shards_than_the_tensors_fill(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="do not fill 3 shards"):
         write_safetensors_shards([("a", torch.zeros(100)), ("b", torch.zeros(1))], tmp_path, "x.safetensors", 3)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_prompt_cache_encodes_a_prompt_once_and_keeps_the_last_ones_used():
+    from model.wan_common.text import PromptCache
+
+    encoded: list[str] = []
+
+    def encode(prompt: str) -> torch.Tensor:
+        encoded.append(prompt)
+        return torch.full((1, 2), float(len(encoded)))
+
+    cache = PromptCache(2)
+    first = cache.get("a", encode)
+    assert cache.get("a", encode) is first and encoded == ["a"]
+    cache.get("b", encode)
+    cache.get("a", encode)  # "a" used last: "b" is the one to go
+    cache.get("c", encode)
+    assert encoded == ["a", "b", "c"]
+    assert cache.get("a", encode) is first and encoded == ["a", "b", "c"]
+    cache.get("b", encode)
+    assert encoded == ["a", "b", "c", "b"]

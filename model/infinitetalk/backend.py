@@ -17,7 +17,6 @@ soon as it is decoded. One or two speakers, a portrait or a video to dub:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -58,6 +57,7 @@ from model.wan_common.placement import (
     text_encoder_home,
 )
 from model.wan_common.progress import ProgressClock
+from model.wan_common.text import PromptCache
 from model.weights import ensure
 
 from .config import DEFAULT_SIZE_BUCKET, FPS, NEGATIVE_PROMPT, SAMPLE_SHIFT, VAE_STRIDE
@@ -123,7 +123,7 @@ class InfiniteTalkBackend(TorchBackend):
         self.memory_mode = memory_mode
         self.lora = lora
         self.text_device = text_encoder_compute_device(memory_mode, device)
-        self._prompts: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+        self._prompts = PromptCache(PROMPT_CACHE_SIZE)
         self._faces = FaceCheck()
 
     @classmethod
@@ -194,21 +194,16 @@ class InfiniteTalkBackend(TorchBackend):
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """umT5 states [1, text_len, dim] on the CPU; the last PROMPT_CACHE_SIZE are kept."""
-        cached = self._prompts.get(prompt)
-        if cached is None:
-            encoder = self.components.text_encoder
-            home = encoder.model.device
-            encoder.model.to(self.text_device)
-            try:
-                cached = encoder.encode([prompt]).cpu()
-            finally:
-                encoder.model.to(home)
-            self._prompts[prompt] = cached
-            if len(self._prompts) > PROMPT_CACHE_SIZE:
-                self._prompts.popitem(last=False)
-        else:
-            self._prompts.move_to_end(prompt)
-        return cached
+        return self._prompts.get(prompt, self._encode_text)
+
+    def _encode_text(self, prompt: str) -> torch.Tensor:
+        encoder = self.components.text_encoder
+        home = encoder.model.device
+        encoder.model.to(self.text_device)  # where the memory mode lets it compute
+        try:
+            return encoder.encode([prompt]).cpu()
+        finally:
+            encoder.model.to(home)
 
     def generate(
         self,

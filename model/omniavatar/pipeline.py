@@ -17,7 +17,6 @@ the video is cut at the speech's end. Only one chunk's frames are in memory at a
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ import torch
 from model.base import ProgressCallback, num_frames_for
 from model.wan_common.frames import to_pixels, to_uint8_frames
 from model.wan_common.progress import ProgressClock
-from model.wan_common.text import TextEncoder
+from model.wan_common.text import PromptCache, TextEncoder
 from model.wan_common.vae import StreamingDecoder, WanVideoVAE
 
 from .config import (
@@ -137,21 +136,13 @@ class OmniAvatarPipeline:
         self.device = device
         self.dtype = dtype
         self.text_device = text_device
-        self._prompts: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+        self._prompts = PromptCache(PROMPT_CACHE_SIZE)
 
     # --- conditions --------------------------------------------------------------------------
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """[1, text_len, 4096] umT5 states (zero after the prompt's tokens); the last few are kept."""
-        cached = self._prompts.get(prompt)
-        if cached is None:
-            cached = self._encode_text(prompt).to(self.device, self.dtype)
-            self._prompts[prompt] = cached
-            if len(self._prompts) > PROMPT_CACHE_SIZE:
-                self._prompts.popitem(last=False)
-        else:
-            self._prompts.move_to_end(prompt)
-        return cached
+        return self._prompts.get(prompt, lambda text: self._encode_text(text).to(self.device, self.dtype))
 
     def _encode_text(self, prompt: str) -> torch.Tensor:
         encoder = self.components.text_encoder

@@ -11,7 +11,9 @@ the pipeline's `tokenizer` component, saved in a folder of its own.
 
 from __future__ import annotations
 
+import collections
 import html
+from collections.abc import Callable
 from pathlib import Path
 
 import ftfy
@@ -127,3 +129,23 @@ def clean_prompt(text: str) -> str:
     """The reference's 'whitespace' cleaning: mojibake and HTML entities fixed, spaces collapsed."""
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return regex.sub(r"\s+", " ", text).strip()
+
+
+class PromptCache:
+    """The text encoder's states for the last `size` prompts used, so a repeated prompt (the default
+    and the negative one above all) is encoded once."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._states: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+
+    def get(self, prompt: str, encode: Callable[[str], torch.Tensor]) -> torch.Tensor:
+        """`prompt`'s states, from `encode(prompt)` the first time (and after it has fallen out)."""
+        cached = self._states.get(prompt)
+        if cached is None:
+            cached = self._states[prompt] = encode(prompt)
+            if len(self._states) > self.size:
+                self._states.popitem(last=False)
+        else:
+            self._states.move_to_end(prompt)
+        return cached

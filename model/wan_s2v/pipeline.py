@@ -32,7 +32,6 @@ torch.float32}`. `loader.save_diffusers_layout` writes such a folder from the of
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 from collections.abc import Callable, Iterator
@@ -51,7 +50,7 @@ from model.base import DEFAULT_MAX_AREA, DEFAULT_PROMPT, SPEECH_SAMPLE_RATE, Pro
 from model.wan_common.frames import fit_portrait, to_pixels, to_uint8_frames
 from model.wan_common.progress import ProgressClock
 from model.wan_common.scheduler import make_scheduler
-from model.wan_common.text import TextEncoder
+from model.wan_common.text import PromptCache, TextEncoder
 from model.wan_common.vae import WanVideoVAE
 
 from .config import (
@@ -205,7 +204,7 @@ class WanS2VPipeline(DiffusionPipeline):
         self._placement_device = None if execution_device is None else torch.device(execution_device)
         self._placement_dtype = compute_dtype
         self.text_device = text_device
-        self._prompts: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+        self._prompts = PromptCache(PROMPT_CACHE_SIZE)
         self._empty_motion: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
@@ -364,14 +363,7 @@ class WanS2VPipeline(DiffusionPipeline):
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """[1, text_len, 4096] on the execution device; the last PROMPT_CACHE_SIZE are kept."""
-        cached = self._prompts.get(prompt)
-        if cached is None:
-            cached = self._encode_text(prompt).to(self.device, self.dtype)
-            self._prompts[prompt] = cached
-            if len(self._prompts) > PROMPT_CACHE_SIZE:
-                self._prompts.popitem(last=False)
-        else:
-            self._prompts.move_to_end(prompt)
+        cached = self._prompts.get(prompt, lambda text: self._encode_text(text).to(self.device, self.dtype))
         return cached.to(self.device, self.dtype)
 
     def _encode_text(self, prompt: str) -> torch.Tensor:
