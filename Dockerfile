@@ -2,7 +2,8 @@
 # The talking-head worker for RunPod Serverless. scripts/build_image.sh builds it with a tag from
 # the git commit:
 #   weights on a network volume (default target):  docker buildx build --platform linux/amd64 .
-#   weights baked into the image (~49 GB more):    ... --target baked --secret id=hf_token,env=HF_TOKEN .
+#   weights baked into the image (+49 GB for wan-s2v, +100 GB for infinitetalk):
+#     ... --target baked-wan-s2v (or baked-infinitetalk) --secret id=hf_token,env=HF_TOKEN .
 
 # A plain Ubuntu: PyPI's torch wheel brings the CUDA runtime it was built with as NVIDIA's own
 # wheels (cuBLAS, cuDNN, NCCL, ...), so an nvidia/cuda base would ship a second copy of those
@@ -75,32 +76,34 @@ ENTRYPOINT ["/bin/sh", "-c", "if [ -d /runpod-volume ]; then export HF_HOME=\"${
 CMD ["python", "-u", "-m", "handler"]
 
 
-# The umT5 text encoder is one 11.4 GB file, over registries' 10 GB cap on a layer (GHCR's), so it
-# is fetched in a stage of its own and converted to three safetensors shards (~3.8 GB each) with
-# the file's tensor names and dtypes; the worker reads them instead of the .pth
-# (model/wan_common/text.py), and only the shards and their index reach the baked image.
-FROM worker AS text-encoder-shards
-RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
-    python scripts/download_models.py --backend wan-s2v --only 'models_t5_*.pth'
-COPY scripts/shard_text_encoder.py scripts/
-RUN python scripts/shard_text_encoder.py /models/Wan2.2-S2V-14B --shards 3
-
-
-FROM worker AS baked
-# The layers below are laid out for wan-s2v's files; the other GPU backends' weights come from a
-# network volume or RunPod's cached models (the deploy tool refuses --bake-weights for them).
-# Into the script's default folder, /models: the checkpoint in /models/Wan2.2-S2V-14B and the fast
-# mode's LoRA in /models/Live-Avatar, each with its finished-marker, where the worker looks.
-# One layer per component rather than one ~50 GB layer: registries cap a layer's size (GHCR at
+# Weights baked into the image: one target per backend that has one, `baked-<backend>`
+# (model/declaration.py, DeployProfile.bakes_into_image; scripts/build_image.sh --bake-weights
+# --backend NAME builds it), into the download script's default folder, /models, where the worker
+# looks: each weight set in /models/<its folder> with its finished-marker.
+# One layer per component rather than one 50-100 GB layer: registries cap a layer's size (GHCR at
 # 10 GB) and a host pulls each layer as one stream. Each RUN fetches the files matching its
-# patterns (--only); the text encoder's shards and their index come from their stage, one COPY
-# (a layer) each, late so that a change there leaves the downloads' layers alone; the last RUN
-# fetches nothing (the shards stand for the .pth), checks every file and writes the markers.
-# The transformer's ~32 GB come as four shards, one per layer (~8 GB each if they are even: not
-# confirmed here); the VAE, the tokenizer and wav2vec2 share one layer.
+# patterns (--only). A file over the cap is fetched in a `shards-<backend>` stage and split there
+# into safetensors shards with the file's tensor names and dtypes (scripts/shard_weights.py); the
+# worker reads the shards in its place, and only they and their index reach the image, one COPY (a
+# layer) each, late so that a change there leaves the downloads' layers alone. The last RUN
+# fetches nothing (--check-only): it fails the build if a step missed a file, rather than fetching
+# it into a layer of unknown size, and writes the markers.
 # The RUNs are separate on purpose (hadolint's DL3059 would merge them). The token is mounted for
 # these commands only: it is in no layer, no build argument and no image history. It is optional
 # because the weights are public; it lifts the download rate limit.
+
+# --- wan-s2v (~49 GB): the checkpoint in /models/Wan2.2-S2V-14B, the fast mode's LoRA in
+# /models/Live-Avatar. umT5 is one 11.4 GB .pth, split into three ~3.8 GB shards. The transformer's
+# ~32 GB come as four shards, one per layer (~8 GB each if they are even: not confirmed here); the
+# VAE, the tokenizer and wav2vec2 share one layer.
+FROM worker AS shards-wan-s2v
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --backend wan-s2v --only 'models_t5_*.pth'
+COPY scripts/shard_weights.py scripts/
+RUN python scripts/shard_weights.py /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16.pth --shards 3
+
+
+FROM worker AS baked-wan-s2v
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
     python scripts/download_models.py --backend wan-s2v --only config.json \
         diffusion_pytorch_model.safetensors.index.json 'diffusion_pytorch_model-00001-of-*.safetensors'
@@ -119,12 +122,70 @@ RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
 # hadolint ignore=DL3059
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
     python scripts/download_models.py --backend wan-s2v --only liveavatar.safetensors
-COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00001-of-00003.safetensors /models/Wan2.2-S2V-14B/
-COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00002-of-00003.safetensors /models/Wan2.2-S2V-14B/
-COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00003-of-00003.safetensors /models/Wan2.2-S2V-14B/
-COPY --from=text-encoder-shards /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16.safetensors.index.json /models/Wan2.2-S2V-14B/
+COPY --from=shards-wan-s2v /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00001-of-00003.safetensors /models/Wan2.2-S2V-14B/
+COPY --from=shards-wan-s2v /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00002-of-00003.safetensors /models/Wan2.2-S2V-14B/
+COPY --from=shards-wan-s2v /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16-00003-of-00003.safetensors /models/Wan2.2-S2V-14B/
+COPY --from=shards-wan-s2v /models/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16.safetensors.index.json /models/Wan2.2-S2V-14B/
+RUN python scripts/download_models.py --backend wan-s2v --check-only
+
+
+# --- infinitetalk (~100 GB): Wan2.1-I2V-14B-480P in /models/Wan2.1-I2V-14B-480P, wav2vec2 in
+# /models/chinese-wav2vec2-base, the audio weights in /models/InfiniteTalk, the fast mode's LoRA in
+# /models/lightx2v. The transformer's float32 ~66 GB come as seven shards (under 10 GB each as
+# published: not confirmed here), one per layer. umT5 is split as wan-s2v's; InfiniteTalk's single/
+# and multi/ files (~10 GB each, estimated: maybe over the cap) into two shards each. CLIP (4.8 GB),
+# the VAE, the tokenizer and wav2vec2 share one layer.
+FROM worker AS shards-infinitetalk
 RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
-    python scripts/download_models.py --backend wan-s2v
+    python scripts/download_models.py --backend infinitetalk --only 'models_t5_*.pth' 'single/*' 'multi/*'
+COPY scripts/shard_weights.py scripts/
+RUN python scripts/shard_weights.py /models/Wan2.1-I2V-14B-480P/models_t5_umt5-xxl-enc-bf16.pth --shards 3
+# hadolint ignore=DL3059
+RUN python scripts/shard_weights.py /models/InfiniteTalk/single/infinitetalk.safetensors --shards 2
+# hadolint ignore=DL3059
+RUN python scripts/shard_weights.py /models/InfiniteTalk/multi/infinitetalk.safetensors --shards 2
+
+
+FROM worker AS baked-infinitetalk
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --backend infinitetalk --only config.json \
+        diffusion_pytorch_model.safetensors.index.json 'diffusion_pytorch_model-00001-of-*.safetensors'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --backend infinitetalk --only 'diffusion_pytorch_model-00002-of-*.safetensors'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --backend infinitetalk --only 'diffusion_pytorch_model-00003-of-*.safetensors'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --backend infinitetalk --only 'diffusion_pytorch_model-00004-of-*.safetensors'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --backend infinitetalk --only 'diffusion_pytorch_model-00005-of-*.safetensors'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --backend infinitetalk --only 'diffusion_pytorch_model-00006-of-*.safetensors'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --backend infinitetalk --only 'diffusion_pytorch_model-00007-of-*.safetensors'
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --backend infinitetalk --only 'Wan2.1_VAE.pth' 'models_clip_*.pth' \
+        'google/*' preprocessor_config.json model.safetensors
+# hadolint ignore=DL3059
+RUN --mount=type=secret,id=hf_token,env=HF_TOKEN,required=false \
+    python scripts/download_models.py --backend infinitetalk --only 'Wan21_T2V_14B_lightx2v_*.safetensors'
+COPY --from=shards-infinitetalk /models/Wan2.1-I2V-14B-480P/models_t5_umt5-xxl-enc-bf16-00001-of-00003.safetensors /models/Wan2.1-I2V-14B-480P/
+COPY --from=shards-infinitetalk /models/Wan2.1-I2V-14B-480P/models_t5_umt5-xxl-enc-bf16-00002-of-00003.safetensors /models/Wan2.1-I2V-14B-480P/
+COPY --from=shards-infinitetalk /models/Wan2.1-I2V-14B-480P/models_t5_umt5-xxl-enc-bf16-00003-of-00003.safetensors /models/Wan2.1-I2V-14B-480P/
+COPY --from=shards-infinitetalk /models/Wan2.1-I2V-14B-480P/models_t5_umt5-xxl-enc-bf16.safetensors.index.json /models/Wan2.1-I2V-14B-480P/
+COPY --from=shards-infinitetalk /models/InfiniteTalk/single/infinitetalk-00001-of-00002.safetensors /models/InfiniteTalk/single/
+COPY --from=shards-infinitetalk /models/InfiniteTalk/single/infinitetalk-00002-of-00002.safetensors /models/InfiniteTalk/single/
+COPY --from=shards-infinitetalk /models/InfiniteTalk/single/infinitetalk.safetensors.index.json /models/InfiniteTalk/single/
+COPY --from=shards-infinitetalk /models/InfiniteTalk/multi/infinitetalk-00001-of-00002.safetensors /models/InfiniteTalk/multi/
+COPY --from=shards-infinitetalk /models/InfiniteTalk/multi/infinitetalk-00002-of-00002.safetensors /models/InfiniteTalk/multi/
+COPY --from=shards-infinitetalk /models/InfiniteTalk/multi/infinitetalk.safetensors.index.json /models/InfiniteTalk/multi/
+RUN python scripts/download_models.py --backend infinitetalk --check-only
 
 
 # The default target: the worker without weights, which finds them on the network volume.

@@ -164,7 +164,7 @@ class DeployProfile:
     is what the deploy tool's help says about where the weights come from, `cold_start_hint` what
     it says after deploying an endpoint with neither a volume nor baked weights; `image_extras`
     are the pyproject extras the image needs for this backend; `bakes_into_image` says whether the
-    Dockerfile's `baked` target holds its weights (its layers are laid out file by file, for one backend).
+    Dockerfile has a `baked-<name>` target holding its weights (laid out file by file, a layer each).
     """
 
     compute: GpuNeed | CpuNeed

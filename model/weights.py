@@ -78,7 +78,9 @@ def missing(spec: WeightSpec, folder: Path) -> list[str]:
         except (ValueError, KeyError, AttributeError) as error:
             absent.append(f"{name} (unreadable: {error})")
             continue
-        absent += [shard for shard in shards if not (folder / shard).is_file()]
+        # shards are named relative to their index's folder, as read_safetensors reads them
+        inside = Path(name).parent
+        absent += [str(inside / shard) for shard in shards if not (index.parent / shard).is_file()]
     return absent
 
 
@@ -286,6 +288,18 @@ def download_subset(
                           tqdm_class=LoggedProgress, endpoint=endpoint, etag_timeout=30)
     log.info("fetched %d file(s) of %s into %s", len(chosen), spec.repo_id, target)
     return chosen
+
+
+def mark_if_complete(spec: WeightSpec, model_dir: Path) -> list[str]:
+    """Write MODEL_DIR/`folder`'s finished-marker if the folder is complete, fetching nothing;
+    returns what is missing (empty: marked). The image's last weights step: its earlier steps
+    fetched every file one layer at a time, so a file they missed must fail the build, not be
+    fetched here into a layer of its own size."""
+    target = model_dir / spec.folder
+    absent = missing(spec, target) if target.is_dir() else [f"{spec.folder}/"]
+    if not absent:
+        _write_finished_marker(spec, target)
+    return absent
 
 
 class IncompleteDownloadError(Exception):

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Build the worker image for linux/amd64 (RunPod's hosts), tagged with the git commit.
 #
-#   scripts/build_image.sh [--bake-weights] [--push] [--dry-run] REPOSITORY
+#   scripts/build_image.sh [--bake-weights [--backend NAME]] [--push] [--dry-run] REPOSITORY
 #
 # REPOSITORY is the image name without a tag, e.g. docker.io/you/talking-head. The tag is the
 # commit (12 hex digits), with "-dirty-<UTC time>" when the work tree has uncommitted changes so
-# that a new build never hides behind an old tag, and "-baked" for --bake-weights, which builds
-# the Dockerfile's `baked` target and hands HF_TOKEN (when set) to it as a BuildKit secret.
+# that a new build never hides behind an old tag, and "-NAME-baked" for --bake-weights, which
+# builds the Dockerfile's `baked-NAME` target (NAME: --backend, else MODEL_BACKEND, else wan-s2v)
+# and hands HF_TOKEN (when set) to it as a BuildKit secret.
 # --push sends the image from the builder straight to the registry (no local copy; run
 # 'docker login' first); without it the image is loaded into the local docker.
 # The image reference goes to stdout; everything else to stderr. --dry-run prints the command.
 set -euo pipefail
 
 usage() {
-    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -22,12 +23,18 @@ die() {
 }
 
 bake=false
+backend=${MODEL_BACKEND:-wan-s2v}
 push=false
 dry_run=false
 repository=""
 while (($#)); do
     case "$1" in
         --bake-weights) bake=true ;;
+        --backend)
+            (($# > 1)) || { usage >&2; exit 2; }
+            backend=$2
+            shift
+            ;;
         --push) push=true ;;
         --dry-run) dry_run=true ;;
         -h | --help) usage; exit 0 ;;
@@ -50,12 +57,16 @@ if [[ -n "$(git -C "$root" status --porcelain 2>/dev/null)" ]]; then
 fi
 target=runtime
 if $bake; then
-    target=baked
-    tag="$tag-baked"
+    target=baked-$backend
+    if ! grep -qx "FROM worker AS $target" "$root/Dockerfile"; then
+        baked=$(sed -n 's/^FROM worker AS baked-//p' "$root/Dockerfile" | paste -sd, - | sed 's/,/, /g')
+        die "the Dockerfile has no $target target: weights can be baked for $baked; leave out --bake-weights for $backend"
+    fi
+    tag="$tag-$backend-baked"
 fi
 image="$repository:$tag"
 
-# --push rather than --load and a later `docker push`: a baked image is over 50 GB, which --load
+# --push rather than --load and a later `docker push`: a baked image is 50-100 GB, which --load
 # would copy into the local image store before pushing it.
 output=--load
 $push && output=--push

@@ -344,7 +344,7 @@ def check_prerequisites(settings: Mapping[str, str], image: str | None, dry_run:
     backend = settings.get("MODEL_BACKEND") or DEFAULT_BACKEND
     if settings.get("BAKE_WEIGHTS") == "1" and backend in BACKENDS and not BACKENDS[backend].deploy.bakes_into_image:
         bakeable = ", ".join(name for name, entry in BACKENDS.items() if entry.deploy.bakes_into_image)
-        problems.append(f"--bake-weights: the image's baked target holds the weights of {bakeable} only, not "
+        problems.append(f"--bake-weights: the Dockerfile bakes the weights of {bakeable} only, not "
                         f"{backend}'s; leave it out and use --network-volume, or RunPod's cached models")
     if importlib.util.find_spec("requests") is None:
         problems.append(f"{sys.executable} cannot import requests: run 'make install' (or pip install requests)")
@@ -363,7 +363,8 @@ def check_prerequisites(settings: Mapping[str, str], image: str | None, dry_run:
 def build_and_push(repository: str, settings: Mapping[str, str], dry_run: bool) -> str:
     """The pushed image's reference; raises DeployError with the script's exit status (it said why)."""
     dry = ["--dry-run"] if dry_run else []
-    bake = ["--bake-weights"] if settings.get("BAKE_WEIGHTS") == "1" else []
+    backend = settings.get("MODEL_BACKEND") or DEFAULT_BACKEND
+    bake = ["--bake-weights", "--backend", backend] if settings.get("BAKE_WEIGHTS") == "1" else []
     built = _run_script(["build_image.sh", "--push", *dry, *bake, repository], settings, capture=True)
     return built.stdout.rstrip("\n")
 

@@ -20,6 +20,10 @@ weights are tens of GB, so none is fetched that the endpoint will not run.
     python scripts/download_models.py --only 'models_t5_*'            # only the files that match, folder
                                                                       # left unfinished (the image bakes
                                                                       # one component per layer this way)
+    python scripts/download_models.py --check-only                    # fetch nothing: mark the folders
+                                                                      # finished if they are complete,
+                                                                      # else name what is missing (the
+                                                                      # image's last weights step)
 
 It fills DIR even when a copy is elsewhere (RunPod's model cache, an image's /models): filling a
 volume or an image is what it is for. It takes the same lock as the workers, so it can run while
@@ -29,7 +33,8 @@ the finished files. Each folder gets its finished-marker last. Set HF_TOKEN for 
 are kept. With --only it fetches just the files of the chosen weights whose repository paths
 match one of the patterns and marks nothing finished; a run without --only then keeps them,
 fetches whatever is still missing and writes the markers.
-Exit status: 0 done, 1 a download failed (the message says why and what to do), 2 bad arguments.
+Exit status: 0 done, 1 a download failed or --check-only found files missing (the message says
+why and what to do), 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from pathlib import Path
 
 from model.declaration import SettingValueError, WeightSpec
 from model.registry import BACKENDS, DEFAULT_BACKEND
-from model.weights import IMAGE_MODEL_DIR, download_into, download_subset, failure_reason
+from model.weights import IMAGE_MODEL_DIR, download_into, download_subset, failure_reason, mark_if_complete
 
 
 def default_backend(env: Mapping[str, str]) -> str:
@@ -76,7 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fetch only the files whose repository paths match one of these patterns (fnmatch: * also "
              "crosses /), without marking any folder finished",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--check-only", action="store_true",
+        help="download nothing: mark each folder finished if it is complete, else name what is missing",
+    )
+    args = parser.parse_args(argv)
+    if args.check_only and args.only:
+        parser.error("--check-only fetches nothing: leave out --only")
+    return args
 
 
 def chosen_specs(
@@ -106,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     matched = False
     for spec in specs:
+        if args.check_only:
+            absent = mark_if_complete(spec, args.model_dir)
+            if absent:
+                print(f"error: {args.model_dir / spec.folder} lacks {', '.join(absent)} of {spec.repo_id} "
+                      f"({spec.name}); fetch them first (--only PATTERN: in the image, a layer's step)",
+                      file=sys.stderr)
+                return 1
+            print(f"{spec.repo_id} ({spec.name}): complete in {args.model_dir / spec.folder}")
+            continue
         try:
             if args.only:
                 names = download_subset(spec, args.model_dir, args.only)

@@ -216,16 +216,15 @@ def lightx2v_lora(published: dict[str, torch.Tensor], rank: int = 4, seed: int =
     return tensors
 
 
-def write_published_layouts(models: Path, lora: bool = True) -> Path:
+def write_published_layouts(models: Path, lora: bool = True, transformer_shards: int = 2) -> Path:
     """MODEL_DIR with each published repository in its download folder, marked finished:
-    Wan2.1-I2V-14B-480P (sharded transformer, VAE, umT5 and its tokenizer, CLIP), chinese-wav2vec2-base,
-    InfiniteTalk (single/ and multi/) and, with `lora`, lightx2v's LoRA."""
+    Wan2.1-I2V-14B-480P (the transformer in `transformer_shards` files, VAE, umT5 and its tokenizer,
+    CLIP), chinese-wav2vec2-base, InfiniteTalk (single/ and multi/) and, with `lora`, lightx2v's LoRA."""
     import json
 
     from safetensors.torch import save_file
 
     from model.infinitetalk import declaration
-    from model.wan_common.checkpoint import write_safetensors_shards
     from model.weights import FINISHED_MARKER_NAME
     from tests.wan_tiny_models import (
         official_t5_state_dict,
@@ -247,10 +246,8 @@ def write_published_layouts(models: Path, lora: bool = True) -> Path:
     audio = {key: value for key, value in published.items() if key.startswith(_AUDIO_PUBLISHED)
              or any(f".{part}." in key for part in ("norm_x", "audio_cross_attn"))}
     base = finished(declaration.BASE_WEIGHTS)
-    write_safetensors_shards(
-        [(key, value) for key, value in published.items() if key not in audio], base,
-        "diffusion_pytorch_model.safetensors", shards=2,
-    )
+    _write_shards_by_count([(key, value) for key, value in published.items() if key not in audio], base,
+                           "diffusion_pytorch_model", transformer_shards)
     (base / "config.json").write_text(json.dumps(TINY_TRANSFORMER))
     torch.save(official_vae_state_dict(tiny_vae(config=E2E_VAE)), base / "Wan2.1_VAE.pth")
     torch.save(official_t5_state_dict(tiny_umt5(config=E2E_T5)), base / "models_t5_umt5-xxl-enc-bf16.pth")
@@ -271,3 +268,17 @@ def write_published_layouts(models: Path, lora: bool = True) -> Path:
     if lora:
         save_file(lightx2v_lora(published), str(finished(declaration.LORA_WEIGHTS) / declaration.LORA_FILE))
     return models
+
+
+def _write_shards_by_count(tensors: list[tuple[str, torch.Tensor]], folder: Path, stem: str, shards: int) -> None:
+    """`tensors` in `shards` files named and indexed as the Hub's sharded checkpoints are, split by
+    count (a tiny model's one large embedding would leave a split by size with empty shards)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    names = [f"{stem}-{number:05d}-of-{shards:05d}.safetensors" for number in range(1, shards + 1)]
+    weight_map = {key: names[i * shards // len(tensors)] for i, (key, _) in enumerate(tensors)}
+    for name in names:
+        save_file({key: value.contiguous() for key, value in tensors if weight_map[key] == name}, str(folder / name))
+    (folder / f"{stem}.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))

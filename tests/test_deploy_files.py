@@ -29,10 +29,17 @@ from scripts.torch_pin import torch_requirement
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def hub_backends():
+    """The backends the Hub listing offers (its MODEL_BACKEND's options), its default first, as the
+    registry declares them."""
+    (spec,) = [variable["input"] for variable in hub()["config"]["env"] if variable["key"] == "MODEL_BACKEND"]
+    names = [option["value"] for option in spec["options"]]
+    return [BACKENDS[name] for name in sorted(names, key=lambda name: name != spec["default"])]
+
+
 def hub_backend():
-    """The backend the Hub listing deploys (its fixed MODEL_BACKEND), as the registry declares it."""
-    (name,) = [variable["value"] for variable in hub()["config"]["env"] if variable["key"] == "MODEL_BACKEND"]
-    return BACKENDS[name]
+    """The backend a Hub deploy runs unless its user picks another (MODEL_BACKEND's default)."""
+    return hub_backends()[0]
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -276,14 +283,22 @@ def test_the_caches_point_at_the_network_volume_when_there_is_one(tmp_path, monk
     assert settings.WorkerSettings.from_env({"MODEL_DIR": "/models"}).model_dir == Path("/models")
 
 
+def baked_backends() -> list[str]:
+    return [name for name, entry in BACKENDS.items() if entry.deploy.bakes_into_image]
+
+
 def test_the_hugging_face_token_reaches_only_the_bake_steps_as_a_build_secret():
     steps = instructions()
     assert not [rest for word, rest in steps if word in ("ENV", "ARG", "LABEL") and "HF_TOKEN" in rest]
-    bakes = [rest for word, rest in stage("baked") if word == "RUN"]
-    assert len(bakes) > 1
-    for bake in bakes:
-        assert bake.startswith("--mount=type=secret,id=hf_token,env=HF_TOKEN,required=false ")
-        assert "python scripts/download_models.py" in bake
+    for backend in baked_backends():
+        runs = [rest for name in (f"shards-{backend}", f"baked-{backend}") for word, rest in stage(name)
+                if word == "RUN"]
+        fetches = [rest for rest in runs if "scripts/download_models.py" in rest and "--check-only" not in rest]
+        assert len(fetches) > 1
+        for fetch in fetches:
+            assert fetch.startswith("--mount=type=secret,id=hf_token,env=HF_TOKEN,required=false ")
+        # the rest fetch nothing: they get no token
+        assert not [rest for rest in runs if rest not in fetches and "hf_token" in rest]
     assert 'id=hf_token,env=HF_TOKEN' in ROOT.joinpath("scripts", "build_image.sh").read_text()
 
 
@@ -314,9 +329,10 @@ def build_stage(name: str, model_dirs: dict[str, Path], environment: dict[str, s
                 command[1:1] = ["--model-dir", str(model_dir)]
             result = subprocess.run([sys.executable, *command], cwd=ROOT, env=environment, capture_output=True,
                                     text=True, timeout=120)
-            assert result.returncode == 0, (command, result.stderr[-2000:])
+            assert result.returncode == 0, f"{command}:\n{result.stderr[-2000:]}"
         elif word == "COPY" and words[0].startswith("--from="):
             *sources, destination = words[1:]
+            Path(here(name, destination)).mkdir(parents=True, exist_ok=True)  # as COPY makes a folder/
             for source in sources:
                 shutil.copy2(here(words[0].removeprefix("--from="), source), here(name, destination))
         else:
@@ -327,7 +343,7 @@ def build_stage(name: str, model_dirs: dict[str, Path], environment: dict[str, s
     return layers
 
 
-def test_the_baked_stage_puts_each_weight_component_in_a_layer_of_its_own(tmp_path):
+def test_wan_s2vs_baked_stage_puts_each_weight_component_in_a_layer_of_its_own(tmp_path):
     """The weight steps of the baked stage and of the text encoder's stage before it, run in order
     against a stand-in Hub with the published file layout: what each adds or changes is its layer."""
     import io
@@ -349,14 +365,14 @@ def test_the_baked_stage_puts_each_weight_component_in_a_layer_of_its_own(tmp_pa
                official)
     published[T5_CHECKPOINT_FILE] = official.getvalue()
     hub = FakeHub({CHECKPOINT_REPO_ID: published, LORA_REPO_ID: LORA_REPO_FILES})
-    model_dirs = {"text-encoder-shards": tmp_path / "shard-stage", "baked": tmp_path / "models"}
+    model_dirs = {"shards-wan-s2v": tmp_path / "shard-stage", "baked-wan-s2v": tmp_path / "models"}
     environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
     try:
-        build_stage("text-encoder-shards", model_dirs, environment)
-        layers = build_stage("baked", model_dirs, environment)
+        build_stage("shards-wan-s2v", model_dirs, environment)
+        layers = build_stage("baked-wan-s2v", model_dirs, environment)
     finally:
         hub.close()
-    model_dir = model_dirs["baked"]
+    model_dir = model_dirs["baked-wan-s2v"]
 
     def weights(layer: set[str]) -> set[str]:
         return {name.partition("/")[2] for name in layer if "/.cache/" not in name
@@ -393,9 +409,168 @@ def test_the_baked_stage_puts_each_weight_component_in_a_layer_of_its_own(tmp_pa
     tokenizer_dir = write_tiny_tokenizer(tmp_path / "tokenizer")
     baked, from_file = (TextEncoder.from_official(stage_dir / "Wan2.2-S2V-14B" / T5_CHECKPOINT_FILE, tokenizer_dir,
                                                   encoder_config=TINY_T5)
-                        for stage_dir in (model_dir, model_dirs["text-encoder-shards"]))
+                        for stage_dir in (model_dir, model_dirs["shards-wan-s2v"]))
     assert all(torch.equal(a, b) for a, b in zip(baked.state_dict().values(), from_file.state_dict().values(),
                                                  strict=True))
+
+
+def infinitetalk_repositories() -> dict[str, dict[str, bytes]]:
+    """The four repositories infinitetalk fetches, in their published layouts with stand-in bytes,
+    except the files the image splits, which hold real (small) tensors: seven transformer shards as
+    published, and files no download takes."""
+    import io
+
+    import torch
+    from safetensors.torch import save
+
+    from model.infinitetalk import declaration
+    from model.wan_common.config import T5_CHECKPOINT_FILE
+
+    generator = torch.Generator().manual_seed(0)
+
+    def tensors(prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.{i}.weight": torch.randn(8, 4 + i, generator=generator) for i in range(6)}
+
+    t5 = io.BytesIO()
+    torch.save({key: tensor.to(torch.bfloat16) for key, tensor in tensors("encoder.blocks").items()}, t5)
+    shards = [f"diffusion_pytorch_model-{i:05d}-of-00007.safetensors" for i in range(1, 8)]
+    index = {"metadata": {}, "weight_map": {f"blocks.{i}.weight": shard for i, shard in enumerate(shards)}}
+
+    def stand_ins(*names: str) -> dict[str, bytes]:
+        return {name: f"contents of {name}".encode() for name in names}
+
+    return {
+        declaration.BASE_REPO_ID: {
+            **stand_ins("config.json", "Wan2.1_VAE.pth", declaration.CLIP_CHECKPOINT_FILE,
+                        "google/umt5-xxl/spiece.model", "google/umt5-xxl/tokenizer.json", *shards, "README.md",
+                        "xlm-roberta-large/tokenizer.json", "examples/i2v_input.JPG"),
+            "diffusion_pytorch_model.safetensors.index.json": json.dumps(index).encode(),
+            T5_CHECKPOINT_FILE: t5.getvalue(),
+        },
+        declaration.WAV2VEC_REPO_ID: stand_ins("config.json", "preprocessor_config.json", "model.safetensors",
+                                               "pytorch_model.bin"),
+        declaration.INFINITETALK_REPO_ID: {
+            declaration.SINGLE_SPEAKER_FILE: save(tensors("blocks.audio")),
+            declaration.TWO_SPEAKER_FILE: save(tensors("blocks.audio")),
+            **stand_ins("assets/logo.png", "README.md"),
+        },
+        declaration.LORA_REPO_ID: stand_ins(declaration.LORA_FILE,
+                                            "Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors"),
+    }
+
+
+# what infinitetalk's downloads do not take (README.md and the like): the rest is fetched
+INFINITETALK_UNUSED = ("README.md", "xlm-roberta-large/tokenizer.json", "examples/i2v_input.JPG", "pytorch_model.bin",
+                       "assets/logo.png", "Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors")
+
+
+def test_infinitetalks_baked_stage_puts_each_weight_file_in_a_layer_of_its_own(tmp_path):
+    """The infinitetalk target's weight steps, run in order against a stand-in Hub serving its four
+    repositories: every file is fetched once, each large file is alone in its layer, the files over
+    a layer's cap are there only as shards, and the worker reads the same tensors from them."""
+    import io
+
+    import torch
+    from safetensors.torch import load
+
+    from model.infinitetalk import declaration
+    from model.infinitetalk.loader import _published
+    from model.wan_common.checkpoint import read_safetensors
+    from model.wan_common.config import T5_CHECKPOINT_FILE, shard_index_name
+    from model.weights import FINISHED_MARKER_NAME, is_finished
+    from tests.test_wan_weights import FakeHub
+
+    specs = BACKENDS["infinitetalk"].weights
+    repos = infinitetalk_repositories()
+    hub = FakeHub(repos)
+    model_dirs = {"shards-infinitetalk": tmp_path / "shard-stage", "baked-infinitetalk": tmp_path / "models"}
+    environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
+    try:
+        build_stage("shards-infinitetalk", model_dirs, environment)
+        layers = build_stage("baked-infinitetalk", model_dirs, environment)
+    finally:
+        hub.close()
+    model_dir = model_dirs["baked-infinitetalk"]
+
+    def weights(layer: set[str]) -> set[str]:
+        return {name for name in layer if "/.cache/" not in name and not name.endswith(FINISHED_MARKER_NAME)}
+
+    *parts, last = layers
+    assert weights(last) == set()
+    assert {name for name in last if name.endswith(FINISHED_MARKER_NAME)} == {
+        f"{spec.folder}/{FINISHED_MARKER_NAME}" for spec in specs}
+    assert all(is_finished(spec, model_dir / spec.folder) for spec in specs)
+    fetched = [weights(layer) for layer in parts]
+    assert all(fetched) and sum(len(names) for names in fetched) == len(set().union(*fetched))
+    in_image = set().union(*fetched)
+    base, talk = declaration.BASE_WEIGHTS.folder, declaration.INFINITETALK_WEIGHTS.folder
+    # over a layer's cap as published: only their shards and indexes are in the image, a COPY each
+    split = {f"{base}/{T5_CHECKPOINT_FILE}": repos[declaration.BASE_REPO_ID][T5_CHECKPOINT_FILE],
+             **{f"{talk}/{name}": repos[declaration.INFINITETALK_REPO_ID][name]
+                for name in (declaration.SINGLE_SPEAKER_FILE, declaration.TWO_SPEAKER_FILE)}}
+    assert not set(split) & in_image
+    for file in split:
+        shards = sorted(fetched_shards(model_dir, file) - {shard_index_name(file)})
+        assert len(shards) > 1 and [{shard} for shard in shards] == [names for names in fetched if names & set(shards)]
+        assert {shard_index_name(file)} in fetched
+    # each transformer shard alone, but for the small files of the first step
+    transformer = [names for names in fetched
+                   if any(re.fullmatch(rf"{base}/diffusion_pytorch_model-\d{{5}}-of-00007\.safetensors", name)
+                          for name in names)]
+    assert len(transformer) == 7 and all(len(names) == 1 for names in transformer[1:])
+    # every file a worker's download takes, each fetched once (the split ones by their stage); nothing else
+    wanted = {f"{spec.folder}/{name}" for spec in specs for name in repos[spec.repo_id]
+              if name not in INFINITETALK_UNUSED}
+    assert in_image - {shard for file in split for shard in fetched_shards(model_dir, file)} == wanted - set(split)
+    gets = [path for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path]
+    assert len(gets) == len(set(gets)) == len(wanted)
+    assert not [path for path in gets if path.endswith(INFINITETALK_UNUSED)]
+    # the worker reads the very tensors of the published files
+    for file, published in split.items():
+        expected = (torch.load(io.BytesIO(published), weights_only=True) if file.endswith(".pth")
+                    else load(published))
+        ours = dict(read_safetensors(model_dir / Path(file).parent, Path(file).with_suffix(".safetensors").name))
+        assert ours.keys() == expected.keys()
+        assert all(ours[key].dtype == value.dtype and torch.equal(ours[key], value) for key, value in expected.items())
+    assert dict(_published(model_dir / talk / declaration.SINGLE_SPEAKER_FILE)).keys() == load(
+        split[f"{talk}/{declaration.SINGLE_SPEAKER_FILE}"]).keys()
+
+
+def fetched_shards(model_dir: Path, file: str) -> set[str]:
+    """The shards and index standing for `file` (a path under MODEL_DIR) in the image."""
+    from model.wan_common.config import shard_index_name
+
+    index = json.loads((model_dir / shard_index_name(file)).read_text())["weight_map"]
+    return {shard_index_name(file), *(f"{Path(file).parent}/{shard}" for shard in index.values())}
+
+
+def test_the_last_bake_step_fetches_nothing_and_names_what_an_earlier_step_missed(tmp_path):
+    from model.infinitetalk import declaration
+    from model.weights import FINISHED_MARKER_NAME
+    from tests.infinitetalk_tiny_models import write_published_layouts
+
+    model_dir = write_published_layouts(tmp_path / "models", transformer_shards=3)
+    for marker in model_dir.rglob(FINISHED_MARKER_NAME):
+        marker.unlink()
+    shard = model_dir / declaration.BASE_WEIGHTS.folder / "diffusion_pytorch_model-00002-of-00003.safetensors"
+    shard.unlink()
+
+    def check() -> subprocess.CompletedProcess[str]:
+        # no Hub at all: a fetch would fail on the closed port, not pass
+        return subprocess.run([sys.executable, "scripts/download_models.py", "--model-dir", str(model_dir),
+                               "--backend", "infinitetalk", "--check-only"], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")},
+                              timeout=120)
+
+    result = check()
+    assert result.returncode == 1
+    assert (f"error: {model_dir / declaration.BASE_WEIGHTS.folder} lacks diffusion_pytorch_model-00002-of-00003"
+            f".safetensors of {declaration.BASE_REPO_ID}") in result.stderr
+    assert not (model_dir / declaration.BASE_WEIGHTS.folder / FINISHED_MARKER_NAME).exists()
+    shard.write_bytes(b"")  # back (its contents are the loader's business)
+    result = check()
+    assert result.returncode == 0, result.stderr
+    assert all((model_dir / spec.folder / FINISHED_MARKER_NAME).is_file() for spec in BACKENDS["infinitetalk"].weights)
 
 
 def test_a_download_pattern_that_matches_nothing_is_refused(tmp_path):
@@ -417,10 +592,10 @@ def test_a_download_pattern_that_matches_nothing_is_refused(tmp_path):
     assert not any(method == "GET" and "/resolve/" in path for method, path, _ in hub.requests)
 
 
-def test_the_default_target_is_the_worker_without_weights():
+def test_the_default_target_is_the_worker_without_weights_and_each_baking_backend_has_its_target():
     froms = [rest for word, rest in instructions() if word == "FROM"]
     assert froms[-1] == "worker AS runtime"
-    assert "worker AS baked" in froms
+    assert {rest for rest in froms if " AS baked" in rest} == {f"worker AS baked-{name}" for name in baked_backends()}
 
 
 def build_context_includes(path: str) -> bool:
@@ -443,7 +618,7 @@ def build_context_includes(path: str) -> bool:
     ("path", "included"),
     [
         ("pyproject.toml", True), ("handler/__main__.py", True), ("model/base.py", True),
-        ("scripts/download_models.py", True), ("scripts/shard_text_encoder.py", True), ("data/costs.toml", True),
+        ("scripts/download_models.py", True), ("scripts/shard_weights.py", True), ("data/costs.toml", True),
         ("test_input.json", True),
         (".env", False), (".git/config", False), (".venv/bin/python", False), ("outputs/a.mp4", False),
         ("scripts/runpod_endpoint.py", False), ("handler/__pycache__/job.cpython-312.pyc", False),
@@ -491,11 +666,12 @@ def test_hub_json_has_the_documented_fields_and_the_deploy_tools_gpus():
     assert listing["category"] in {"audio", "embedding", "language", "video", "image"}
     config = listing["config"]
     assert config["runsOn"] == "GPU" and config["gpuCount"] == 1
-    backend = hub_backend()
-    need = GPU_NEEDS[backend.name]
-    assert config["gpuIds"] == ",".join(compute_for(backend.name, need.default_memory_mode).gpu_pools)
+    # one listing, one GPU choice and one disk: each backend it offers fits them
+    for backend in hub_backends():
+        need = GPU_NEEDS[backend.name]
+        assert config["gpuIds"] == ",".join(compute_for(backend.name, need.default_memory_mode).gpu_pools)
     assert set(config["gpuIds"].split(",")) <= set(KNOWN_GPU_POOLS)
-    assert config["containerDiskInGb"] == backend.deploy.disk_gb_without_volume
+    assert config["containerDiskInGb"] == max(backend.deploy.disk_gb_without_volume for backend in hub_backends())
     assert MIN_CUDA_VERSION in config["allowedCudaVersions"]
 
 
@@ -507,8 +683,8 @@ def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
                       "MAX_AUDIO_SECONDS": defaults.max_audio_seconds,
                       "MAX_INPUT_BYTES": defaults.max_input_bytes}
     # EXECUTION_TIMEOUT_SECONDS: the deploy tool sets it from the timeout it plans; the Hub user sets both
-    known = set(PASSED_THROUGH_ENV) | {setting.env for setting in hub_backend().settings} | {
-        "HF_TOKEN", "EXECUTION_TIMEOUT_SECONDS"}
+    known = set(PASSED_THROUGH_ENV) | {setting.env for backend in hub_backends() for setting in backend.settings} | {
+        "HF_TOKEN", "EXECUTION_TIMEOUT_SECONDS", "MODEL_BACKEND"}
     for variable in hub()["config"]["env"]:
         if "value" in variable:  # static: the listing's fixed settings
             continue
@@ -524,14 +700,22 @@ def test_hub_json_inputs_are_worker_settings_with_the_workers_defaults():
             assert spec["type"] == "number" and spec["default"] == worker_default[variable["key"]]
 
 
-def test_hub_json_fixes_the_backend_and_a_start_timeout_that_covers_a_cold_download():
+def test_hub_json_offers_gpu_backends_with_a_start_timeout_that_covers_a_cold_download():
     static = {variable["key"]: variable["value"] for variable in hub()["config"]["env"] if "value" in variable}
-    backend = hub_backend()
-    # a GPU listing runs one GPU backend: a CPU backend on these GPUs would pay GPU prices for CPU work
-    assert backend.needs_gpu
-    assert static == {"MODEL_BACKEND": backend.name, "RUNPOD_INIT_TIMEOUT": str(backend.deploy.init_timeout_seconds)}
+    offered = hub_backends()
+    assert [backend.name for backend in offered][0] == "wan-s2v" and len(offered) > 1
+    # GPU backends only: a CPU backend on these GPUs would pay GPU prices for CPU work
+    assert all(backend.needs_gpu for backend in offered)
+    timeout = max(backend.deploy.init_timeout_seconds or 0 for backend in offered)
+    assert static == {"RUNPOD_INIT_TIMEOUT": str(timeout)}
+    # the modes DEFAULT_MODE offers, and the memory-mode variable, are every offered backend's
+    (modes,) = [variable["input"] for variable in hub()["config"]["env"] if variable["key"] == "DEFAULT_MODE"]
+    for backend in offered:
+        assert {option["value"] for option in modes["options"]} <= set(backend.modes), backend.name
+        assert "WAN_MEMORY_MODE" in {setting.env for setting in backend.settings}, backend.name
+    # the others are not named
     for name, entry in BACKENDS.items():
-        assert entry is backend or name not in json.dumps(hub()["config"]["env"])
+        assert entry in offered or name not in json.dumps(hub()["config"]["env"])
 
 
 def test_hub_json_presets_never_pin_what_depends_on_the_gpu():
@@ -549,6 +733,8 @@ def test_hub_json_memory_mode_defaults_to_the_workers_own_choice():
     (spec,) = [variable["input"] for variable in hub()["config"]["env"] if variable["key"] == "WAN_MEMORY_MODE"]
     assert {option["value"] for option in spec["options"]} == {""} | {mode.value for mode in MemoryMode}
     settings = WorkerSettings.from_env({"WAN_MEMORY_MODE": spec["default"]}).backend_settings
+    for backend in hub_backends():
+        assert settings[backend.name]["WAN_MEMORY_MODE"] is None, backend.name
     setting = settings["wan-s2v"]["WAN_MEMORY_MODE"]
     for free in (20 * GIB, 45 * GIB, 78 * GIB, 139 * GIB):
         assert choose_memory_mode(free, setting, MIN_FREE_BYTES) == choose_memory_mode(free, None, MIN_FREE_BYTES)
@@ -691,8 +877,8 @@ def test_the_registry_the_backends_the_endpoint_tool_and_the_hub_agree():
     assert set(endpoint_compute.BACKENDS) == set(BACKENDS)
     assert endpoint_requests.BACKEND_MODES == {name: entry.modes for name, entry in BACKENDS.items()}
     env = {variable["key"]: variable for variable in hub()["config"]["env"]}
-    listed = env["MODEL_BACKEND"]["value"]
-    assert BACKENDS[listed].needs_gpu  # the Hub lists the GPU backend; lite goes to a CPU endpoint
-    offered = {option["value"] for option in env["DEFAULT_MODE"]["input"]["options"]}
-    assert offered == set(BACKENDS[listed].modes)
-    assert env["DEFAULT_MODE"]["input"]["default"] == BACKENDS[listed].modes[0]
+    for listed in hub_backends():
+        assert listed.needs_gpu  # the Hub lists GPU backends; lite goes to a CPU endpoint
+        offered = {option["value"] for option in env["DEFAULT_MODE"]["input"]["options"]}
+        assert offered == set(listed.modes)
+        assert env["DEFAULT_MODE"]["input"]["default"] == listed.modes[0]

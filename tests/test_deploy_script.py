@@ -111,7 +111,7 @@ def test_baking_the_weights_of_a_backend_the_baked_target_does_not_hold_is_refus
     other = next(name for name, entry in BACKENDS.items() if entry.needs_gpu and not entry.deploy.bakes_into_image)
     result = run_deploy(tmp_path, "--env-file", str(env_file), "--dry-run", "--bake-weights", "--backend", other)
     assert result.returncode == 1
-    assert (f"--bake-weights: the image's baked target holds the weights of {', '.join(baked_ones)} only, not "
+    assert (f"--bake-weights: the Dockerfile bakes the weights of {', '.join(baked_ones)} only, not "
             f"{other}'s; leave it out and use --network-volume") in result.stderr
     assert "buildx build" not in result.stderr + result.stdout
 
@@ -169,8 +169,8 @@ def test_full_deploy_builds_pushes_and_creates_then_updates(tmp_path, env_file, 
         rf"buildx build --platform linux/amd64 --target runtime --tag ({pattern}) --push {ROOT}", build1
     )
     assert built
-    baked = re.fullmatch(rf"buildx build --platform linux/amd64 --target baked --tag ({pattern}-baked) --push "
-                         rf"--secret id=hf_token,env=HF_TOKEN {ROOT}", build2)
+    baked = re.fullmatch(rf"buildx build --platform linux/amd64 --target baked-wan-s2v --tag ({pattern}-wan-s2v-baked) "
+                         rf"--push --secret id=hf_token,env=HF_TOKEN {ROOT}", build2)
     assert baked
     assert HF_TOKEN not in calls.read_text() + second.stdout + second.stderr
     assert HF_TOKEN not in json.dumps([request.body for request in api.requests])
@@ -221,6 +221,24 @@ def test_build_image_loads_locally_unless_told_to_push_and_a_failed_push_names_t
     assert "docker login ghcr.io" in pushed.stderr
     (call,) = calls.read_text().splitlines()
     assert call.startswith("buildx build ") and " --push " in call and "--load" not in call
+
+
+@pytest.mark.parametrize("backend", [name for name, entry in BACKENDS.items() if entry.needs_gpu])
+def test_build_image_bakes_a_backend_into_its_own_target_or_names_those_it_can(backend):
+    """--bake-weights --backend NAME builds the Dockerfile's baked-NAME target, tagged -NAME-baked
+    (so the deploy tool sees a baked image); a backend without one is refused before docker."""
+    result = subprocess.run([str(ROOT / "scripts" / "build_image.sh"), "--dry-run", "--bake-weights", "--backend",
+                             backend, "ghcr.io/acme/th"], capture_output=True, text=True,
+                            env={"PATH": path_without_docker()}, timeout=30)
+    baked = [name for name, entry in BACKENDS.items() if entry.deploy.bakes_into_image]
+    if backend in baked:
+        assert result.returncode == 0, result.stderr
+        assert f" --target baked-{backend} " in result.stderr
+        assert result.stdout.strip().endswith(f"-{backend}-baked")
+    else:
+        assert result.returncode == 1
+        assert (f"the Dockerfile has no baked-{backend} target: weights can be baked for {', '.join(baked)}; "
+                f"leave out --bake-weights for {backend}") in result.stderr
 
 
 def test_mode_and_excluded_gpus_reach_the_endpoint_and_a_weightless_endpoint_gets_the_cached_model_hint(tmp_path):

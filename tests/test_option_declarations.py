@@ -191,9 +191,11 @@ def listing_jobs() -> list[tuple[str, dict[str, Any]]]:
     backend = {item["key"]: item["value"] for item in tests["config"]["env"]}["MODEL_BACKEND"]
     jobs = [(backend, {"input": test["input"]}) for test in tests["tests"]]
     hub = json.loads((ROOT / ".runpod" / "hub.json").read_text())
-    listed = {item["key"]: item.get("value") for item in hub["config"]["env"]}["MODEL_BACKEND"]
+    listed = {item["key"]: item for item in hub["config"]["env"]}["MODEL_BACKEND"]["input"]["default"]
     page = (ROOT / ".runpod" / "README.md").read_text()
-    jobs += [(listed, json.loads(block)) for block in re.findall(r"```json\n(.*?)```", page, re.S)]
+    # a block preceded by <!-- MODEL_BACKEND=name --> is that backend's job, the others the default's
+    jobs += [(named or listed, json.loads(block))
+             for named, block in re.findall(r"(?:<!-- MODEL_BACKEND=([\w-]+) -->\n)?```json\n(.*?)```", page, re.S)]
     assert len(jobs) >= 2
     return jobs
 

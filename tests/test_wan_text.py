@@ -100,13 +100,13 @@ def test_embeddings_match_the_reference_encoder(
 
 
 def test_the_sharded_form_loads_bit_identical_to_the_official_file(tmp_path: Path, official_files) -> None:
-    """scripts/shard_text_encoder.py on a bf16 file in the official layout: the shards keep its names,
+    """scripts/shard_weights.py on a bf16 file in the official layout: the shards keep its names,
     dtypes and values, and the encoder read from them (the .pth gone) computes exactly the same."""
     from safetensors import safe_open
 
     from model.wan_common.config import T5_CHECKPOINT_FILE
     from model.wan_common.convert_t5 import T5_SHARD_INDEX_FILE
-    from scripts.shard_text_encoder import main as shard_text_encoder
+    from scripts.shard_weights import main as shard_weights
 
     _, tokenizer_dir, official = official_files
     bf16 = {key: tensor.to(torch.bfloat16) for key, tensor in official.items()}
@@ -114,7 +114,7 @@ def test_the_sharded_form_loads_bit_identical_to_the_official_file(tmp_path: Pat
     torch.save(bf16, checkpoint)
     from_pth = TextEncoder.from_official(checkpoint, tokenizer_dir, "cpu", torch.bfloat16, TINY_T5)
 
-    assert shard_text_encoder([str(tmp_path), "--shards", "3"]) == 0
+    assert shard_weights([str(checkpoint), "--shards", "3"]) == 0
     weight_map = json.loads((tmp_path / T5_SHARD_INDEX_FILE).read_text())["weight_map"]
     shards = sorted(set(weight_map.values()))
     assert shards == [f"models_t5_umt5-xxl-enc-bf16-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]

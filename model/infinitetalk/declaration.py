@@ -20,6 +20,7 @@ from model.wan_common.config import (
     TRANSFORMER_CONFIG_FILE,
     TRANSFORMER_INDEX_FILE,
     VAE_CHECKPOINT_FILE,
+    shard_index_name,
 )
 from model.wan_common.convert_t5 import T5_SHARD_INDEX_FILE
 from model.wan_common.memory import MEMORY_MODE_SETTING, MemoryMode
@@ -85,7 +86,10 @@ INFINITETALK_WEIGHTS = WeightSpec(
     folder="InfiniteTalk",
     # an estimate: the audio modules (2.4B parameters) in float32, twice
     size_gb=20,
-    required_files=(SINGLE_SPEAKER_FILE, TWO_SPEAKER_FILE),
+    # each file, or the shards the baked image holds in its place (scripts/shard_weights.py): at
+    # ~10 GB a file may be over a registry's layer cap
+    any_of=tuple((name, shard_index_name(name)) for name in (SINGLE_SPEAKER_FILE, TWO_SPEAKER_FILE)),
+    shard_indexes=tuple(shard_index_name(name) for name in (SINGLE_SPEAKER_FILE, TWO_SPEAKER_FILE)),
 )
 
 # The README's 4-step setting: lightx2v's step-distillation LoRA, as the README links it.
@@ -149,12 +153,15 @@ multi audio weights ~20 GB, chinese-wav2vec2-base 0.4 GB), plus the fast mode's 
      and the workers find them at /runpod-volume/models.
   2. RunPod's cached models: set Model to Wan-AI/Wan2.1-I2V-14B-480P in the console (Manage >
      Edit Endpoint); each new worker still fetches the InfiniteTalk, wav2vec2 and LoRA files.
-  The image's baked target holds wan-s2v's weights only: --bake-weights is refused here.
+  3. Baked into the image (--bake-weights): no download at start; the image is ~100 GB larger
+     (one layer per file of at most ~10 GB), so every host that has not run it yet pulls it first.
   With none of them every new worker downloads ~100 GB before its first job.""",
         cold_start_hint="""\
-Weights: this endpoint has no network volume and no cached model, so every new worker
-downloads ~100 GB before its first job. Deploy again with --network-volume, or set Model to
-Wan-AI/Wan2.1-I2V-14B-480P in the console (RunPod's cached models).""",
+Weights: this endpoint has no network volume and its image is not a baked one (tag ending
+-baked), so every new worker downloads ~100 GB before its first job. Deploy again with
+--network-volume or --bake-weights, or set Model to Wan-AI/Wan2.1-I2V-14B-480P in the
+console (RunPod's cached models).""",
         image_extras=("wan",),
+        bakes_into_image=True,
     ),
 )

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
-from safetensors import safe_open
 from transformers import CLIPVisionModel
 
 from model.wan_common.checkpoint import load_streamed, parameters_on_meta, read_pth, read_safetensors
@@ -132,9 +131,8 @@ def _load_transformer(
 
 
 def _published(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    with safe_open(path, framework="pt", device="cpu") as reader:
-        for key in reader.keys():
-            yield key, reader.get_tensor(key)
+    """The tensors of an InfiniteTalk file, or of its shards where the baked image keeps it so."""
+    return read_safetensors(path.parent, path.name)
 
 
 def _converted(path: Path) -> Iterator[tuple[str, torch.Tensor]]:

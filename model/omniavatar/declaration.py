@@ -56,7 +56,7 @@ def _wan_t2v(size: str, size_gb: float, sharded: bool) -> WeightSpec:
         required_files=(TRANSFORMER_CONFIG_FILE, VAE_CHECKPOINT_FILE, *((TRANSFORMER_INDEX_FILE,) if sharded else (
             TRANSFORMER_SINGLE_FILE,))),
         required_folders=(T5_TOKENIZER_DIR,),
-        # the text encoder is the .pth, or its shards where the image keeps it so (scripts/shard_text_encoder.py)
+        # the text encoder is the .pth, or its shards where the image keeps it so (scripts/shard_weights.py)
         shard_indexes=(*((TRANSFORMER_INDEX_FILE,) if sharded else ()), T5_SHARD_INDEX_FILE),
         any_of=((T5_CHECKPOINT_FILE, T5_SHARD_INDEX_FILE),),
         when=(SIZE_SETTING, size),
@@ -163,7 +163,7 @@ allows a start RUNPOD_INIT_TIMEOUT={INIT_TIMEOUT_SECONDS} s):
        {SIZE_SETTING}=14B python scripts/download_models.py --backend omniavatar --model-dir /workspace/models
      (a pod mounts the volume at /workspace, a worker at /runpod-volume: the workers find the
      weights at /runpod-volume/models). Workers that start together download it once (a lock).
-  The image's baked target holds wan-s2v's weights only: --bake-weights is refused here.
+  The Dockerfile has no baked target for omniavatar: --bake-weights is refused here.
   With none of them, every new worker downloads the weights before it can load them.""",
         cold_start_hint=f"""\
 Weights: this endpoint has no network volume and no cached model, so every new

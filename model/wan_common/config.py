@@ -38,3 +38,15 @@ TRANSFORMER_INDEX_FILE = "diffusion_pytorch_model.safetensors.index.json"
 VAE_CHECKPOINT_FILE = "Wan2.1_VAE.pth"
 T5_CHECKPOINT_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 T5_TOKENIZER_DIR = "google/umt5-xxl"
+
+
+def sharded_weights_name(file_name: str) -> str:
+    """The safetensors name of a weights file kept as shards beside it (a `.pth` gets the suffix
+    `.safetensors`): its shards are `STEM-00001-of-0000N.safetensors` and its index this name plus
+    `.index.json` (read_safetensors' and huggingface_hub's naming)."""
+    return file_name.removesuffix(".pth").removesuffix(".safetensors") + ".safetensors"
+
+
+def shard_index_name(file_name: str) -> str:
+    """The index of `file_name`'s shards (a path keeps its folder)."""
+    return f"{sharded_weights_name(file_name)}.index.json"

@@ -4,7 +4,7 @@ The official encoder keeps a relative position table in every block, like UMT5; 
 calls the activated branch `gate` and the linear one `fc1`, transformers `wi_0` and `wi_1`.
 
 The encoder's file may also be kept as safetensors shards under its own tensor names
-(scripts/shard_text_encoder.py): the baked image holds it so, because the one 11.4 GB `.pth` is
+(scripts/shard_weights.py): the baked image holds it so, because the one 11.4 GB `.pth` is
 over the layer size registries accept (GHCR: 10 GB).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .config import T5_CHECKPOINT_FILE
+from .config import T5_CHECKPOINT_FILE, shard_index_name
 
 _BLOCK_PARTS = {
     "norm1.weight": "layer.0.layer_norm.weight",
@@ -43,10 +43,4 @@ def convert_t5_key(official_key: str) -> str:
     return official_key
 
 
-def sharded_weights_name(checkpoint_name: str) -> str:
-    """The safetensors name of a `.pth` kept as shards beside it: its index is this name plus
-    `.index.json` (read_safetensors' and huggingface_hub's naming)."""
-    return checkpoint_name.removesuffix(".pth") + ".safetensors"
-
-
-T5_SHARD_INDEX_FILE = f"{sharded_weights_name(T5_CHECKPOINT_FILE)}.index.json"
+T5_SHARD_INDEX_FILE = shard_index_name(T5_CHECKPOINT_FILE)

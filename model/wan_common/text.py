@@ -24,8 +24,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5Config, UMT
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .checkpoint import load_streamed, parameters_on_meta, read_pth, read_safetensors
-from .config import TEXT_LEN, UMT5_XXL_ENCODER_CONFIG
-from .convert_t5 import convert_t5_key, sharded_weights_name
+from .config import TEXT_LEN, UMT5_XXL_ENCODER_CONFIG, sharded_weights_name
+from .convert_t5 import convert_t5_key
 
 
 class TextEncoder(ModelMixin):

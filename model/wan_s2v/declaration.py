@@ -65,7 +65,7 @@ CHECKPOINT_WEIGHTS = WeightSpec(
     ),
     required_folders=(T5_TOKENIZER_DIR,),
     # the transformer's shards are read from its index; the text encoder's from its own where it
-    # is kept as shards (the baked image: scripts/shard_text_encoder.py), else it is the .pth
+    # is kept as shards (the baked image: scripts/shard_weights.py), else it is the .pth
     shard_indexes=(TRANSFORMER_INDEX_FILE, T5_SHARD_INDEX_FILE),
     any_of=(WAV2VEC_WEIGHT_FILES, (T5_CHECKPOINT_FILE, T5_SHARD_INDEX_FILE)),
 )
