@@ -325,11 +325,17 @@ def build_stage(name: str, model_dirs: dict[str, Path], environment: dict[str, s
         words = shlex.split(rest)
         if word == "RUN":
             command = [here(name, argument) for argument in words[words.index("python") + 1:]]
-            if command[0] == "scripts/download_models.py":
-                command[1:1] = ["--model-dir", str(model_dir)]
-            result = subprocess.run([sys.executable, *command], cwd=ROOT, env=environment, capture_output=True,
-                                    text=True, timeout=120)
-            assert result.returncode == 0, f"{command}:\n{result.stderr[-2000:]}"
+            if command[0] == "scripts/shard_weights.py":
+                # in this process: it reads no environment, and a Python start importing torch costs a second
+                from scripts.shard_weights import main as shard_weights
+
+                assert shard_weights(command[1:]) == 0, command
+            else:
+                if command[0] == "scripts/download_models.py":
+                    command[1:1] = ["--model-dir", str(model_dir)]
+                result = subprocess.run([sys.executable, *command], cwd=ROOT, env=environment, capture_output=True,
+                                        text=True, timeout=120)
+                assert result.returncode == 0, f"{command}:\n{result.stderr[-2000:]}"
         elif word == "COPY" and words[0].startswith("--from="):
             *sources, destination = words[1:]
             Path(here(name, destination)).mkdir(parents=True, exist_ok=True)  # as COPY makes a folder/
