@@ -349,6 +349,18 @@ def build_stage(name: str, model_dirs: dict[str, Path], environment: dict[str, s
     return layers
 
 
+def build_baked(backend: str, hub, tmp_path: Path) -> tuple[dict[str, Path], list[set[str]]]:
+    """A backend's shard stage, then its baked stage, against `hub` (closed afterwards): each
+    stage's /models, and the baked stage's layers."""
+    model_dirs = {f"shards-{backend}": tmp_path / "shard-stage", f"baked-{backend}": tmp_path / "models"}
+    environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
+    try:
+        build_stage(f"shards-{backend}", model_dirs, environment)
+        return model_dirs, build_stage(f"baked-{backend}", model_dirs, environment)
+    finally:
+        hub.close()
+
+
 def test_wan_s2vs_baked_stage_puts_each_weight_component_in_a_layer_of_its_own(tmp_path):
     """The weight steps of the baked stage and of the text encoder's stage before it, run in order
     against a stand-in Hub with the published file layout: what each adds or changes is its layer."""
@@ -371,13 +383,7 @@ def test_wan_s2vs_baked_stage_puts_each_weight_component_in_a_layer_of_its_own(t
                official)
     published[T5_CHECKPOINT_FILE] = official.getvalue()
     hub = FakeHub({CHECKPOINT_REPO_ID: published, LORA_REPO_ID: LORA_REPO_FILES})
-    model_dirs = {"shards-wan-s2v": tmp_path / "shard-stage", "baked-wan-s2v": tmp_path / "models"}
-    environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
-    try:
-        build_stage("shards-wan-s2v", model_dirs, environment)
-        layers = build_stage("baked-wan-s2v", model_dirs, environment)
-    finally:
-        hub.close()
+    model_dirs, layers = build_baked("wan-s2v", hub, tmp_path)
     model_dir = model_dirs["baked-wan-s2v"]
 
     def weights(layer: set[str]) -> set[str]:
@@ -489,13 +495,7 @@ def test_infinitetalks_baked_stage_puts_each_weight_file_in_a_layer_of_its_own(t
     specs = BACKENDS["infinitetalk"].weights
     repos = infinitetalk_repositories()
     hub = FakeHub(repos)
-    model_dirs = {"shards-infinitetalk": tmp_path / "shard-stage", "baked-infinitetalk": tmp_path / "models"}
-    environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
-    try:
-        build_stage("shards-infinitetalk", model_dirs, environment)
-        layers = build_stage("baked-infinitetalk", model_dirs, environment)
-    finally:
-        hub.close()
+    model_dirs, layers = build_baked("infinitetalk", hub, tmp_path)
     model_dir = model_dirs["baked-infinitetalk"]
 
     def weights(layer: set[str]) -> set[str]:
