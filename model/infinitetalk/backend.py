@@ -42,15 +42,15 @@ from model.base import (
     num_frames_for,
 )
 from model.face_check import FaceCheck
-from model.torch_backend import TorchBackend, load_failures_as_host_unfit
+from model.torch_backend import load_failures_as_host_unfit
 from model.wan_common.frames import to_pixels, to_uint8_frames
 from model.wan_common.lora import LoraAdapter
 from model.wan_common.memory import (
     MemoryMode,
-    out_of_memory_message,
     smaller_mode_advice,
 )
 from model.wan_common.placement import (
+    MemoryModeBackend,
     execution_target,
     place_transformer,
     text_encoder_compute_device,
@@ -109,7 +109,7 @@ def video_size(height: int, width: int, max_area: int) -> tuple[str, int, int]:
     return DEFAULT_SIZE_BUCKET, target_h, target_w
 
 
-class InfiniteTalkBackend(TorchBackend):
+class InfiniteTalkBackend(MemoryModeBackend):
     declaration = DECLARATION
     name = "infinitetalk"
 
@@ -168,13 +168,6 @@ class InfiniteTalkBackend(TorchBackend):
     @property
     def device(self) -> torch.device:
         return self._device
-
-    def out_of_memory_message(self) -> str:
-        return out_of_memory_message(self.memory_mode)
-
-    @property
-    def memory_mode_name(self) -> str:
-        return self.memory_mode.value
 
     def parse_options(self, fields: Mapping[str, Any], mode: str) -> InfiniteTalkOptions:
         options = super().parse_options(fields, mode)

@@ -27,13 +27,13 @@ from model.base import (
     ProgressCallback,
     Speech,
 )
-from model.torch_backend import TorchBackend, load_failures_as_host_unfit
+from model.torch_backend import load_failures_as_host_unfit
 from model.wan_common.memory import (
     MemoryMode,
-    out_of_memory_message,
     smaller_mode_advice,
 )
 from model.wan_common.placement import (
+    MemoryModeBackend,
     execution_target,
     place_transformer,
     text_encoder_compute_device,
@@ -59,7 +59,7 @@ from .portrait import fit_portrait, video_size
 log = logging.getLogger(__name__)
 
 
-class OmniAvatarBackend(TorchBackend):
+class OmniAvatarBackend(MemoryModeBackend):
     declaration = DECLARATION
 
     def __init__(self, pipeline: OmniAvatarPipeline, memory_mode: MemoryMode, size: str) -> None:
@@ -110,13 +110,6 @@ class OmniAvatarBackend(TorchBackend):
     @property
     def device(self) -> torch.device:
         return self.pipeline.device
-
-    def out_of_memory_message(self) -> str:
-        return out_of_memory_message(self.memory_mode)
-
-    @property
-    def memory_mode_name(self) -> str:
-        return self.memory_mode.value
 
     def prepare_portrait(self, image: np.ndarray, max_area: int) -> PreparedPortrait:
         height, width = video_size(image.shape[0], image.shape[1], max_area)

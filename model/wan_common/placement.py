@@ -18,7 +18,9 @@ from typing import cast
 import torch
 from diffusers.models.modeling_utils import ModelMixin
 
-from .memory import MemoryMode, MemoryModeError, choose_memory_mode
+from model.torch_backend import TorchBackend
+
+from .memory import MemoryMode, MemoryModeError, choose_memory_mode, out_of_memory_message
 
 # The float8 storage format; e4m3 keeps more mantissa than e5m2, which is what weights need.
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
@@ -132,3 +134,17 @@ def _expand_weights(linears: list[torch.nn.Linear]) -> None:
 def _drop_weights(linears: list[torch.nn.Linear]) -> None:
     for linear in linears:
         linear.weight = torch.nn.Parameter(linear.weight.new_empty(0), requires_grad=False)
+
+
+class MemoryModeBackend(TorchBackend):
+    """A Wan-family backend that runs in one of the shared memory modes (memory.py), set as
+    `memory_mode` when it is built."""
+
+    memory_mode: MemoryMode
+
+    def out_of_memory_message(self) -> str:
+        return out_of_memory_message(self.memory_mode)
+
+    @property
+    def memory_mode_name(self) -> str:
+        return self.memory_mode.value

@@ -31,15 +31,15 @@ from model.base import (
     ProgressCallback,
     Speech,
 )
-from model.torch_backend import TorchBackend, load_failures_as_host_unfit
+from model.torch_backend import load_failures_as_host_unfit
 from model.wan_common.frames import fit_portrait
 from model.wan_common.lora import LoraAdapter
 from model.wan_common.memory import (
     MemoryMode,
-    out_of_memory_message,
     smaller_mode_advice,
 )
 from model.wan_common.placement import (
+    MemoryModeBackend,
     execution_target,
     place_transformer,
     text_encoder_compute_device,
@@ -96,7 +96,7 @@ class WanPortrait:
     fast: FastPortrait | None = None
 
 
-class WanS2VBackend(TorchBackend):
+class WanS2VBackend(MemoryModeBackend):
     declaration = DECLARATION
     name = "wan2.2-s2v-14b"
 
@@ -143,13 +143,6 @@ class WanS2VBackend(TorchBackend):
     @property
     def device(self) -> torch.device:
         return self.pipeline.device
-
-    def out_of_memory_message(self) -> str:
-        return out_of_memory_message(self.memory_mode)
-
-    @property
-    def memory_mode_name(self) -> str:
-        return self.memory_mode.value
 
     def parse_options(self, fields: Mapping[str, Any], mode: str) -> WanS2VOptions:
         options = super().parse_options(fields, mode)
