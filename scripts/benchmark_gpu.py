@@ -66,7 +66,7 @@ from model.wan_common.config import TEXT_LEN, UMT5_XXL_ENCODER_CONFIG
 from model.wan_common.lora import LoraAdapter
 from model.wan_common.memory import GIB, MemoryMode
 from model.wan_common.placement import place_transformer, text_encoder_compute_device, text_encoder_home
-from model.wan_common.vae import StreamingDecoder, WanVideoVAE
+from model.wan_common.vae import StreamingDecoder, StreamingEncoder, WanVideoVAE
 from model.wan_s2v._transformer_block import ATTENTION_KERNELS, attention_kernel
 from model.wan_s2v._transformer_causal import BlockRing
 from model.wan_s2v.config import (
@@ -142,6 +142,7 @@ class SplitTimer:
         passes = ("forward", "prefill_condition", "forward_block")
         patches: list[tuple[Any, str, str]] = [(transformer, name, "transformer") for name in passes]
         patches += [(WanVideoVAE, "encode", "vae"), (WanVideoVAE, "decode", "vae"), (StreamingDecoder, "decode", "vae")]
+        patches += [(StreamingEncoder, "encode", "vae"), (StreamingEncoder, "last_latents", "vae")]
         patches += [(BlockRing, "copy_from", "copies"), (BlockRing, "copy_block_from", "copies")]
         with self.patched(patches):
             yield self
@@ -398,7 +399,6 @@ def benchmark_fast(pipeline: WanS2VPipeline, lora: LoraAdapter) -> dict:
     clip_video_seconds = FAST_FRAMES_PER_CLIP / FAST_FPS
     split = {f"{part}_seconds_per_video_second": (timer.seconds[part] - first_clip_split[part]) / clip_video_seconds
              for part in SplitTimer.PARTS}
-    rings_on_device = not sampler._host_rings
     return {
         "resolution": "fast",
         "height": height,
@@ -409,7 +409,7 @@ def benchmark_fast(pipeline: WanS2VPipeline, lora: LoraAdapter) -> dict:
         "video_seconds": sum(count for _, count in frames_at) / FAST_FPS,
         "gpu_seconds_per_video_second": second_clip_seconds / clip_video_seconds,
         **split,
-        "attention_rings": f"on {device}" if rings_on_device else "in host memory",
+        "attention_rings": str(sampler.ring_plan),
         "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / GIB,
     }
 

@@ -72,7 +72,7 @@ def test_the_fast_run_reports_every_figure_split_and_runs_the_chosen_kernel(benc
     assert row["video_seconds"] == pytest.approx(benchmark_gpu.FAST_SPEECH_SECONDS)
     assert 0 < row["first_block_seconds"] < row["total_seconds"]
     assert np.isfinite(row["gpu_seconds_per_video_second"]) and row["gpu_seconds_per_video_second"] > 0
-    assert row["attention_rings"] == "on cpu" and not lora.is_active
+    assert row["attention_rings"] == "all on the GPU" and not lora.is_active  # no limit on the CPU
     assert set(entered) == {"math"}
     # the wrappers are gone again: the worker's own methods
     assert "forward_block" not in vars(transformer) and "forward" not in vars(transformer)
@@ -85,14 +85,14 @@ def test_the_fast_run_reports_every_figure_split_and_runs_the_chosen_kernel(benc
     row.update(mode="full", attention="math", compiled=False)
     benchmark_gpu.print_tables([row], "CPU", 1e12)
     printed = capsys.readouterr().out
-    assert "full / fast" in printed and "goals:" in printed and "on cpu" in printed
+    assert "full / fast" in printed and "goals:" in printed and "all on the GPU" in printed
 
 
 def test_the_split_timer_counts_the_host_ring_copies(benchmark_gpu, monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
     position = BlockPosition(0, 1)
     host, working = (BlockRing.allocate(2, 1, 2, 3, 2, 4, torch.float32, torch.device("cpu")) for _ in range(2))
-    rings = StepRings([host], working=working)
+    rings = StepRings([], [host], working=working)
     timer = benchmark_gpu.SplitTimer()
     with timer.installed(tiny_transformer()), rings.for_step(0, position):
         pass

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from model.base import num_frames_for
+from model.wan_common.memory import GIB
 from model.wan_s2v import fast_pipeline
 from model.wan_s2v.config import FAST_FPS
 from model.wan_s2v.fast_pipeline import FastSampler
+from model.wan_s2v.memory import RingPlan, fast_workspace_bytes, place_rings
 from tests.test_wan_pipeline import tiny_pipeline
 from tests.wan_tiny_models import speech_samples
 
@@ -111,12 +113,51 @@ def test_progress_counts_steps_and_decodes_with_time_left(generated):
     assert reports[0][1].startswith(f"block 1/{blocks}, step 1/{STEPS}") and "left" in reports[0][1]
 
 
-def test_rings_kept_in_host_memory_give_the_same_video(sampler, portrait, video_of, monkeypatch):
+@pytest.mark.parametrize("resident", [0, 1])
+def test_rings_kept_in_host_memory_give_the_same_video(sampler, portrait, video_of, monkeypatch, resident):
     on_device = np.concatenate(video_of(0.6))
-    monkeypatch.setattr(fast_pipeline, "fits_beside_fast_workspace", lambda nbytes, device: False)
+    monkeypatch.setattr(fast_pipeline, "place_rings", lambda ring, count, *_: RingPlan(resident, count))
     staged = np.concatenate(frames_of(sampler, portrait, 0.6))
     assert np.array_equal(on_device, staged)
-    assert sampler._host_rings  # kept for the next job of that size
+    assert [len(rings) for rings in sampler._host_rings.values()] == [STEPS - resident]  # kept for the next job
+    monkeypatch.undo()
+    frames_of(sampler, portrait, 0.3)
+    assert not sampler._host_rings  # freed once the rings fit on the device
+
+
+def test_where_the_rings_go():
+    """The decision on the figures of a fast job at 704x384 in bf16: four rings of 9.7 GiB, the VAE's
+    workspace, umt5-xxl's 10.6 GiB; rings in host memory need a working ring on the GPU."""
+    ring, workspace, encoder = int(9.7 * GIB), fast_workspace_bytes(384, 704), int(10.6 * GIB)
+    assert 6 * GIB < workspace < 7 * GIB
+    assert place_rings(ring, 4, workspace, 4 * ring + workspace, encoder) == RingPlan(4, 4)
+    assert place_rings(ring, 4, workspace, 4 * ring + workspace - 1, 0) == RingPlan(2, 4)  # 2 + a working one
+    assert place_rings(ring, 4, workspace, 4 * ring + workspace - 1, encoder) == RingPlan(4, 4, move_text_encoder=True)
+    assert place_rings(ring, 4, workspace, 3 * ring + workspace - encoder, encoder) == RingPlan(2, 4, True)
+    assert place_rings(ring, 4, workspace, 2 * ring + workspace - 1, 0) == RingPlan(0, 4)  # no room for 1 + working
+    assert place_rings(ring, 4, workspace, 2 * ring + workspace - 1, encoder) == RingPlan(2, 4, True)
+    assert place_rings(ring, 4, workspace, workspace, encoder) == RingPlan(0, 4)  # still no room: it stays
+    assert place_rings(ring, 4, workspace, None, 0) == RingPlan(4, 4)  # the CPU: no limit
+    assert str(RingPlan(2, 4, True)) == (
+        "2 of 4 on the GPU, the others in host memory, copied in for their step, "
+        "once the text encoder is moved to host memory"
+    )
+
+
+def test_rings_that_fit_once_the_text_encoder_leaves_send_it_to_host_memory(sampler, portrait, video_of, monkeypatch):
+    """The decision seam as the GPU would meet it (room for the rings only without the encoder):
+    the encoder is moved once, before the rings are allocated, and the video is the same; a new
+    prompt is still encoded afterwards, the encoder visiting where prompts are encoded."""
+    expected = np.concatenate(video_of(0.6))
+    pipe = sampler.pipeline
+    moves = []
+    keep_in_host_memory = pipe.keep_text_encoder_in_host_memory
+    monkeypatch.setattr(fast_pipeline, "gpu_room", lambda device: 0)
+    monkeypatch.setattr(pipe, "text_encoder_bytes_on", lambda device: 100 * GIB)
+    monkeypatch.setattr(pipe, "keep_text_encoder_in_host_memory", lambda: (moves.append(1), keep_in_host_memory()))
+    assert np.array_equal(np.concatenate(frames_of(sampler, portrait, 0.6)), expected)
+    assert moves == [1] and pipe.text_encoder.model.device.type == "cpu"
+    assert pipe.encode_prompt("a prompt not seen before").shape[1] == pipe.transformer.config.text_len
 
 
 def test_the_fast_mode_runs_its_vae_in_the_compute_dtype_like_live_avatar(sampler):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 
@@ -99,7 +100,9 @@ class WanVideoVAE(ModelMixin):
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised latents (float32) of a video batch in [-1, 1]."""
-        posterior = self.model.encode(pixels.to(self.device, self.dtype)).latent_dist
+        return self._normalised(self.model.encode(pixels.to(self.device, self.dtype)).latent_dist)
+
+    def _normalised(self, posterior: DiagonalGaussianDistribution) -> torch.Tensor:
         mean, inverse_std = self._mean_and_inverse_std()
         return (posterior.mode().float() - mean) * inverse_std
 
@@ -122,9 +125,17 @@ class StreamingDecoder:
 
     def __init__(self, vae: WanVideoVAE) -> None:
         self.vae = vae
-        decoder = vae.model.decoder
-        self._state: list = [None] * sum(isinstance(module, WanCausalConv3d) for module in decoder.modules())
+        self._state: list = [None] * _causal_convolutions(vae.model.decoder)
         self._frames_seen = 0
+
+    def fork(self) -> StreamingDecoder:
+        """A decoder that goes on from this one's state while this one stays where it is. The state's
+        tensors are shared until either decoder moves past them (each step replaces a convolution's
+        cached inputs, never writes into them), so a fork costs nothing until it decodes."""
+        fork = StreamingDecoder(self.vae)
+        fork._state = list(self._state)
+        fork._frames_seen = self._frames_seen
+        return fork
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -145,6 +156,63 @@ class StreamingDecoder:
             )
             self._frames_seen += 1
         return torch.cat(frames, dim=2).clamp(-1, 1).float()
+
+
+class StreamingEncoder:
+    """Encodes one video a few frames at a time, as they arrive, and gives its last latents.
+
+    WanVideoVAE.encode runs the causal encoder on a video's first frame alone, then on each group of
+    4 (the VAE's time stride), every causal convolution keeping its last inputs from one to the
+    next. This keeps that state between calls too, and holds back the frames of an incomplete group
+    until the next call, so its latents are those of one encode of all the frames so far. The last
+    `keep` latents are kept unprojected: the final 1x1 convolution runs over all those asked for at
+    once, as in one encode, because torch's CPU kernels round it differently for a handful of
+    positions (by 1 ulp for 8 of them). Wan2.1 VAE layout only (no patchified input).
+    """
+
+    def __init__(self, vae: WanVideoVAE, keep: int) -> None:
+        _wan21_layout(vae.model.config)
+        self.vae = vae
+        self.keep = keep
+        self._state: list = [None] * _causal_convolutions(vae.model.encoder)
+        self._waiting: torch.Tensor | None = None
+        self._features: torch.Tensor | None = None  # the encoder's last outputs, before quant_conv
+        self._started = False
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> int:
+        """Encode the next frames [B, 3, t, H, W] in [-1, 1]; how many latents they completed."""
+        frames = pixels.to(self.vae.device, self.vae.dtype)
+        if self._waiting is not None:
+            frames = torch.cat([self._waiting, frames], dim=2)
+        chunks, first = [], 0
+        if not self._started:
+            chunks.append(frames[:, :, :1])
+            first, self._started = 1, True
+        stride = 1 << sum(self.vae.model.config.temperal_downsample)
+        end = first + (frames.shape[2] - first) // stride * stride
+        chunks += [frames[:, :, start : start + stride] for start in range(first, end, stride)]
+        self._waiting = frames[:, :, end:] if end < frames.shape[2] else None
+        encoder = self.vae.model.encoder
+        for chunk in chunks:
+            features = encoder(chunk, feat_cache=self._state, feat_idx=[0])
+            if self._features is not None:
+                features = torch.cat([self._features, features], dim=2)
+            self._features = features[:, :, -self.keep :]
+        return len(chunks)
+
+    @torch.no_grad()
+    def last_latents(self, count: int) -> torch.Tensor:
+        """Normalised latents (float32) [B, 16, count, h, w]: the last `count` (at most `keep`) encoded."""
+        kept = 0 if self._features is None else self._features.shape[2]
+        if self._features is None or not 0 < count <= kept:
+            raise ValueError(f"{count} latents asked for; kept: {kept}")
+        projected = self.vae.model.quant_conv(self._features[:, :, -count:])
+        return self.vae._normalised(DiagonalGaussianDistribution(projected))
+
+
+def _causal_convolutions(module: torch.nn.Module) -> int:
+    return sum(isinstance(child, WanCausalConv3d) for child in module.modules())
 
 
 def decoder_history_latents(config) -> int:

@@ -82,23 +82,29 @@ class BlockRing:
 
 
 class StepRings:
-    """One ring per denoising step: on the execution device, or, when they do not fit there, in
-    pinned host memory, each brought to one working ring on the device for its step and its new
-    block written back after it (slower: a ring's worth of transfer per step)."""
+    """One ring per denoising step. The first ones live on the execution device; those that do not
+    fit there live in pinned host memory, each brought to one working ring on the device for its
+    step and its new block written back after it (slower: a ring's worth of transfer per step)."""
 
-    def __init__(self, rings: list[BlockRing], working: BlockRing | None = None) -> None:
-        self.rings = rings
+    def __init__(
+        self, resident: list[BlockRing], streamed: list[BlockRing] | None = None, working: BlockRing | None = None
+    ) -> None:
+        if streamed and working is None:
+            raise ValueError("rings in host memory need a working ring on the device")
+        self.resident = resident
+        self.streamed = streamed or []
         self.working = working
 
     @contextlib.contextmanager
     def for_step(self, step: int, position: BlockPosition) -> Iterator[BlockRing]:
-        ring = self.rings[step]
-        if self.working is None:
-            yield ring
+        if step < len(self.resident):
+            yield self.resident[step]
             return
-        self.working.copy_from(ring)
-        yield self.working
-        ring.copy_block_from(self.working, position)
+        ring, working = self.streamed[step - len(self.resident)], self.working
+        assert working is not None
+        working.copy_from(ring)
+        yield working
+        ring.copy_block_from(working, position)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,9 @@ The behaviour is the reference's single-GPU path (Alibaba-Quark/LiveAvatar,
 
 Here each block is decoded as soon as it is denoised (the VAE decoder is causal, so this equals
 the reference's decode of the whole clip) and its frames leave at once; generation stops at the
-block that completes the speech, so nothing past the speech is generated. The caches hold one
-clip, the pixel history 365 frames: memory does not grow with the length of the video.
+block that completes the speech, so nothing past the speech is generated. The VAE's history work
+is limited to what reaches the pixels and done once per frame (_ClipDecoder). The caches hold one
+clip, the VAE its causal states: memory does not grow with the video's length.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from model.wan_common.memory import GIB
 from model.wan_common.progress import ProgressClock
 from model.wan_common.vae import (
     StreamingDecoder,
+    StreamingEncoder,
     WanVideoVAE,
     decoder_history_latents,
     encoder_history_latents,
@@ -54,7 +56,7 @@ from .config import (
     NUM_TRAIN_TIMESTEPS,
     VAE_STRIDE,
 )
-from .memory import fits_beside_fast_workspace
+from .memory import RingPlan, fast_workspace_bytes, gpu_room, place_rings
 from .pipeline import LATENT_MOTION_FRAMES, WanS2VPipeline
 from .speech import SpeechEncoder, bucket_clip_features
 
@@ -68,6 +70,7 @@ FRAMES_PER_BLOCK = FAST_LATENT_FRAMES_PER_BLOCK * VAE_STRIDE[0]
 HISTORY_FRAMES = FAST_PORTRAIT_REPEATS * MOTION_FRAMES
 # The first clip is decoded behind the portrait's frames and its first frames are dropped.
 FIRST_CLIP_DROPPED_FRAMES = VAE_STRIDE[0] - 1
+FIRST_CLIP_FRAMES = FAST_FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +125,7 @@ class FastSampler:
         self.vae = _vae_in(pipeline.vae, pipeline.dtype)
         # Rings in pinned host memory take seconds to allocate: kept for the next job of that size.
         self._host_rings: dict[tuple[int, int], list[BlockRing]] = {}
+        self.ring_plan: RingPlan | None = None  # the last job's
 
     def encode_portrait(self, image: np.ndarray, height: int, width: int) -> FastPortrait:
         """The reference latent and motion-history latents of an RGB uint8 portrait."""
@@ -175,7 +179,7 @@ class FastSampler:
             context, portrait.ref_latent.to(pipe.dtype), portrait.history_latents.to(pipe.dtype)
         )
         rings = self._step_rings(portrait, num_steps)
-        decoder = _ClipDecoder(self.vae, portrait)
+        decoder = _ClipDecoder(self.vae, portrait, num_blocks)
         remaining = speech.num_frames
         for block in range(num_blocks):
             clip, block_in_clip = divmod(block, BLOCKS_PER_CLIP)
@@ -200,8 +204,9 @@ class FastSampler:
             yield pixels
 
     def _step_rings(self, portrait: FastPortrait, num_steps: int) -> StepRings:
-        """One attention ring per step (about 10 GB each at 704x384 in bf16), on the device when
-        they fit beside the fast mode's workspace, else in host memory."""
+        """One attention ring per step (about 10 GB each at 704x384 in bf16): on the device as many as
+        fit beside the fast mode's workspace there (once the text encoder has left it, where that
+        keeps more), the others in host memory (memory.place_rings)."""
         pipe = self.pipeline
         config = pipe.transformer.config
         patch = pipe.transformer.patch_size
@@ -216,17 +221,24 @@ class FastSampler:
             )
 
         per_ring = ring(torch.device("meta")).nbytes
-        if fits_beside_fast_workspace(per_ring * num_steps, pipe.device):
-            log.info("fast mode: %d attention rings of %.1f GiB on %s", num_steps, per_ring / GIB, pipe.device)
-            return StepRings([ring(pipe.device) for _ in range(num_steps)])
-        log.info("fast mode: %d attention rings of %.1f GiB in host memory, one at a time on %s",
-                 num_steps, per_ring / GIB, pipe.device)
-        key = (tokens_per_frame, num_steps)
+        device = pipe.device
+        workspace = fast_workspace_bytes(portrait.height, portrait.width)
+        plan = place_rings(per_ring, num_steps, workspace, gpu_room(device), pipe.text_encoder_bytes_on(device))
+        log.info("fast mode: %d attention rings of %.1f GiB, %s", num_steps, per_ring / GIB, plan)
+        self.ring_plan = plan
+        if plan.move_text_encoder:
+            pipe.keep_text_encoder_in_host_memory()
+        resident = [ring(device) for _ in range(plan.resident)]
+        streamed = num_steps - plan.resident
+        if not streamed:
+            self._host_rings.clear()
+            return StepRings(resident)
+        key = (tokens_per_frame, streamed)
         if key not in self._host_rings:
             self._host_rings.clear()
             pinned = torch.cuda.is_available()  # pinned memory makes the copies asynchronous; CUDA only
-            self._host_rings[key] = [ring(torch.device("cpu"), pin_memory=pinned) for _ in range(num_steps)]
-        return StepRings(self._host_rings[key], working=ring(pipe.device))
+            self._host_rings[key] = [ring(torch.device("cpu"), pin_memory=pinned) for _ in range(streamed)]
+        return StepRings(resident, self._host_rings[key], working=ring(device))
 
     def _clip_noise(self, portrait: FastPortrait, seed: int) -> torch.Tensor:
         """The clip's noise [1, C, 12, h, w], drawn in the compute dtype like the reference."""
@@ -256,49 +268,81 @@ def _vae_in(vae: WanVideoVAE, dtype: torch.dtype) -> WanVideoVAE:
 
 
 class _ClipDecoder:
-    """Decodes a block as soon as it is denoised: each clip behind the latents of the video's last
-    365 frames (the portrait's, before the first clip), the first clip's first frames dropped.
+    """Decodes a block as soon as it is denoised, as the reference decodes its clips: each behind
+    the latents of an encode of the video's last 365 frames (the portrait's, before the first clip),
+    the first clip's first frames dropped.
 
-    Only the history that reaches the clip's pixels is encoded and decoded: the decoder is causal
-    with a finite temporal reach (`decoder_history_latents`: 38 latents for Wan2.1's VAE), so the
-    clip is decoded behind the last that many of the 92 history latents; those are the last latents
-    of an encode of the history's last 1 + 4k frames, k past them by the encoder's reach
-    (`encoder_history_latents`: 28), so 261 of the 365 frames are encoded. Both are exact, not
-    approximations: the clip's pixels are those of the full history's decode to the bit
-    (tests/test_fast_mode_vae_history.py). `full_history` runs the reference's whole-history way.
+    The same pixels for a fraction of the reference's work per clip (it encodes 365 frames and
+    decodes 92 history latents):
+    - the VAE is causal with a finite temporal reach, so only the last `decoded_latents` history
+      latents (Wan2.1's VAE: 38, `decoder_history_latents`) reach a clip's pixels, and those are
+      the latents of an encode of only the history's last `encoded_frames` (261 of 365;
+      `history_window`);
+    - the video is encoded as it is decoded, one continuous encode from where the second clip's
+      window starts, so a clip's 48 new frames are encoded once (`StreamingEncoder`) instead of
+      the whole window again per clip: past the encoder's reach from its start, a continued encode's
+      latents are the window's. Frames of the last clip are history for nothing and not encoded;
+    - one decoder follows the history latents: a clip's decoder is a fork of it, and after the
+      clip it goes on with the latents encoded since (the first window's last 38, then each clip's
+      12) instead of a fresh decode of 38. Its state after them depends on the last 38 alone, so
+      it is that of a decode of the whole history, whatever it decoded before (the portrait's
+      own history latents, before the second clip).
+    All are exact: the clips' pixels equal the reference's whole-history way to the bit
+    (tests/test_fast_mode_vae_history.py). No pixel history is kept, and a block's frames are
+    encoded once they have left (with the next block), so none waits for it.
     """
 
-    def __init__(self, vae: WanVideoVAE, portrait: FastPortrait, full_history: bool = False) -> None:
+    def __init__(self, vae: WanVideoVAE, portrait: FastPortrait, num_blocks: int) -> None:
         self.vae = vae
         self.portrait = portrait
-        self.history = portrait.pixels.expand(-1, -1, HISTORY_FRAMES, -1, -1)
-        self._decoder: StreamingDecoder | None = None
-        self._clip_frames: list[torch.Tensor] = []
-        history_latents = portrait.history_latents.shape[2]
-        if full_history:
-            self.decoded_latents, self.encoded_frames = history_latents, HISTORY_FRAMES
-        else:
-            self.decoded_latents, self.encoded_frames = history_window(vae, history_latents)
+        self.num_clips = -(-num_blocks // BLOCKS_PER_CLIP)
+        self.decoded_latents, self.encoded_frames = history_window(vae, portrait.history_latents.shape[2])
+        # The first clip's frames are the last of the second clip's window; the portrait's fill the rest.
+        self._portrait_frames = self.encoded_frames - FIRST_CLIP_FRAMES
+        if self._portrait_frames < 1:
+            raise NotImplementedError(
+                f"a VAE whose history window ({self.encoded_frames} frames) ends in the first clip"
+            )
+        self._encoder = StreamingEncoder(vae, keep=self.decoded_latents)
+        self._encoder_started = False
+        self._new_latents = 0  # encoded since the clip began
+        self._unencoded: torch.Tensor | None = None  # the last block's frames, encoded with the next block
+        self._history = StreamingDecoder(vae)
+        self._clip: StreamingDecoder | None = None
 
     def decode(self, latents: torch.Tensor, block: int) -> torch.Tensor:
-        """Float pixels [1, 3, n, H, W] of the block's latents."""
+        """Float pixels [1, 3, n, H, W] of the block's latents; blocks come in order, from the first."""
         clip, block_in_clip = divmod(block, BLOCKS_PER_CLIP)
+        self._encode_history()  # the last block's frames, once they have left
         if block_in_clip == 0:
-            if clip == 0:
-                history = self.portrait.history_latents
-            else:
-                history = self.vae.encode(self.history[:, :, -self.encoded_frames :])
-            self._decoder = StreamingDecoder(self.vae)
-            self._decoder.decode(history[:, :, -self.decoded_latents :])
-        assert self._decoder is not None, "a clip's blocks are decoded in order, from its first"
-        pixels = self._decoder.decode(latents)
+            self._start_clip(clip)
+        assert self._clip is not None, "a clip's blocks are decoded in order, from its first"
+        pixels = self._clip.decode(latents)
         if block == 0:
             pixels = pixels[:, :, FIRST_CLIP_DROPPED_FRAMES:]
-        self._clip_frames.append(pixels)
-        if block_in_clip == BLOCKS_PER_CLIP - 1:
-            self.history = torch.cat([self.history, *self._clip_frames], dim=2)[:, :, -HISTORY_FRAMES:]
-            self._clip_frames = []
+        if clip + 1 < self.num_clips:  # the next clip's history
+            self._unencoded = pixels
         return pixels
+
+    def _start_clip(self, clip: int) -> None:
+        if clip == 0:
+            history = self.portrait.history_latents[:, :, -self.decoded_latents :]
+        else:
+            history = self._encoder.last_latents(min(self._new_latents, self.decoded_latents))
+            self._new_latents = 0
+        # the decoder's state after them is that of a decode of the whole history
+        self._history.decode(history)
+        self._clip = self._history.fork()
+
+    def _encode_history(self) -> None:
+        if self._unencoded is None:
+            return
+        if not self._encoder_started:
+            portrait = self.portrait.pixels.expand(-1, -1, self._portrait_frames, -1, -1)
+            self._new_latents += self._encoder.encode(portrait)
+            self._encoder_started = True
+        self._new_latents += self._encoder.encode(self._unencoded)
+        self._unencoded = None
 
 
 def history_window(vae: WanVideoVAE, history_latents: int) -> tuple[int, int]:

@@ -377,6 +377,23 @@ class WanS2VPipeline(DiffusionPipeline):
         finally:
             model.to(home)
 
+    def text_encoder_bytes_on(self, device: torch.device) -> int:
+        """The bytes the text encoder holds on `device` (0 when it is kept elsewhere)."""
+        model = self.text_encoder.model
+        if model.device != device:
+            return 0
+        return sum(tensor.nbytes for tensor in (*model.parameters(), *model.buffers()))
+
+    def keep_text_encoder_in_host_memory(self) -> None:
+        """From now on keep the text encoder in host memory; a new prompt brings it to where prompts
+        are encoded (`text_device`, by default the execution device) for that encode alone."""
+        model = self.text_encoder.model
+        if self.text_device is None:
+            self.text_device = model.device
+        model.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # its memory back to the device for what comes next
+
     def encode_portrait(self, image: np.ndarray, height: int, width: int) -> PortraitLatent:
         """The reference latent of an RGB uint8 portrait, fitted to `height` x `width`."""
         pixels = to_pixels(fit_portrait(image, height, width))
