@@ -13,15 +13,18 @@ quality (40 steps with guidance, 480p and 720p): one clip with a few steps; prin
 per denoising step (both guidance passes, batched), VAE seconds per clip, GPU seconds per second
 of video at 40 steps (extrapolated), peak GPU memory, and model FLOP utilisation against the
 GPU's dense bf16 peak.
-fast (Live Avatar, 4 steps, 704x384): a whole job of two clips, timed as it runs; printed are
+fast (Live Avatar, 4 steps, 704x384): a whole job of four clips, timed as it runs; printed are
 the portrait's encoding, seconds from the start of generation to the first decoded block, GPU
-seconds per second of video over the second clip (steady state: its steps, decodes and the
-history re-encoding), where the attention rings lived, and peak GPU memory.
+seconds per second of video over the third clip (steady state: its steps, its decodes behind the
+history, its frames encoded as history), where the attention rings lived, and peak GPU memory.
+Where the worker kept all four rings on the GPU, the job runs again with one streamed from host
+memory (a layer at a time, beside the compute): the difference is what the copies cost where
+they do not hide behind the compute.
 
-Every run is split by where its GPU time goes: transformer passes, VAE encodes and decodes, and
-the attention rings' host<->device copies (the fast mode with its rings in host memory), each
-timed between torch.cuda.synchronize() calls by wrappers this script installs for the run
-(SplitTimer); the worker's code is not changed, only serialised a little while it is timed. Each
+Every run is split by where its GPU time goes: transformer passes (with the copies of streamed
+rings, which run inside them) and VAE encodes and decodes, each timed between
+torch.cuda.synchronize() calls by wrappers this script installs for the run (SplitTimer); the
+worker's code is not changed, only serialised a little while it is timed. Each
 run is repeated per attention kernel (WAN_ATTENTION_BACKEND's choices that this GPU can run, see
 --attention) and, with --compile, with the transformer's blocks compiled (WAN_COMPILE).
 
@@ -47,6 +50,7 @@ if str(ROOT) not in sys.path:  # `python scripts/benchmark_gpu.py` from any fold
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import gc
 import itertools
@@ -67,8 +71,8 @@ from model.wan_common.lora import LoraAdapter
 from model.wan_common.memory import GIB, MemoryMode
 from model.wan_common.placement import place_transformer, text_encoder_compute_device, text_encoder_home
 from model.wan_common.vae import StreamingDecoder, StreamingEncoder, WanVideoVAE
+from model.wan_s2v import fast_pipeline
 from model.wan_s2v._transformer_block import ATTENTION_KERNELS, attention_kernel
-from model.wan_s2v._transformer_causal import BlockRing
 from model.wan_s2v.config import (
     FAST_FPS,
     FAST_FRAMES_PER_CLIP,
@@ -83,7 +87,7 @@ from model.wan_s2v.config import (
 )
 from model.wan_s2v.fast_pipeline import BLOCKS_PER_CLIP, FastSampler
 from model.wan_s2v.lora import LIVE_AVATAR_LORA
-from model.wan_s2v.memory import FP8_BLOCK_LAYERS
+from model.wan_s2v.memory import FP8_BLOCK_LAYERS, RingPlan
 from model.wan_s2v.pipeline import FIRST_CLIP_DROPPED_FRAMES, SamplingSettings, WanS2VPipeline
 from model.wan_s2v.sizing import output_size
 from model.wan_s2v.speech import SpeechEncoder
@@ -96,10 +100,11 @@ DATASHEET_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S
 PROMPT = "A person speaking"
 # A clip's worth of speech: 77 frames, exactly the first clip.
 SPEECH_SECONDS = (FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES) / FPS
-# The fast mode's portrait (the reference's 704*384 budget) and two whole clips of speech: the
-# second clip is the steady state (it pays a history re-encode like every later clip).
+# The fast mode's portrait (the reference's 704*384 budget) and four whole clips of speech: the
+# third is the steady state (the second decodes a longer history once; the last encodes nothing).
 FAST_PORTRAIT = (384, 704)
-FAST_SPEECH_SECONDS = (2 * FAST_FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES) / FAST_FPS
+FAST_CLIPS = 4
+FAST_SPEECH_SECONDS = (FAST_CLIPS * FAST_FRAMES_PER_CLIP - FIRST_CLIP_DROPPED_FRAMES) / FAST_FPS
 LORA_RANK = 128
 # Live Avatar's peft targets, by official name
 LORA_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
@@ -107,10 +112,10 @@ LORA_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cro
 
 
 class SplitTimer:
-    """Seconds spent in transformer passes, VAE work and the rings' host<->device copies, each call
-    timed between synchronisations, while `installed()` wraps the worker's methods."""
+    """Seconds spent in transformer passes and VAE work, each call timed between synchronisations,
+    while `installed()` wraps the worker's methods."""
 
-    PARTS = ("transformer", "vae", "copies")
+    PARTS = ("transformer", "vae")
 
     def __init__(self, parts: Sequence[str] = PARTS) -> None:
         self.parts = tuple(parts)
@@ -143,7 +148,6 @@ class SplitTimer:
         patches: list[tuple[Any, str, str]] = [(transformer, name, "transformer") for name in passes]
         patches += [(WanVideoVAE, "encode", "vae"), (WanVideoVAE, "decode", "vae"), (StreamingDecoder, "decode", "vae")]
         patches += [(StreamingEncoder, "encode", "vae"), (StreamingEncoder, "last_latents", "vae")]
-        patches += [(BlockRing, "copy_from", "copies"), (BlockRing, "copy_block_from", "copies")]
         with self.patched(patches):
             yield self
 
@@ -359,7 +363,6 @@ def benchmark(pipeline: WanS2VPipeline, resolution: str, steps: int, flops_cache
         "gpu_seconds_per_video_second": clip_seconds / video_seconds,
         "transformer_seconds_per_video_second": SAMPLE_STEPS * transformer_step / video_seconds,
         "vae_seconds_per_video_second": vae_clip / video_seconds,
-        "copies_seconds_per_video_second": timer.seconds["copies"] / video_seconds,
         # the first clip at SAMPLE_STEPS steps: its first step as timed (with the speech encoding),
         # the others at the median, then its decode
         "first_block_seconds": ticks[0][0] - started + (SAMPLE_STEPS - 1) * step_seconds + decode_seconds,
@@ -368,8 +371,9 @@ def benchmark(pipeline: WanS2VPipeline, resolution: str, steps: int, flops_cache
     }
 
 
-def benchmark_fast(pipeline: WanS2VPipeline, lora: LoraAdapter) -> dict:
-    """A whole fast job of two clips at the reference's size, timed block by block."""
+def benchmark_fast(pipeline: WanS2VPipeline, lora: LoraAdapter, streamed_rings: int = 0) -> dict:
+    """A whole fast job of four clips at the reference's size, timed block by block; with
+    `streamed_rings`, at least that many of its rings streamed from host memory."""
     portrait_h, portrait_w = FAST_PORTRAIT
     height, width = output_size(portrait_h, portrait_w, FAST_MAX_AREA)
     image = np.random.default_rng(0).integers(0, 256, (portrait_h, portrait_w, 3), dtype=np.uint8)
@@ -387,17 +391,17 @@ def benchmark_fast(pipeline: WanS2VPipeline, lora: LoraAdapter) -> dict:
     frames_at: list[tuple[float, int]] = []
     started = time.perf_counter()
     blocks_per_clip = BLOCKS_PER_CLIP
-    first_clip_split: dict[str, float] = {}
-    with lora.active(), SplitTimer().installed(pipeline.transformer) as timer:
+    splits: list[dict[str, float]] = []  # at the end of each clip
+    with lora.active(), SplitTimer().installed(pipeline.transformer) as timer, rings_streamed(streamed_rings):
         for frames in sampler.generate(portrait, speech, 42, PROMPT, FAST_SAMPLE_STEPS, lambda *_: None):
             torch.cuda.synchronize()  # frames are on the host already; this only makes the clock honest
             frames_at.append((time.perf_counter() - started, len(frames)))
-            if len(frames_at) == blocks_per_clip:
-                first_clip_split = timer.snapshot()
-    first_clip_end = frames_at[blocks_per_clip - 1][0]
-    second_clip_seconds = frames_at[2 * blocks_per_clip - 1][0] - first_clip_end
+            if len(frames_at) % blocks_per_clip == 0:
+                splits.append(timer.snapshot())
+    steady = 2  # the third clip
+    clip_end = [frames_at[(clip + 1) * blocks_per_clip - 1][0] for clip in range(FAST_CLIPS)]
     clip_video_seconds = FAST_FRAMES_PER_CLIP / FAST_FPS
-    split = {f"{part}_seconds_per_video_second": (timer.seconds[part] - first_clip_split[part]) / clip_video_seconds
+    split = {f"{part}_seconds_per_video_second": (splits[steady][part] - splits[steady - 1][part]) / clip_video_seconds
              for part in SplitTimer.PARTS}
     return {
         "resolution": "fast",
@@ -407,11 +411,31 @@ def benchmark_fast(pipeline: WanS2VPipeline, lora: LoraAdapter) -> dict:
         "first_block_seconds": frames_at[0][0],
         "total_seconds": frames_at[-1][0],
         "video_seconds": sum(count for _, count in frames_at) / FAST_FPS,
-        "gpu_seconds_per_video_second": second_clip_seconds / clip_video_seconds,
+        "gpu_seconds_per_video_second": (clip_end[steady] - clip_end[steady - 1]) / clip_video_seconds,
         **split,
         "attention_rings": str(sampler.ring_plan),
+        "streamed_rings_forced": streamed_rings,
         "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / GIB,
     }
+
+
+@contextlib.contextmanager
+def rings_streamed(count: int) -> Iterator[None]:
+    """At least `count` of a fast job's rings streamed from host memory, whatever would fit."""
+    if not count:
+        yield
+        return
+    place = fast_pipeline.place_rings
+
+    def fewer_resident(*args, **kwargs) -> RingPlan:
+        plan = place(*args, **kwargs)
+        return dataclasses.replace(plan, resident=max(0, min(plan.resident, plan.total - count)))
+
+    fast_pipeline.place_rings = fewer_resident
+    try:
+        yield
+    finally:
+        fast_pipeline.place_rings = place
 
 
 GOALS = "goals: fast <= 2.5 GPU s per video s at 25 fps and first block <= 3 s on an H100/H200; quality no slower"
@@ -422,7 +446,7 @@ def print_tables(results: list[dict], gpu_name: str, peak_for_mfu: float) -> Non
     print(f"\n{gpu_name}; MFU against {peak_for_mfu / 1e12:.0f} TFLOP/s bf16; quality: {SAMPLE_STEPS} steps per "
           f"5 s clip at {FPS} fps; fast: {FAST_SAMPLE_STEPS} steps, {FAST_FPS} fps, the second clip (steady state)")
     print(GOALS)
-    header = (f"{'attention':14} {'size':>9} {'GPU s/video s':>13} {'transformer':>11} {'VAE':>6} {'copies':>6} "
+    header = (f"{'attention':14} {'size':>9} {'GPU s/video s':>13} {'transformer':>11} {'VAE':>6} "
               f"{'first block s':>13} {'peak GiB':>8}")
     for mode in dict.fromkeys(row["mode"] for row in results):
         for generation in ("quality", "fast"):
@@ -439,7 +463,7 @@ def print_tables(results: list[dict], gpu_name: str, peak_for_mfu: float) -> Non
                     continue
                 per_video_second = [row[f"{part}_seconds_per_video_second"] for part in ("gpu", *SplitTimer.PARTS)]
                 line = (f"{kernel:14} {row['width']:>4}x{row['height']:<4} {per_video_second[0]:13.2f} "
-                        f"{per_video_second[1]:11.2f} {per_video_second[2]:6.2f} {per_video_second[3]:6.2f} "
+                        f"{per_video_second[1]:11.2f} {per_video_second[2]:6.2f} "
                         f"{row['first_block_seconds']:13.2f} {row['peak_gpu_gib']:8.1f}")
                 if generation == "fast":
                     line += f"  {row['attention_rings']}"
@@ -514,7 +538,8 @@ def main() -> int:
                     for resolution in args.resolutions if "quality" in args.generations]
             if "fast" in args.generations:
                 runs.append(("fast", functools.partial(benchmark_fast, pipeline, lora)))
-            for name, run in runs:
+            while runs:
+                name, run = runs.pop(0)
                 label = {"mode": mode.value, "resolution": name, "attention": kernel, "compiled": compiled}
                 try:
                     row = run()
@@ -529,6 +554,9 @@ def main() -> int:
                     row["mfu"] = row["step_tflop"] * 1e12 / row["seconds_per_step"] / peak_for_mfu
                 results.append(row)
                 print(json.dumps(row), flush=True)
+                if name == "fast" and row["attention_rings"] == str(RingPlan(FAST_SAMPLE_STEPS, FAST_SAMPLE_STEPS)):
+                    # what streaming costs where it must: the same job with one ring in host memory
+                    runs.append(("fast", functools.partial(benchmark_fast, pipeline, lora, streamed_rings=1)))
         del pipeline, lora, transformer
         gc.collect()
         torch.cuda.empty_cache()
@@ -536,7 +564,8 @@ def main() -> int:
     print_tables(results, gpu_name, peak_for_mfu)
     if args.json:
         # "results" holds what the worker runs by default (scripts/cost.py prices those), "variants" the others
-        default = [row for row in results if row.get("attention", "auto") == "auto" and not row.get("compiled")]
+        default = [row for row in results if row.get("attention", "auto") == "auto" and not row.get("compiled")
+                   and not row.get("streamed_rings_forced")]
         others = [row for row in results if row not in default]
         args.json.write_text(json.dumps({"gpu": gpu_name, "torch": torch.__version__, "results": default,
                                          "variants": others}, indent=2))

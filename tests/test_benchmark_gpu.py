@@ -1,7 +1,7 @@
 """scripts/benchmark_gpu.py's fast-mode run, on tiny CPU models, so that the script a GPU session
 runs as one command is known to work before GPU time is spent on it. The numbers it prints on a
 CPU mean nothing; the shape of the run does: the random LoRA attaches, the job runs two clips,
-every figure is there, split into transformer / VAE / copies, and the script starts from any
+every figure is there, split into transformer / VAE, and the script starts from any
 folder. Also the attention kernel setting (WAN_ATTENTION_BACKEND): declared, checked, and the same
 results with `auto` and `math` on a CPU."""
 
@@ -22,10 +22,11 @@ from handler.settings import SettingsError, WorkerSettings
 from model.declaration import SettingValueError
 from model.wan_common.lora import LoraAdapter
 from model.wan_common.vae import WanVideoVAE
+from model.wan_s2v import fast_pipeline
 from model.wan_s2v._transformer_block import ATTENTION_KERNELS, WanS2VTransformerBlock, attention_kernel
-from model.wan_s2v._transformer_causal import BlockPosition, BlockRing, StepRings
 from model.wan_s2v.declaration import ATTENTION_BACKEND_SETTING, COMPILE_SETTING, DECLARATION
 from model.wan_s2v.lora import LIVE_AVATAR_LORA
+from model.wan_s2v.memory import RingPlan, place_rings
 from tests.test_wan_pipeline import tiny_pipeline, tiny_transformer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_gpu.py"
@@ -51,7 +52,7 @@ def test_the_random_lora_covers_every_target_and_attaches(benchmark_gpu, tmp_pat
 def test_the_fast_run_reports_every_figure_split_and_runs_the_chosen_kernel(benchmark_gpu, tmp_path, monkeypatch,
                                                                            capsys):
     """One two-clip run (the model tests' time is these runs): every figure, the time split into
-    transformer / VAE / copies, and the attention kernel configured (math; `auto` gives the same
+    transformer / VAE, and the attention kernel configured (math; `auto` gives the same
     results: test_auto_and_math_attention_give_the_same_block_output) is the one entered."""
     for name in ("synchronize", "reset_peak_memory_stats"):
         monkeypatch.setattr(torch.cuda, name, lambda *args: None)
@@ -77,9 +78,9 @@ def test_the_fast_run_reports_every_figure_split_and_runs_the_chosen_kernel(benc
     # the wrappers are gone again: the worker's own methods
     assert "forward_block" not in vars(transformer) and "forward" not in vars(transformer)
     assert WanVideoVAE.encode.__qualname__ == "WanVideoVAE.encode"
-    assert BlockRing.copy_from.__qualname__ == "BlockRing.copy_from"
+    assert fast_pipeline.place_rings is place_rings
     parts = [row[f"{part}_seconds_per_video_second"] for part in benchmark_gpu.SplitTimer.PARTS]
-    assert parts[0] > 0 and parts[1] > 0 and parts[2] == 0  # the rings live on the device: no copies
+    assert parts[0] > 0 and parts[1] > 0
     assert sum(parts) <= row["gpu_seconds_per_video_second"]
 
     row.update(mode="full", attention="math", compiled=False)
@@ -88,16 +89,11 @@ def test_the_fast_run_reports_every_figure_split_and_runs_the_chosen_kernel(benc
     assert "full / fast" in printed and "goals:" in printed and "all on the GPU" in printed
 
 
-def test_the_split_timer_counts_the_host_ring_copies(benchmark_gpu, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
-    position = BlockPosition(0, 1)
-    host, working = (BlockRing.allocate(2, 1, 2, 3, 2, 4, torch.float32, torch.device("cpu")) for _ in range(2))
-    rings = StepRings([], [host], working=working)
-    timer = benchmark_gpu.SplitTimer()
-    with timer.installed(tiny_transformer()), rings.for_step(0, position):
-        pass
-    assert timer.durations["copies"] and len(timer.durations["copies"]) == 2  # in and back out
-    assert timer.seconds["transformer"] == timer.seconds["vae"] == 0
+def test_a_forced_streamed_ring_is_streamed_and_undone(benchmark_gpu):
+    with benchmark_gpu.rings_streamed(1):
+        assert fast_pipeline.place_rings(10, 4, 1, 0, None, 0) == RingPlan(3, 4)
+        assert fast_pipeline.place_rings(10, 4, 1, 0, 5, 0) == RingPlan(0, 4)
+    assert fast_pipeline.place_rings is place_rings and place_rings(10, 4, 1, 0, None, 0) == RingPlan(4, 4)
 
 
 def test_the_script_finds_the_repository_from_any_folder(tmp_path):

@@ -126,21 +126,26 @@ def test_rings_kept_in_host_memory_give_the_same_video(sampler, portrait, video_
 
 
 def test_where_the_rings_go():
-    """The decision on the figures of a fast job at 704x384 in bf16: four rings of 9.7 GiB, the VAE's
-    workspace, umt5-xxl's 10.6 GiB; rings in host memory need a working ring on the GPU."""
-    ring, workspace, encoder = int(9.7 * GIB), fast_workspace_bytes(384, 704), int(10.6 * GIB)
+    """The decision on the figures of a fast job at 704x384 in bf16: four rings of 9.7 GiB, streamed
+    ones through two layers' buffers (0.5 GiB), the VAE's workspace, umt5-xxl's 10.6 GiB."""
+    ring, buffers, encoder = int(9.7 * GIB), int(9.7 * GIB / 20), int(10.6 * GIB)
+    workspace = fast_workspace_bytes(384, 704)
     assert 6 * GIB < workspace < 7 * GIB
-    assert place_rings(ring, 4, workspace, 4 * ring + workspace, encoder) == RingPlan(4, 4)
-    assert place_rings(ring, 4, workspace, 4 * ring + workspace - 1, 0) == RingPlan(2, 4)  # 2 + a working one
-    assert place_rings(ring, 4, workspace, 4 * ring + workspace - 1, encoder) == RingPlan(4, 4, move_text_encoder=True)
-    assert place_rings(ring, 4, workspace, 3 * ring + workspace - encoder, encoder) == RingPlan(2, 4, True)
-    assert place_rings(ring, 4, workspace, 2 * ring + workspace - 1, 0) == RingPlan(0, 4)  # no room for 1 + working
-    assert place_rings(ring, 4, workspace, 2 * ring + workspace - 1, encoder) == RingPlan(2, 4, True)
-    assert place_rings(ring, 4, workspace, workspace, encoder) == RingPlan(0, 4)  # still no room: it stays
-    assert place_rings(ring, 4, workspace, None, 0) == RingPlan(4, 4)  # the CPU: no limit
+
+    def plan(room: int | None, text_encoder: int) -> RingPlan:
+        return place_rings(ring, 4, buffers, workspace, room, text_encoder)
+
+    all_four = 4 * ring + workspace
+    assert plan(all_four, encoder) == RingPlan(4, 4)
+    assert plan(all_four - 1, 0) == RingPlan(3, 4)  # 3, and buffers for the 4th
+    assert plan(all_four - 1, encoder) == RingPlan(4, 4, move_text_encoder=True)
+    assert plan(3 * ring + buffers + workspace - encoder, encoder) == RingPlan(3, 4, move_text_encoder=True)
+    assert plan(ring + buffers + workspace - 1, 0) == RingPlan(0, 4)
+    assert plan(buffers + workspace - 1, encoder) == RingPlan(1, 4, move_text_encoder=True)
+    assert plan(workspace, 0) == RingPlan(0, 4)
+    assert plan(None, 0) == RingPlan(4, 4)  # the CPU: no limit
     assert str(RingPlan(2, 4, True)) == (
-        "2 of 4 on the GPU, the others in host memory, copied in for their step, "
-        "once the text encoder is moved to host memory"
+        "2 of 4 on the GPU, the others streamed from host memory, once the text encoder is moved to host memory"
     )
 
 

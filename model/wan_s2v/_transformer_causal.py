@@ -69,42 +69,117 @@ class BlockRing:
     def nbytes(self) -> int:
         return sum(tensor.nbytes for tensor in (*self.keys, *self.values))
 
-    def copy_from(self, other: BlockRing) -> None:
-        for mine, theirs in zip((*self.keys, *self.values), (*other.keys, *other.values), strict=True):
-            mine.copy_(theirs, non_blocking=True)
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `index`'s keys and values, which its pass writes its block into."""
+        return self.keys[index], self.values[index]
 
-    def copy_block_from(self, other: BlockRing, position: BlockPosition) -> None:
-        """Copy the slots of the block at `position` (the only ones a pass writes)."""
+    def block_slots(self, position: BlockPosition) -> slice:
+        """The token slots of the block at `position` (the only ones a pass writes)."""
         start = position.first_frame % self.cache_frames * self.tokens_per_frame
-        end = start + position.num_frames * self.tokens_per_frame
-        for mine, theirs in zip((*self.keys, *self.values), (*other.keys, *other.values), strict=True):
-            mine[:, start:end].copy_(theirs[:, start:end], non_blocking=True)
+        return slice(start, start + position.num_frames * self.tokens_per_frame)
+
+
+class LayerStreamedRing:
+    """A ring in host memory, seen by one denoising pass a layer at a time through two device
+    buffers of one layer each: while layer i computes, layer i + 1 is copied in on a side CUDA
+    stream, and once layer i is done its block's slots go back to host memory on that stream. The
+    copies overlap with compute, and the device holds two layers of the ring instead of all of it.
+    A pass asks for its layers in order (forward_block), and `finish` ends it. Without a stream (off
+    CUDA) the same copies run in the same order, in line.
+
+    The side stream waits for the compute stream before each write-back (the layer's attention has
+    been queued by then) and at the start of the pass (the buffers' last readers); the compute
+    stream waits for each layer's load, and for every copy at `finish`, so nothing after the pass
+    (the next pass, the buffers' release) can overtake them.
+    """
+
+    def __init__(
+        self, host: BlockRing, buffers: BlockRing, position: BlockPosition, stream: torch.cuda.Stream | None
+    ) -> None:
+        if len(buffers.keys) != 2:
+            raise ValueError("a streamed ring's buffers are two layers")
+        self.host, self.buffers, self.stream = host, buffers, stream
+        self.tokens_per_frame, self.cache_frames = host.tokens_per_frame, host.cache_frames
+        self._slots = host.block_slots(position)
+        self._compute = torch.cuda.current_stream(buffers.keys[0].device) if stream is not None else None
+        self._loaded: dict[int, torch.cuda.Event] = {}
+        self._current = -1
+        self._side_waits_for_compute()
+        self._load(0)
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index != self._current + 1:
+            raise ValueError(f"layer {index} asked for after layer {self._current}: a pass goes through them in order")
+        if self._current >= 0:
+            self._write_back(self._current)
+        if index + 1 < len(self.host.keys):
+            self._load(index + 1)
+        if self._compute is not None:
+            self._compute.wait_event(self._loaded.pop(index))
+        self._current = index
+        return self.buffers.layer(index % 2)
+
+    def finish(self) -> None:
+        if self._current >= 0:
+            self._write_back(self._current)
+        if self._compute is not None and self.stream is not None:
+            self._compute.wait_stream(self.stream)
+
+    def _side_waits_for_compute(self) -> None:
+        if self.stream is not None and self._compute is not None:
+            self.stream.wait_stream(self._compute)
+
+    def _on_side(self) -> contextlib.AbstractContextManager:
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def _load(self, index: int) -> None:
+        keys, values = self.buffers.layer(index % 2)
+        host_keys, host_values = self.host.layer(index)
+        with self._on_side():
+            keys.copy_(host_keys, non_blocking=True)
+            values.copy_(host_values, non_blocking=True)
+            if self.stream is not None:
+                self._loaded[index] = self.stream.record_event()
+
+    def _write_back(self, index: int) -> None:
+        keys, values = self.buffers.layer(index % 2)
+        host_keys, host_values = self.host.layer(index)
+        self._side_waits_for_compute()
+        with self._on_side():
+            host_keys[:, self._slots].copy_(keys[:, self._slots], non_blocking=True)
+            host_values[:, self._slots].copy_(values[:, self._slots], non_blocking=True)
 
 
 class StepRings:
     """One ring per denoising step. The first ones live on the execution device; those that do not
-    fit there live in pinned host memory, each brought to one working ring on the device for its
-    step and its new block written back after it (slower: a ring's worth of transfer per step)."""
+    fit there live in pinned host memory, each streamed through two layers' `buffers` on the device
+    for its step (LayerStreamedRing: a ring's worth of transfer per step, beside the compute)."""
 
     def __init__(
-        self, resident: list[BlockRing], streamed: list[BlockRing] | None = None, working: BlockRing | None = None
+        self,
+        resident: list[BlockRing],
+        streamed: list[BlockRing] | None = None,
+        buffers: BlockRing | None = None,
+        stream: torch.cuda.Stream | None = None,
     ) -> None:
-        if streamed and working is None:
-            raise ValueError("rings in host memory need a working ring on the device")
+        if streamed and buffers is None:
+            raise ValueError("rings in host memory need buffers on the device")
         self.resident = resident
         self.streamed = streamed or []
-        self.working = working
+        self.buffers = buffers
+        self.stream = stream
 
     @contextlib.contextmanager
-    def for_step(self, step: int, position: BlockPosition) -> Iterator[BlockRing]:
+    def for_step(self, step: int, position: BlockPosition) -> Iterator[BlockRing | LayerStreamedRing]:
         if step < len(self.resident):
             yield self.resident[step]
             return
-        ring, working = self.streamed[step - len(self.resident)], self.working
-        assert working is not None
-        working.copy_from(ring)
-        yield working
-        ring.copy_block_from(working, position)
+        assert self.buffers is not None
+        ring = LayerStreamedRing(self.streamed[step - len(self.resident)], self.buffers, position, self.stream)
+        try:
+            yield ring
+        finally:
+            ring.finish()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +215,7 @@ class CachedBlockAttention:
     def __init__(
         self,
         layer: int,
-        ring: BlockRing,
+        ring: BlockRing | LayerStreamedRing,
         condition: ConditionCache,
         position: BlockPosition,
         block_rotary: tuple[torch.Tensor, torch.Tensor],
@@ -150,6 +225,8 @@ class CachedBlockAttention:
             raise ValueError(f"a ring of {ring.cache_frames} frames cannot hold blocks of {position.num_frames}")
         self.layer = layer
         self.ring = ring
+        # asked for here, outside the block (which may be compiled): a streamed ring copies as it goes
+        self.ring_keys, self.ring_values = ring.layer(layer)
         self.condition = condition
         self.position = position
         self.block_rotary = block_rotary
@@ -160,7 +237,7 @@ class CachedBlockAttention:
         query = apply_rotary(query, *self.block_rotary)
         ring, per_frame = self.ring, self.ring.tokens_per_frame
         slot = self.position.first_frame % ring.cache_frames * per_frame
-        ring_keys, ring_values = ring.keys[self.layer], ring.values[self.layer]
+        ring_keys, ring_values = self.ring_keys, self.ring_values
         ring_keys[:, slot : slot + key.shape[1]] = apply_rotary(key, *self.block_rotary)
         ring_values[:, slot : slot + value.shape[1]] = value
         # Until the ring has wrapped, only the slots up to this block hold frames.

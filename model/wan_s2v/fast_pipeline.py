@@ -206,7 +206,7 @@ class FastSampler:
     def _step_rings(self, portrait: FastPortrait, num_steps: int) -> StepRings:
         """One attention ring per step (about 10 GB each at 704x384 in bf16): on the device as many as
         fit beside the fast mode's workspace there (once the text encoder has left it, where that
-        keeps more), the others in host memory (memory.place_rings)."""
+        keeps more), the others in host memory, streamed a layer at a time (memory.place_rings)."""
         pipe = self.pipeline
         config = pipe.transformer.config
         patch = pipe.transformer.patch_size
@@ -214,16 +214,19 @@ class FastSampler:
             (portrait.height // VAE_STRIDE[1] // patch[1]) * (portrait.width // VAE_STRIDE[2] // patch[2])
         )
 
-        def ring(device: torch.device, pin_memory: bool = False) -> BlockRing:
+        def ring(device: torch.device, pin_memory: bool = False, layers: int = config.num_layers) -> BlockRing:
             return BlockRing.allocate(
-                config.num_layers, 1, LATENT_FRAMES_PER_CLIP, tokens_per_frame, config.num_attention_heads,
+                layers, 1, LATENT_FRAMES_PER_CLIP, tokens_per_frame, config.num_attention_heads,
                 config.attention_head_dim, pipe.dtype, device, pin_memory,
             )
 
         per_ring = ring(torch.device("meta")).nbytes
+        streaming_buffers = ring(torch.device("meta"), layers=2).nbytes
         device = pipe.device
         workspace = fast_workspace_bytes(portrait.height, portrait.width)
-        plan = place_rings(per_ring, num_steps, workspace, gpu_room(device), pipe.text_encoder_bytes_on(device))
+        plan = place_rings(
+            per_ring, num_steps, streaming_buffers, workspace, gpu_room(device), pipe.text_encoder_bytes_on(device)
+        )
         log.info("fast mode: %d attention rings of %.1f GiB, %s", num_steps, per_ring / GIB, plan)
         self.ring_plan = plan
         if plan.move_text_encoder:
@@ -238,7 +241,8 @@ class FastSampler:
             self._host_rings.clear()
             pinned = torch.cuda.is_available()  # pinned memory makes the copies asynchronous; CUDA only
             self._host_rings[key] = [ring(torch.device("cpu"), pin_memory=pinned) for _ in range(streamed)]
-        return StepRings(resident, self._host_rings[key], working=ring(device))
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        return StepRings(resident, self._host_rings[key], ring(device, layers=2), stream)
 
     def _clip_noise(self, portrait: FastPortrait, seed: int) -> torch.Tensor:
         """The clip's noise [1, C, 12, h, w], drawn in the compute dtype like the reference."""

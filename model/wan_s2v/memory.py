@@ -58,18 +58,18 @@ class RingPlan:
 
     def __str__(self) -> str:
         where = "all on the GPU" if self.resident == self.total else (
-            f"{self.resident} of {self.total} on the GPU, the others in host memory, copied in for their step"
+            f"{self.resident} of {self.total} on the GPU, the others streamed from host memory"
         )
         return where + (", once the text encoder is moved to host memory" if self.move_text_encoder else "")
 
 
 def place_rings(
-    ring_bytes: int, count: int, workspace_bytes: int, room: int | None, text_encoder_bytes: int
+    ring_bytes: int, count: int, streaming_bytes: int, workspace_bytes: int, room: int | None, text_encoder_bytes: int
 ) -> RingPlan:
     """Where `count` rings of `ring_bytes` each go, beside `workspace_bytes`, with `room` bytes free on
     the GPU (None: no limit, as on the CPU) and `text_encoder_bytes` held there by the text encoder
-    (0 where it lives in host memory). Rings in host memory need one more ring on the GPU to be
-    copied into, so keeping some there pays only from 2 on.
+    (0 where it lives in host memory). Rings in host memory are streamed through `streaming_bytes`
+    of buffers on the GPU (two layers of a ring).
 
     The text encoder (umt5-xxl, 10.6 GiB in bf16) stays on the GPU in the full mode; prompts are
     encoded before the rings exist and are cached, so where that keeps more rings on the GPU it
@@ -79,8 +79,8 @@ def place_rings(
 
     def resident_in(space: int) -> int:
         for resident in range(count, -1, -1):
-            working = 0 if resident == count else ring_bytes
-            if resident * ring_bytes + working + workspace_bytes <= space:
+            buffers = 0 if resident == count else streaming_bytes
+            if resident * ring_bytes + buffers + workspace_bytes <= space:
                 return resident
         return 0
 

@@ -30,6 +30,7 @@ from model.wan_s2v._transformer_causal import (
     BlockRing,
     CachedBlockAttention,
     ConditionCache,
+    LayerStreamedRing,
     PrefillAttention,
 )
 from model.wan_s2v._transformer_embeddings import TimestepEmbedder, linear_float32
@@ -205,7 +206,7 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin):
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         audio_features: torch.Tensor,
-        ring: BlockRing,
+        ring: BlockRing | LayerStreamedRing,
         condition: ConditionCache,
         position: BlockPosition,
         reference_distance: int,
