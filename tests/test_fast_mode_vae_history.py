@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import types
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -142,20 +143,18 @@ def sampler(tmp_path_factory) -> FastSampler:
     return sampler
 
 
-def reference_clips(vae: WanVideoVAE, portrait, clips: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Live Avatar's way: each clip decoded after the whole encode of the video's last 365 frames
-    (the portrait's before the first clip), the first clip behind the portrait's own history
+def reference_clips(vae: WanVideoVAE, portrait, clips: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Live Avatar's way, clip by clip: each decoded after the whole encode of the video's last 365
+    frames (the portrait's before the first clip), the first clip behind the portrait's own history
     latents and its first 3 frames dropped."""
     history = portrait.pixels.expand(-1, -1, HISTORY_FRAMES, -1, -1)
-    decoded = []
     for index, clip in enumerate(clips):
         history_latents = portrait.history_latents if index == 0 else vae.encode(history)
         pixels = vae.decode(torch.cat([history_latents, clip], dim=2))[:, :, -4 * clip.shape[2] :]
         if index == 0:
             pixels = pixels[:, :, fast_pipeline.FIRST_CLIP_DROPPED_FRAMES :]
-        decoded.append(pixels)
+        yield pixels
         history = torch.cat([history, pixels], dim=2)[:, :, -HISTORY_FRAMES:]
-    return decoded
 
 
 def clip_decoder_output(vae: WanVideoVAE, portrait, clips: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -179,7 +178,7 @@ def four_clips(sampler):
         channels = portrait.history_latents.shape[1]
         lengths = [fast_pipeline.LATENT_FRAMES_PER_CLIP] * 3 + [FAST_LATENT_FRAMES_PER_BLOCK]
         clips = [torch.randn(1, channels, n, PIXELS // 8, PIXELS // 8, generator=generator) for n in lengths]
-        return portrait, clips, reference_clips(sampler.vae, portrait, clips)
+        return portrait, clips, list(reference_clips(sampler.vae, portrait, clips))
     finally:
         torch.set_num_threads(threads)
 

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Scripts that measure one model's own internals, and say which in their name or docstring
 # (benchmark_gpu.sh runs the GPU ones by their backends' names).
 MODEL_SPECIFIC_SCRIPTS = {"benchmark_gpu.py", "benchmark_gpu.sh", "benchmark_infinitetalk.py",
-                          "benchmark_omniavatar.py", "benchmark_lite.py", "measure_loader_memory.py"}
+                          "benchmark_omniavatar.py", "benchmark_lite.py", "measure_loader_memory.py",
+                          "benchmark_fast_vae.py", "measure_fast_vae_memory.py"}
 
 
 def test_handler_and_scripts_name_no_backend():
